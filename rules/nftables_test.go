@@ -1,0 +1,342 @@
+package rules
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/nftables"
+	"github.com/vishvananda/netns"
+)
+
+// newNetNS creates a throwaway network namespace and returns a handle to
+// it; the calling goroutine stays in its own namespace. Skips unless root.
+func newNetNS(t *testing.T) netns.NsHandle {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root to create a network namespace and program nftables")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatalf("netns.Get: %v", err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatalf("netns.New: %v", err)
+	}
+	if err := netns.Set(orig); err != nil {
+		t.Fatalf("netns.Set: %v", err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return ns
+}
+
+// inNetNS runs f on a thread inside ns.
+func inNetNS(t *testing.T, ns netns.NsHandle, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		// The thread is left locked on purpose: it ends with the goroutine
+		// and is then discarded instead of returning to the pool in ns.
+		if err := netns.Set(ns); err != nil {
+			t.Errorf("netns.Set: %v", err)
+			return
+		}
+		f()
+	}()
+	<-done
+}
+
+// nft runs the nft command inside ns and returns its output.
+func nft(t *testing.T, ns netns.NsHandle, args ...string) string {
+	t.Helper()
+	var out []byte
+	var err error
+	inNetNS(t, ns, func() { out, err = exec.Command("nft", args...).CombinedOutput() })
+	if err != nil {
+		t.Fatalf("nft %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func openTest(t *testing.T, ns netns.NsHandle) *Nftables {
+	t.Helper()
+	n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, MaxPinholes: 1024, NetNS: int(ns)})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
+func TestOpenCreatesReadableTable(t *testing.T) {
+	ns := newNetNS(t)
+	openTest(t, ns)
+	got := nft(t, ns, "list", "table", "inet", "ftpgate")
+	// nft names the owning process on the first line; that varies.
+	if i := strings.Index(got, " # progname"); i >= 0 {
+		got = got[:i] + got[strings.IndexByte(got, '\n'):]
+	}
+	want := `table inet ftpgate {
+	flags owner
+
+	set ftp_data_pinholes_v4 {
+		type ipv4_addr . ipv4_addr . inet_service
+		size 1024
+		flags dynamic,timeout
+		comment "announced FTP data connections: connecting peer . announced address . announced port"
+	}
+
+	set ftp_data_pinholes_v6 {
+		type ipv6_addr . ipv6_addr . inet_service
+		size 1024
+		flags dynamic,timeout
+		comment "announced FTP data connections: connecting peer . announced address . announced port"
+	}
+
+	chain mark_ftp_data_forward {
+		type filter hook forward priority filter - 10; policy accept;
+		tcp flags syn / syn,ack ct state new ip saddr . ip daddr . tcp dport @ftp_data_pinholes_v4 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v4 { ip saddr . ip daddr . tcp dport } counter packets 0 bytes 0 comment "first packet of an announced FTP data connection: mark it, close the pinhole"
+		tcp flags syn / syn,ack ct state new ip6 saddr . ip6 daddr . tcp dport @ftp_data_pinholes_v6 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v6 { ip6 saddr . ip6 daddr . tcp dport } counter packets 0 bytes 0 comment "first packet of an announced FTP data connection: mark it, close the pinhole"
+	}
+`
+	// The input and output chains repeat the forward chain's rules.
+	if !strings.HasPrefix(got, want) {
+		t.Errorf("nft list table inet ftpgate mismatch (-want +got):\n%s", cmp.Diff(want, got[:min(len(got), len(want))]))
+	}
+	for _, c := range []string{"mark_ftp_data_input", "mark_ftp_data_output"} {
+		if !strings.Contains(got, "chain "+c+" {") {
+			t.Errorf("chain %s missing:\n%s", c, got)
+		}
+	}
+}
+
+func elements(t *testing.T, n *Nftables) []Pinhole {
+	t.Helper()
+	ps, err := n.Pinholes()
+	if err != nil {
+		t.Fatalf("Pinholes: %v", err)
+	}
+	slices.SortFunc(ps, func(a, b Pinhole) int { return strings.Compare(a.String(), b.String()) })
+	return ps
+}
+
+func TestAddDelPinhole(t *testing.T) {
+	ns := newNetNS(t)
+	n := openTest(t, ns)
+	p4 := Pinhole{Peer: netip.MustParseAddr("192.0.2.10"), Addr: netip.MustParseAddr("198.51.100.20"), Port: 40001}
+	p6 := Pinhole{Peer: netip.MustParseAddr("2001:db8::10"), Addr: netip.MustParseAddr("2001:db8:1::20"), Port: 40002}
+	for _, p := range []Pinhole{p4, p6} {
+		if err := n.AddPinhole(p, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if diff := cmp.Diff([]Pinhole{p4, p6}, elements(t, n), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("elements after add (-want +got):\n%s", diff)
+	}
+	set := nft(t, ns, "list", "set", "inet", "ftpgate", SetV4)
+	if !strings.Contains(set, "192.0.2.10 . 198.51.100.20 . 40001 timeout 1m expires") {
+		t.Errorf("element with key and timeout not listed:\n%s", set)
+	}
+	// Adding again is idempotent.
+	if err := n.AddPinhole(p4, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatalf("Commit of a repeated add: %v", err)
+	}
+	// Deleting twice, and deleting what was never there, is idempotent too.
+	never := Pinhole{Peer: p4.Peer, Addr: p4.Addr, Port: 1234}
+	for _, p := range []Pinhole{p4, p4, never, p6} {
+		if err := n.DelPinhole(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatalf("Commit of deletes: %v", err)
+	}
+	if got := elements(t, n); len(got) != 0 {
+		t.Errorf("elements after delete: %v, want none", got)
+	}
+}
+
+func TestPinholeExpiresInKernel(t *testing.T) {
+	ns := newNetNS(t)
+	n := openTest(t, ns)
+	p := Pinhole{Peer: netip.MustParseAddr("192.0.2.10"), Addr: netip.MustParseAddr("198.51.100.20"), Port: 40001}
+	if err := n.AddPinhole(p, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := elements(t, n); len(got) != 1 {
+		t.Fatalf("elements = %v, want the pinhole", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(elements(t, n)) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pinhole with a 1s timeout still present after 5s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestPinholeConsumedByFirstSYN connects over loopback inside the
+// namespace: the output chain sees the SYN, marks the connection and
+// deletes the element, so a second connection finds no pinhole.
+func TestPinholeConsumedByFirstSYN(t *testing.T) {
+	ns := newNetNS(t)
+	n := openTest(t, ns)
+	var ln net.Listener
+	inNetNS(t, ns, func() {
+		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+			t.Fatalf("ip link set lo up: %v %s", err, out)
+		}
+		var err error
+		ln, err = net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	lo := netip.MustParseAddr("127.0.0.1")
+	p := Pinhole{Peer: lo, Addr: lo, Port: port}
+	if err := n.AddPinhole(p, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	inNetNS(t, ns, func() {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Errorf("dial: %v", err)
+			return
+		}
+		c.Close()
+	})
+	if got := elements(t, n); len(got) != 0 {
+		t.Errorf("pinhole still present after its connection started: %v", got)
+	}
+	out := nft(t, ns, "list", "chain", "inet", "ftpgate", "mark_ftp_data_output")
+	if !strings.Contains(out, "counter packets 1 ") {
+		t.Errorf("want exactly one packet counted by the consuming rule:\n%s", out)
+	}
+	// The mark is on the connection in conntrack.
+	var ctOut []byte
+	inNetNS(t, ns, func() {
+		ctOut, _ = exec.Command("cat", "/proc/net/nf_conntrack").CombinedOutput()
+	})
+	if len(ctOut) > 0 && !strings.Contains(string(ctOut), "mark=16777216") {
+		t.Errorf("no conntrack entry with mark 0x01000000:\n%s", ctOut)
+	}
+}
+
+func TestSecondOpenIsBusy(t *testing.T) {
+	ns := newNetNS(t)
+	openTest(t, ns)
+	_, err := Open(Config{Mark: 1, MarkMask: 1, NetNS: int(ns)})
+	if !errors.Is(err, ErrTableBusy) {
+		t.Fatalf("second Open error = %v, want ErrTableBusy", err)
+	}
+}
+
+func TestCloseRemovesTable(t *testing.T) {
+	ns := newNetNS(t)
+	n, err := Open(Config{Mark: 1, MarkMask: 1, NetNS: int(ns)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if out := nft(t, ns, "list", "tables"); strings.Contains(out, "ftpgate") {
+		t.Errorf("table still listed after Close:\n%s", out)
+	}
+}
+
+// TestTableVanishesAfterKill9 starts a child process that opens the
+// backend in the namespace and adds a pinhole, kills it with SIGKILL, and
+// checks that the kernel removed the table with everything in it.
+func TestTableVanishesAfterKill9(t *testing.T) {
+	ns := newNetNS(t)
+	f := os.NewFile(uintptr(ns), "netns")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperHoldTable$")
+	cmd.Env = append(os.Environ(), "FTPGATE_HOLD_TABLE=1")
+	cmd.ExtraFiles = []*os.File{f}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ready") {
+		_ = cmd.Process.Kill()
+		t.Fatalf("helper did not get ready: %q %v", line, err)
+	}
+	if out := nft(t, ns, "list", "set", "inet", "ftpgate", SetV4); !strings.Contains(out, "192.0.2.10 . 198.51.100.20 . 40001") {
+		t.Fatalf("helper's pinhole not present:\n%s", out)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out := nft(t, ns, "list", "tables")
+		if !strings.Contains(out, "ftpgate") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("table still present 5s after kill -9:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestHelperHoldTable is the child of TestTableVanishesAfterKill9.
+func TestHelperHoldTable(t *testing.T) {
+	if os.Getenv("FTPGATE_HOLD_TABLE") != "1" {
+		t.Skip("helper process for TestTableVanishesAfterKill9")
+	}
+	n, err := Open(Config{Mark: 1, MarkMask: 1, NetNS: 3})
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	p := Pinhole{Peer: netip.MustParseAddr("192.0.2.10"), Addr: netip.MustParseAddr("198.51.100.20"), Port: 40001}
+	_ = n.AddPinhole(p, time.Hour)
+	if err := n.Commit(); err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fmt.Println("ready " + strconv.Itoa(os.Getpid()))
+	time.Sleep(time.Minute)
+	os.Exit(0)
+}
+
+var _ = nftables.TableFamilyINet

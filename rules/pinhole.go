@@ -1,0 +1,113 @@
+// Package rules is the nftables side of ftpgate: one table the daemon owns,
+// two sets of pinholes (IPv4, IPv6) with per-element timeouts, the chains
+// that consume a pinhole on the first packet of its data connection and
+// mark that connection, and batched commits.
+package rules
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Pinhole admits exactly one TCP data connection from Peer to Addr:Port,
+// with any source port. It is consumed by the first packet of that
+// connection.
+type Pinhole struct {
+	Peer netip.Addr // the host that will open the data connection
+	Addr netip.Addr // the announced address it will connect to
+	Port uint16     // the announced port
+}
+
+func (p Pinhole) String() string {
+	return fmt.Sprintf("%s -> %s", p.Peer, netip.AddrPortFrom(p.Addr, p.Port))
+}
+
+// Valid reports whether both addresses are of one family and the port is set.
+func (p Pinhole) Valid() bool {
+	return p.Peer.IsValid() && p.Addr.IsValid() && p.Port != 0 &&
+		p.Peer.Is4() == p.Addr.Is4() && p.Peer.Zone() == "" && p.Addr.Zone() == ""
+}
+
+// Backend programs pinholes. Add and Del only queue work; Commit sends all
+// queued work in one batch. Implementations are not safe for concurrent use.
+type Backend interface {
+	// AddPinhole queues the pinhole with the given lifetime. Idempotent:
+	// adding a pinhole that exists refreshes nothing and is no error.
+	AddPinhole(p Pinhole, timeout time.Duration) error
+	// DelPinhole queues the removal of the pinhole. Idempotent: removing a
+	// pinhole that was consumed, expired or never added is no error.
+	DelPinhole(p Pinhole) error
+	// Commit applies everything queued, atomically where the backend can.
+	Commit() error
+	// Close removes everything the backend created.
+	Close() error
+}
+
+// ErrNoNftables is returned when the kernel's nf_tables cannot be
+// programmed (not root, no CAP_NET_ADMIN, nf_tables missing).
+var ErrNoNftables = errors.New("cannot program nftables")
+
+// ErrTableBusy is returned when the table exists and belongs to another
+// process, typically another ftpgate.
+var ErrTableBusy = errors.New("nftables table is owned by another process")
+
+// ErrInvalidPinhole is returned for a pinhole that mixes address families
+// or has no port.
+var ErrInvalidPinhole = errors.New("invalid pinhole")
+
+// DryRun is a Backend that programs nothing and remembers what would be
+// open, for `ftpgate analyze` and for tests of the layers above.
+type DryRun struct {
+	Open    map[Pinhole]time.Duration // currently added, with their timeout
+	Adds    int                       // AddPinhole calls committed
+	Dels    int                       // DelPinhole calls committed
+	Commits int
+	pending []dryOp
+}
+
+type dryOp struct {
+	p       Pinhole
+	add     bool
+	timeout time.Duration
+}
+
+// NewDryRun returns an empty DryRun backend.
+func NewDryRun() *DryRun { return &DryRun{Open: make(map[Pinhole]time.Duration)} }
+
+func (d *DryRun) AddPinhole(p Pinhole, timeout time.Duration) error {
+	if !p.Valid() {
+		return fmt.Errorf("adding pinhole %v: %w", p, ErrInvalidPinhole)
+	}
+	d.pending = append(d.pending, dryOp{p: p, add: true, timeout: timeout})
+	return nil
+}
+
+func (d *DryRun) DelPinhole(p Pinhole) error {
+	d.pending = append(d.pending, dryOp{p: p})
+	return nil
+}
+
+func (d *DryRun) Commit() error {
+	if len(d.pending) == 0 {
+		return nil
+	}
+	for _, op := range d.pending {
+		if op.add {
+			d.Open[op.p] = op.timeout
+			d.Adds++
+		} else {
+			delete(d.Open, op.p)
+			d.Dels++
+		}
+	}
+	d.pending = d.pending[:0]
+	d.Commits++
+	return nil
+}
+
+func (d *DryRun) Close() error {
+	clear(d.Open)
+	return nil
+}
