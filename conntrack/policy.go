@@ -1,0 +1,35 @@
+package conntrack
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Policy holds the checks every announcement must pass before a pinhole
+// opens. Whether the server accepted a PORT, or a reply answers a PASV
+// the client sent, is settled by the session before the policy is asked.
+type Policy struct {
+	// MinDataPort refuses announced ports below it (default 1024): a
+	// pinhole to a privileged port is how bounce attacks reach services.
+	MinDataPort uint16
+}
+
+// Check returns "" when the announcement may open a pinhole, else the
+// reason for refusing it. announcer is the control-connection address of
+// the side that wrote the announcement.
+func (p Policy) Check(ch Channel, announcer netip.Addr) string {
+	if ch.RespH != announcer {
+		side := "client"
+		if ch.Passive {
+			side = "server"
+		}
+		return fmt.Sprintf("announced address %s is not the %s's control address %s", ch.RespH, side, announcer)
+	}
+	if ch.OrigH.Is4() != ch.RespH.Is4() {
+		return "announced address family differs from the connecting peer's"
+	}
+	if ch.RespP < p.MinDataPort {
+		return fmt.Sprintf("announced port %d is below the minimum data port %d", ch.RespP, p.MinDataPort)
+	}
+	return ""
+}

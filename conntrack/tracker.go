@@ -1,0 +1,377 @@
+// Package conntrack turns captured packets into FTP control sessions and
+// their announced data channels: decoding, TCP reassembly per direction,
+// the control-session state machine, and the policy that accepts or
+// refuses each channel before a pinhole is opened.
+package conntrack
+
+import (
+	"encoding/base32"
+	"encoding/binary"
+	"hash/fnv"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/reassembly"
+
+	"github.com/ftpgate/ftpgate/rules"
+)
+
+// Config holds the tracker's limits and policy. Zero values take the
+// defaults named on each field.
+type Config struct {
+	ControlPorts          []uint16      // default [21]
+	MinDataPort           uint16        // default 1024
+	PinholeTimeout        time.Duration // default 60s
+	IdleTimeout           time.Duration // control session idle limit, default 30m
+	MaxSessions           int           // tracked control sessions, default 65536
+	MaxPinholesPerSession int           // default 4
+	MaxPinholes           int           // in all, default 65536
+	MaxLineLength         int           // bytes, default 2048
+	// MaxBufferedPages bounds out-of-order data held for reassembly, per
+	// connection (default 16 pages of 1900 bytes) and in all (default
+	// 16384). Past the limit the gap is skipped and counted.
+	MaxBufferedPagesPerConnection int
+	MaxBufferedPagesTotal         int
+	Logger                        *slog.Logger
+	// OnChannel, if set, receives every announced channel with its verdict.
+	OnChannel func(Channel)
+}
+
+func (c *Config) setDefaults() {
+	if len(c.ControlPorts) == 0 {
+		c.ControlPorts = []uint16{21}
+	}
+	if c.PinholeTimeout == 0 {
+		c.PinholeTimeout = 60 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 30 * time.Minute
+	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = 65536
+	}
+	if c.MaxPinholesPerSession == 0 {
+		c.MaxPinholesPerSession = 4
+	}
+	if c.MaxPinholes == 0 {
+		c.MaxPinholes = 65536
+	}
+	if c.MaxLineLength == 0 {
+		c.MaxLineLength = 2048
+	}
+	if c.MaxBufferedPagesPerConnection == 0 {
+		c.MaxBufferedPagesPerConnection = 16
+	}
+	if c.MaxBufferedPagesTotal == 0 {
+		c.MaxBufferedPagesTotal = 16384
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Stats counts what the tracker saw and dropped. Nothing is dropped
+// without being counted here.
+type Stats struct {
+	Packets          uint64 // packets handed to the tracker
+	NotControl       uint64 // not TCP to or from a control port
+	Undecodable      uint64 // truncated or unknown link/network layers
+	Fragments        uint64 // IP fragments (control traffic is never fragmented in practice)
+	SessionsStarted  uint64
+	SessionsEnded    uint64
+	SessionsRefused  uint64 // a new session found the session cap reached
+	Lines            uint64
+	LinesTooLong     uint64
+	GapBytes         uint64 // bytes lost in reassembly (buffer limits, missing segments)
+	Malformed        uint64 // data commands and replies that did not parse
+	PendingOverflow  uint64
+	ChannelsOpened   uint64
+	ChannelsRefused  uint64
+	PinholesClosed   uint64
+	BackendErrors    uint64
+	SessionsTracked  int // now
+	PinholesOpen     int // now
+	ReassemblyCalled uint64
+}
+
+// pinhole is an open pinhole and the session that asked for it.
+type pinhole struct {
+	key     rules.Pinhole
+	session *Session
+	channel Channel
+	expires time.Time
+}
+
+// Tracker follows every FTP control session in the packets it is given
+// and programs the backend. It is not safe for concurrent use: one
+// goroutine feeds it packets and calls Commit and Expire.
+type Tracker struct {
+	cfg       Config
+	fw        rules.Backend
+	policy    Policy
+	log       *slog.Logger
+	controls  map[uint16]bool
+	sessions  map[connKey]*Session
+	pinholes  map[rules.Pinhole]*pinhole
+	assembler *reassembly.Assembler
+	decoder   decoder
+	stats     Stats
+	now       time.Time
+	capWarned time.Time
+}
+
+// NewTracker returns a tracker that opens pinholes through fw.
+func NewTracker(cfg Config, fw rules.Backend) *Tracker {
+	cfg.setDefaults()
+	t := &Tracker{
+		cfg:      cfg,
+		fw:       fw,
+		policy:   Policy{MinDataPort: cfg.MinDataPort},
+		log:      cfg.Logger,
+		controls: make(map[uint16]bool),
+		sessions: make(map[connKey]*Session),
+		pinholes: make(map[rules.Pinhole]*pinhole),
+	}
+	for _, p := range cfg.ControlPorts {
+		t.controls[p] = true
+	}
+	pool := reassembly.NewStreamPool(&streamFactory{t: t})
+	t.assembler = reassembly.NewAssembler(pool)
+	t.assembler.MaxBufferedPagesPerConnection = cfg.MaxBufferedPagesPerConnection
+	t.assembler.MaxBufferedPagesTotal = cfg.MaxBufferedPagesTotal
+	t.decoder.init()
+	return t
+}
+
+// Stats returns the counters.
+func (t *Tracker) Stats() Stats {
+	s := t.stats
+	s.SessionsTracked = len(t.sessions)
+	s.PinholesOpen = len(t.pinholes)
+	return s
+}
+
+// connKey names a TCP connection regardless of direction.
+type connKey struct{ a, b netip.AddrPort }
+
+func makeConnKey(x, y netip.AddrPort) connKey {
+	if x.Addr().Less(y.Addr()) || (x.Addr() == y.Addr() && x.Port() < y.Port()) {
+		return connKey{x, y}
+	}
+	return connKey{y, x}
+}
+
+// HandlePacket decodes one captured packet of the given link type and
+// feeds it to reassembly. It never panics on hostile input.
+func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ci gopacket.CaptureInfo) {
+	t.stats.Packets++
+	if ci.Timestamp.After(t.now) {
+		t.now = ci.Timestamp
+	}
+	pkt, ok := t.decoder.decode(data, link)
+	if !ok {
+		t.stats.Undecodable++
+		return
+	}
+	if pkt.fragment {
+		t.stats.Fragments++
+		return
+	}
+	tcp := pkt.tcp
+	if !t.controls[uint16(tcp.SrcPort)] && !t.controls[uint16(tcp.DstPort)] {
+		t.stats.NotControl++
+		return
+	}
+	key := makeConnKey(netip.AddrPortFrom(pkt.src, uint16(tcp.SrcPort)), netip.AddrPortFrom(pkt.dst, uint16(tcp.DstPort)))
+	if _, known := t.sessions[key]; !known {
+		// Only a SYN or a segment with data starts tracking: bare ACKs,
+		// FINs and RSTs of connections that already ended must not
+		// resurrect them.
+		if !tcp.SYN && len(tcp.Payload) == 0 {
+			return
+		}
+		if len(t.sessions) >= t.cfg.MaxSessions {
+			t.stats.SessionsRefused++
+			if ci.Timestamp.Sub(t.capWarned) > 10*time.Second {
+				t.capWarned = ci.Timestamp
+				t.log.Warn("session cap reached, not tracking new control sessions",
+					"cap", t.cfg.MaxSessions, "refused_so_far", t.stats.SessionsRefused)
+			}
+			return
+		}
+	}
+	ctx := assemblerContext{ci: ci}
+	t.stats.ReassemblyCalled++
+	t.assembler.AssembleWithContext(pkt.netFlow, tcp, &ctx)
+}
+
+// Expire ends idle sessions, pushes through reassembly gaps older than a
+// few seconds, and forgets pinholes whose kernel timeout has passed. now
+// is wall time for live capture, packet time for files.
+func (t *Tracker) Expire(now time.Time) {
+	if now.After(t.now) {
+		t.now = now
+	}
+	t.assembler.FlushWithOptions(reassembly.FlushOptions{
+		T:  now.Add(-3 * time.Second),
+		TC: now.Add(-t.cfg.IdleTimeout),
+	})
+	for k, p := range t.pinholes {
+		if !now.Before(p.expires) {
+			t.closePinhole(k, p, "timeout")
+		}
+	}
+}
+
+// CloseAll ends every session, closing every pinhole with reason, as on
+// shutdown or at the end of a capture file.
+func (t *Tracker) CloseAll(reason string) {
+	for _, s := range t.sessions {
+		t.endSession(s, reason)
+	}
+	clear(t.sessions)
+	for k, p := range t.pinholes {
+		t.closePinhole(k, p, reason)
+	}
+}
+
+// Commit applies the pinhole changes queued since the last Commit in one
+// batch. Callers commit after each batch of packets they read.
+func (t *Tracker) Commit() error {
+	err := t.fw.Commit()
+	if err != nil {
+		t.stats.BackendErrors++
+	}
+	return err
+}
+
+func (t *Tracker) newSession(client, server netip.AddrPort, ts time.Time) *Session {
+	h := fnv.New64a()
+	b, _ := client.MarshalBinary()
+	h.Write(b)
+	b, _ = server.MarshalBinary()
+	h.Write(b)
+	var tb [8]byte
+	binary.BigEndian.PutUint64(tb[:], uint64(ts.UnixNano()))
+	h.Write(tb[:])
+	id := "C" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h.Sum(nil))[:12]
+	s := &Session{ID: id, Client: client, Server: server, Start: ts, Last: ts, tracker: t}
+	for d := range s.lines {
+		s.lines[d].max = t.cfg.MaxLineLength
+	}
+	t.sessions[makeConnKey(client, server)] = s
+	t.stats.SessionsStarted++
+	t.log.Info("session start", "session", id, "client", client.String(), "server", server.String())
+	return s
+}
+
+func (t *Tracker) endSession(s *Session, reason string) {
+	if s.ended {
+		return
+	}
+	s.end(reason, t.now)
+	delete(t.sessions, makeConnKey(s.Client, s.Server))
+	t.stats.SessionsEnded++
+	t.log.Info("session end", "session", s.ID, "reason", reason,
+		"duration", s.Last.Sub(s.Start).Round(time.Millisecond).String())
+}
+
+// decide asks the policy and the caps about a channel the protocol
+// allows, and opens its pinhole or refuses it.
+func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
+	if reason := t.policy.Check(ch, announcer); reason != "" {
+		t.refuse(s, ch, reason)
+		return
+	}
+	key := ch.Pinhole()
+	if old, ok := t.pinholes[key]; ok {
+		// The same hole again (a server reusing its passive port): it
+		// now belongs to this announcement.
+		t.dropFromSession(old)
+		delete(t.pinholes, key)
+	}
+	switch {
+	case len(s.pinholes) >= t.cfg.MaxPinholesPerSession:
+		t.refuse(s, ch, "session has reached its pinhole cap")
+		return
+	case len(t.pinholes) >= t.cfg.MaxPinholes:
+		t.refuse(s, ch, "pinhole cap reached for the whole gateway")
+		return
+	}
+	if err := t.fw.AddPinhole(key, t.cfg.PinholeTimeout); err != nil {
+		t.stats.BackendErrors++
+		t.refuse(s, ch, "firewall backend: "+err.Error())
+		return
+	}
+	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(t.cfg.PinholeTimeout)}
+	if t.now.After(ch.Time) {
+		p.expires = t.now.Add(t.cfg.PinholeTimeout)
+	}
+	t.pinholes[key] = p
+	s.pinholes = append(s.pinholes, p)
+	ch.Verdict = VerdictOpen
+	ch.Reason = acceptReason(ch)
+	t.stats.ChannelsOpened++
+	t.log.Info("channel open", channelAttrs(ch)...)
+	if t.cfg.OnChannel != nil {
+		t.cfg.OnChannel(ch)
+	}
+}
+
+func acceptReason(ch Channel) string {
+	if ch.Passive {
+		return "reply to the client's " + ch.Command.String()
+	}
+	return ch.Command.String() + " accepted by the server"
+}
+
+func (t *Tracker) refuse(s *Session, ch Channel, reason string) {
+	ch.Verdict = VerdictRefuse
+	ch.Reason = reason
+	t.stats.ChannelsRefused++
+	t.log.Warn("channel refused", channelAttrs(ch)...)
+	if t.cfg.OnChannel != nil {
+		t.cfg.OnChannel(ch)
+	}
+}
+
+func channelAttrs(ch Channel) []any {
+	return []any{
+		"session", ch.Session, "command", ch.Command.String(), "passive", ch.Passive,
+		"orig_h", ch.OrigH.String(), "resp_h", ch.RespH.String(), "resp_p", ch.RespP,
+		"reason", ch.Reason,
+	}
+}
+
+// closeSessionPinholes closes every open pinhole of s.
+func (t *Tracker) closeSessionPinholes(s *Session, reason string) {
+	for len(s.pinholes) > 0 {
+		p := s.pinholes[0]
+		t.closePinhole(p.key, p, reason)
+	}
+}
+
+func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
+	if cur, ok := t.pinholes[key]; ok && cur == p {
+		delete(t.pinholes, key)
+		if err := t.fw.DelPinhole(key); err != nil {
+			t.stats.BackendErrors++
+			t.log.Error("closing pinhole", "pinhole", key.String(), "error", err)
+		}
+	}
+	t.dropFromSession(p)
+	t.stats.PinholesClosed++
+	t.log.Info("channel closed", "session", p.channel.Session, "command", p.channel.Command.String(),
+		"orig_h", key.Peer.String(), "resp_h", key.Addr.String(), "resp_p", key.Port, "reason", reason)
+}
+
+func (t *Tracker) dropFromSession(p *pinhole) {
+	s := p.session
+	if i := slices.Index(s.pinholes, p); i >= 0 {
+		s.pinholes = slices.Delete(s.pinholes, i, i+1)
+	}
+}
