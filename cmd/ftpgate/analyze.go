@@ -1,0 +1,95 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ftpgate/ftpgate/conntrack"
+	"github.com/ftpgate/ftpgate/rules"
+)
+
+func cmdAnalyze(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("analyze", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var tf trackerFlags
+	tf.register(fs, "error")
+	format := fs.String("format", "json", "output: json (one object per line per data channel) or text (a table)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, `Usage: ftpgate analyze [flags] FILE
+
+Reads a pcap or pcapng capture (Ethernet, Linux cooked, DLT_NULL or raw IP)
+through the same reassembly, parser and policy as 'ftpgate run', with a
+dry-run firewall, and prints every announced data channel with the verdict
+the daemon would have given: one JSON object per line (fields after Zeek's
+ftp data_channel: ts, session, command, passive, orig_h, resp_h, resp_p,
+verdict, reason, plus client and server of the control connection), or a
+table with --format text. Logs go to standard error.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return errUsage
+	}
+	if *format != "json" && *format != "text" {
+		return fmt.Errorf("--format %q: want json or text", *format)
+	}
+	log, err := tf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := tf.config(log)
+	if err != nil {
+		return err
+	}
+	src, err := conntrack.OpenFile(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+
+	var channels []conntrack.Channel
+	enc := json.NewEncoder(stdout)
+	cfg.OnChannel = func(c conntrack.Channel) {
+		if *format == "json" {
+			_ = enc.Encode(c)
+			return
+		}
+		channels = append(channels, c)
+	}
+	tr := conntrack.NewTracker(cfg, rules.NewDryRun())
+	if err := tr.Replay(src); err != nil {
+		return err
+	}
+	if *format == "text" {
+		writeTable(stdout, channels)
+	}
+	return nil
+}
+
+func writeTable(w io.Writer, channels []conntrack.Channel) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tSESSION\tCOMMAND\tMODE\tCONNECTS FROM\tTO\tVERDICT\tREASON")
+	for _, c := range channels {
+		mode := "active"
+		if c.Passive {
+			mode = "passive"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Time.UTC().Format(time.TimeOnly+".000"),
+			c.Session, c.Command, mode, c.OrigH, netip.AddrPortFrom(c.RespH, c.RespP), c.Verdict, c.Reason)
+	}
+	tw.Flush()
+	if len(channels) == 0 {
+		fmt.Fprintln(w, "(no data channel announced)")
+	}
+}

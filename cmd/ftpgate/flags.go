@@ -1,0 +1,131 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ftpgate/ftpgate/conntrack"
+)
+
+// portList is a comma-separated list of TCP ports.
+type portList []uint16
+
+func (p *portList) String() string {
+	s := make([]string, len(*p))
+	for i, v := range *p {
+		s[i] = strconv.Itoa(int(v))
+	}
+	return strings.Join(s, ",")
+}
+
+func (p *portList) Set(v string) error {
+	var out []uint16
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%q is not a port 1-65535", f)
+		}
+		out = append(out, uint16(n))
+	}
+	*p = out
+	return nil
+}
+
+// mark is VALUE/MASK for the conntrack mark.
+type mark struct{ value, mask uint32 }
+
+func (m *mark) String() string { return fmt.Sprintf("%#08x/%#08x", m.value, m.mask) }
+
+func (m *mark) Set(v string) error {
+	val, msk, ok := strings.Cut(v, "/")
+	value, err := strconv.ParseUint(val, 0, 32)
+	if err != nil {
+		return fmt.Errorf("mark value %q: %v", val, err)
+	}
+	mask := uint64(0xffffffff)
+	if ok {
+		if mask, err = strconv.ParseUint(msk, 0, 32); err != nil {
+			return fmt.Errorf("mark mask %q: %v", msk, err)
+		}
+	}
+	if value == 0 || uint32(value)&^uint32(mask) != 0 {
+		return fmt.Errorf("mark %s: value must be non-zero and within the mask", v)
+	}
+	m.value, m.mask = uint32(value), uint32(mask)
+	return nil
+}
+
+// trackerFlags are the flags shared by run and analyze: they decide what
+// is parsed and what the policy allows.
+type trackerFlags struct {
+	controlPorts   portList
+	minDataPort    uint
+	pinholeTimeout time.Duration
+	idleTimeout    time.Duration
+	maxSessions    int
+	maxPinholes    int
+	maxPerSession  int
+	maxLine        int
+	logFormat      string
+	logLevel       string
+}
+
+func (f *trackerFlags) register(fs *flag.FlagSet, defaultLevel string) {
+	f.controlPorts = portList{21}
+	fs.Var(&f.controlPorts, "control-ports", "comma-separated TCP `ports` of FTP control connections")
+	fs.UintVar(&f.minDataPort, "min-data-port", 1024, "refuse announced data ports below this `port`")
+	fs.DurationVar(&f.pinholeTimeout, "pinhole-timeout", 60*time.Second, "close a pinhole not used within this `duration` (kernel element timeout)")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", 30*time.Minute, "forget a control session silent for this `duration`, closing its pinholes")
+	fs.IntVar(&f.maxSessions, "max-sessions", 65536, "track at most this many control sessions; new ones beyond are refused and logged")
+	fs.IntVar(&f.maxPinholes, "max-pinholes", 65536, "at most this many pinholes open in all; new ones beyond are refused and logged")
+	fs.IntVar(&f.maxPerSession, "max-pinholes-per-session", 4, "at most this many pinholes open per control session")
+	fs.IntVar(&f.maxLine, "max-line", 2048, "drop (and count) control lines longer than this many `bytes` unparsed")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.logLevel, "log-level", defaultLevel, "log level: debug, info, warn or error")
+}
+
+func (f *trackerFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch f.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", f.logFormat)
+}
+
+func (f *trackerFlags) config(log *slog.Logger) (conntrack.Config, error) {
+	if f.minDataPort > 65535 {
+		return conntrack.Config{}, fmt.Errorf("--min-data-port %d: above 65535", f.minDataPort)
+	}
+	for name, v := range map[string]int{"--max-sessions": f.maxSessions, "--max-pinholes": f.maxPinholes,
+		"--max-pinholes-per-session": f.maxPerSession, "--max-line": f.maxLine} {
+		if v <= 0 {
+			return conntrack.Config{}, fmt.Errorf("%s %d: must be positive", name, v)
+		}
+	}
+	if f.pinholeTimeout < time.Second || f.idleTimeout < time.Second {
+		return conntrack.Config{}, fmt.Errorf("--pinhole-timeout and --idle-timeout must be at least 1s")
+	}
+	return conntrack.Config{
+		ControlPorts:          f.controlPorts,
+		MinDataPort:           uint16(f.minDataPort),
+		PinholeTimeout:        f.pinholeTimeout,
+		IdleTimeout:           f.idleTimeout,
+		MaxSessions:           f.maxSessions,
+		MaxPinholes:           f.maxPinholes,
+		MaxPinholesPerSession: f.maxPerSession,
+		MaxLineLength:         f.maxLine,
+		Logger:                log,
+	}, nil
+}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/ftpgate/ftpgate/conntrack"
+	"github.com/ftpgate/ftpgate/rules"
+)
+
+func cmdRun(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var tf trackerFlags
+	tf.register(fs, "info")
+	ifaces := fs.String("interface", "", "comma-separated `interfaces` to watch for FTP control traffic (default: all)")
+	m := mark{value: 0x01000000, mask: 0x01000000}
+	fs.Var(&m, "mark", "conntrack mark `VALUE/MASK` set on the first packet of each admitted data connection")
+	table := fs.String("table", rules.DefaultTable, "`name` of the inet table ftpgate owns")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, `Usage: ftpgate run [flags]
+
+Watches FTP control connections on the given interfaces (AF_PACKET with a
+kernel filter: only the control ports reach ftpgate) and opens one nftables
+pinhole per accepted data channel in its own table, 'inet %s', created
+with the owner flag so that the kernel removes it even if ftpgate is killed.
+
+A pinhole admits one TCP connection from the peer that will connect to the
+announced address and port. Its first packet gets the conntrack mark; add
+this line to your ruleset before its drop (with your --mark):
+
+  ct mark & 0x01000000 == 0x01000000 accept
+
+A pinhole closes when its connection starts, when the session's next data
+command supersedes it, when the control session ends (FIN, RST, idle), after
+--pinhole-timeout, and when ftpgate stops (SIGINT/SIGTERM: exit 0).
+
+Refused (and logged with the reason): PORT/EPRT/LPRT the server did not
+accept with 2xx; 227/228/229 replies to no PASV/EPSV/LPSV; announced
+addresses other than the announcing side's control address; ports below
+--min-data-port; anything past a cap. After an accepted AUTH TLS/SSL the
+session is not parsed until it returns to clear text (CCC).
+
+Flags:
+`, rules.DefaultTable)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		fs.Usage()
+		return errUsage
+	}
+	log, err := tf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := tf.config(log)
+	if err != nil {
+		return err
+	}
+	var names []string
+	if *ifaces != "" {
+		for _, n := range strings.Split(*ifaces, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				names = append(names, n)
+			}
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	fw, err := rules.Open(rules.Config{
+		Table: *table, Mark: m.value, MarkMask: m.mask,
+		MaxPinholes: uint32(cfg.MaxPinholes), Logger: log,
+	})
+	if err != nil {
+		if errors.Is(err, rules.ErrNoNftables) {
+			return fmt.Errorf("%w\nftpgate will not run blind: it must be able to program nftables (root or CAP_NET_ADMIN, kernel with nf_tables)", err)
+		}
+		return err
+	}
+	defer func() {
+		if err := fw.Close(); err != nil {
+			log.Error("removing nftables table", "error", err)
+		}
+	}()
+	src, err := conntrack.OpenAFPacket(names, cfg.ControlPorts, log)
+	if err != nil {
+		return fmt.Errorf("%w (capture needs root or CAP_NET_RAW)", err)
+	}
+	defer src.Close()
+
+	tr := conntrack.NewTracker(cfg, fw)
+	log.Info("ftpgate running", "version", version, "capture", "passive (AF_PACKET)",
+		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
+		"table", "inet "+*table, "mark", m.String(),
+		"ruleset_line", fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value))
+	err = tr.Run(ctx, src.Start(ctx))
+	st := tr.Stats()
+	log.Info("ftpgate stopped", "sessions", st.SessionsStarted, "channels_opened", st.ChannelsOpened,
+		"channels_refused", st.ChannelsRefused, "lines", st.Lines, "lines_too_long", st.LinesTooLong,
+		"gap_bytes", st.GapBytes, "sessions_refused", st.SessionsRefused, "backend_errors", st.BackendErrors)
+	return err
+}
+
+func ifaceList(n []string) string {
+	if len(n) == 0 {
+		return "all"
+	}
+	return strings.Join(n, ",")
+}

@@ -1,0 +1,182 @@
+package conntrack
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+)
+
+// Packet is one captured packet. Done, if set, is called once the
+// tracker has handled the packet and committed what it decided, with the
+// commit's error; inline sources release the packet there.
+type Packet struct {
+	Data []byte
+	Link layers.LinkType
+	CI   gopacket.CaptureInfo
+	Done func(error)
+}
+
+// Source delivers packets until it returns an error; io.EOF ends a file.
+type Source interface {
+	ReadPacket() (Packet, error)
+	Close() error
+}
+
+// FileSource reads a pcap or pcapng file.
+type FileSource struct {
+	f    *os.File
+	pcap *pcapgo.Reader
+	ng   *pcapgo.NgReader
+}
+
+// OpenFile opens a capture file, telling pcap from pcapng by its magic.
+func OpenFile(path string) (*FileSource, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening capture: %w", err)
+	}
+	br := bufio.NewReaderSize(f, 1<<16)
+	magic, err := br.Peek(4)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reading capture %s: %w", path, err)
+	}
+	s := &FileSource{f: f}
+	if string(magic) == "\x0a\x0d\x0d\x0a" {
+		s.ng, err = pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
+	} else {
+		s.pcap, err = pcapgo.NewReader(br)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("capture %s is neither pcap nor pcapng: %w", path, err)
+	}
+	return s, nil
+}
+
+// ReadPacket returns the next packet or io.EOF.
+func (s *FileSource) ReadPacket() (Packet, error) {
+	if s.ng != nil {
+		data, ci, err := s.ng.ReadPacketData()
+		if err != nil {
+			return Packet{}, eof(err)
+		}
+		link := layers.LinkTypeEthernet
+		if iface, err := s.ng.Interface(ci.InterfaceIndex); err == nil {
+			link = iface.LinkType
+		}
+		return Packet{Data: data, Link: link, CI: ci}, nil
+	}
+	data, ci, err := s.pcap.ReadPacketData()
+	if err != nil {
+		return Packet{}, eof(err)
+	}
+	return Packet{Data: data, Link: s.pcap.LinkType(), CI: ci}, nil
+}
+
+// eof treats a truncated last record like the end of the file: captures
+// cut short by a full disk or a killed tcpdump are common.
+func eof(err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return io.EOF
+	}
+	return err
+}
+
+func (s *FileSource) Close() error { return s.f.Close() }
+
+// Replay feeds every packet of src to the tracker, expiring by packet
+// time, and ends every session at the end. It is how `ftpgate analyze`
+// runs captures through the same pipeline as the daemon.
+func (t *Tracker) Replay(src Source) error {
+	var lastExpire time.Time
+	for {
+		p, err := src.ReadPacket()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("reading packet %d: %w", t.stats.Packets+1, err)
+		}
+		t.HandlePacket(p.Data, p.Link, p.CI)
+		if ts := p.CI.Timestamp; ts.Sub(lastExpire) >= time.Second {
+			if !lastExpire.IsZero() {
+				t.Expire(ts)
+			}
+			lastExpire = ts
+		}
+		if err := t.Commit(); err != nil {
+			return err
+		}
+	}
+	t.CloseAll("end of capture")
+	return t.Commit()
+}
+
+// Run reads packets from the channel until ctx ends or the channel is
+// closed. It handles every packet already queued, commits the pinhole
+// changes of that batch at once, and only then releases the packets. On
+// the way out it closes every pinhole.
+func (t *Tracker) Run(ctx context.Context, pkts <-chan Packet) error {
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	var batch []Packet
+	finish := func(reason string) error {
+		t.CloseAll(reason)
+		err := t.Commit()
+		for _, p := range batch {
+			if p.Done != nil {
+				p.Done(err)
+			}
+		}
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return finish("daemon stopping")
+		case now := <-ticker.C:
+			t.Expire(now)
+			if err := t.Commit(); err != nil {
+				t.log.Error("committing expired pinholes", "error", err)
+			}
+		case p, ok := <-pkts:
+			if !ok {
+				return finish("capture ended")
+			}
+			batch = append(batch[:0], p)
+			t.HandlePacket(p.Data, p.Link, p.CI)
+		drain:
+			for len(batch) < 256 {
+				select {
+				case p, ok := <-pkts:
+					if !ok {
+						break drain
+					}
+					batch = append(batch, p)
+					t.HandlePacket(p.Data, p.Link, p.CI)
+				default:
+					break drain
+				}
+			}
+			err := t.Commit()
+			if err != nil {
+				t.log.Error("committing pinholes", "error", err)
+			}
+			for _, p := range batch {
+				if p.Done != nil {
+					p.Done(err)
+				}
+			}
+			batch = batch[:0]
+		}
+	}
+}
