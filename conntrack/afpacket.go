@@ -38,7 +38,7 @@ func ControlPortFilter(ports []uint16) ([]bpf.RawInstruction, error) {
 	prog = append(prog,
 		bpf.LoadAbsolute{Off: 0, Size: 1},
 		bpf.ALUOpConstant{Op: bpf.ALUOpShiftRight, Val: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 6, SkipTrue: 0xfe}, // to IPv6, patched below
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 6, SkipTrue: 0xfe},    // to IPv6, patched below
 		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 4, SkipTrue: 0xfd}, // to reject, patched below
 		// IPv4: protocol TCP, not a later fragment.
 		bpf.LoadAbsolute{Off: 9, Size: 1},
