@@ -103,7 +103,7 @@ func OpenAFPacket(ifaces []string, ports []uint16, log *slog.Logger) (*AFPacketS
 	}
 	s := &AFPacketSource{log: log}
 	for _, name := range ifaces {
-		opts := []any{afpacket.SocketDgram, afpacket.OptPollTimeout(200 * time.Millisecond),
+		opts := []any{afpacket.SocketDgram, afpacket.TPacketVersion2, afpacket.OptPollTimeout(200 * time.Millisecond),
 			afpacket.OptFrameSize(1 << 16), afpacket.OptBlockSize(1 << 20), afpacket.OptNumBlocks(8)}
 		if name != "" {
 			opts = append(opts, afpacket.OptInterface(name))

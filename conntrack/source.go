@@ -12,6 +12,8 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/ftpgate/ftpgate/rules"
 )
 
 // Packet is one captured packet. Done, if set, is called once the
@@ -125,7 +127,9 @@ func (t *Tracker) Replay(src Source) error {
 // closed. It handles every packet already queued, commits the pinhole
 // changes of that batch at once, and only then releases the packets. On
 // the way out it closes every pinhole.
-func (t *Tracker) Run(ctx context.Context, pkts <-chan Packet) error {
+//
+// consumed, which may be nil, reports pinholes the kernel used up.
+func (t *Tracker) Run(ctx context.Context, pkts <-chan Packet, consumed <-chan rules.Pinhole) error {
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
 	var batch []Packet
@@ -143,6 +147,8 @@ func (t *Tracker) Run(ctx context.Context, pkts <-chan Packet) error {
 		select {
 		case <-ctx.Done():
 			return finish("daemon stopping")
+		case p := <-consumed:
+			t.PinholeConsumed(p)
 		case now := <-ticker.C:
 			t.Expire(now)
 			if err := t.Commit(); err != nil {

@@ -92,6 +92,7 @@ type Stats struct {
 	ChannelsOpened   uint64
 	ChannelsRefused  uint64
 	PinholesClosed   uint64
+	PinholesConsumed uint64 // closed by the kernel on the first packet of their connection
 	BackendErrors    uint64
 	SessionsTracked  int // now
 	PinholesOpen     int // now
@@ -347,6 +348,20 @@ func channelAttrs(ch Channel) []any {
 	}
 }
 
+// PinholeConsumed records that the kernel removed p because its data
+// connection started. Reports of pinholes ftpgate no longer tracks (a
+// retransmitted report, or one closed meanwhile) are ignored.
+func (t *Tracker) PinholeConsumed(key rules.Pinhole) {
+	p, ok := t.pinholes[key]
+	if !ok {
+		return
+	}
+	delete(t.pinholes, key)
+	t.dropFromSession(p)
+	t.stats.PinholesConsumed++
+	t.logClosed(p, "data connection started")
+}
+
 // closeSessionPinholes closes every open pinhole of s.
 func (t *Tracker) closeSessionPinholes(s *Session, reason string) {
 	for len(s.pinholes) > 0 {
@@ -365,8 +380,12 @@ func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
 	}
 	t.dropFromSession(p)
 	t.stats.PinholesClosed++
+	t.logClosed(p, reason)
+}
+
+func (t *Tracker) logClosed(p *pinhole, reason string) {
 	t.log.Info("channel closed", "session", p.channel.Session, "command", p.channel.Command.String(),
-		"orig_h", key.Peer.String(), "resp_h", key.Addr.String(), "resp_p", key.Port, "reason", reason)
+		"orig_h", p.key.Peer.String(), "resp_h", p.key.Addr.String(), "resp_p", p.key.Port, "reason", reason)
 }
 
 func (t *Tracker) dropFromSession(p *pinhole) {

@@ -45,6 +45,9 @@ type Config struct {
 	MarkMask    uint32 // bits of ct mark ftpgate owns
 	MaxPinholes uint32 // size of each set; the kernel refuses more
 	NetNS       int    // network namespace fd; 0 for the current one
+	// LogGroup, if not 0, adds `log group N` to the consuming rules so
+	// that a ConsumedListener learns when each pinhole was used.
+	LogGroup uint16
 	Logger      *slog.Logger
 }
 
@@ -176,7 +179,8 @@ func (n *Nftables) newSet(name string, addr nftables.SetDatatype) *nftables.Set 
 //	tcp flags & (syn | ack) == syn ct state new \
 //	  ip saddr . ip daddr . tcp dport @SET \
 //	  ct mark set ct mark & ~MASK | MARK \
-//	  delete @SET { ip saddr . ip daddr . tcp dport } counter
+//	  delete @SET { ip saddr . ip daddr . tcp dport } counter \
+//	  log group LOGGROUP snaplen 128
 //
 // The lookup and the delete run in the packet path, so a pinhole admits
 // one connection no matter how fast its SYN follows the announcement of
@@ -215,6 +219,13 @@ func (n *Nftables) consumeRule(chain *nftables.Chain, set *nftables.Set, off, al
 		&expr.Ct{Register: markReg, Key: expr.CtKeyMARK, SourceRegister: true},
 		&expr.Dynset{SrcRegKey: keyReg, SetName: set.Name, SetID: set.ID, Operation: dynsetOpDelete},
 		&expr.Counter{},
+	}
+	if n.cfg.LogGroup != 0 {
+		exprs = append(exprs, &expr.Log{
+			Key:     1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_SNAPLEN,
+			Group:   n.cfg.LogGroup,
+			Snaplen: consumedSnaplen,
+		})
 	}
 	return &nftables.Rule{
 		Table:    n.table,

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -206,7 +207,20 @@ func TestPinholeExpiresInKernel(t *testing.T) {
 // deletes the element, so a second connection finds no pinhole.
 func TestPinholeConsumedByFirstSYN(t *testing.T) {
 	ns := newNetNS(t)
-	n := openTest(t, ns)
+	n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, NetNS: int(ns), LogGroup: 77})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer n.Close()
+	l, err := ListenConsumed(77, int(ns))
+	if err != nil {
+		t.Fatalf("ListenConsumed: %v", err)
+	}
+	defer l.Close()
+	reports := make(chan Pinhole, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = l.Run(ctx, reports) }()
 	var ln net.Listener
 	inNetNS(t, ns, func() {
 		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
@@ -238,6 +252,14 @@ func TestPinholeConsumedByFirstSYN(t *testing.T) {
 	})
 	if got := elements(t, n); len(got) != 0 {
 		t.Errorf("pinhole still present after its connection started: %v", got)
+	}
+	select {
+	case got := <-reports:
+		if got != p {
+			t.Errorf("NFLOG reported %v, want %v", got, p)
+		}
+	case <-time.After(3 * time.Second):
+		t.Errorf("no NFLOG report of the consumed pinhole")
 	}
 	out := nft(t, ns, "list", "chain", "inet", "ftpgate", "mark_ftp_data_output")
 	if !strings.Contains(out, "counter packets 1 ") {

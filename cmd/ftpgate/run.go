@@ -23,6 +23,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	m := mark{value: 0x01000000, mask: 0x01000000}
 	fs.Var(&m, "mark", "conntrack mark `VALUE/MASK` set on the first packet of each admitted data connection")
 	table := fs.String("table", rules.DefaultTable, "`name` of the inet table ftpgate owns")
+	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel reports each pinhole's first packet (1-65535)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: ftpgate run [flags]
 
@@ -78,8 +79,11 @@ Flags:
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	if *nflogGroup == 0 || *nflogGroup > 65535 {
+		return fmt.Errorf("--nflog-group %d: want 1-65535", *nflogGroup)
+	}
 	fw, err := rules.Open(rules.Config{
-		Table: *table, Mark: m.value, MarkMask: m.mask,
+		Table: *table, Mark: m.value, MarkMask: m.mask, LogGroup: uint16(*nflogGroup),
 		MaxPinholes: uint32(cfg.MaxPinholes), Logger: log,
 	})
 	if err != nil {
@@ -93,6 +97,11 @@ Flags:
 			log.Error("removing nftables table", "error", err)
 		}
 	}()
+	consumed, err := rules.ListenConsumed(uint16(*nflogGroup), 0)
+	if err != nil {
+		return err
+	}
+	defer consumed.Close()
 	src, err := conntrack.OpenAFPacket(names, cfg.ControlPorts, log)
 	if err != nil {
 		return fmt.Errorf("%w (capture needs root or CAP_NET_RAW)", err)
@@ -104,7 +113,13 @@ Flags:
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
 		"table", "inet "+*table, "mark", m.String(),
 		"ruleset_line", fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value))
-	err = tr.Run(ctx, src.Start(ctx))
+	used := make(chan rules.Pinhole, 1024)
+	go func() {
+		if err := consumed.Run(ctx, used); err != nil {
+			log.Error("pinhole use reports stopped; closes will be logged late", "error", err)
+		}
+	}()
+	err = tr.Run(ctx, src.Start(ctx), used)
 	st := tr.Stats()
 	log.Info("ftpgate stopped", "sessions", st.SessionsStarted, "channels_opened", st.ChannelsOpened,
 		"channels_refused", st.ChannelsRefused, "lines", st.Lines, "lines_too_long", st.LinesTooLong,

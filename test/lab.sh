@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The ftpgate lab: three network namespaces joined by veth pairs, all on
+# documentation addresses, with vsftpd on the server and on the gateway,
+# and a default-drop nftables ruleset on the gateway as an admin writes it.
+#
+#   client 192.0.2.10      --- 192.0.2.1    gateway 198.51.100.1 --- 198.51.100.20     server
+#          2001:db8:1::10  --- 2001:db8:1::1        2001:db8:2::1 --- 2001:db8:2::20
+#
+# Usage: lab.sh up | down | ruleset ftpgate|kernel|none | ns NAME
+# LAB (default "ftpg") prefixes the namespace names so that runs can coexist.
+set -euo pipefail
+
+LAB=${LAB:-ftpg}
+C=$LAB-client G=$LAB-gw S=$LAB-server
+DIR=${LAB_DIR:-/tmp/$LAB-lab}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+down() {
+	for ns in $C $G $S; do
+		if [ -f "$DIR/vsftpd-$ns.pid" ]; then kill "$(cat "$DIR/vsftpd-$ns.pid")" 2>/dev/null || true; fi
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+		ip netns del "$ns" 2>/dev/null || true
+	done
+	rm -rf "$DIR"
+}
+
+vsftpd_conf() { # $1 = namespace
+	cat <<EOF
+listen=NO
+listen_ipv6=YES
+background=NO
+anonymous_enable=YES
+local_enable=NO
+write_enable=NO
+anon_root=$DIR/ftproot
+no_anon_password=YES
+pasv_enable=YES
+pasv_min_port=40000
+pasv_max_port=40999
+port_enable=YES
+connect_from_port_20=NO
+connect_timeout=3
+data_connection_timeout=10
+accept_timeout=10
+seccomp_sandbox=NO
+isolate_network=NO
+isolate=NO
+secure_chroot_dir=$DIR/empty
+xferlog_enable=NO
+dual_log_enable=NO
+vsftpd_log_file=$DIR/vsftpd-$1.log
+max_clients=0
+max_per_ip=0
+EOF
+}
+
+up() {
+	down
+	mkdir -p "$DIR/ftproot" "$DIR/empty"
+	chmod 755 "$DIR" "$DIR/ftproot" "$DIR/empty"
+	head -c 262144 /dev/urandom >"$DIR/ftproot/file.bin"
+	head -c 0 /dev/null >"$DIR/ftproot/empty.txt"
+	chmod 644 "$DIR/ftproot/"*
+	for ns in $C $G $S; do
+		ip netns add "$ns"
+		nsx "$ns" ip link set lo up
+		nsx "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+	done
+	ip link add "$LAB-c0" netns "$C" type veth peer name "$LAB-g0" netns "$G"
+	ip link add "$LAB-s0" netns "$S" type veth peer name "$LAB-g1" netns "$G"
+	nsx "$C" ip addr add 192.0.2.10/24 dev "$LAB-c0"
+	nsx "$C" ip addr add 2001:db8:1::10/64 dev "$LAB-c0" nodad
+	nsx "$G" ip addr add 192.0.2.1/24 dev "$LAB-g0"
+	nsx "$G" ip addr add 2001:db8:1::1/64 dev "$LAB-g0" nodad
+	nsx "$G" ip addr add 198.51.100.1/24 dev "$LAB-g1"
+	nsx "$G" ip addr add 2001:db8:2::1/64 dev "$LAB-g1" nodad
+	nsx "$S" ip addr add 198.51.100.20/24 dev "$LAB-s0"
+	nsx "$S" ip addr add 2001:db8:2::20/64 dev "$LAB-s0" nodad
+	for l in "$C:$LAB-c0" "$G:$LAB-g0" "$G:$LAB-g1" "$S:$LAB-s0"; do nsx "${l%%:*}" ip link set "${l#*:}" up; done
+	nsx "$C" ip route add default via 192.0.2.1
+	nsx "$C" ip -6 route add default via 2001:db8:1::1
+	nsx "$S" ip route add default via 198.51.100.1
+	nsx "$S" ip -6 route add default via 2001:db8:2::1
+	nsx "$G" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+	for ns in $S $G; do
+		vsftpd_conf "$ns" >"$DIR/vsftpd-$ns.conf"
+		nsx "$ns" vsftpd "$DIR/vsftpd-$ns.conf" >"$DIR/vsftpd-$ns.out" 2>&1 &
+		echo $! >"$DIR/vsftpd-$ns.pid"
+	done
+	ruleset ftpgate
+	# Wait for both FTP servers to listen.
+	for ns in $S $G; do
+		for _ in $(seq 50); do
+			nsx "$ns" ss -ltn 2>/dev/null | grep -q ':21 ' && break
+			sleep 0.1
+		done
+		nsx "$ns" ss -ltn | grep -q ':21 ' || { echo "vsftpd in $ns did not start:" >&2; cat "$DIR/vsftpd-$ns.out" >&2; exit 1; }
+	done
+}
+
+# ruleset loads the gateway's own ruleset: default drop for forwarded and
+# input traffic, FTP control allowed, established traffic allowed, and
+#   ftpgate: the one documented line for ftpgate's mark
+#   kernel:  the kernel's FTP helper instead (the reference)
+#   none:    neither: FTP data connections must fail
+ruleset() {
+	local mode=${1:-ftpgate} admit="" helper="" helpobj=""
+	case $mode in
+	ftpgate) admit='ct mark & 0x01000000 == 0x01000000 accept' ;;
+	kernel)
+		helpobj='ct helper ftp-standard { type "ftp" protocol tcp; }'
+		helper='tcp dport 21 ct state new ct helper set "ftp-standard"'
+		admit='ct state related accept'
+		;;
+	none) ;;
+	*) echo "ruleset: want ftpgate, kernel or none" >&2; exit 2 ;;
+	esac
+	nsx "$G" nft -f - <<EOF
+flush ruleset
+table inet filter {
+	$helpobj
+	chain prerouting {
+		type filter hook prerouting priority filter; policy accept;
+		$helper
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		$admit
+		tcp dport 21 ct state new accept
+		icmp type echo-request accept
+		icmpv6 type echo-request accept
+		tcp flags syn / syn,ack counter name dropped_syn
+	}
+	chain input {
+		type filter hook input priority filter; policy drop;
+		iif lo accept
+		ct state established,related accept
+		$admit
+		tcp dport 21 accept
+		meta l4proto { icmp, ipv6-icmp } accept
+		tcp flags syn / syn,ack counter name dropped_syn_input
+	}
+	counter dropped_syn { }
+	counter dropped_syn_input { }
+}
+EOF
+}
+
+case ${1:-} in
+up) up ;;
+down) down ;;
+ruleset) ruleset "${2:-ftpgate}" ;;
+ns) case ${2:-} in client) echo "$C" ;; gw | gateway) echo "$G" ;; server) echo "$S" ;; *) exit 2 ;; esac ;;
+dir) echo "$DIR" ;;
+*) echo "usage: $0 up | down | ruleset ftpgate|kernel|none | ns client|gw|server | dir" >&2; exit 2 ;;
+esac
