@@ -48,7 +48,7 @@ type Config struct {
 	// LogGroup, if not 0, adds `log group N` to the consuming rules so
 	// that a ConsumedListener learns when each pinhole was used.
 	LogGroup uint16
-	Logger      *slog.Logger
+	Logger   *slog.Logger
 }
 
 // Nftables is the Backend for the running kernel.
