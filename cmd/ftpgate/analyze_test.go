@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"github.com/gopacket/gopacket/pcapgo"
 	"os"
 	"path/filepath"
 	"sort"
@@ -122,5 +123,137 @@ func TestAnalyzeSharedCaptures(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAnalyzeLabCaptures runs the captures recorded on the project's own
+// lab (see test/lab.sh) and checks every field of every channel.
+func TestAnalyzeLabCaptures(t *testing.T) {
+	v4 := []string{
+		"PASV T 192.0.2.10 198.51.100.20 40687 open [192.0.2.10]:* 198.51.100.20:21",
+		"PORT F 198.51.100.20 192.0.2.10 34877 open [192.0.2.10]:* 198.51.100.20:21",
+	}
+	v6 := []string{
+		"EPRT F 2001:db8:2::20 2001:db8:1::10 42457 open [2001:db8:1::10]:* [2001:db8:2::20]:21",
+		"EPSV T 2001:db8:1::10 2001:db8:2::20 40662 open [2001:db8:1::10]:* [2001:db8:2::20]:21",
+	}
+	tests := []struct {
+		file string
+		want []string
+	}{
+		{"lab-v4-pasv-port-client-side.pcap", v4},
+		{"lab-v4-pasv-port-server-side.pcap", v4},
+		{"lab-v6-eprt-epsv.pcap", v6},
+		// Linux cooked v2 from -i any: every packet twice, once per interface.
+		{"lab-v6-eprt-epsv-any-cooked.pcap", v6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			var got []string
+			sessions := map[string]bool{}
+			for _, r := range analyze(t, filepath.Join("testdata", tt.file)) {
+				p := "F"
+				if r.Passive {
+					p = "T"
+				}
+				client := r.Client[:strings.LastIndexByte(r.Client, ':')]
+				if !strings.HasPrefix(client, "[") {
+					client = "[" + client + "]"
+				}
+				got = append(got, strings.Join([]string{r.Command, p, r.OrigH, r.RespH, strconv.Itoa(r.RespP), r.Verdict, client + ":*", r.Server}, " "))
+				if r.TS == "" || r.Session == "" || r.Reason == "" {
+					t.Errorf("record with empty fields: %+v", r)
+				}
+				sessions[r.Session] = true
+			}
+			sort.Strings(got)
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Errorf("channels:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			if len(sessions) != 2 {
+				t.Errorf("%d session ids, want 2 (one per control connection)", len(sessions))
+			}
+			// The same file gives the same session ids on every run.
+			again := analyze(t, filepath.Join("testdata", tt.file))
+			for _, r := range again {
+				if !sessions[r.Session] {
+					t.Errorf("session id %s not stable across runs", r.Session)
+				}
+			}
+		})
+	}
+}
+
+// TestAnalyzePcapng converts a lab capture to pcapng and expects the same
+// channels from it.
+func TestAnalyzePcapng(t *testing.T) {
+	in, err := os.Open(filepath.Join("testdata", "lab-v4-pasv-port-client-side.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	r, err := pcapgo.NewReader(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "lab.pcapng")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := pcapgo.NewNgWriter(f, r.LinkType())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		data, ci, err := r.ReadPacketData()
+		if err != nil {
+			break
+		}
+		if err := w.WritePacket(ci, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	got := analyze(t, out)
+	want := analyze(t, filepath.Join("testdata", "lab-v4-pasv-port-client-side.pcap"))
+	if len(got) != 2 || len(got) != len(want) {
+		t.Fatalf("pcapng gave %d channels, pcap %d; want 2 each", len(got), len(want))
+	}
+	for i := range got {
+		if got[i].key() != want[i].key() || got[i].Verdict != want[i].Verdict {
+			t.Errorf("pcapng channel %d = %+v, pcap %+v", i, got[i], want[i])
+		}
+	}
+}
+
+func TestAnalyzeTextFormat(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"analyze", "--format", "text", filepath.Join("testdata", "lab-v4-pasv-port-client-side.pcap")}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"COMMAND", "PASV", "passive", "198.51.100.20:40687", "PORT", "active", "192.0.2.10:34877", "open"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("text output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{}, {"bogus"}, {"analyze"}, {"analyze", "--format", "xml", "x.pcap"}, {"run", "--mark", "0x2/0x1"}, {"run", "extra"}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code == 0 {
+			t.Errorf("ftpgate %v: exit 0, want an error", args)
+		} else if stderr.Len() == 0 {
+			t.Errorf("ftpgate %v: no message on stderr", args)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"analyze", "does-not-exist.pcap"}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "does-not-exist.pcap") {
+		t.Errorf("missing file: exit %d, stderr %q", code, stderr.String())
 	}
 }
