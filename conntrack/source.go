@@ -158,6 +158,9 @@ func (t *Tracker) Run(ctx context.Context, pkts <-chan Packet, consumed <-chan r
 			if !ok {
 				return finish("capture ended")
 			}
+			// Reports of used pinholes go first: the kernel wrote them
+			// before any control packet that follows the data connection.
+			t.drainConsumed(consumed)
 			batch = append(batch[:0], p)
 			t.HandlePacket(p.Data, p.Link, p.CI)
 		drain:
@@ -183,6 +186,17 @@ func (t *Tracker) Run(ctx context.Context, pkts <-chan Packet, consumed <-chan r
 				}
 			}
 			batch = batch[:0]
+		}
+	}
+}
+
+func (t *Tracker) drainConsumed(consumed <-chan rules.Pinhole) {
+	for {
+		select {
+		case p := <-consumed:
+			t.PinholeConsumed(p)
+		default:
+			return
 		}
 	}
 }

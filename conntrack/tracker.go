@@ -36,7 +36,12 @@ type Config struct {
 	// 16384). Past the limit the gap is skipped and counted.
 	MaxBufferedPagesPerConnection int
 	MaxBufferedPagesTotal         int
-	Logger                        *slog.Logger
+	// ReportWindow is how long the log line of a pinhole closed for a
+	// reason of the control session waits for a late kernel report that
+	// its data connection had started (see PinholeConsumed). 0 logs at
+	// once, as for capture files, where there are no such reports.
+	ReportWindow time.Duration
+	Logger       *slog.Logger
 	// OnChannel, if set, receives every announced channel with its verdict.
 	OnChannel func(Channel)
 }
@@ -105,6 +110,9 @@ type pinhole struct {
 	session *Session
 	channel Channel
 	expires time.Time
+	// Set once closed while its log line waits for a usage report.
+	closeReason string
+	logBy       time.Time
 }
 
 // Tracker follows every FTP control session in the packets it is given
@@ -118,6 +126,7 @@ type Tracker struct {
 	controls  map[uint16]bool
 	sessions  map[connKey]*Session
 	pinholes  map[rules.Pinhole]*pinhole
+	closing   map[rules.Pinhole]*pinhole // closed in the kernel, log line pending
 	assembler *reassembly.Assembler
 	decoder   decoder
 	stats     Stats
@@ -136,6 +145,7 @@ func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 		controls: make(map[uint16]bool),
 		sessions: make(map[connKey]*Session),
 		pinholes: make(map[rules.Pinhole]*pinhole),
+		closing:  make(map[rules.Pinhole]*pinhole),
 	}
 	for _, p := range cfg.ControlPorts {
 		t.controls[p] = true
@@ -226,6 +236,18 @@ func (t *Tracker) Expire(now time.Time) {
 			t.closePinhole(k, p, "timeout")
 		}
 	}
+	t.logClosing(now, false)
+}
+
+// logClosing writes the pending log lines of closed pinholes whose report
+// window has passed, or all of them.
+func (t *Tracker) logClosing(now time.Time, all bool) {
+	for k, p := range t.closing {
+		if all || !now.Before(p.logBy) {
+			delete(t.closing, k)
+			t.logClosed(p, p.closeReason)
+		}
+	}
 }
 
 // CloseAll ends every session, closing every pinhole with reason, as on
@@ -238,6 +260,7 @@ func (t *Tracker) CloseAll(reason string) {
 	for k, p := range t.pinholes {
 		t.closePinhole(k, p, reason)
 	}
+	t.logClosing(t.now, true)
 }
 
 // Commit applies the pinhole changes queued since the last Commit in one
@@ -352,6 +375,14 @@ func channelAttrs(ch Channel) []any {
 // connection started. Reports of pinholes ftpgate no longer tracks (a
 // retransmitted report, or one closed meanwhile) are ignored.
 func (t *Tracker) PinholeConsumed(key rules.Pinhole) {
+	if p, ok := t.closing[key]; ok {
+		// Closed for a session reason meanwhile, but it had been used:
+		// the report says why it really closed.
+		delete(t.closing, key)
+		t.stats.PinholesConsumed++
+		t.logClosed(p, "data connection started")
+		return
+	}
 	p, ok := t.pinholes[key]
 	if !ok {
 		return
@@ -380,6 +411,14 @@ func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
 	}
 	t.dropFromSession(p)
 	t.stats.PinholesClosed++
+	if t.cfg.ReportWindow > 0 {
+		p.closeReason, p.logBy = reason, t.now.Add(t.cfg.ReportWindow)
+		if old, ok := t.closing[key]; ok && old != p {
+			t.logClosed(old, old.closeReason)
+		}
+		t.closing[key] = p
+		return
+	}
 	t.logClosed(p, reason)
 }
 

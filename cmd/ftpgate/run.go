@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/rules"
@@ -108,6 +109,7 @@ Flags:
 	}
 	defer src.Close()
 
+	cfg.ReportWindow = 2 * time.Second
 	tr := conntrack.NewTracker(cfg, fw)
 	log.Info("ftpgate running", "version", version, "capture", "passive (AF_PACKET)",
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),

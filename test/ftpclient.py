@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Scripted FTP sessions for the ftpgate lab, on Python's ftplib.
+
+  ftpclient.py get HOST MODE FILE OUT [WAIT]
+                                        download FILE in MODE (pasv, epsv, port, eprt),
+                                        WAIT seconds after logging in
+  ftpclient.py hold HOST COMMAND SECS   log in, send COMMAND (e.g. PASV) and keep the
+                                        session open SECS seconds without connecting;
+                                        prints the reply, then QUIT
+  ftpclient.py raw HOST SECS LINE...    send each LINE, print each reply, keep the
+                                        session open SECS seconds, then QUIT
+  ftpclient.py load HOST MODE FILE N    N transfers of FILE on one session, each on a
+                                        new data connection; prints how many succeeded
+
+Exit status 0 on success, 1 on failure.
+"""
+import ftplib
+import socket
+import sys
+import time
+
+
+def connect(host, timeout=5):
+    ftp = ftplib.FTP(timeout=timeout)
+    ftp.connect(host, 21)
+    ftp.login()
+    return ftp
+
+
+def set_mode(ftp, mode):
+    if mode in ("pasv", "epsv"):
+        ftp.set_pasv(True)
+        # ftplib always uses EPSV on IPv6; force it on IPv4 when asked.
+        if mode == "epsv" and ftp.af == socket.AF_INET:
+            ftp.makepasv = lambda: ftplib.parse229(ftp.sendcmd("EPSV"), ftp.sock.getpeername())
+    elif mode in ("port", "eprt"):
+        ftp.set_pasv(False)
+        if mode == "eprt" and ftp.af == socket.AF_INET:
+            ftp.sendport = ftp.sendeprt
+    else:
+        raise SystemExit("mode must be pasv, epsv, port or eprt")
+
+
+def get(host, mode, name, out, wait="0"):
+    ftp = connect(host)
+    time.sleep(float(wait))
+    set_mode(ftp, mode)
+    with open(out, "wb") as f:
+        ftp.retrbinary("RETR " + name, f.write)
+    ftp.quit()
+
+
+def hold(host, command, secs):
+    ftp = connect(host)
+    print(ftp.sendcmd(command), flush=True)
+    time.sleep(float(secs))
+    ftp.quit()
+
+
+def raw(host, secs, lines):
+    ftp = connect(host)
+    for line in lines:
+        try:
+            print(ftp.sendcmd(line), flush=True)
+        except ftplib.Error as e:
+            print(e, flush=True)
+    time.sleep(float(secs))
+    ftp.quit()
+
+
+def load(host, mode, name, n):
+    ftp = connect(host, timeout=10)
+    set_mode(ftp, mode)
+    ok = 0
+    for _ in range(int(n)):
+        try:
+            ftp.retrbinary("RETR " + name, lambda b: None)
+            ok += 1
+        except (ftplib.Error, OSError) as e:
+            print("transfer failed:", e, file=sys.stderr)
+    ftp.quit()
+    print(ok)
+    return ok == int(n)
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise SystemExit(__doc__)
+    cmd, args = argv[1], argv[2:]
+    try:
+        if cmd == "get":
+            get(*args)
+        elif cmd == "hold":
+            hold(*args)
+        elif cmd == "raw":
+            raw(args[0], args[1], args[2:])
+        elif cmd == "load":
+            return 0 if load(*args) else 1
+        else:
+            raise SystemExit(__doc__)
+    except (ftplib.Error, OSError) as e:
+        print("error:", e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
