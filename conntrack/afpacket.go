@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
 	"github.com/gopacket/gopacket/afpacket"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/net/bpf"
 )
 
@@ -103,6 +105,15 @@ func OpenAFPacket(ifaces []string, ports []uint16, log *slog.Logger) (*AFPacketS
 	}
 	s := &AFPacketSource{log: log}
 	for _, name := range ifaces {
+		if name != "" {
+			link, err := netlink.LinkByName(name)
+			if err != nil {
+				return nil, fmt.Errorf("interface %q: %w", name, err)
+			}
+			if link.Attrs().OperState != netlink.OperUp && link.Attrs().Flags&net.FlagUp == 0 {
+				log.Warn("interface is down; capturing anyway", "interface", name)
+			}
+		}
 		opts := []any{afpacket.SocketDgram, afpacket.TPacketVersion2, afpacket.OptPollTimeout(200 * time.Millisecond),
 			afpacket.OptFrameSize(1 << 16), afpacket.OptBlockSize(1 << 20), afpacket.OptNumBlocks(8)}
 		if name != "" {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os/exec"
 	"sort"
 	"strings"
@@ -316,4 +315,16 @@ func TestRefusesToRunBlind(t *testing.T) {
 	}
 }
 
-var _ = net.IPv4len
+// TestUnknownInterface names an interface that does not exist: ftpgate
+// must say so, exit 1, and leave no table behind.
+func TestUnknownInterface(t *testing.T) {
+	needLab(t)
+	out, err := inNS(context.Background(), "gw", bin, "run", "--interface", "nosuch0").CombinedOutput()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), `interface "nosuch0"`) {
+		t.Fatalf("ftpgate run --interface nosuch0: %v\n%s", err, out)
+	}
+	if tableExists(t) {
+		t.Errorf("table inet ftpgate left behind after a failed start")
+	}
+}

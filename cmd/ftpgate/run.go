@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -104,8 +105,11 @@ Flags:
 	}
 	defer consumed.Close()
 	src, err := conntrack.OpenAFPacket(names, cfg.ControlPorts, log)
-	if err != nil {
+	if errors.Is(err, os.ErrPermission) {
 		return fmt.Errorf("%w (capture needs root or CAP_NET_RAW)", err)
+	}
+	if err != nil {
+		return err
 	}
 	defer src.Close()
 

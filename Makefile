@@ -1,0 +1,51 @@
+# ftpgate — see README.md. Every target that touches the lab needs root.
+GO      ?= go
+BIN     := bin/ftpgate
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+# command:package pairs the tests and the demo need.
+TOOLS := vsftpd:vsftpd nft:nftables curl:curl lftp:lftp ip:iproute2 tcpdump:tcpdump \
+         python3:python3 setpriv:util-linux ss:iproute2
+
+.PHONY: build test unit demo bench fuzz deps clean
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/ftpgate
+
+# deps installs the system packages that are missing (apt-get, as root).
+deps:
+	@missing=""; for t in $(TOOLS); do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || PATH=$$PATH:/usr/sbin:/sbin command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing (run as root to install them)"; \
+	  else echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
+	fi
+
+# test runs everything: vet, unit tests, fuzz seed corpora, kernel tests in
+# throwaway namespaces and the end-to-end lab (the last two need root).
+test: deps
+	$(GO) vet ./...
+	PATH=$$PATH:/usr/sbin:/sbin $(GO) test -count=1 -timeout 30m ./...
+
+unit:
+	$(GO) test -count=1 ./parser ./conntrack ./cmd/...
+
+# demo shows the main job on the lab: real transfers in every mode through a
+# default-drop gateway, what was negotiated, opened and closed.
+demo: build deps
+	PATH=$$PATH:/usr/sbin:/sbin FTPGATE=$(CURDIR)/$(BIN) test/demo.sh
+
+# bench runs the Go benchmarks (parser, packet path).
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./parser ./conntrack
+
+# fuzz runs each fuzz target for FUZZTIME (seed corpora also run in make test).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./parser -run '^$$' -fuzz '^FuzzParseCommand$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./parser -run '^$$' -fuzz '^FuzzParseReply$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzPacketPath$$' -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf bin
