@@ -51,7 +51,7 @@ type Session struct {
 	replyFound bool
 	replyErr   error
 
-	encrypted bool
+	inTLS     [2]bool // per direction: between an accepted AUTH and the return to clear text
 	epsvAll   bool
 	pinholes  []*pinhole // open pinholes, oldest first
 	ended     bool
@@ -60,13 +60,16 @@ type Session struct {
 // feed takes reassembled bytes of one direction.
 func (s *Session) feed(dir int, data []byte, ts time.Time) {
 	s.Last = ts
+	if s.ended {
+		return
+	}
 	for len(data) > 0 {
-		if s.encrypted {
+		if s.inTLS[dir] {
 			clear, ok := s.tls[dir].walk(data)
 			if !ok {
 				return
 			}
-			s.leaveTLS(ts)
+			s.leaveTLS(dir)
 			data = clear
 			continue
 		}
@@ -78,7 +81,7 @@ func (s *Session) feed(dir int, data []byte, ts time.Time) {
 			} else {
 				s.serverLine(line, ts)
 			}
-			return !s.encrypted // stop splitting where TLS begins
+			return !s.inTLS[dir] // stop splitting where TLS begins
 		})
 		if tooLong > 0 {
 			s.tracker.stats.LinesTooLong += uint64(tooLong)
@@ -95,8 +98,8 @@ func dirName(dir int) string {
 	return "server"
 }
 
-func (s *Session) enterTLS(ts time.Time) {
-	s.encrypted = true
+func (s *Session) enterTLS() {
+	s.inTLS = [2]bool{true, true}
 	s.tls = [2]tlsWalker{}
 	for d := range s.lines {
 		s.lines[d].buf = s.lines[d].buf[:0]
@@ -107,17 +110,24 @@ func (s *Session) enterTLS(ts time.Time) {
 		"session", s.ID)
 }
 
-func (s *Session) leaveTLS(ts time.Time) {
-	s.encrypted = false
-	s.pending = s.pending[:0]
-	s.inMulti = false
-	s.tracker.log.Info("session back in clear text after TLS (CCC), parsing again", "session", s.ID)
+// leaveTLS is called for each direction that left TLS (RFC 4217 CCC);
+// each resumes parsing at its first clear-text byte.
+func (s *Session) leaveTLS(dir int) {
+	s.inTLS[dir] = false
+	if dir == fromServer {
+		s.inMulti = false
+	} else {
+		s.pending = s.pending[:0]
+	}
+	if !s.inTLS[fromClient] && !s.inTLS[fromServer] {
+		s.tracker.log.Info("session back in clear text after TLS (CCC), parsing again", "session", s.ID)
+	}
 }
 
 // gap is called when bytes of a direction were lost (buffer limit) or the
 // stream was picked up in the middle: resume at the next line boundary.
 func (s *Session) gap(dir int) {
-	if !s.encrypted {
+	if !s.inTLS[dir] {
 		s.lines[dir].resync()
 	}
 	if dir == fromServer {
@@ -224,7 +234,7 @@ func (s *Session) reply(code int, ts time.Time) {
 			s.tracker.refuse(s, ch, fmt.Sprintf("server refused %s with %d", cmd.verb, code))
 		}
 	case cmd.verb == parser.VerbAUTH && code == 234:
-		s.enterTLS(ts)
+		s.enterTLS()
 	case cmd.verb == parser.VerbEPSV && cmd.cmd.All && code >= 200 && code < 300:
 		s.epsvAll = true
 	case cmd.verb == parser.VerbQUIT && code == 221:
@@ -281,5 +291,6 @@ func (s *Session) end(reason string, ts time.Time) {
 		}
 	}
 	s.pending = nil
+	s.lines = [2]lineSplitter{}
 	s.tracker.closeSessionPinholes(s, reason)
 }

@@ -42,6 +42,7 @@ func (f *streamFactory) New(netFlow, tcpFlow gopacket.Flow, tcp *layers.TCP, ac 
 type stream struct {
 	s             *Session
 	firstIsClient bool
+	lingering     bool // ended by RST, still in the reassembly pool
 }
 
 func (st *stream) dir(d reassembly.TCPFlowDirection) int {
@@ -54,6 +55,27 @@ func (st *stream) dir(d reassembly.TCPFlowDirection) int {
 // Accept takes every segment. A direction whose first segment is not a
 // SYN was picked up mid-stream: start it there, at the next line boundary.
 func (st *stream) Accept(tcp *layers.TCP, ci gopacket.CaptureInfo, d reassembly.TCPFlowDirection, nextSeq reassembly.Sequence, start *bool, ac reassembly.AssemblerContext) bool {
+	if st.s.ended {
+		return false
+	}
+	if tcp.RST {
+		// A reset ends the whole connection, but reassembly closes only
+		// the half it came on; end the session now. Its entry in the
+		// reassembly pool stays until the other half closes or idles out,
+		// and counts against the session cap meanwhile.
+		t := st.s.tracker
+		t.endSession(st.s, "control connection reset")
+		st.lingering = true
+		t.lingering++
+		key := makeConnKey(st.s.Client, st.s.Server)
+		r, ok := t.reused[key]
+		if !ok {
+			r = &reuse{}
+			t.reused[key] = r
+		}
+		r.lingering++
+		return false
+	}
 	if nextSeq == reassembly.Sequence(-1) && !tcp.SYN && !*start {
 		*start = true
 		st.s.gap(st.dir(d))
@@ -76,6 +98,16 @@ func (st *stream) ReassembledSG(sg reassembly.ScatterGather, ac reassembly.Assem
 }
 
 func (st *stream) ReassemblyComplete(ac reassembly.AssemblerContext) bool {
+	t := st.s.tracker
+	key := makeConnKey(st.s.Client, st.s.Server)
+	if st.lingering {
+		st.lingering = false
+		t.lingering--
+		if r, ok := t.reused[key]; ok {
+			r.lingering--
+		}
+	}
+	defer t.forgetReuse(key)
 	reason := "control connection closed"
 	if t := st.s.tracker; t.now.Sub(st.s.Last) >= t.cfg.IdleTimeout {
 		reason = "control connection idle"

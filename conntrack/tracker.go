@@ -132,6 +132,10 @@ type Tracker struct {
 	stats     Stats
 	now       time.Time
 	capWarned time.Time
+	lingering int // ended sessions still held by reassembly (see stream.Accept)
+	// reused holds the 4-tuples whose last connection was reset while
+	// reassembly still holds it; see flowFor.
+	reused map[connKey]*reuse
 }
 
 // NewTracker returns a tracker that opens pinholes through fw.
@@ -146,6 +150,7 @@ func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 		sessions: make(map[connKey]*Session),
 		pinholes: make(map[rules.Pinhole]*pinhole),
 		closing:  make(map[rules.Pinhole]*pinhole),
+		reused:   make(map[connKey]*reuse),
 	}
 	for _, p := range cfg.ControlPorts {
 		t.controls[p] = true
@@ -205,7 +210,7 @@ func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ci gopacket.Ca
 		if !tcp.SYN && len(tcp.Payload) == 0 {
 			return
 		}
-		if len(t.sessions) >= t.cfg.MaxSessions {
+		if len(t.sessions)+t.lingering >= t.cfg.MaxSessions {
 			t.stats.SessionsRefused++
 			if ci.Timestamp.Sub(t.capWarned) > 10*time.Second {
 				t.capWarned = ci.Timestamp
@@ -217,7 +222,43 @@ func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ci gopacket.Ca
 	}
 	ctx := assemblerContext{ci: ci}
 	t.stats.ReassemblyCalled++
-	t.assembler.AssembleWithContext(pkt.netFlow, tcp, &ctx)
+	t.assembler.AssembleWithContext(t.flowFor(key, pkt.netFlow, tcp), tcp, &ctx)
+}
+
+// reuse tracks a 4-tuple whose connection was reset. Reassembly keeps a
+// reset connection until its other half closes or idles out, and would
+// hand a new connection on the same 4-tuple to the dead one. A new SYN
+// on such a tuple therefore gets a new generation, carried in the flow's
+// endpoint type, which reassembly treats as a different key.
+type reuse struct {
+	gen       uint32
+	lingering int // reset connections of this tuple still in reassembly
+}
+
+// genEndpointBase keeps generation endpoint types clear of gopacket's own.
+const genEndpointBase = gopacket.EndpointType(1 << 20)
+
+func (t *Tracker) flowFor(key connKey, flow gopacket.Flow, tcp *layers.TCP) gopacket.Flow {
+	r, ok := t.reused[key]
+	if !ok {
+		return flow
+	}
+	if _, live := t.sessions[key]; !live && tcp.SYN && !tcp.ACK {
+		r.gen++
+	}
+	if r.gen == 0 {
+		return flow
+	}
+	return gopacket.NewFlow(genEndpointBase+gopacket.EndpointType(r.gen), flow.Src().Raw(), flow.Dst().Raw())
+}
+
+// forgetReuse drops the generation of a tuple nobody uses any more.
+func (t *Tracker) forgetReuse(key connKey) {
+	if r, ok := t.reused[key]; ok && r.lingering == 0 {
+		if _, live := t.sessions[key]; !live {
+			delete(t.reused, key)
+		}
+	}
 }
 
 // Expire ends idle sessions, pushes through reassembly gaps older than a
