@@ -51,10 +51,10 @@ type Session struct {
 	replyFound bool
 	replyErr   error
 
-	inTLS     [2]bool // per direction: between an accepted AUTH and the return to clear text
-	epsvAll   bool
-	pinholes  []*pinhole // open pinholes, oldest first
-	ended     bool
+	inTLS    [2]bool // per direction: between an accepted AUTH and the return to clear text
+	epsvAll  bool
+	pinholes []*pinhole // open pinholes, oldest first
+	ended    bool
 }
 
 // feed takes reassembled bytes of one direction.
