@@ -1,0 +1,51 @@
+package conntrack
+
+import (
+	"fmt"
+	"log/slog"
+	"testing"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/ftpgate/ftpgate/rules"
+)
+
+// BenchmarkPacketPath measures the whole path from captured frames to
+// pinhole decisions: decoding, reassembly, line splitting, parsing,
+// pairing and policy, with a dry-run backend. One operation is one
+// control session of 100 PASV/227 exchanges (about 400 packets).
+func BenchmarkPacketPath(b *testing.B) {
+	c := newConn(b, cli, srv)
+	pkts := c.handshake()
+	lines := 0
+	for i := range 100 {
+		pkts = append(pkts, c.send(true, "PASV\r\n"))
+		pkts = append(pkts, c.packet(false, c.sseq, "A", nil))
+		pkts = append(pkts, c.send(false, fmt.Sprintf("227 Entering Passive Mode (198,51,100,20,%d,%d).\r\n", 100+i/256, i%256+1)))
+		pkts = append(pkts, c.packet(true, c.cseq, "A", nil))
+		lines += 2
+	}
+	pkts = append(pkts, c.fin(true), c.fin(false), c.packet(true, c.cseq, "A", nil))
+	var bytes int64
+	for _, p := range pkts {
+		bytes += int64(len(p))
+	}
+	log := slog.New(slog.DiscardHandler)
+	b.SetBytes(bytes)
+	b.ReportAllocs()
+	for b.Loop() {
+		tr := NewTracker(Config{Logger: log}, rules.NewDryRun())
+		for _, p := range pkts {
+			tr.HandlePacket(p, layers.LinkTypeEthernet, gopacket.CaptureInfo{Length: len(p), CaptureLength: len(p)})
+		}
+		if err := tr.Commit(); err != nil {
+			b.Fatal(err)
+		}
+		if tr.Stats().ChannelsOpened != 100 {
+			b.Fatalf("opened %d channels, want 100", tr.Stats().ChannelsOpened)
+		}
+	}
+	b.ReportMetric(float64(len(pkts)), "packets/op")
+	b.ReportMetric(float64(lines), "lines/op")
+}

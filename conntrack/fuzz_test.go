@@ -1,0 +1,82 @@
+package conntrack
+
+import (
+	"encoding/binary"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/ftpgate/ftpgate/rules"
+)
+
+// FuzzPacketPath feeds arbitrary packet sequences through decoding,
+// reassembly, the session machine and the policy. The input is split
+// into packets by 2-byte length prefixes; the first byte of each packet
+// picks its link type. Nothing may panic, every open pinhole must be
+// valid and match a channel the policy opened, and bookkeeping must stay
+// consistent.
+func FuzzPacketPath(f *testing.F) {
+	c := newConn(f, cli, srv)
+	var seed []byte
+	add := func(p []byte) {
+		seed = binary.BigEndian.AppendUint16(seed, uint16(len(p)+1))
+		seed = append(seed, 0) // Ethernet
+		seed = append(seed, p...)
+	}
+	for _, p := range c.handshake() {
+		add(p)
+	}
+	add(c.send(true, "PASV\r\nPORT 192,0,2,10,200,1\r\n"))
+	add(c.send(false, "227 Entering Passive Mode (198,51,100,20,200,1)\r\n200 ok\r\n"))
+	add(c.send(true, "EPSV\r\nAUTH TLS\r\n"))
+	add(c.send(false, "229 (|||50000|)\r\n234 go\r\n"))
+	add(c.packet(true, c.cseq, "RA", nil))
+	f.Add(seed)
+	f.Add([]byte{0, 5, 0, 1, 2, 3, 4})
+
+	links := []layers.LinkType{layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeNull, layers.LinkTypeRaw}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		opened := map[rules.Pinhole]bool{}
+		fw := rules.NewDryRun()
+		tr := NewTracker(Config{
+			MaxSessions: 8, MaxPinholes: 8, MaxLineLength: 256, Logger: slog.New(slog.DiscardHandler),
+			OnChannel: func(ch Channel) {
+				if ch.Verdict == VerdictOpen {
+					opened[ch.Pinhole()] = true
+				}
+			},
+		}, fw)
+		ts := time.Unix(1700000000, 0)
+		for len(data) >= 2 {
+			n := int(binary.BigEndian.Uint16(data))
+			data = data[2:]
+			if n == 0 || n > len(data) {
+				break
+			}
+			pkt := data[:n]
+			data = data[n:]
+			ts = ts.Add(time.Millisecond)
+			tr.HandlePacket(pkt[1:], links[int(pkt[0])%len(links)], gopacket.CaptureInfo{Timestamp: ts, Length: n - 1, CaptureLength: n - 1})
+			if err := tr.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for p := range fw.Open {
+			if !p.Valid() || !opened[p] {
+				t.Fatalf("pinhole %v open without a valid open channel", p)
+			}
+		}
+		st := tr.Stats()
+		if st.PinholesOpen != len(fw.Open) || st.SessionsTracked > 8 || st.PinholesOpen > 8 {
+			t.Fatalf("bookkeeping: %+v, backend holds %d", st, len(fw.Open))
+		}
+		tr.CloseAll("end")
+		_ = tr.Commit()
+		if len(fw.Open) != 0 {
+			t.Fatalf("pinholes left after CloseAll: %v", fw.Open)
+		}
+	})
+}
