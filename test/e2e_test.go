@@ -70,9 +70,15 @@ func TestTransfersFailWithoutFtpgate(t *testing.T) {
 // TestTransfersEveryMode runs the whole matrix through ftpgate, then
 // checks the logs and that no pinhole is left.
 func TestTransfersEveryMode(t *testing.T) {
+	for _, capture := range []string{"inline", "passive"} {
+		t.Run(capture, func(t *testing.T) { testTransfersEveryMode(t, capture) })
+	}
+}
+
+func testTransfersEveryMode(t *testing.T, capture string) {
 	needLab(t)
 	setRuleset(t, "ftpgate")
-	d := startFtpgate(t)
+	d := startFtpgate(t, "--capture", capture)
 	xs := everyMode()
 	errs := runAll(t, xs)
 	names := make([]string, 0, len(errs))
@@ -319,12 +325,62 @@ func TestRefusesToRunBlind(t *testing.T) {
 // must say so, exit 1, and leave no table behind.
 func TestUnknownInterface(t *testing.T) {
 	needLab(t)
-	out, err := inNS(context.Background(), "gw", bin, "run", "--interface", "nosuch0").CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := inNS(ctx, "gw", bin, "run", "--capture", "passive", "--interface", "nosuch0").CombinedOutput()
 	ee, ok := err.(*exec.ExitError)
 	if !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), `interface "nosuch0"`) {
 		t.Fatalf("ftpgate run --interface nosuch0: %v\n%s", err, out)
 	}
 	if tableExists(t) {
 		t.Errorf("table inet ftpgate left behind after a failed start")
+	}
+}
+
+// TestNoRetransmittedSYNInline makes a few hundred passive data
+// connections, each opened the instant the 227 or 229 arrives, through
+// ftpgate in inline mode, and requires that the gateway dropped none of
+// their first SYNs: no connection waited for a retransmission.
+func TestNoRetransmittedSYNInline(t *testing.T) {
+	needLab(t)
+	setRuleset(t, "ftpgate")
+	startFtpgate(t, "--capture", "inline")
+	before := droppedSYNs(t, "dropped_syn")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	runs := []struct{ host, mode string }{{server4, "pasv"}, {server4, "epsv"}, {server6, "epsv"}}
+	errc := make(chan error, len(runs))
+	for _, r := range runs {
+		go func() {
+			out, err := inNS(ctx, "client", "python3", "ftpclient.py", "load", r.host, r.mode, "empty.txt", "100").CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("%s %s: %v: %s", r.host, r.mode, err, out)
+			}
+			errc <- err
+		}()
+	}
+	for range runs {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+	if after := droppedSYNs(t, "dropped_syn"); after != before {
+		t.Errorf("the gateway dropped %d SYNs during 300 immediate passive connections; want 0", after-before)
+	}
+}
+
+// TestInlineFailsOpen kills an inline ftpgate: FTP control connections
+// must keep working (the queue is bypassed and the table is gone).
+func TestInlineFailsOpen(t *testing.T) {
+	needLab(t)
+	setRuleset(t, "ftpgate")
+	d := startFtpgate(t, "--capture", "inline")
+	_ = d.cmd.Process.Kill()
+	<-d.done
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := inNS(ctx, "client", "python3", "ftpclient.py", "raw", server4, "0", "PWD").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "257") {
+		t.Fatalf("control connection after ftpgate died: %v\n%s", err, out)
 	}
 }

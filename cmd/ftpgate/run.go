@@ -21,18 +21,29 @@ func cmdRun(args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var tf trackerFlags
 	tf.register(fs, "info")
-	ifaces := fs.String("interface", "", "comma-separated `interfaces` to watch for FTP control traffic (default: all)")
+	ifaces := fs.String("interface", "", "with --capture passive: comma-separated `interfaces` to watch for FTP control traffic (default: all)")
 	m := mark{value: 0x01000000, mask: 0x01000000}
 	fs.Var(&m, "mark", "conntrack mark `VALUE/MASK` set on the first packet of each admitted data connection")
 	table := fs.String("table", rules.DefaultTable, "`name` of the inet table ftpgate owns")
+	capture := fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFQUEUE: each packet is held until its pinhole is committed, so no data connection races it) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
+	queueNum := fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535)")
 	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel reports each pinhole's first packet (1-65535)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: ftpgate run [flags]
 
-Watches FTP control connections on the given interfaces (AF_PACKET with a
-kernel filter: only the control ports reach ftpgate) and opens one nftables
-pinhole per accepted data channel in its own table, 'inet %s', created
-with the owner flag so that the kernel removes it even if ftpgate is killed.
+Watches FTP control connections and opens one nftables pinhole per accepted
+data channel in its own table, 'inet %s', created with the owner flag so
+that the kernel removes it even if ftpgate is killed.
+
+With --capture inline (the default) the kernel queues FTP control packets to
+ftpgate (NFQUEUE; the nft queue statement, or the xtables NFQUEUE target
+where the kernel lacks it) and releases each one only after the pinholes it
+announced are committed, so a client that connects the instant it reads a
+227 reply is never dropped. If ftpgate dies the queue is bypassed and the
+table vanishes: control traffic keeps flowing. --capture passive watches a
+copy (AF_PACKET with a kernel filter for the control ports) for mirror/SPAN
+ports and labs; there a fast client's first data SYN can beat the pinhole
+and is retransmitted about a second later.
 
 A pinhole admits one TCP connection from the peer that will connect to the
 announced address and port. Its first packet gets the conntrack mark; add
@@ -104,18 +115,45 @@ Flags:
 		return err
 	}
 	defer consumed.Close()
-	src, err := conntrack.OpenAFPacket(names, cfg.ControlPorts, log)
-	if errors.Is(err, os.ErrPermission) {
-		return fmt.Errorf("%w (capture needs root or CAP_NET_RAW)", err)
+	var pkts <-chan conntrack.Packet
+	captureDesc := ""
+	switch *capture {
+	case "passive":
+		src, err := conntrack.OpenAFPacket(names, cfg.ControlPorts, log)
+		if errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("%w (capture needs root or CAP_NET_RAW)", err)
+		}
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		pkts = src.Start(ctx)
+		captureDesc = "passive (AF_PACKET copy; a fast client's data SYN can race the pinhole)"
+	case "inline":
+		if len(names) > 0 {
+			return fmt.Errorf("--interface applies to --capture passive; inline capture inspects all FTP control traffic this host forwards, receives or sends")
+		}
+		if *queueNum > 65535 {
+			return fmt.Errorf("--queue %d: want 0-65535", *queueNum)
+		}
+		src, err := conntrack.OpenQueue(uint16(*queueNum), 8192, 0, log)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		mode, err := fw.AddQueueRules(uint16(*queueNum), cfg.ControlPorts)
+		if err != nil {
+			return err
+		}
+		pkts = src.Start(ctx)
+		captureDesc = fmt.Sprintf("inline (queue %d, %s, bypass if ftpgate is gone)", *queueNum, mode)
+	default:
+		return fmt.Errorf("--capture %q: want inline or passive", *capture)
 	}
-	if err != nil {
-		return err
-	}
-	defer src.Close()
 
 	cfg.ReportWindow = 2 * time.Second
 	tr := conntrack.NewTracker(cfg, fw)
-	log.Info("ftpgate running", "version", version, "capture", "passive (AF_PACKET)",
+	log.Info("ftpgate running", "version", version, "capture", captureDesc,
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
 		"table", "inet "+*table, "mark", m.String(),
 		"ruleset_line", fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value))
@@ -125,7 +163,7 @@ Flags:
 			log.Error("pinhole use reports stopped; closes will be logged late", "error", err)
 		}
 	}()
-	err = tr.Run(ctx, src.Start(ctx), used)
+	err = tr.Run(ctx, pkts, used)
 	st := tr.Stats()
 	log.Info("ftpgate stopped", "sessions", st.SessionsStarted, "channels_opened", st.ChannelsOpened,
 		"channels_refused", st.ChannelsRefused, "lines", st.Lines, "lines_too_long", st.LinesTooLong,

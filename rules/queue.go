@@ -1,0 +1,76 @@
+package rules
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
+	"golang.org/x/sys/unix"
+)
+
+// QueueMode says how control packets reach the daemon inline.
+type QueueMode string
+
+const (
+	// QueueNative is the nft `queue` statement (nft_queue).
+	QueueNative QueueMode = "nft queue"
+	// QueueXtables is the xtables NFQUEUE target through nft's compat
+	// layer (nft_compat + xt_NFQUEUE), for kernels without nft_queue.
+	QueueXtables QueueMode = "xtables NFQUEUE via nft compat"
+)
+
+// nfqFlagBypass is NFQ_FLAG_BYPASS of xt_NFQ_info_v3.
+const nfqFlagBypass = 0x01
+
+// AddQueueRules sends TCP packets from or to the control ports to queue
+// num, in each of ftpgate's chains, after the pinhole rules:
+//
+//	nft add rule inet ftpgate mark_ftp_data_forward tcp dport 21 queue num N bypass
+//	nft add rule inet ftpgate mark_ftp_data_forward tcp sport 21 queue num N bypass
+//
+// It tries the native statement first and falls back to the xtables
+// target, and reports which one the running kernel took. With bypass, the
+// kernel accepts the packets itself while no process listens on the
+// queue, so control traffic fails open if the daemon dies.
+func (n *Nftables) AddQueueRules(num uint16, ports []uint16) (QueueMode, error) {
+	native := &expr.Queue{Num: num, Flag: expr.QueueFlagBypass}
+	if err := n.addQueueRules(ports, native); err == nil {
+		return QueueNative, nil
+	}
+	info := make([]byte, 8) // xt_NFQ_info_v3, host order, aligned to 8
+	binary.NativeEndian.PutUint16(info[0:], num)
+	binary.NativeEndian.PutUint16(info[2:], 1)
+	binary.NativeEndian.PutUint16(info[4:], nfqFlagBypass)
+	unknown := xt.Unknown(info)
+	compat := &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &unknown}
+	if err := n.addQueueRules(ports, compat); err != nil {
+		return "", fmt.Errorf("%w: neither the nft queue statement nor the xtables NFQUEUE target is available: %v", ErrNoNftables, err)
+	}
+	return QueueXtables, nil
+}
+
+func (n *Nftables) addQueueRules(ports []uint16, queue expr.Any) error {
+	for _, c := range chainHooks {
+		chain := &nftables.Chain{Name: c.name, Table: n.table}
+		for _, p := range ports {
+			for _, off := range []uint32{0, 2} { // source port, destination port
+				n.conn.AddRule(&nftables.Rule{
+					Table: n.table,
+					Chain: chain,
+					Exprs: []expr.Any{
+						&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+						&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+						&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
+						&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, p)},
+						queue,
+					},
+					UserData: userdata.AppendString(nil, userdata.TypeComment, "FTP control: inspect in ftpgate before it passes"),
+				})
+			}
+		}
+	}
+	return n.conn.Flush()
+}
