@@ -36,9 +36,14 @@ unit:
 demo: build deps
 	PATH=$$PATH:/usr/sbin:/sbin FTPGATE=$(CURDIR)/$(BIN) test/demo.sh
 
-# bench runs the Go benchmarks (parser, packet path).
+# bench runs the Go benchmarks (parser, packet path, nftables commits with
+# 100,000 pinholes), then the kernel helper and ftpgate side by side on the
+# lab (test/bench.sh; SESSIONS, TRANSFERS, MODES, CAPTURE, IDLE, OUT tune it).
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem ./parser ./conntrack
+	$(GO) build -o bin/ftpload ./cmd/ftpload
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/ftpgate
+	$(GO) test -run '^$$' -bench . -benchmem ./parser ./conntrack ./rules | tee bench-go.txt
+	PATH=$$PATH:/usr/sbin:/sbin test/bench.sh
 
 # fuzz runs each fuzz target for FUZZTIME (seed corpora also run in make test).
 FUZZTIME ?= 30s

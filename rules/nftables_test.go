@@ -23,7 +23,7 @@ import (
 
 // newNetNS creates a throwaway network namespace and returns a handle to
 // it; the calling goroutine stays in its own namespace. Skips unless root.
-func newNetNS(t *testing.T) netns.NsHandle {
+func newNetNS(t testing.TB) netns.NsHandle {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root to create a network namespace and program nftables")

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# make bench, part 2: the kernel's FTP helper and ftpgate, one after the
+# other, on the same lab and the same load, side by side. Root only.
+#
+# Parameters (environment):
+#   SESSIONS   concurrent control sessions per mode          (default 20)
+#   TRANSFERS  transfers per session, each a new data conn.  (default 500)
+#   MODES      subset of: pasv4 epsv4 port4 eprt4 epsv6 eprt6 (default: all)
+#   CAPTURE    ftpgate's --capture: inline or passive         (default inline)
+#   IDLE       control sessions for the idle measurement      (default 10000; 0 skips)
+#   OUT        directory for the results                      (default bench-results/TIMESTAMP)
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+FTPGATE=${FTPGATE:-$ROOT/bin/ftpgate}
+FTPLOAD=${FTPLOAD:-$ROOT/bin/ftpload}
+SESSIONS=${SESSIONS:-20}
+TRANSFERS=${TRANSFERS:-500}
+MODES=${MODES:-"pasv4 epsv4 port4 eprt4 epsv6 eprt6"}
+CAPTURE=${CAPTURE:-inline}
+IDLE=${IDLE:-10000}
+OUT=${OUT:-$ROOT/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
+export LAB=ftpgbench LAB_DIR=/tmp/ftpgbench-lab
+C=$LAB-client G=$LAB-gw S=$LAB-server
+
+[ "$(id -u)" = 0 ] || { echo "the lab benchmark needs root" >&2; exit 1; }
+mkdir -p "$OUT"
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true # the idle sessions need one descriptor each
+
+pid=""; idle=""
+cleanup() {
+	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	[ -n "$idle" ] && kill "$idle" 2>/dev/null
+	"$HERE/lab.sh" down
+}
+trap cleanup EXIT
+"$HERE/lab.sh" up
+
+server_of() { case $1 in *6) echo 2001:db8:2::20 ;; *) echo 198.51.100.20 ;; esac; }
+label_of() { local m=${1%?}; echo "${m^^} v${1: -1}"; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+tck=$(getconf CLK_TCK)
+
+echo "benchmark: $SESSIONS sessions x $TRANSFERS transfers per mode, modes: $MODES, ftpgate --capture $CAPTURE"
+echo "command:   SESSIONS=$SESSIONS TRANSFERS=$TRANSFERS CAPTURE=$CAPTURE IDLE=$IDLE make bench"
+for gw in kernel ftpgate; do
+	"$HERE/lab.sh" ruleset "$gw"
+	if [ "$gw" = ftpgate ]; then
+		ip netns exec $G "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 >"$OUT/ftpgate.log" 2>&1 &
+		pid=$!
+		sleep 1
+		kill -0 "$pid" || { cat "$OUT/ftpgate.log"; exit 1; }
+	fi
+	for m in $MODES; do
+		before=0
+		[ -n "$pid" ] && before=$(cpu_ticks "$pid")
+		res=$(ip netns exec $C "$FTPLOAD" run --server "$(server_of "$m")" --mode "${m%?}" \
+			--sessions "$SESSIONS" --transfers "$TRANSFERS")
+		cpu=0 rss=0
+		if [ -n "$pid" ]; then
+			cpu=$(awk -v a="$before" -v b="$(cpu_ticks "$pid")" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}')
+			rss=$(hwm_kib "$pid")
+		fi
+		echo "{\"gateway\":\"$gw\",\"name\":\"$(label_of "$m")\",\"cpu_s\":$cpu,\"peak_rss_kib\":$rss,\"result\":$res}" >>"$RESULTS"
+		echo "  $gw $(label_of "$m"): $res"
+	done
+	if [ "$gw" = ftpgate ] && [ "$IDLE" -gt 0 ]; then
+		# Idle control sessions: a light FTP server on port 2121 (vsftpd
+		# would need two processes per session), ftpgate watching 21 and 2121.
+		kill "$pid"; wait "$pid" || true
+		ip netns exec $G nft add rule inet filter forward tcp dport 2121 ct state new accept
+		ip netns exec $G "$FTPGATE" run --capture "$CAPTURE" --log-level warn --control-ports 21,2121 \
+			--max-sessions 65536 >>"$OUT/ftpgate.log" 2>&1 &
+		pid=$!
+		ip netns exec $S "$FTPLOAD" idle-server --listen 198.51.100.20:2121 &
+		idle=$!
+		sleep 1
+		rss0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+		c0=$(cpu_ticks "$pid")
+		ires=$(ip netns exec $C "$FTPLOAD" idle --server 198.51.100.20:2121 --sessions "$IDLE" --hold 15s)
+		c1=$(cpu_ticks "$pid")
+		echo "{\"idle\":$ires,\"rss_before_kib\":$rss0,\"peak_rss_kib\":$(hwm_kib "$pid"),\"cpu_s\":$(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}')}" >"$OUT/idle.json"
+		echo "  idle sessions: $(cat "$OUT/idle.json")"
+		kill "$idle"; idle=""
+	fi
+	if [ -n "$pid" ]; then kill "$pid"; wait "$pid" || true; pid=""; fi
+done
+
+echo
+"$FTPLOAD" report "$RESULTS" | tee "$OUT/table.txt"
+[ -f "$OUT/idle.json" ] && echo "idle sessions: $(cat "$OUT/idle.json")" | tee -a "$OUT/table.txt"
+echo
+echo "results: $OUT/table.txt, $RESULTS"
