@@ -17,6 +17,7 @@ const (
 	nfqnlMsgPacket  = 0
 	nfqnlMsgVerdict = 1
 	nfqnlMsgConfig  = 2
+	nfqnlMsgBatch   = 3 // NFQNL_MSG_VERDICT_BATCH: every id up to the given one
 
 	nfqaPacketHdr  = 1
 	nfqaVerdictHdr = 2
@@ -100,7 +101,12 @@ func (q *QueueSource) config(attrs []netlink.Attribute) error {
 }
 
 // accept releases a queued packet.
-func (q *QueueSource) accept(id uint32) error {
+func (q *QueueSource) accept(id uint32) error { return q.verdict(nfqnlMsgVerdict, id) }
+
+// acceptUpTo releases every queued packet with an id up to id.
+func (q *QueueSource) acceptUpTo(id uint32) error { return q.verdict(nfqnlMsgBatch, id) }
+
+func (q *QueueSource) verdict(msg uint16, id uint32) error {
 	hdr := binary.BigEndian.AppendUint32(nil, nfAccept)
 	hdr = binary.BigEndian.AppendUint32(hdr, id)
 	data, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: nfqaVerdictHdr, Data: hdr}})
@@ -109,7 +115,7 @@ func (q *QueueSource) accept(id uint32) error {
 	}
 	_, err = q.conn.Send(netlink.Message{
 		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_QUEUE<<8 | nfqnlMsgVerdict),
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_QUEUE<<8 | msg),
 			Flags: netlink.Request,
 		},
 		Data: append(q.header(), data...),
@@ -151,12 +157,18 @@ func (q *QueueSource) Start(ctx context.Context) <-chan Packet {
 
 // packet decodes one queued packet; the payload starts at the IP header.
 func (q *QueueSource) packet(m netlink.Message) (Packet, bool) {
+	p, _, ok := q.decode(m)
+	return p, ok
+}
+
+// decode returns the packet and its queue id.
+func (q *QueueSource) decode(m netlink.Message) (Packet, uint32, bool) {
 	if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgPacket) || len(m.Data) < 4 {
-		return Packet{}, false
+		return Packet{}, 0, false
 	}
 	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
 	if err != nil {
-		return Packet{}, false
+		return Packet{}, 0, false
 	}
 	ad.ByteOrder = binary.BigEndian
 	var id uint32
@@ -178,7 +190,7 @@ func (q *QueueSource) packet(m netlink.Message) (Packet, bool) {
 		}
 	}
 	if !haveID {
-		return Packet{}, false
+		return Packet{}, 0, false
 	}
 	done := func(error) {
 		// The verdict is accept whatever the commit said: a failed
@@ -192,7 +204,47 @@ func (q *QueueSource) packet(m netlink.Message) (Packet, bool) {
 		Link: LinkTypeRawIP,
 		CI:   gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(payload), Length: len(payload)},
 		Done: done,
-	}, true
+	}, id, true
+}
+
+// Serve handles queued packets in the goroutine that reads them, which
+// saves a hand-over per packet: for each burst read from the socket it
+// lets handle decide on every packet and commit, then releases the whole
+// burst with one batch verdict. It returns when ctx ends or the socket
+// fails.
+func (q *QueueSource) Serve(ctx context.Context, handle func(pkts []Packet) error) error {
+	stop := context.AfterFunc(ctx, func() { q.conn.Close() })
+	defer stop()
+	var pkts []Packet
+	for {
+		msgs, err := q.conn.Receive()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("reading NFQUEUE %d: %w", q.num, err)
+		}
+		pkts = pkts[:0]
+		var last uint32
+		for _, m := range msgs {
+			if p, id, ok := q.decode(m); ok {
+				p.Done = nil
+				pkts = append(pkts, p)
+				last = id
+			}
+		}
+		if len(pkts) == 0 {
+			continue
+		}
+		if err := handle(pkts); err != nil {
+			q.log.Error("committing pinholes", "error", err)
+		}
+		// Accept whatever the commit said: a failed commit must not cut
+		// the control connection.
+		if err := q.acceptUpTo(last); err != nil {
+			q.log.Error("releasing queued packets", "up_to_id", last, "error", err)
+		}
+	}
 }
 
 // Close unbinds the queue and closes the socket. Packets still queued are

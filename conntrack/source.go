@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/gopacket/gopacket"
@@ -199,4 +200,51 @@ func (t *Tracker) drainConsumed(consumed <-chan rules.Pinhole) {
 			return
 		}
 	}
+}
+
+// RunInline runs the tracker on an inline queue: packets are handled in
+// the queue's reader goroutine and released once their pinholes are
+// committed; expiry and usage reports take turns with it under a lock.
+func (t *Tracker) RunInline(ctx context.Context, q *QueueSource, consumed <-chan rules.Pinhole) error {
+	var mu sync.Mutex
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ticker := time.NewTicker(time.Second)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case p := <-consumed:
+				mu.Lock()
+				t.PinholeConsumed(p)
+				mu.Unlock()
+			case now := <-ticker.C:
+				mu.Lock()
+				t.Expire(now)
+				if err := t.Commit(); err != nil {
+					t.log.Error("committing expired pinholes", "error", err)
+				}
+				mu.Unlock()
+			}
+		}
+	}()
+	err := q.Serve(ctx, func(pkts []Packet) error {
+		mu.Lock()
+		defer mu.Unlock()
+		t.drainConsumed(consumed)
+		for _, p := range pkts {
+			t.HandlePacket(p.Data, p.Link, p.CI)
+		}
+		return t.Commit()
+	})
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	t.CloseAll("daemon stopping")
+	if cerr := t.Commit(); err == nil {
+		err = cerr
+	}
+	return err
 }

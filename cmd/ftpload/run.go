@@ -148,7 +148,7 @@ func (f *ftpConn) cmd(expect int, format string, args ...any) (string, error) {
 	}
 	_, msg, err := f.tp.ReadResponse(expect)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", strings.Fields(fmt.Sprintf(format, args...)+" ?")[0], err)
+		return "", fmt.Errorf("%s: %w", strings.Fields(fmt.Sprintf(format, args...) + " ?")[0], err)
 	}
 	return msg, nil
 }
