@@ -114,8 +114,11 @@ func OpenAFPacket(ifaces []string, ports []uint16, log *slog.Logger) (*AFPacketS
 				log.Warn("interface is down; capturing anyway", "interface", name)
 			}
 		}
+		// TPACKET_V2 hands over each packet at once (V3 waits for a block
+		// to fill or time out). 4096 frames of 8 KiB: control segments are
+		// small, and a ring that overflows costs reassembly gaps.
 		opts := []any{afpacket.SocketDgram, afpacket.TPacketVersion2, afpacket.OptPollTimeout(200 * time.Millisecond),
-			afpacket.OptFrameSize(1 << 16), afpacket.OptBlockSize(1 << 20), afpacket.OptNumBlocks(8)}
+			afpacket.OptFrameSize(1 << 13), afpacket.OptBlockSize(1 << 20), afpacket.OptNumBlocks(32)}
 		if name != "" {
 			opts = append(opts, afpacket.OptInterface(name))
 		}

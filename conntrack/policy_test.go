@@ -252,3 +252,17 @@ func TestReusedTupleAfterReset(t *testing.T) {
 		t.Errorf("after idle expiry: lingering %d, reused %d; want 0, 0", h.tr.lingering, len(h.tr.reused))
 	}
 }
+
+// TestPairingRecoversAfterGap loses a server segment holding a reply: the
+// session must not stay one reply off for the rest of its life.
+func TestPairingRecoversAfterGap(t *testing.T) {
+	h, c := session(t, Config{})
+	h.feed(c.send(true, "TYPE I\r\n"))
+	c.send(false, "200 Switching to Binary mode.\r\n") // lost on the way to ftpgate
+	h.feed(c.send(true, "PASV\r\n"), c.send(false, "227 Entering Passive Mode (198,51,100,20,200,1)\r\n"))
+	h.tr.Expire(h.ts.Add(10 * time.Second)) // reassembly gives up waiting for the lost bytes
+	h.feed(c.send(true, "PASV\r\n"), c.send(false, "227 Entering Passive Mode (198,51,100,20,200,2)\r\n"))
+	if !h.open()[pin("192.0.2.10", "198.51.100.20", 200*256+2)] {
+		t.Fatalf("pairing did not recover after the gap: %v; channels %+v", h.open(), h.channels)
+	}
+}

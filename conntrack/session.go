@@ -124,9 +124,22 @@ func (s *Session) leaveTLS(dir int) {
 	}
 }
 
-// gap is called when bytes of a direction were lost (buffer limit) or the
-// stream was picked up in the middle: resume at the next line boundary.
+// gap is called when bytes of a direction were lost (buffer limit, a
+// segment the capture missed): resume at the next line boundary.
+//
+// Lost bytes may have held a command or a reply, so the pairing of
+// replies with commands can no longer be trusted: the pending commands
+// are dropped. A reply in flight then finds no command and is refused,
+// and the next exchange pairs correctly again, instead of every later
+// reply answering the wrong command.
 func (s *Session) gap(dir int) {
+	s.pickUp(dir)
+	s.pending = s.pending[:0]
+}
+
+// pickUp starts a direction whose beginning was not seen (the session was
+// running before ftpgate): parsing starts at its next line boundary.
+func (s *Session) pickUp(dir int) {
 	if !s.inTLS[dir] {
 		s.lines[dir].resync()
 	}

@@ -78,7 +78,7 @@ func (st *stream) Accept(tcp *layers.TCP, ci gopacket.CaptureInfo, d reassembly.
 	}
 	if nextSeq == reassembly.Sequence(-1) && !tcp.SYN && !*start {
 		*start = true
-		st.s.gap(st.dir(d))
+		st.s.pickUp(st.dir(d))
 	}
 	return true
 }
