@@ -34,23 +34,12 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	_, cfg, err := tf.parse(fs, args, 1, stderr)
+	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return errUsage
 	}
 	if *format != "json" && *format != "text" {
 		return fmt.Errorf("--format %q: want json or text", *format)
-	}
-	log, err := tf.logger(stderr)
-	if err != nil {
-		return err
-	}
-	cfg, err := tf.config(log)
-	if err != nil {
-		return err
 	}
 	src, err := conntrack.OpenFile(fs.Arg(0))
 	if err != nil {

@@ -129,3 +129,21 @@ func (f *trackerFlags) config(log *slog.Logger) (conntrack.Config, error) {
 		Logger:                log,
 	}, nil
 }
+
+// parse parses args, requires nargs positional arguments, and builds the
+// logger and the tracker configuration both commands start from.
+func (f *trackerFlags) parse(fs *flag.FlagSet, args []string, nargs int, stderr io.Writer) (*slog.Logger, conntrack.Config, error) {
+	if err := fs.Parse(args); err != nil {
+		return nil, conntrack.Config{}, err
+	}
+	if fs.NArg() != nargs {
+		fs.Usage()
+		return nil, conntrack.Config{}, errUsage
+	}
+	log, err := f.logger(stderr)
+	if err != nil {
+		return nil, conntrack.Config{}, err
+	}
+	cfg, err := f.config(log)
+	return log, cfg, err
+}

@@ -68,18 +68,7 @@ Flags:
 `, rules.DefaultTable)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		fs.Usage()
-		return errUsage
-	}
-	log, err := tf.logger(stderr)
-	if err != nil {
-		return err
-	}
-	cfg, err := tf.config(log)
+	log, cfg, err := tf.parse(fs, args, 0, stderr)
 	if err != nil {
 		return err
 	}
