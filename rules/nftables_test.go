@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // newNetNS creates a throwaway network namespace and returns a handle to
@@ -303,7 +304,14 @@ func TestCloseRemovesTable(t *testing.T) {
 // checks that the kernel removed the table with everything in it.
 func TestTableVanishesAfterKill9(t *testing.T) {
 	ns := newNetNS(t)
-	f := os.NewFile(uintptr(ns), "netns")
+	// The child gets its own copy of the namespace fd: an *os.File owns its
+	// fd and its finalizer would close the number the handle still uses.
+	dup, err := unix.Dup(int(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(dup), "netns")
+	defer f.Close()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperHoldTable$")
 	cmd.Env = append(os.Environ(), "FTPGATE_HOLD_TABLE=1")
 	cmd.ExtraFiles = []*os.File{f}
