@@ -14,10 +14,9 @@ import (
 
 // From linux/netfilter/nfnetlink_queue.h.
 const (
-	nfqnlMsgPacket  = 0
-	nfqnlMsgVerdict = 1
-	nfqnlMsgConfig  = 2
-	nfqnlMsgBatch   = 3 // NFQNL_MSG_VERDICT_BATCH: every id up to the given one
+	nfqnlMsgPacket = 0
+	nfqnlMsgConfig = 2
+	nfqnlMsgBatch  = 3 // NFQNL_MSG_VERDICT_BATCH: every id up to the given one
 
 	nfqaPacketHdr  = 1
 	nfqaVerdictHdr = 2
@@ -100,9 +99,6 @@ func (q *QueueSource) config(attrs []netlink.Attribute) error {
 	return err
 }
 
-// accept releases a queued packet.
-func (q *QueueSource) accept(id uint32) error { return q.verdict(nfqnlMsgVerdict, id) }
-
 // acceptUpTo releases every queued packet with an id up to id.
 func (q *QueueSource) acceptUpTo(id uint32) error { return q.verdict(nfqnlMsgBatch, id) }
 
@@ -121,44 +117,6 @@ func (q *QueueSource) verdict(msg uint16, id uint32) error {
 		Data: append(q.header(), data...),
 	})
 	return err
-}
-
-// Start reads queued packets and sends them to the returned channel until
-// ctx ends. Each packet's Done releases it in the kernel.
-func (q *QueueSource) Start(ctx context.Context) <-chan Packet {
-	out := make(chan Packet, 1024)
-	stop := context.AfterFunc(ctx, func() { q.conn.Close() })
-	go func() {
-		defer close(out)
-		defer stop()
-		for {
-			msgs, err := q.conn.Receive()
-			if err != nil {
-				if ctx.Err() == nil {
-					q.log.Error("inline capture stopped; the kernel lets control traffic bypass the queue", "error", err)
-				}
-				return
-			}
-			for _, m := range msgs {
-				p, ok := q.packet(m)
-				if !ok {
-					continue
-				}
-				select {
-				case out <- p:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}
-	}()
-	return out
-}
-
-// packet decodes one queued packet; the payload starts at the IP header.
-func (q *QueueSource) packet(m netlink.Message) (Packet, bool) {
-	p, _, ok := q.decode(m)
-	return p, ok
 }
 
 // decode returns the packet and its queue id.
@@ -192,18 +150,10 @@ func (q *QueueSource) decode(m netlink.Message) (Packet, uint32, bool) {
 	if !haveID {
 		return Packet{}, 0, false
 	}
-	done := func(error) {
-		// The verdict is accept whatever the commit said: a failed
-		// commit must not cut the control connection.
-		if err := q.accept(id); err != nil {
-			q.log.Error("releasing queued packet", "id", id, "error", err)
-		}
-	}
 	return Packet{
 		Data: payload,
 		Link: LinkTypeRawIP,
 		CI:   gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(payload), Length: len(payload)},
-		Done: done,
 	}, id, true
 }
 
@@ -228,7 +178,6 @@ func (q *QueueSource) Serve(ctx context.Context, handle func(pkts []Packet) erro
 		var last uint32
 		for _, m := range msgs {
 			if p, id, ok := q.decode(m); ok {
-				p.Done = nil
 				pkts = append(pkts, p)
 				last = id
 			}

@@ -17,14 +17,11 @@ import (
 	"github.com/ftpgate/ftpgate/rules"
 )
 
-// Packet is one captured packet. Done, if set, is called once the
-// tracker has handled the packet and committed what it decided, with the
-// commit's error; inline sources release the packet there.
+// Packet is one captured packet.
 type Packet struct {
 	Data []byte
 	Link layers.LinkType
 	CI   gopacket.CaptureInfo
-	Done func(error)
 }
 
 // Source delivers packets until it returns an error; io.EOF ends a file.
@@ -125,24 +122,17 @@ func (t *Tracker) Replay(src Source) error {
 }
 
 // Run reads packets from the channel until ctx ends or the channel is
-// closed. It handles every packet already queued, commits the pinhole
-// changes of that batch at once, and only then releases the packets. On
-// the way out it closes every pinhole.
+// closed. It handles every packet already queued, then commits the
+// pinhole changes of that batch at once. On the way out it closes every
+// pinhole.
 //
 // consumed, which may be nil, reports pinholes the kernel used up.
 func (t *Tracker) Run(ctx context.Context, pkts <-chan Packet, consumed <-chan rules.Pinhole) error {
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
-	var batch []Packet
 	finish := func(reason string) error {
 		t.CloseAll(reason)
-		err := t.Commit()
-		for _, p := range batch {
-			if p.Done != nil {
-				p.Done(err)
-			}
-		}
-		return err
+		return t.Commit()
 	}
 	for {
 		select {
@@ -162,31 +152,22 @@ func (t *Tracker) Run(ctx context.Context, pkts <-chan Packet, consumed <-chan r
 			// Reports of used pinholes go first: the kernel wrote them
 			// before any control packet that follows the data connection.
 			t.drainConsumed(consumed)
-			batch = append(batch[:0], p)
 			t.HandlePacket(p.Data, p.Link, p.CI)
 		drain:
-			for len(batch) < 256 {
+			for range 255 {
 				select {
 				case p, ok := <-pkts:
 					if !ok {
 						break drain
 					}
-					batch = append(batch, p)
 					t.HandlePacket(p.Data, p.Link, p.CI)
 				default:
 					break drain
 				}
 			}
-			err := t.Commit()
-			if err != nil {
+			if err := t.Commit(); err != nil {
 				t.log.Error("committing pinholes", "error", err)
 			}
-			for _, p := range batch {
-				if p.Done != nil {
-					p.Done(err)
-				}
-			}
-			batch = batch[:0]
 		}
 	}
 }
