@@ -16,7 +16,9 @@ type Policy struct {
 
 // Check returns "" when the announcement may open a pinhole, else the
 // reason for refusing it. announcer is the control-connection address of
-// the side that wrote the announcement.
+// the side that wrote the announcement. Requiring the announced address to
+// be the announcer's also settles its family: the connecting peer is the
+// other end of that same control connection.
 func (p Policy) Check(ch Channel, announcer netip.Addr) string {
 	if ch.RespH != announcer {
 		side := "client"
@@ -24,9 +26,6 @@ func (p Policy) Check(ch Channel, announcer netip.Addr) string {
 			side = "server"
 		}
 		return fmt.Sprintf("announced address %s is not the %s's control address %s", ch.RespH, side, announcer)
-	}
-	if ch.OrigH.Is4() != ch.RespH.Is4() {
-		return "announced address family differs from the connecting peer's"
 	}
 	if ch.RespP < p.MinDataPort {
 		return fmt.Sprintf("announced port %d is below the minimum data port %d", ch.RespP, p.MinDataPort)

@@ -293,7 +293,7 @@ func (s *Session) passiveReply(code int, cmd pendingCommand, havePending bool, t
 }
 
 // end is called once when the control connection is gone.
-func (s *Session) end(reason string, ts time.Time) {
+func (s *Session) end(reason string) {
 	if s.ended {
 		return
 	}

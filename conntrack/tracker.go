@@ -101,7 +101,6 @@ type Stats struct {
 	BackendErrors    uint64
 	SessionsTracked  int // now
 	PinholesOpen     int // now
-	ReassemblyCalled uint64
 }
 
 // pinhole is an open pinhole and the session that asked for it.
@@ -221,7 +220,6 @@ func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ci gopacket.Ca
 		}
 	}
 	ctx := assemblerContext{ci: ci}
-	t.stats.ReassemblyCalled++
 	t.assembler.AssembleWithContext(t.flowFor(key, pkt.netFlow, tcp), tcp, &ctx)
 }
 
@@ -338,7 +336,7 @@ func (t *Tracker) endSession(s *Session, reason string) {
 	if s.ended {
 		return
 	}
-	s.end(reason, t.now)
+	s.end(reason)
 	delete(t.sessions, makeConnKey(s.Client, s.Server))
 	t.stats.SessionsEnded++
 	t.log.Info("session end", "session", s.ID, "reason", reason,

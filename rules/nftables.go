@@ -62,12 +62,6 @@ type Nftables struct {
 	log     *slog.Logger
 }
 
-type op struct {
-	p       Pinhole
-	add     bool
-	timeout time.Duration
-}
-
 // Open creates the table, sets and chains, or fails with ErrNoNftables or
 // ErrTableBusy. The table lives as long as the returned backend's socket:
 // Close removes it, and so does the kernel when the process dies.
@@ -263,23 +257,20 @@ func (n *Nftables) setFor(p Pinhole) *nftables.Set {
 
 // AddPinhole queues `nft add element inet ftpgate SET { PEER . ADDR . PORT timeout T }`.
 func (n *Nftables) AddPinhole(p Pinhole, timeout time.Duration) error {
-	if !p.Valid() {
-		return fmt.Errorf("adding pinhole %v: %w", p, ErrInvalidPinhole)
-	}
-	n.pending = append(n.pending, op{p: p, add: true, timeout: timeout})
-	return nil
+	return n.enqueue(newOp(p, true, timeout))
 }
 
 // DelPinhole queues `nft delete element inet ftpgate SET { PEER . ADDR . PORT }`.
 // It is idempotent: the element is added (a no-op if present) and deleted
 // in the same batch, because deleting an absent element would fail the
 // whole batch, and the kernel may have consumed or expired it meanwhile.
-func (n *Nftables) DelPinhole(p Pinhole) error {
-	if !p.Valid() {
-		return fmt.Errorf("removing pinhole %v: %w", p, ErrInvalidPinhole)
+func (n *Nftables) DelPinhole(p Pinhole) error { return n.enqueue(newOp(p, false, 0)) }
+
+func (n *Nftables) enqueue(o op, err error) error {
+	if err == nil {
+		n.pending = append(n.pending, o)
 	}
-	n.pending = append(n.pending, op{p: p})
-	return nil
+	return err
 }
 
 func (n *Nftables) queue(o op) error {

@@ -57,6 +57,25 @@ var ErrTableBusy = errors.New("nftables table is owned by another process")
 // or has no port.
 var ErrInvalidPinhole = errors.New("invalid pinhole")
 
+// op is one queued change of a backend: add (with its timeout) or delete.
+type op struct {
+	p       Pinhole
+	add     bool
+	timeout time.Duration
+}
+
+// newOp checks p and returns the change to queue.
+func newOp(p Pinhole, add bool, timeout time.Duration) (op, error) {
+	if !p.Valid() {
+		verb := "removing"
+		if add {
+			verb = "adding"
+		}
+		return op{}, fmt.Errorf("%s pinhole %v: %w", verb, p, ErrInvalidPinhole)
+	}
+	return op{p: p, add: add, timeout: timeout}, nil
+}
+
 // DryRun is a Backend that programs nothing and remembers what would be
 // open, for `ftpgate analyze` and for tests of the layers above.
 type DryRun struct {
@@ -64,29 +83,23 @@ type DryRun struct {
 	Adds    int                       // AddPinhole calls committed
 	Dels    int                       // DelPinhole calls committed
 	Commits int
-	pending []dryOp
-}
-
-type dryOp struct {
-	p       Pinhole
-	add     bool
-	timeout time.Duration
+	pending []op
 }
 
 // NewDryRun returns an empty DryRun backend.
 func NewDryRun() *DryRun { return &DryRun{Open: make(map[Pinhole]time.Duration)} }
 
 func (d *DryRun) AddPinhole(p Pinhole, timeout time.Duration) error {
-	if !p.Valid() {
-		return fmt.Errorf("adding pinhole %v: %w", p, ErrInvalidPinhole)
-	}
-	d.pending = append(d.pending, dryOp{p: p, add: true, timeout: timeout})
-	return nil
+	return d.queue(newOp(p, true, timeout))
 }
 
-func (d *DryRun) DelPinhole(p Pinhole) error {
-	d.pending = append(d.pending, dryOp{p: p})
-	return nil
+func (d *DryRun) DelPinhole(p Pinhole) error { return d.queue(newOp(p, false, 0)) }
+
+func (d *DryRun) queue(o op, err error) error {
+	if err == nil {
+		d.pending = append(d.pending, o)
+	}
+	return err
 }
 
 func (d *DryRun) Commit() error {
