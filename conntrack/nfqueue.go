@@ -1,25 +1,30 @@
 package conntrack
 
 import (
-	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/gopacket/gopacket"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// From linux/netfilter/nfnetlink_queue.h.
+// From linux/netfilter/nfnetlink_queue.h and nfnetlink_conntrack.h.
 const (
-	nfqnlMsgPacket = 0
-	nfqnlMsgConfig = 2
-	nfqnlMsgBatch  = 3 // NFQNL_MSG_VERDICT_BATCH: every id up to the given one
+	nfqnlMsgPacket  = 0
+	nfqnlMsgVerdict = 1
+	nfqnlMsgConfig  = 2
+	nfqnlMsgBatch   = 3 // NFQNL_MSG_VERDICT_BATCH: every id up to the given one
 
 	nfqaPacketHdr  = 1
 	nfqaVerdictHdr = 2
+	nfqaMark       = 3
 	nfqaTimestamp  = 4
 	nfqaPayload    = 10
 
@@ -35,18 +40,31 @@ const (
 	nfqaCfgFFailOpen  = 1
 
 	nfAccept = 1
+	nfRepeat = 4
 )
 
-// QueueSource is the inline capture source: the kernel queues control
-// packets to ftpgate (NFQUEUE) and holds each one until ftpgate has
-// handled it and committed the pinholes it decided on. A reply that
-// announces a passive port therefore reaches the client only after its
-// pinhole exists, and the client's SYN cannot win the race. Every packet
-// is accepted: ftpgate never drops control traffic.
+// QueueSource is the held half of inline capture (see
+// rules.AddInlineRules): the kernel queues the SYN of each new control
+// connection and each data SYN that beat its pinhole, and holds them
+// until ftpgate has caught up with the copies of the control traffic.
+// Nothing is dropped here: a packet is accepted, or, if ftpgate admits
+// it, sent through ftpgate's chain again with the mark that its first rule
+// turns into the data connection's conntrack mark.
 type QueueSource struct {
-	conn *netlink.Conn
-	num  uint16
-	log  *slog.Logger
+	conn   *netlink.Conn
+	raw    syscall.RawConn
+	fd     int
+	closed atomic.Bool
+	num    uint16
+	log    *slog.Logger
+	buf    []byte
+	out    []byte
+	// Mark, within MarkMask, is set in the packet mark of each packet
+	// handle admits, which then goes through ftpgate's chain again
+	// (NF_REPEAT), where rules.AddInlineRules' first rule moves it to the
+	// conntrack mark: how a held data SYN whose pinhole is open passes
+	// the admin's rules, like one that met its pinhole in the kernel.
+	Mark, MarkMask uint32
 }
 
 // OpenQueue binds queue num in the given network namespace (0: current).
@@ -56,9 +74,20 @@ func OpenQueue(num uint16, maxLen uint32, netns int, log *slog.Logger) (*QueueSo
 	if err != nil {
 		return nil, fmt.Errorf("opening nfqueue socket: %w", err)
 	}
-	q := &QueueSource{conn: conn, num: num, log: log}
-	_ = conn.SetOption(netlink.NoENOBUFS, true)
-	_ = conn.SetReadBuffer(8 << 20)
+	q := &QueueSource{conn: conn, num: num, log: log, buf: make([]byte, 1<<17)}
+	if q.raw, err = conn.SyscallConn(); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("nfqueue socket: %w", err)
+	}
+	_ = q.raw.Control(func(fd uintptr) {
+		q.fd = int(fd)
+		if unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
+			_ = unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+		}
+		// Errors of verdicts for packets that left the queue meanwhile
+		// are of no use; the reader would only have to skip them.
+		_ = unix.SetsockoptInt(q.fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 1)
+	})
 	cmd := []byte{nfqnlCfgCmdBind, 0, 0, 0} // command, pad, pf (unused since Linux 3.8)
 	params := binary.BigEndian.AppendUint32(nil, 0xffff)
 	params = append(params, nfqnlCopyPacket)
@@ -99,107 +128,205 @@ func (q *QueueSource) config(attrs []netlink.Attribute) error {
 	return err
 }
 
-// acceptUpTo releases every queued packet with an id up to id.
-func (q *QueueSource) acceptUpTo(id uint32) error { return q.verdict(nfqnlMsgBatch, id) }
-
-func (q *QueueSource) verdict(msg uint16, id uint32) error {
-	hdr := binary.BigEndian.AppendUint32(nil, nfAccept)
-	hdr = binary.BigEndian.AppendUint32(hdr, id)
-	data, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: nfqaVerdictHdr, Data: hdr}})
-	if err != nil {
-		return err
+// appendVerdict appends one verdict message for id (accept, or repeat
+// with the packet mark set to mark), or a batch accept of every id up to
+// id.
+func (q *QueueSource) appendVerdict(b []byte, batch bool, id uint32, repeat bool, mark uint32) []byte {
+	typ := uint16(unix.NFNL_SUBSYS_QUEUE<<8 | nfqnlMsgVerdict)
+	if batch {
+		typ = unix.NFNL_SUBSYS_QUEUE<<8 | nfqnlMsgBatch
 	}
-	_, err = q.conn.Send(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_QUEUE<<8 | msg),
-			Flags: netlink.Request,
-		},
-		Data: append(q.header(), data...),
-	})
-	return err
+	start := len(b)
+	b = binary.NativeEndian.AppendUint32(b, 0) // length, set below
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = binary.NativeEndian.AppendUint16(b, unix.NLM_F_REQUEST)
+	b = binary.NativeEndian.AppendUint32(b, 0) // sequence
+	b = binary.NativeEndian.AppendUint32(b, 0) // port id: the kernel's
+	b = append(b, q.header()...)
+	attr := func(b []byte, typ uint16, n int) []byte {
+		b = binary.NativeEndian.AppendUint16(b, uint16(4+n))
+		return binary.NativeEndian.AppendUint16(b, typ)
+	}
+	b = attr(b, nfqaVerdictHdr, 8)
+	if repeat {
+		b = binary.BigEndian.AppendUint32(b, nfRepeat)
+	} else {
+		b = binary.BigEndian.AppendUint32(b, nfAccept)
+	}
+	b = binary.BigEndian.AppendUint32(b, id)
+	if repeat {
+		b = attr(b, nfqaMark, 4)
+		b = binary.BigEndian.AppendUint32(b, mark)
+	}
+	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
+	return b
 }
 
-// decode returns the packet and its queue id.
-func (q *QueueSource) decode(m netlink.Message) (Packet, uint32, bool) {
-	if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgPacket) || len(m.Data) < 4 {
-		return Packet{}, 0, false
-	}
-	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-	if err != nil {
-		return Packet{}, 0, false
-	}
-	ad.ByteOrder = binary.BigEndian
-	var id uint32
+// decodeQueued reads a packet message: the packet, its queue id and its
+// packet mark.
+func decodeQueued(attrs []byte) (Packet, uint32, uint32, bool) {
+	var id, mark uint32
 	var haveID bool
 	var payload []byte
-	ts := time.Now()
-	for ad.Next() {
-		switch ad.Type() {
+	var ts time.Time
+	for len(attrs) >= 4 {
+		alen := int(binary.NativeEndian.Uint16(attrs))
+		typ := binary.NativeEndian.Uint16(attrs[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+		if alen < 4 || alen > len(attrs) {
+			break
+		}
+		v := attrs[4:alen]
+		switch typ {
 		case nfqaPacketHdr:
-			if b := ad.Bytes(); len(b) >= 4 {
-				id, haveID = binary.BigEndian.Uint32(b), true
+			if len(v) >= 4 {
+				id, haveID = binary.BigEndian.Uint32(v), true
 			}
 		case nfqaPayload:
-			payload = ad.Bytes()
+			payload = v
+		case nfqaMark:
+			if len(v) >= 4 {
+				mark = binary.BigEndian.Uint32(v)
+			}
 		case nfqaTimestamp:
-			if b := ad.Bytes(); len(b) == 16 {
-				ts = time.Unix(int64(binary.BigEndian.Uint64(b)), int64(binary.BigEndian.Uint64(b[8:]))*1000)
+			if len(v) == 16 {
+				ts = time.Unix(int64(binary.BigEndian.Uint64(v)), int64(binary.BigEndian.Uint64(v[8:]))*1000)
 			}
 		}
+		next := (alen + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
+		if next > len(attrs) {
+			break
+		}
+		attrs = attrs[next:]
 	}
 	if !haveID {
-		return Packet{}, 0, false
+		return Packet{}, 0, 0, false
+	}
+	if ts.IsZero() {
+		ts = time.Now()
 	}
 	return Packet{
 		Data: payload,
 		Link: LinkTypeRawIP,
 		CI:   gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(payload), Length: len(payload)},
-	}, id, true
+	}, id, mark, true
 }
 
-// Serve handles queued packets in the goroutine that reads them, which
-// saves a hand-over per packet: for each burst read from the socket it
-// lets handle decide on every packet and commit, then releases the whole
-// burst with one batch verdict. It returns when ctx ends or the socket
-// fails.
-func (q *QueueSource) Serve(ctx context.Context, handle func(pkts []Packet) error) error {
-	stop := context.AfterFunc(ctx, func() { q.conn.Close() })
-	defer stop()
-	var pkts []Packet
-	for {
-		msgs, err := q.conn.Receive()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("reading NFQUEUE %d: %w", q.num, err)
-		}
-		pkts = pkts[:0]
-		var last uint32
-		for _, m := range msgs {
-			if p, id, ok := q.decode(m); ok {
-				pkts = append(pkts, p)
-				last = id
-			}
-		}
-		if len(pkts) == 0 {
+// Held is a batch of packets the kernel holds for ftpgate.
+type Held struct {
+	Packets []Packet
+	ids     []uint32
+	marks   []uint32
+	// Admit[i], set by the caller, sends packet i through ftpgate's chain
+	// again with the mark (see QueueSource.Mark) instead of accepting it.
+	Admit []bool
+}
+
+// Fd is the socket to poll for held packets.
+func (q *QueueSource) Fd() int { return q.fd }
+
+// ReadHeld reads every held packet waiting, without blocking, into h. The
+// packets' data is valid until the next ReadHeld.
+func (q *QueueSource) ReadHeld(h *Held) error {
+	h.Packets, h.ids, h.marks = h.Packets[:0], h.ids[:0], h.marks[:0]
+	off := 0
+	for len(q.buf)-off >= 65536 && !q.closed.Load() {
+		n, err := rawRecv(q.fd, q.buf[off:])
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ENOBUFS) {
 			continue
 		}
-		if err := handle(pkts); err != nil {
-			q.log.Error("committing pinholes", "error", err)
+		if errors.Is(err, unix.EAGAIN) {
+			break
 		}
-		// Accept whatever the commit said: a failed commit must not cut
-		// the control connection.
-		if err := q.acceptUpTo(last); err != nil {
-			q.log.Error("releasing queued packets", "up_to_id", last, "error", err)
+		if err != nil {
+			return fmt.Errorf("reading NFQUEUE %d: %w", q.num, err)
+		}
+		walkNetlink(q.buf[off:off+n], func(typ uint16, data []byte) {
+			if typ != unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgPacket || len(data) < 4 {
+				return
+			}
+			if p, id, mark, ok := decodeQueued(data[4:]); ok {
+				h.Packets = append(h.Packets, p)
+				h.ids = append(h.ids, id)
+				h.marks = append(h.marks, mark)
+			}
+		})
+		off += n
+	}
+	h.Admit = append(h.Admit[:0], make([]bool, len(h.Packets))...)
+	return nil
+}
+
+// Release gives every packet of h its verdict in one system call:
+// admitted ones their own, then one batch accept for the rest.
+func (q *QueueSource) Release(h *Held) error {
+	if len(h.ids) == 0 || q.closed.Load() {
+		return nil
+	}
+	out := q.out[:0]
+	var acceptUpTo uint32
+	accept := false
+	for i, a := range h.Admit {
+		if a && q.MarkMask != 0 {
+			out = q.appendVerdict(out, false, h.ids[i], true, h.marks[i]&^q.MarkMask|q.Mark)
+		} else {
+			acceptUpTo, accept = h.ids[i], true
 		}
 	}
+	if accept {
+		out = q.appendVerdict(out, true, acceptUpTo, false, 0)
+	}
+	q.out = out
+	if err := rawSend(q.fd, out); err != nil {
+		return fmt.Errorf("releasing %d packets held on NFQUEUE %d: %w", len(h.ids), q.num, err)
+	}
+	return nil
+}
+
+// walkNetlink hands each message of a datagram to fn.
+func walkNetlink(b []byte, fn func(typ uint16, data []byte)) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		mlen := int(binary.NativeEndian.Uint32(b))
+		if mlen < unix.NLMSG_HDRLEN || mlen > len(b) {
+			return
+		}
+		fn(binary.NativeEndian.Uint16(b[4:]), b[unix.NLMSG_HDRLEN:mlen])
+		next := (mlen + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
+		if next >= len(b) {
+			return
+		}
+		b = b[next:]
+	}
+}
+
+// rawRecv and rawSend are raw system calls on the non-blocking socket:
+// they cannot block, and telling the Go scheduler about each one wakes its
+// monitor thread, which cost more than the calls themselves.
+func rawRecv(fd int, b []byte) (int, error) {
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+func rawSend(fd int, b []byte) error {
+	var sa unix.RawSockaddrNetlink // the kernel
+	sa.Family = unix.AF_NETLINK
+	_, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		0, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // Close unbinds the queue and closes the socket. Packets still queued are
 // released by the kernel (the queue rules carry the bypass flag).
 func (q *QueueSource) Close() error {
-	_ = q.config([]netlink.Attribute{{Type: nfqaCfgCmd, Data: []byte{nfqnlCfgCmdUnbind, 0, 0, 0}}})
+	if !q.closed.Swap(true) {
+		_ = q.config([]netlink.Attribute{{Type: nfqaCfgCmd, Data: []byte{nfqnlCfgCmdUnbind, 0, 0, 0}}})
+	}
 	_ = q.conn.Close()
 	return nil
 }

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+	"golang.org/x/sys/unix"
 
 	"github.com/ftpgate/ftpgate/rules"
 )
@@ -183,49 +183,134 @@ func (t *Tracker) drainConsumed(consumed <-chan rules.Pinhole) {
 	}
 }
 
-// RunInline runs the tracker on an inline queue: packets are handled in
-// the queue's reader goroutine and released once their pinholes are
-// committed; expiry and usage reports take turns with it under a lock.
-func (t *Tracker) RunInline(ctx context.Context, q *QueueSource, consumed <-chan rules.Pinhole) error {
-	var mu sync.Mutex
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		ticker := time.NewTicker(time.Second)
-		defer ticker.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case p := <-consumed:
-				mu.Lock()
-				t.PinholeConsumed(p)
-				mu.Unlock()
-			case now := <-ticker.C:
-				mu.Lock()
-				t.Expire(now)
-				if err := t.Commit(); err != nil {
-					t.log.Error("committing expired pinholes", "error", err)
-				}
-				mu.Unlock()
+// RunInline runs the tracker on inline capture (rules.AddInlineRules):
+// the copies of control segments from the NFLOG group lr, and the packets
+// the kernel holds on queue q, in one loop. For every batch of held
+// packets it first reads every copy already logged, which includes every
+// announcement that came before them.
+//
+// Pinhole changes are committed at most CommitDelay after they were
+// queued, not at once: a client usually connects within that time, its
+// SYN is held and admitted from the pinhole table here, and the add is
+// cancelled before the kernel ever saw it. Only pinholes not used that
+// fast cost a commit (and then meet their SYN in the kernel). The peers
+// of a new control session are committed before its SYN goes on.
+func (t *Tracker) RunInline(ctx context.Context, q *QueueSource, lr *rules.LogReader) error {
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("creating eventfd: %w", err)
+	}
+	defer unix.Close(wake)
+	stop := context.AfterFunc(ctx, func() {
+		_, _ = unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	})
+	defer stop()
+	fds := []unix.PollFd{{Fd: int32(q.Fd()), Events: unix.POLLIN}, {Fd: int32(lr.Fd()), Events: unix.POLLIN}, {Fd: int32(wake), Events: unix.POLLIN}}
+	var held Held
+	var dirtySince time.Time
+	nextExpire := time.Now().Add(time.Second)
+	commit := func(what string) {
+		dirtySince = time.Time{}
+		if err := t.Commit(); err != nil {
+			t.log.Error(what, "error", err)
+		}
+	}
+	var runErr error
+	for ctx.Err() == nil {
+		deadline := nextExpire
+		if !dirtySince.IsZero() && dirtySince.Add(t.cfg.CommitDelay).Before(deadline) {
+			deadline = dirtySince.Add(t.cfg.CommitDelay)
+		}
+		timeout := int(time.Until(deadline) / time.Millisecond)
+		if timeout < 0 {
+			timeout = 0
+		}
+		if _, err := unix.Poll(fds, timeout); err != nil && !errors.Is(err, unix.EINTR) {
+			runErr = fmt.Errorf("waiting for control traffic: %w", err)
+			break
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		// Held packets first, then the copies: everything logged before a
+		// held packet was queued is in the NFLOG socket by now.
+		if err := q.ReadHeld(&held); err != nil {
+			runErr = err
+			break
+		}
+		now := time.Now()
+		if _, err := lr.Drain(func(r rules.LogRecord) { t.HandleLog(r, now) }); err != nil {
+			runErr = err
+			break
+		}
+		if lr.Lost != t.stats.CopiesLost {
+			t.log.Warn("copies of control traffic lost (NFLOG socket overflowed); their sessions resynchronise at the next line",
+				"overflows", lr.Lost)
+			t.stats.CopiesLost = lr.Lost
+		}
+		control := false
+		for i, p := range held.Packets {
+			if t.IsControl(p.Data) {
+				t.HandlePacket(p.Data, p.Link, p.CI)
+				control = true
+			} else {
+				held.Admit[i] = t.AdmitHeldSYN(p.Data)
 			}
 		}
-	}()
-	err := q.Serve(ctx, func(pkts []Packet) error {
-		mu.Lock()
-		defer mu.Unlock()
-		t.drainConsumed(consumed)
-		for _, p := range pkts {
-			t.HandlePacket(p.Data, p.Link, p.CI)
+		if control {
+			commit("committing control session peers")
 		}
-		return t.Commit()
-	})
-	<-done
-	mu.Lock()
-	defer mu.Unlock()
-	t.CloseAll("daemon stopping")
-	if cerr := t.Commit(); err == nil {
-		err = cerr
+		// Release whatever the commit said: a failed commit must not cut
+		// the control connection.
+		if err := q.Release(&held); err != nil {
+			t.log.Error("releasing held packets", "error", err)
+		}
+		if t.dirty && dirtySince.IsZero() {
+			dirtySince = now
+		}
+		if !now.Before(nextExpire) {
+			t.Expire(now)
+			nextExpire = now.Add(time.Second)
+			commit("committing expired pinholes")
+		} else if !dirtySince.IsZero() && now.Sub(dirtySince) >= t.cfg.CommitDelay {
+			commit("committing pinholes")
+		} else if !t.dirty {
+			dirtySince = time.Time{}
+		}
 	}
-	return err
+	t.CloseAll("daemon stopping")
+	if cerr := t.Commit(); runErr == nil {
+		runErr = cerr
+	}
+	return runErr
+}
+
+// ReportUsed sends the pinholes the NFLOG group reports used to out until
+// ctx ends or the reader fails: what passive capture needs of the group.
+func ReportUsed(ctx context.Context, lr *rules.LogReader, out chan<- rules.Pinhole) error {
+	for {
+		if err := lr.Wait(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		var used []rules.Pinhole
+		if _, err := lr.Drain(func(r rules.LogRecord) {
+			if string(r.Prefix) == rules.LogPrefixUsed {
+				if p, ok := rules.PinholeOfPacket(r.Payload); ok {
+					used = append(used, p)
+				}
+			}
+		}); err != nil {
+			return err
+		}
+		for _, p := range used {
+			select {
+			case out <- p:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
 }

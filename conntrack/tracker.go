@@ -41,7 +41,10 @@ type Config struct {
 	// its data connection had started (see PinholeConsumed). 0 logs at
 	// once, as for capture files, where there are no such reports.
 	ReportWindow time.Duration
-	Logger       *slog.Logger
+	// CommitDelay is how long inline capture may leave pinhole changes
+	// uncommitted (default 2ms); see RunInline.
+	CommitDelay time.Duration
+	Logger      *slog.Logger
 	// OnChannel, if set, receives every announced channel with its verdict.
 	OnChannel func(Channel)
 }
@@ -77,6 +80,9 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.CommitDelay == 0 {
+		c.CommitDelay = 2 * time.Millisecond
+	}
 }
 
 // Stats counts what the tracker saw and dropped. Nothing is dropped
@@ -98,6 +104,9 @@ type Stats struct {
 	ChannelsRefused  uint64
 	PinholesClosed   uint64
 	PinholesConsumed uint64 // closed by the kernel on the first packet of their connection
+	SYNsHeld         uint64 // data SYNs the kernel held because they beat their pinhole (inline)
+	SYNsAdmitted     uint64 // of those, admitted by ftpgate (their pinhole was open)
+	CopiesLost       uint64 // NFLOG socket overflows (inline copies lost)
 	BackendErrors    uint64
 	SessionsTracked  int // now
 	PinholesOpen     int // now
@@ -109,6 +118,9 @@ type pinhole struct {
 	session *Session
 	channel Channel
 	expires time.Time
+	// fresh: no element of this key was in the kernel when it opened,
+	// so an add not yet committed can simply be cancelled.
+	fresh bool
 	// Set once closed while its log line waits for a usage report.
 	closeReason string
 	logBy       time.Time
@@ -135,6 +147,10 @@ type Tracker struct {
 	// reused holds the 4-tuples whose last connection was reset while
 	// reassembly still holds it; see flowFor.
 	reused map[connKey]*reuse
+	dirty  bool // backend changes queued since the last Commit
+	// peers counts the sessions of each pair of hosts, which the backend
+	// holds as one element while the count is above zero.
+	peers map[rules.Peers]int
 }
 
 // NewTracker returns a tracker that opens pinholes through fw.
@@ -150,6 +166,7 @@ func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 		pinholes: make(map[rules.Pinhole]*pinhole),
 		closing:  make(map[rules.Pinhole]*pinhole),
 		reused:   make(map[connKey]*reuse),
+		peers:    make(map[rules.Peers]int),
 	}
 	for _, p := range cfg.ControlPorts {
 		t.controls[p] = true
@@ -278,6 +295,60 @@ func (t *Tracker) Expire(now time.Time) {
 	t.logClosing(now, false)
 }
 
+// IsControl reports whether a raw IP packet is TCP to or from a control
+// port.
+func (t *Tracker) IsControl(data []byte) bool {
+	pkt, ok := t.decoder.decode(data, LinkTypeRawIP)
+	return ok && !pkt.fragment && (t.controls[uint16(pkt.tcp.SrcPort)] || t.controls[uint16(pkt.tcp.DstPort)])
+}
+
+// AdmitHeldSYN decides on a data SYN (a raw IP packet) that the kernel
+// held because it found no pinhole: true if its pinhole is open now. The
+// pinhole is then used up here, as the kernel's consume rule would have:
+// closed, removed from the backend at the next Commit, and logged as
+// used. false lets the SYN go on to the admin's rules. Call it after the
+// copies logged before the SYN have been handled.
+func (t *Tracker) AdmitHeldSYN(data []byte) bool {
+	t.stats.SYNsHeld++
+	pkt, ok := t.decoder.decode(data, LinkTypeRawIP)
+	if !ok || pkt.fragment || !pkt.tcp.SYN || pkt.tcp.ACK {
+		return false
+	}
+	key := rules.Pinhole{Peer: pkt.src, Addr: pkt.dst, Port: uint16(pkt.tcp.DstPort)}
+	p, open := t.pinholes[key]
+	if !open {
+		return false
+	}
+	delete(t.pinholes, key)
+	if !p.fresh || !t.fw.CancelAdd(key) {
+		t.dirty = true
+		if err := t.fw.DelPinhole(key); err != nil {
+			t.stats.BackendErrors++
+			t.log.Error("closing pinhole", "pinhole", key.String(), "error", err)
+		}
+	}
+	t.dropFromSession(p)
+	t.stats.SYNsAdmitted++
+	t.stats.PinholesConsumed++
+	t.logClosed(p, "data connection started")
+	return true
+}
+
+// HandleLog handles one record of ftpgate's NFLOG group: a copied control
+// segment, or the report of a used pinhole.
+func (t *Tracker) HandleLog(r rules.LogRecord, ts time.Time) {
+	if string(r.Prefix) == rules.LogPrefixUsed {
+		if p, ok := rules.PinholeOfPacket(r.Payload); ok {
+			t.PinholeConsumed(p)
+		}
+		return
+	}
+	if len(r.Prefix) != 0 {
+		return
+	}
+	t.HandlePacket(r.Payload, LinkTypeRawIP, gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(r.Payload), Length: len(r.Payload)})
+}
+
 // logClosing writes the pending log lines of closed pinholes whose report
 // window has passed, or all of them.
 func (t *Tracker) logClosing(now time.Time, all bool) {
@@ -305,6 +376,7 @@ func (t *Tracker) CloseAll(reason string) {
 // Commit applies the pinhole changes queued since the last Commit in one
 // batch. Callers commit after each batch of packets they read.
 func (t *Tracker) Commit() error {
+	t.dirty = false
 	err := t.fw.Commit()
 	if err != nil {
 		t.stats.BackendErrors++
@@ -328,6 +400,14 @@ func (t *Tracker) newSession(client, server netip.AddrPort, ts time.Time) *Sessi
 	}
 	t.sessions[makeConnKey(client, server)] = s
 	t.stats.SessionsStarted++
+	pp := rules.Peers{Client: client.Addr(), Server: server.Addr()}
+	if t.peers[pp]++; t.peers[pp] == 1 {
+		t.dirty = true
+		if err := t.fw.AddPeers(pp); err != nil {
+			t.stats.BackendErrors++
+			t.log.Error("adding control session peers", "peers", pp.String(), "error", err)
+		}
+	}
 	t.log.Info("session start", "session", id, "client", client.String(), "server", server.String())
 	return s
 }
@@ -339,6 +419,15 @@ func (t *Tracker) endSession(s *Session, reason string) {
 	s.end(reason)
 	delete(t.sessions, makeConnKey(s.Client, s.Server))
 	t.stats.SessionsEnded++
+	pp := rules.Peers{Client: s.Client.Addr(), Server: s.Server.Addr()}
+	if t.peers[pp]--; t.peers[pp] <= 0 {
+		delete(t.peers, pp)
+		t.dirty = true
+		if err := t.fw.DelPeers(pp); err != nil {
+			t.stats.BackendErrors++
+			t.log.Error("removing control session peers", "peers", pp.String(), "error", err)
+		}
+	}
 	t.log.Info("session end", "session", s.ID, "reason", reason,
 		"duration", s.Last.Sub(s.Start).Round(time.Millisecond).String())
 }
@@ -351,6 +440,7 @@ func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
 		return
 	}
 	key := ch.Pinhole()
+	_, replaced := t.pinholes[key]
 	if old, ok := t.pinholes[key]; ok {
 		// The same hole again (a server reusing its passive port): it
 		// now belongs to this announcement.
@@ -365,12 +455,14 @@ func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
 		t.refuse(s, ch, "pinhole cap reached for the whole gateway")
 		return
 	}
+	t.dirty = true
 	if err := t.fw.AddPinhole(key, t.cfg.PinholeTimeout); err != nil {
 		t.stats.BackendErrors++
 		t.refuse(s, ch, "firewall backend: "+err.Error())
 		return
 	}
-	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(t.cfg.PinholeTimeout)}
+	_, closing := t.closing[key]
+	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(t.cfg.PinholeTimeout), fresh: !replaced && !closing}
 	if t.now.After(ch.Time) {
 		p.expires = t.now.Add(t.cfg.PinholeTimeout)
 	}
@@ -443,6 +535,7 @@ func (t *Tracker) closeSessionPinholes(s *Session, reason string) {
 func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
 	if cur, ok := t.pinholes[key]; ok && cur == p {
 		delete(t.pinholes, key)
+		t.dirty = true
 		if err := t.fw.DelPinhole(key); err != nil {
 			t.stats.BackendErrors++
 			t.log.Error("closing pinhole", "pinhole", key.String(), "error", err)

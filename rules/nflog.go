@@ -3,8 +3,12 @@ package rules
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -15,6 +19,7 @@ const (
 	nfulnlMsgPacket    = 0
 	nfulnlMsgConfig    = 1
 	nfulaPayload       = 9
+	nfulaPrefix        = 10
 	nfulaCfgCmd        = 1
 	nfulaCfgMode       = 2
 	nfulaCfgQThresh    = 5
@@ -24,44 +29,77 @@ const (
 	consumedSnaplen    = 128 // IPv6 header + TCP ports fit with room to spare
 )
 
-// DefaultLogGroup is the NFLOG group on which the consuming rules report
-// the first packet of each admitted data connection.
+// DefaultLogGroup is the NFLOG group on which ftpgate's rules send the
+// daemon what it watches: copies of FTP control segments (inline capture)
+// and the first packet of each data connection that used a pinhole.
 const DefaultLogGroup = 2121
 
-// ConsumedListener receives, through NFLOG, the first packet of every data
-// connection that consumed a pinhole, so the daemon can say when and why
-// a pinhole closed. It only reports: the kernel has already removed the
-// element when the report arrives.
-type ConsumedListener struct {
-	conn  *netlink.Conn
-	group uint16
+// LogPrefixUsed is the log prefix of the reports of used pinholes; control
+// segments are copied without a prefix.
+const LogPrefixUsed = "ftpgate: pinhole used"
+
+// LogRecord is one packet the kernel logged to the group. Both slices
+// point into the reader's buffer and are valid until the next Drain.
+type LogRecord struct {
+	Prefix  []byte // the rule's log prefix, without the trailing NUL
+	Payload []byte // the packet from its network header
 }
 
-// ListenConsumed binds the NFLOG group in the given network namespace (0:
-// the current one). Only one process per namespace can bind a group.
-func ListenConsumed(group uint16, netns int) (*ConsumedListener, error) {
+// LogReader reads one NFLOG group. Reads never block, so a caller can
+// drain everything the kernel logged before it decides on a held packet:
+// the kernel writes each record before the logged packet goes on, so the
+// records of every packet that came earlier are already waiting.
+type LogReader struct {
+	conn  *netlink.Conn
+	raw   syscall.RawConn
+	fd    int
+	group uint16
+	buf   []byte
+	// closed is set before the socket closes, so that Drain, which
+	// reads the descriptor directly, never reads a reused one.
+	closed atomic.Bool
+	// Lost counts the times the socket overflowed and records were lost.
+	Lost uint64
+}
+
+// OpenLog binds the NFLOG group in the given network namespace (0: the
+// current one), copying whole packets and delivering each record at once.
+// Only one process per namespace can bind a group.
+func OpenLog(group uint16, netns int) (*LogReader, error) {
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
 	if err != nil {
 		return nil, fmt.Errorf("%w: opening nflog socket: %v", ErrNoNftables, err)
 	}
-	l := &ConsumedListener{conn: conn, group: group}
-	cmd := []netlink.Attribute{{Type: nfulaCfgCmd, Data: []byte{nfulnlCfgCmdBind}}}
-	if err := l.config(cmd); err != nil {
+	l := &LogReader{conn: conn, group: group, buf: make([]byte, 1<<17)}
+	fail := func(err error) (*LogReader, error) {
 		conn.Close()
-		return nil, fmt.Errorf("binding NFLOG group %d (is it used by another program? see --nflog-group): %w", group, err)
+		return nil, err
+	}
+	if l.raw, err = conn.SyscallConn(); err != nil {
+		return fail(fmt.Errorf("nflog socket: %w", err))
+	}
+	_ = l.raw.Control(func(fd uintptr) {
+		l.fd = int(fd)
+		// Bursts of control traffic must not overflow the socket while
+		// the daemon commits; FORCE passes net.core.rmem_max (root only).
+		if unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
+			_ = unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+		}
+	})
+	if err := l.config([]netlink.Attribute{{Type: nfulaCfgCmd, Data: []byte{nfulnlCfgCmdBind}}}); err != nil {
+		return fail(fmt.Errorf("binding NFLOG group %d (is it used by another program? see --nflog-group): %w", group, err))
 	}
 	mode := make([]byte, 6)
-	binary.BigEndian.PutUint32(mode, consumedSnaplen)
+	binary.BigEndian.PutUint32(mode, 0xffff)
 	mode[4] = nfulnlCopyPacket
 	qthresh := binary.BigEndian.AppendUint32(nil, 1) // deliver each packet at once, not in batches
 	if err := l.config([]netlink.Attribute{{Type: nfulaCfgMode, Data: mode}, {Type: nfulaCfgQThresh, Data: qthresh}}); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("configuring NFLOG group %d: %w", group, err)
+		return fail(fmt.Errorf("configuring NFLOG group %d: %w", group, err))
 	}
 	return l, nil
 }
 
-func (l *ConsumedListener) config(attrs []netlink.Attribute) error {
+func (l *LogReader) config(attrs []netlink.Attribute) error {
 	data, err := netlink.MarshalAttributes(attrs)
 	if err != nil {
 		return err
@@ -77,53 +115,129 @@ func (l *ConsumedListener) config(attrs []netlink.Attribute) error {
 	return err
 }
 
-// Run sends the pinhole each reported packet consumed to out until ctx
-// ends or the socket fails.
-func (l *ConsumedListener) Run(ctx context.Context, out chan<- Pinhole) error {
-	stop := context.AfterFunc(ctx, func() { l.conn.Close() })
+// Fd is the socket to poll for records.
+func (l *LogReader) Fd() int { return l.fd }
+
+// Wait blocks until a record is waiting, the reader is closed or ctx ends.
+// It consumes nothing. Only one goroutine may wait at a time.
+func (l *LogReader) Wait(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	stop := context.AfterFunc(ctx, func() { l.closed.Store(true); l.conn.Close() })
 	defer stop()
-	for {
-		msgs, err := l.conn.Receive()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("receiving NFLOG: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_ULOG<<8|nfulnlMsgPacket) || len(m.Data) < 4 {
-				continue
-			}
-			p, ok := consumedPinhole(m.Data[4:])
-			if !ok {
-				continue
-			}
-			select {
-			case out <- p:
-			case <-ctx.Done():
-				return nil
-			}
-		}
+	var one [1]byte
+	var rerr error
+	err := l.raw.Read(func(fd uintptr) bool {
+		_, rerr = recvNonblocking(int(fd), one[:], unix.MSG_PEEK)
+		return !errors.Is(rerr, unix.EAGAIN) && !errors.Is(rerr, unix.EINTR)
+	})
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-}
-
-// consumedPinhole finds the payload attribute and reads the pinhole key
-// (source, destination, TCP destination port) from its IP header.
-func consumedPinhole(attrs []byte) (Pinhole, bool) {
-	ad, err := netlink.NewAttributeDecoder(attrs)
 	if err != nil {
-		return Pinhole{}, false
+		return fmt.Errorf("waiting for NFLOG group %d: %w", l.group, err)
 	}
-	for ad.Next() {
-		if ad.Type() == nfulaPayload {
-			return pinholeFromIP(ad.Bytes())
-		}
+	if rerr != nil && !errors.Is(rerr, unix.ENOBUFS) {
+		return fmt.Errorf("reading NFLOG group %d: %w", l.group, rerr)
 	}
-	return Pinhole{}, false
+	return nil
 }
 
-// pinholeFromIP reads the key of the pinhole a TCP SYN matched.
-func pinholeFromIP(b []byte) (Pinhole, bool) {
+// Drain hands every record already waiting to fn, without blocking, and
+// returns how many there were. It may run while another goroutine Waits.
+// An overflow of the socket is counted in Lost and is not an error.
+func (l *LogReader) Drain(fn func(LogRecord)) (int, error) {
+	count := 0
+	for !l.closed.Load() {
+		n, err := recvNonblocking(l.fd, l.buf, 0)
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			return count, nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.ENOBUFS):
+			l.Lost++
+			continue
+		case err != nil:
+			return count, fmt.Errorf("reading NFLOG group %d: %w", l.group, err)
+		}
+		count += parseLogMessages(l.buf[:n], fn)
+	}
+	return count, nil
+}
+
+// recvNonblocking reads one datagram without blocking. It is a raw
+// system call: the Go scheduler need not hear of a call that cannot
+// block, and telling it (entersyscall) wakes its monitor thread, which
+// measurably cost more CPU than the read itself at one read per packet.
+func recvNonblocking(fd int, b []byte, flags int) (int, error) {
+	if len(b) == 0 {
+		return 0, unix.EINVAL
+	}
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		uintptr(flags|unix.MSG_DONTWAIT), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// parseLogMessages walks the netlink messages of one datagram and hands
+// each logged packet to fn. Malformed parts are skipped.
+func parseLogMessages(b []byte, fn func(LogRecord)) int {
+	count := 0
+	for len(b) >= unix.NLMSG_HDRLEN {
+		mlen := int(binary.NativeEndian.Uint32(b))
+		if mlen < unix.NLMSG_HDRLEN || mlen > len(b) {
+			return count
+		}
+		typ := binary.NativeEndian.Uint16(b[4:])
+		if typ == unix.NFNL_SUBSYS_ULOG<<8|nfulnlMsgPacket && mlen >= unix.NLMSG_HDRLEN+4 {
+			if r, ok := parseLogAttrs(b[unix.NLMSG_HDRLEN+4 : mlen]); ok {
+				fn(r)
+				count++
+			}
+		}
+		next := (mlen + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
+		if next > len(b) {
+			return count
+		}
+		b = b[next:]
+	}
+	return count
+}
+
+func parseLogAttrs(b []byte) (LogRecord, bool) {
+	var r LogRecord
+	for len(b) >= 4 {
+		alen := int(binary.NativeEndian.Uint16(b))
+		typ := binary.NativeEndian.Uint16(b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+		if alen < 4 || alen > len(b) {
+			break
+		}
+		v := b[4:alen]
+		switch typ {
+		case nfulaPayload:
+			r.Payload = v
+		case nfulaPrefix:
+			for len(v) > 0 && v[len(v)-1] == 0 {
+				v = v[:len(v)-1]
+			}
+			r.Prefix = v
+		}
+		next := (alen + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
+		if next > len(b) {
+			break
+		}
+		b = b[next:]
+	}
+	return r, r.Payload != nil
+}
+
+// PinholeOfPacket reads the pinhole key a TCP SYN matches (source,
+// destination, destination port) from its IP header.
+func PinholeOfPacket(b []byte) (Pinhole, bool) {
 	if len(b) < 1 {
 		return Pinhole{}, false
 	}
@@ -152,8 +266,10 @@ func pinholeFromIP(b []byte) (Pinhole, bool) {
 }
 
 // Close unbinds the group and closes the socket.
-func (l *ConsumedListener) Close() error {
-	_ = l.config([]netlink.Attribute{{Type: nfulaCfgCmd, Data: []byte{nfulnlCfgCmdUnbind}}})
-	_ = l.conn.Close() // Run may have closed it already
+func (l *LogReader) Close() error {
+	if !l.closed.Swap(true) {
+		_ = l.config([]netlink.Attribute{{Type: nfulaCfgCmd, Data: []byte{nfulnlCfgCmdUnbind}}})
+	}
+	_ = l.conn.Close() // Wait may have closed it already
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 
@@ -22,6 +23,8 @@ const (
 	DefaultTable = "ftpgate"
 	SetV4        = "ftp_data_pinholes_v4"
 	SetV6        = "ftp_data_pinholes_v6"
+	PeersV4      = "ftp_control_peers_v4"
+	PeersV6      = "ftp_control_peers_v6"
 )
 
 // Chain names by hook. Each chain runs just before the default filter
@@ -58,6 +61,8 @@ type Nftables struct {
 	table   *nftables.Table
 	set4    *nftables.Set
 	set6    *nftables.Set
+	peers4  *nftables.Set
+	peers6  *nftables.Set
 	pending []op
 	log     *slog.Logger
 }
@@ -68,6 +73,7 @@ type Nftables struct {
 //
 //	nft add table inet ftpgate { flags owner; }
 //	nft add set inet ftpgate ftp_data_pinholes_v4 { type ipv4_addr . ipv4_addr . inet_service; flags dynamic,timeout; size N; }
+//	nft add set inet ftpgate ftp_control_peers_v4 { type ipv4_addr . ipv4_addr; flags timeout; size N; }
 //	nft add chain inet ftpgate mark_ftp_data_forward { type filter hook forward priority filter - 10; }
 //	...
 func Open(cfg Config) (*Nftables, error) {
@@ -132,7 +138,9 @@ func (n *Nftables) setup(raw *netlink.Conn) error {
 	n.table = &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
 	n.set4 = n.newSet(SetV4, nftables.TypeIPAddr)
 	n.set6 = n.newSet(SetV6, nftables.TypeIP6Addr)
-	for _, s := range []*nftables.Set{n.set4, n.set6} {
+	n.peers4 = n.newPeersSet(PeersV4, nftables.TypeIPAddr)
+	n.peers6 = n.newPeersSet(PeersV6, nftables.TypeIP6Addr)
+	for _, s := range []*nftables.Set{n.set4, n.set6, n.peers4, n.peers6} {
 		if err := n.conn.AddSet(s, nil); err != nil {
 			return fmt.Errorf("adding set %s: %w", s.Name, err)
 		}
@@ -167,6 +175,18 @@ func (n *Nftables) newSet(name string, addr nftables.SetDatatype) *nftables.Set 
 	}
 }
 
+func (n *Nftables) newPeersSet(name string, addr nftables.SetDatatype) *nftables.Set {
+	return &nftables.Set{
+		Table:         n.table,
+		Name:          name,
+		KeyType:       nftables.MustConcatSetType(addr, addr),
+		Concatenation: true,
+		HasTimeout:    true,
+		Size:          n.cfg.MaxPinholes,
+		Comment:       "hosts of running FTP control sessions, both ways: a data SYN between them that finds no pinhole waits for ftpgate",
+	}
+}
+
 // consumeRule builds, for one address family (saddr at offset off, len
 // alen, daddr right after it):
 //
@@ -174,12 +194,13 @@ func (n *Nftables) newSet(name string, addr nftables.SetDatatype) *nftables.Set 
 //	  ip saddr . ip daddr . tcp dport @SET \
 //	  ct mark set ct mark & ~MASK | MARK \
 //	  delete @SET { ip saddr . ip daddr . tcp dport } counter \
-//	  log group LOGGROUP snaplen 128
+//	  log prefix "ftpgate: pinhole used" group LOGGROUP snaplen 128 accept
 //
 // The lookup and the delete run in the packet path, so a pinhole admits
 // one connection no matter how fast its SYN follows the announcement of
 // the commit; the ct mark then carries retransmitted SYNs of that very
-// connection past the admin's ruleset.
+// connection past the admin's ruleset. The accept ends only ftpgate's
+// chain; the admin's chain still decides, by the mark.
 func (n *Nftables) consumeRule(chain *nftables.Chain, set *nftables.Set, off, alen uint32) *nftables.Rule {
 	nfproto := byte(unix.NFPROTO_IPV4)
 	if alen == 16 {
@@ -216,11 +237,13 @@ func (n *Nftables) consumeRule(chain *nftables.Chain, set *nftables.Set, off, al
 	}
 	if n.cfg.LogGroup != 0 {
 		exprs = append(exprs, &expr.Log{
-			Key:     1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_SNAPLEN,
+			Key:     1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_SNAPLEN,
+			Data:    []byte(LogPrefixUsed),
 			Group:   n.cfg.LogGroup,
 			Snaplen: consumedSnaplen,
 		})
 	}
+	exprs = append(exprs, &expr.Verdict{Kind: expr.VerdictAccept})
 	return &nftables.Rule{
 		Table:    n.table,
 		Chain:    chain,
@@ -248,6 +271,16 @@ func key(p Pinhole) []byte {
 	return append(b, byte(p.Port>>8), byte(p.Port), 0, 0)
 }
 
+// peersKeys encodes both directions of a control session's peers.
+func peersKeys(p Peers) [][]byte {
+	a, b := p.Client.AsSlice(), p.Server.AsSlice()
+	ab := append(slices.Clone(a), b...)
+	if p.Client == p.Server {
+		return [][]byte{ab}
+	}
+	return [][]byte{ab, append(slices.Clone(b), a...)}
+}
+
 func (n *Nftables) setFor(p Pinhole) *nftables.Set {
 	if p.Peer.Is4() {
 		return n.set4
@@ -266,6 +299,20 @@ func (n *Nftables) AddPinhole(p Pinhole, timeout time.Duration) error {
 // whole batch, and the kernel may have consumed or expired it meanwhile.
 func (n *Nftables) DelPinhole(p Pinhole) error { return n.enqueue(newOp(p, false, 0)) }
 
+// CancelAdd drops a queued AddPinhole of p that was not committed yet.
+func (n *Nftables) CancelAdd(p Pinhole) bool {
+	var ok bool
+	n.pending, ok = cancelAdd(n.pending, p)
+	return ok
+}
+
+// AddPeers queues `nft add element inet ftpgate ftp_control_peers_v4 { C . S, S . C }`.
+func (n *Nftables) AddPeers(p Peers) error { return n.enqueue(newPeersOp(p, true)) }
+
+// DelPeers queues `nft delete element inet ftpgate ftp_control_peers_v4 { C . S, S . C }`,
+// idempotent like DelPinhole.
+func (n *Nftables) DelPeers(p Peers) error { return n.enqueue(newPeersOp(p, false)) }
+
 func (n *Nftables) enqueue(o op, err error) error {
 	if err == nil {
 		n.pending = append(n.pending, o)
@@ -274,17 +321,33 @@ func (n *Nftables) enqueue(o op, err error) error {
 }
 
 func (n *Nftables) queue(o op) error {
-	s := n.setFor(o.p)
-	k := key(o.p)
+	var s *nftables.Set
+	var keys [][]byte
+	if o.peers.Client.IsValid() {
+		s = n.peers4
+		if o.peers.Client.Is6() {
+			s = n.peers6
+		}
+		keys = peersKeys(o.peers)
+	} else {
+		s, keys = n.setFor(o.p), [][]byte{key(o.p)}
+	}
+	elems := make([]nftables.SetElement, len(keys))
+	for i, k := range keys {
+		elems[i] = nftables.SetElement{Key: k, Timeout: o.timeout}
+	}
 	if o.add {
-		return n.conn.SetAddElements(s, []nftables.SetElement{{Key: k, Timeout: o.timeout}})
+		return n.conn.SetAddElements(s, elems)
 	}
 	// A short timeout on the stand-in element means that even if the
 	// delete were lost, it would not linger.
-	if err := n.conn.SetAddElements(s, []nftables.SetElement{{Key: k, Timeout: time.Second}}); err != nil {
+	for i := range elems {
+		elems[i].Timeout = time.Second
+	}
+	if err := n.conn.SetAddElements(s, elems); err != nil {
 		return err
 	}
-	return n.conn.SetDeleteElements(s, []nftables.SetElement{{Key: k}})
+	return n.conn.SetDeleteElements(s, elems)
 }
 
 // Commit sends every queued change in one netlink batch. If the batch
@@ -298,23 +361,23 @@ func (n *Nftables) Commit() error {
 	n.pending = n.pending[:0]
 	for _, o := range ops {
 		if err := n.queue(o); err != nil {
-			return fmt.Errorf("queueing pinhole %v: %w", o.p, err)
+			return fmt.Errorf("queueing %v: %w", o, err)
 		}
 	}
 	err := n.conn.Flush()
 	if err == nil || len(ops) == 1 {
 		if err != nil {
-			return fmt.Errorf("committing pinhole %v: %w", ops[0].p, err)
+			return fmt.Errorf("committing %v: %w", ops[0], err)
 		}
 		return nil
 	}
 	var first error
 	for _, o := range ops {
 		if qerr := n.queue(o); qerr != nil {
-			return fmt.Errorf("queueing pinhole %v: %w", o.p, qerr)
+			return fmt.Errorf("queueing %v: %w", o, qerr)
 		}
 		if ferr := n.conn.Flush(); ferr != nil && first == nil {
-			first = fmt.Errorf("committing pinhole %v: %w", o.p, ferr)
+			first = fmt.Errorf("committing %v: %w", o, ferr)
 		}
 	}
 	return first
@@ -325,7 +388,9 @@ func (n *Nftables) Commit() error {
 //	nft list set inet ftpgate ftp_data_pinholes_v4
 func (n *Nftables) Pinholes() ([]Pinhole, error) {
 	var out []Pinhole
-	for _, s := range []*nftables.Set{n.set4, n.set6} {
+	n.peers4 = n.newPeersSet(PeersV4, nftables.TypeIPAddr)
+	n.peers6 = n.newPeersSet(PeersV6, nftables.TypeIP6Addr)
+	for _, s := range []*nftables.Set{n.set4, n.set6, n.peers4, n.peers6} {
 		elems, err := n.conn.GetSetElements(s)
 		if err != nil {
 			return nil, fmt.Errorf("listing set %s: %w", s.Name, err)

@@ -112,10 +112,24 @@ func TestOpenCreatesReadableTable(t *testing.T) {
 		comment "announced FTP data connections: connecting peer . announced address . announced port"
 	}
 
+	set ftp_control_peers_v4 {
+		type ipv4_addr . ipv4_addr
+		size 1024
+		flags timeout
+		comment "hosts of running FTP control sessions, both ways: a data SYN between them that finds no pinhole waits for ftpgate"
+	}
+
+	set ftp_control_peers_v6 {
+		type ipv6_addr . ipv6_addr
+		size 1024
+		flags timeout
+		comment "hosts of running FTP control sessions, both ways: a data SYN between them that finds no pinhole waits for ftpgate"
+	}
+
 	chain mark_ftp_data_forward {
 		type filter hook forward priority filter - 10; policy accept;
-		tcp flags syn / syn,ack ct state new ip saddr . ip daddr . tcp dport @ftp_data_pinholes_v4 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v4 { ip saddr . ip daddr . tcp dport } counter packets 0 bytes 0 comment "first packet of an announced FTP data connection: mark it, close the pinhole"
-		tcp flags syn / syn,ack ct state new ip6 saddr . ip6 daddr . tcp dport @ftp_data_pinholes_v6 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v6 { ip6 saddr . ip6 daddr . tcp dport } counter packets 0 bytes 0 comment "first packet of an announced FTP data connection: mark it, close the pinhole"
+		tcp flags syn / syn,ack ct state new ip saddr . ip daddr . tcp dport @ftp_data_pinholes_v4 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v4 { ip saddr . ip daddr . tcp dport } counter packets 0 bytes 0 accept comment "first packet of an announced FTP data connection: mark it, close the pinhole"
+		tcp flags syn / syn,ack ct state new ip6 saddr . ip6 daddr . tcp dport @ftp_data_pinholes_v6 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v6 { ip6 saddr . ip6 daddr . tcp dport } counter packets 0 bytes 0 accept comment "first packet of an announced FTP data connection: mark it, close the pinhole"
 	}
 `
 	// The input and output chains repeat the forward chain's rules.
@@ -213,15 +227,26 @@ func TestPinholeConsumedByFirstSYN(t *testing.T) {
 		t.Fatalf("Open: %v", err)
 	}
 	defer n.Close()
-	l, err := ListenConsumed(77, int(ns))
+	l, err := OpenLog(77, int(ns))
 	if err != nil {
-		t.Fatalf("ListenConsumed: %v", err)
+		t.Fatalf("OpenLog: %v", err)
 	}
 	defer l.Close()
 	reports := make(chan Pinhole, 4)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = l.Run(ctx, reports) }()
+	go func() {
+		for l.Wait(ctx) == nil {
+			_, _ = l.Drain(func(r LogRecord) {
+				if string(r.Prefix) != LogPrefixUsed {
+					t.Errorf("log prefix %q, want %q", r.Prefix, LogPrefixUsed)
+				}
+				if p, ok := PinholeOfPacket(r.Payload); ok {
+					reports <- p
+				}
+			})
+		}
+	}()
 	var ln net.Listener
 	inNetNS(t, ns, func() {
 		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
@@ -370,3 +395,70 @@ func TestHelperHoldTable(t *testing.T) {
 }
 
 var _ = nftables.TableFamilyINet
+
+func TestAddDelPeers(t *testing.T) {
+	ns := newNetNS(t)
+	n := openTest(t, ns)
+	p4 := Peers{Client: netip.MustParseAddr("192.0.2.10"), Server: netip.MustParseAddr("198.51.100.20")}
+	p6 := Peers{Client: netip.MustParseAddr("2001:db8::10"), Server: netip.MustParseAddr("2001:db8:1::20")}
+	for _, p := range []Peers{p4, p6, p4} { // the repeat is idempotent
+		if err := n.AddPeers(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	// Both directions: passive data goes client to server, active the other way.
+	set4 := nft(t, ns, "list", "set", "inet", "ftpgate", PeersV4)
+	for _, e := range []string{"192.0.2.10 . 198.51.100.20", "198.51.100.20 . 192.0.2.10"} {
+		if !strings.Contains(set4, e) {
+			t.Errorf("%s not listed:\n%s", e, set4)
+		}
+	}
+	if set6 := nft(t, ns, "list", "set", "inet", "ftpgate", PeersV6); !strings.Contains(set6, "2001:db8::10 . 2001:db8:1::20") {
+		t.Errorf("IPv6 peers not listed:\n%s", set6)
+	}
+	for _, p := range []Peers{p4, p4, p6} { // deleting twice is idempotent
+		if err := n.DelPeers(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatalf("Commit of deletes: %v", err)
+	}
+	if set4 := nft(t, ns, "list", "set", "inet", "ftpgate", PeersV4); strings.Contains(set4, "192.0.2.10") {
+		t.Errorf("peers left after delete:\n%s", set4)
+	}
+	if err := n.AddPeers(Peers{Client: p4.Client, Server: p6.Server}); !errors.Is(err, ErrInvalidPeers) {
+		t.Errorf("mixed families: err = %v, want ErrInvalidPeers", err)
+	}
+}
+
+func TestCancelAdd(t *testing.T) {
+	ns := newNetNS(t)
+	n := openTest(t, ns)
+	p := Pinhole{Peer: netip.MustParseAddr("192.0.2.10"), Addr: netip.MustParseAddr("198.51.100.20"), Port: 40001}
+	if err := n.AddPinhole(p, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if !n.CancelAdd(p) {
+		t.Fatal("CancelAdd found no queued add")
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := elements(t, n); len(got) != 0 {
+		t.Errorf("cancelled pinhole in the kernel: %v", got)
+	}
+	// Committed adds cannot be cancelled; the caller deletes them.
+	if err := n.AddPinhole(p, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if n.CancelAdd(p) {
+		t.Error("CancelAdd claimed a committed add")
+	}
+}

@@ -30,6 +30,24 @@ func (p Pinhole) Valid() bool {
 		p.Peer.Is4() == p.Addr.Is4() && p.Peer.Zone() == "" && p.Addr.Zone() == ""
 }
 
+// Peers are the two hosts of an FTP control session. While they have a
+// session, a new TCP connection between them that finds no pinhole is
+// held for the daemon (see AddInlineRules) rather than passed on to the
+// admin's rules, which would drop it: its announcement may still be on
+// the way through the daemon.
+type Peers struct {
+	Client netip.Addr
+	Server netip.Addr
+}
+
+func (p Peers) String() string { return fmt.Sprintf("%s <-> %s", p.Client, p.Server) }
+
+// Valid reports whether both addresses are set and of one family.
+func (p Peers) Valid() bool {
+	return p.Client.IsValid() && p.Server.IsValid() && p.Client.Is4() == p.Server.Is4() &&
+		p.Client.Zone() == "" && p.Server.Zone() == ""
+}
+
 // Backend programs pinholes. Add and Del only queue work; Commit sends all
 // queued work in one batch. Implementations are not safe for concurrent use.
 type Backend interface {
@@ -39,6 +57,15 @@ type Backend interface {
 	// DelPinhole queues the removal of the pinhole. Idempotent: removing a
 	// pinhole that was consumed, expired or never added is no error.
 	DelPinhole(p Pinhole) error
+	// AddPeers queues the pair of hosts of a control session, in both
+	// directions. Idempotent.
+	AddPeers(p Peers) error
+	// DelPeers queues the removal of the pair. Idempotent.
+	DelPeers(p Peers) error
+	// CancelAdd drops a queued, not yet committed AddPinhole of p and
+	// reports whether there was one: a pinhole used before it was ever
+	// committed then costs the kernel nothing.
+	CancelAdd(p Pinhole) bool
 	// Commit applies everything queued, atomically where the backend can.
 	Commit() error
 	// Close removes everything the backend created.
@@ -57,11 +84,31 @@ var ErrTableBusy = errors.New("nftables table is owned by another process")
 // or has no port.
 var ErrInvalidPinhole = errors.New("invalid pinhole")
 
-// op is one queued change of a backend: add (with its timeout) or delete.
+// ErrInvalidPeers is returned for peers that mix address families.
+var ErrInvalidPeers = errors.New("invalid control session peers")
+
+// op is one queued change of a backend: add (with its timeout) or delete
+// a pinhole, or the peers of a control session.
 type op struct {
 	p       Pinhole
+	peers   Peers // set instead of p for a change of the peers sets
 	add     bool
 	timeout time.Duration
+}
+
+func (o op) String() string {
+	if o.peers.Client.IsValid() {
+		return "control session peers " + o.peers.String()
+	}
+	return "pinhole " + o.p.String()
+}
+
+// newPeersOp checks p and returns the change to queue.
+func newPeersOp(p Peers, add bool) (op, error) {
+	if !p.Valid() {
+		return op{}, fmt.Errorf("control session peers %v: %w", p, ErrInvalidPeers)
+	}
+	return op{peers: p, add: add}, nil
 }
 
 // newOp checks p and returns the change to queue.
@@ -80,6 +127,7 @@ func newOp(p Pinhole, add bool, timeout time.Duration) (op, error) {
 // open, for `ftpgate analyze` and for tests of the layers above.
 type DryRun struct {
 	Open    map[Pinhole]time.Duration // currently added, with their timeout
+	Peers   map[Peers]bool            // control session peers currently added
 	Adds    int                       // AddPinhole calls committed
 	Dels    int                       // DelPinhole calls committed
 	Commits int
@@ -87,13 +135,39 @@ type DryRun struct {
 }
 
 // NewDryRun returns an empty DryRun backend.
-func NewDryRun() *DryRun { return &DryRun{Open: make(map[Pinhole]time.Duration)} }
+func NewDryRun() *DryRun {
+	return &DryRun{Open: make(map[Pinhole]time.Duration), Peers: make(map[Peers]bool)}
+}
 
 func (d *DryRun) AddPinhole(p Pinhole, timeout time.Duration) error {
 	return d.queue(newOp(p, true, timeout))
 }
 
 func (d *DryRun) DelPinhole(p Pinhole) error { return d.queue(newOp(p, false, 0)) }
+
+func (d *DryRun) CancelAdd(p Pinhole) bool {
+	var ok bool
+	d.pending, ok = cancelAdd(d.pending, p)
+	return ok
+}
+
+// cancelAdd removes the last queued add of p, if no change of p follows it.
+func cancelAdd(ops []op, p Pinhole) ([]op, bool) {
+	for i := len(ops) - 1; i >= 0; i-- {
+		if ops[i].peers.Client.IsValid() || ops[i].p != p {
+			continue
+		}
+		if !ops[i].add {
+			return ops, false
+		}
+		return append(ops[:i], ops[i+1:]...), true
+	}
+	return ops, false
+}
+
+func (d *DryRun) AddPeers(p Peers) error { return d.queue(newPeersOp(p, true)) }
+
+func (d *DryRun) DelPeers(p Peers) error { return d.queue(newPeersOp(p, false)) }
 
 func (d *DryRun) queue(o op, err error) error {
 	if err == nil {
@@ -107,6 +181,14 @@ func (d *DryRun) Commit() error {
 		return nil
 	}
 	for _, op := range d.pending {
+		if op.peers.Client.IsValid() {
+			if op.add {
+				d.Peers[op.peers] = true
+			} else {
+				delete(d.Peers, op.peers)
+			}
+			continue
+		}
 		if op.add {
 			d.Open[op.p] = op.timeout
 			d.Adds++
@@ -122,5 +204,6 @@ func (d *DryRun) Commit() error {
 
 func (d *DryRun) Close() error {
 	clear(d.Open)
+	clear(d.Peers)
 	return nil
 }

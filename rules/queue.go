@@ -26,21 +26,42 @@ const (
 // nfqFlagBypass is NFQ_FLAG_BYPASS of xt_NFQ_info_v3.
 const nfqFlagBypass = 0x01
 
-// AddQueueRules sends TCP packets from or to the control ports to queue
-// num, in each of ftpgate's chains, after the pinhole rules:
+// AddInlineRules sets up inline capture: the kernel copies FTP control
+// segments to the daemon through NFLOG group logGroup and holds, on queue
+// num, the two kinds of packet that must wait for it:
 //
+//   - the SYN that opens a control connection, until the daemon has put
+//     the session's peers in ftp_control_peers_v4/v6;
+//   - a data connection's SYN between such peers that finds no pinhole
+//     yet: its announcement is on the way through the daemon. The daemon
+//     reads every copy the kernel logged before the SYN (the announcement
+//     among them) and, if the SYN's pinhole is open, sends it through the
+//     chain again (NF_REPEAT) with the mark on the packet, which the
+//     chain's first rule moves to the connection; ftpgate closes the
+//     pinhole itself.
+//
+// Nothing else waits: a reply announcing a port goes on at once, so the
+// control channel gains no latency, and a data SYN that arrives after its
+// pinhole (the usual case) never leaves the kernel.
+//
+//	nft insert rule inet ftpgate mark_ftp_data_forward tcp flags & (syn | ack) == syn meta mark & MASK == MARK \
+//	  ct mark set ct mark & ~MASK | MARK meta mark set meta mark & ~MASK counter accept
 //	nft add rule inet ftpgate mark_ftp_data_forward tcp dport 21 jump inspect_ftp_control
 //	nft add rule inet ftpgate mark_ftp_data_forward tcp sport 21 jump inspect_ftp_control
-//	nft add rule inet ftpgate inspect_ftp_control tcp flags & (fin|syn|rst) != 0 queue num N bypass
-//	(and one rule per TCP data offset for segments that carry data)
+//	nft add rule inet ftpgate mark_ftp_data_forward tcp flags & (syn | ack) == syn ct state new \
+//	  ct mark & MASK != MARK ip saddr . ip daddr @ftp_control_peers_v4 queue num N bypass
+//	nft add rule inet ftpgate inspect_ftp_control tcp flags & (syn | ack) == syn queue num N bypass
+//	nft add rule inet ftpgate inspect_ftp_control tcp flags & (fin | syn | rst) != 0 log group G accept
+//	(and one rule per TCP data offset for segments that carry data, logged alike)
 //
-// It tries the native statement first and falls back to the xtables
-// target, and reports which one the running kernel took. With bypass, the
-// kernel accepts the packets itself while no process listens on the
-// queue, so control traffic fails open if the daemon dies.
-func (n *Nftables) AddQueueRules(num uint16, ports []uint16) (QueueMode, error) {
+// It tries the native queue statement first and falls back to the
+// xtables target, and reports which one the running kernel took. With
+// bypass, the kernel accepts the packets itself while no process listens
+// on the queue: control connections still open if the daemon dies, and a
+// held data SYN goes on to the admin's rules, which drop it.
+func (n *Nftables) AddInlineRules(num, logGroup uint16, ports []uint16) (QueueMode, error) {
 	native := &expr.Queue{Num: num, Flag: expr.QueueFlagBypass}
-	if err := n.addQueueRules(ports, native); err == nil {
+	if err := n.addInlineRules(ports, logGroup, native); err == nil {
 		return QueueNative, nil
 	}
 	info := make([]byte, 8) // xt_NFQ_info_v3, host order, aligned to 8
@@ -49,7 +70,7 @@ func (n *Nftables) AddQueueRules(num uint16, ports []uint16) (QueueMode, error) 
 	binary.NativeEndian.PutUint16(info[4:], nfqFlagBypass)
 	unknown := xt.Unknown(info)
 	compat := &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &unknown}
-	if err := n.addQueueRules(ports, compat); err != nil {
+	if err := n.addInlineRules(ports, logGroup, compat); err != nil {
 		return "", fmt.Errorf("%w: neither the nft queue statement nor the xtables NFQUEUE target is available: %v", ErrNoNftables, err)
 	}
 	return QueueXtables, nil
@@ -58,59 +79,122 @@ func (n *Nftables) AddQueueRules(num uint16, ports []uint16) (QueueMode, error) 
 // inspectChain holds the rules that pick, among FTP control packets, those
 // ftpgate must see: SYN, FIN and RST (sessions start and end) and every
 // segment that carries data. Pure ACKs, a large share of control
-// packets, pass without the round trip through userspace.
+// packets, are not copied.
 const inspectChain = "inspect_ftp_control"
 
-func (n *Nftables) addQueueRules(ports []uint16, queue expr.Any) error {
+func (n *Nftables) addInlineRules(ports []uint16, logGroup uint16, queue expr.Any) error {
 	inspect := n.conn.AddChain(&nftables.Chain{Name: inspectChain, Table: n.table})
-	comment := userdata.AppendString(nil, userdata.TypeComment, "FTP control: inspect in ftpgate before it passes")
+	comment := func(s string) []byte { return userdata.AppendString(nil, userdata.TypeComment, s) }
 	tcp := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 	}
-	// tcp flags & (fin | syn | rst) != 0 queue
-	n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: inspect, UserData: comment, Exprs: append(slices.Clone(tcp),
+	synOnly := []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x07}, Xor: []byte{0}},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0}},
-		queue,
-	)})
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x12}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
+	}
+	copyToDaemon := []expr.Any{
+		&expr.Log{Key: 1 << unix.NFTA_LOG_GROUP, Group: logGroup},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
+	// tcp flags & (syn | ack) == syn queue
+	n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: inspect,
+		UserData: comment("new FTP control connection: held until ftpgate knows its peers"),
+		Exprs:    slices.Concat(tcp, synOnly, []expr.Any{queue})})
+	// tcp flags & (fin | syn | rst) != 0 log group G accept
+	copyComment := comment("FTP control: copy to ftpgate")
+	n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: inspect, UserData: copyComment, Exprs: slices.Concat(tcp,
+		[]expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x07}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0}},
+		}, copyToDaemon)})
 	// Data: the packet is longer than its headers. nft cannot subtract
 	// header lengths, so there is one rule per TCP data offset:
-	//   meta nfproto ipv4 @th,96,4 == DOFF meta length > 20 + 4*DOFF queue
+	//   meta nfproto ipv4 @th,96,4 == DOFF meta length > 20 + 4*DOFF log group G accept
 	// IP options or IPv6 extension headers only make a pure ACK look
-	// longer, so they err on the side of inspecting.
+	// longer, so they err on the side of copying.
 	for _, fam := range []struct {
 		proto byte
 		iphdr uint32
 	}{{unix.NFPROTO_IPV4, 20}, {unix.NFPROTO_IPV6, 40}} {
 		for doff := uint32(5); doff <= 15; doff++ {
-			n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: inspect, UserData: comment, Exprs: append(slices.Clone(tcp),
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 12, Len: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0xf0}, Xor: []byte{0}},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(doff << 4)}},
-				&expr.Meta{Key: expr.MetaKeyLEN, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpGt, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, fam.iphdr+4*doff)},
-				queue,
-			)})
+			n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: inspect, UserData: copyComment, Exprs: slices.Concat(tcp,
+				[]expr.Any{
+					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 12, Len: 1},
+					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0xf0}, Xor: []byte{0}},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(doff << 4)}},
+					&expr.Meta{Key: expr.MetaKeyLEN, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpGt, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, fam.iphdr+4*doff)},
+				}, copyToDaemon)})
 		}
 	}
+	ne := binary.NativeEndian.AppendUint32
 	for _, c := range chainHooks {
 		chain := &nftables.Chain{Name: c.name, Table: n.table}
+		// tcp flags & (syn | ack) == syn meta mark & MASK == MARK \
+		//   ct mark set ct mark & ~MASK | MARK meta mark set meta mark & ~MASK accept
+		// A held data SYN that ftpgate admitted comes back through the
+		// chain with the mark on the packet; it moves to the connection.
+		// Only ftpgate sets these bits of the packet mark (see --mark).
+		const markReg = 1
+		n.conn.InsertRule(&nftables.Rule{Table: n.table, Chain: chain,
+			UserData: comment("data SYN admitted by ftpgate after it waited: mark its connection"),
+			Exprs: slices.Concat(tcp, synOnly, []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: markReg},
+				&expr.Bitwise{SourceRegister: markReg, DestRegister: markReg, Len: 4, Mask: ne(nil, n.cfg.MarkMask), Xor: ne(nil, 0)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: markReg, Data: ne(nil, n.cfg.Mark)},
+				&expr.Ct{Register: markReg, Key: expr.CtKeyMARK},
+				&expr.Bitwise{SourceRegister: markReg, DestRegister: markReg, Len: 4, Mask: ne(nil, ^n.cfg.MarkMask), Xor: ne(nil, n.cfg.Mark)},
+				&expr.Ct{Register: markReg, Key: expr.CtKeyMARK, SourceRegister: true},
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: markReg},
+				&expr.Bitwise{SourceRegister: markReg, DestRegister: markReg, Len: 4, Mask: ne(nil, ^n.cfg.MarkMask), Xor: ne(nil, 0)},
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: markReg, SourceRegister: true},
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictAccept},
+			})})
 		for _, p := range ports {
 			for _, off := range []uint32{0, 2} { // source port, destination port
 				n.conn.AddRule(&nftables.Rule{
 					Table: n.table,
 					Chain: chain,
-					Exprs: append(slices.Clone(tcp),
+					Exprs: slices.Concat(tcp, []expr.Any{
 						&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
 						&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, p)},
 						&expr.Verdict{Kind: expr.VerdictJump, Chain: inspectChain},
-					),
+					}),
 				})
 			}
+		}
+		for _, fam := range []struct {
+			proto     byte
+			off, alen uint32
+			set       *nftables.Set
+		}{{unix.NFPROTO_IPV4, 12, 4, n.peers4}, {unix.NFPROTO_IPV6, 8, 16, n.peers6}} {
+			keyReg := uint32(8) // NFT_REG32_00
+			n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: chain,
+				UserData: comment("data SYN between FTP peers without a pinhole yet: wait for ftpgate"),
+				Exprs: slices.Concat(
+					[]expr.Any{
+						&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+						&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
+					}, tcp, synOnly,
+					[]expr.Any{
+						&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+						&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne(nil, expr.CtStateBitNEW), Xor: ne(nil, 0)},
+						&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ne(nil, 0)},
+						&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
+						&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne(nil, n.cfg.MarkMask), Xor: ne(nil, 0)},
+						&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ne(nil, n.cfg.Mark)},
+						&expr.Payload{DestRegister: keyReg, Base: expr.PayloadBaseNetworkHeader, Offset: fam.off, Len: fam.alen},
+						&expr.Payload{DestRegister: keyReg + fam.alen/4, Base: expr.PayloadBaseNetworkHeader, Offset: fam.off + fam.alen, Len: fam.alen},
+						&expr.Lookup{SourceRegister: keyReg, SetName: fam.set.Name, SetID: fam.set.ID},
+						queue,
+					}),
+			})
 		}
 	}
 	return n.conn.Flush()

@@ -27,10 +27,10 @@ func cmdRun(args []string, stderr io.Writer) error {
 	m := mark{value: 0x01000000, mask: 0x01000000}
 	fs.Var(&m, "mark", "conntrack mark `VALUE/MASK` set on the first packet of each admitted data connection")
 	table := fs.String("table", rules.DefaultTable, "`name` of the inet table ftpgate owns")
-	capture := fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFQUEUE: each packet is held until its pinhole is committed, so no data connection races it) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
-	queueNum := fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535)")
+	capture := fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFLOG copies, and NFQUEUE holds any data SYN that beats its pinhole, so none is dropped) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
+	queueNum := fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535): new control connections and early data SYNs wait there")
 	cpuProfile := fs.String("cpu-profile", "", "write a Go CPU profile to `file` until ftpgate stops (for performance work)")
-	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel reports each pinhole's first packet (1-65535)")
+	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: ftpgate run [flags]
 
@@ -38,15 +38,19 @@ Watches FTP control connections and opens one nftables pinhole per accepted
 data channel in its own table, 'inet %s', created with the owner flag so
 that the kernel removes it even if ftpgate is killed.
 
-With --capture inline (the default) the kernel queues FTP control packets to
-ftpgate (NFQUEUE; the nft queue statement, or the xtables NFQUEUE target
-where the kernel lacks it) and releases each one only after the pinholes it
-announced are committed, so a client that connects the instant it reads a
-227 reply is never dropped. If ftpgate dies the queue is bypassed and the
-table vanishes: control traffic keeps flowing. --capture passive watches a
-copy (AF_PACKET with a kernel filter for the control ports) for mirror/SPAN
-ports and labs; there a fast client's first data SYN can beat the pinhole
-and is retransmitted about a second later.
+With --capture inline (the default) the kernel copies FTP control segments
+to ftpgate (NFLOG) without delaying them, and holds (NFQUEUE: the nft queue
+statement, or the xtables NFQUEUE target where the kernel lacks it) only
+two kinds of packet: the SYN of a new control connection, until ftpgate
+knows the session's hosts, and a data SYN between those hosts that arrives
+before its pinhole. ftpgate then reads every copy logged before it (the
+announcement among them), commits the pinhole and sends the SYN back
+through its chain, so a client that connects the instant it reads a 227
+reply waits microseconds, not a retransmission. If ftpgate dies the queue
+is bypassed and the table vanishes: control traffic keeps flowing.
+--capture passive watches a copy (AF_PACKET with a kernel filter for the
+control ports) for mirror/SPAN ports and labs; there a fast client's first
+data SYN can beat the pinhole and is retransmitted about a second later.
 
 A pinhole admits one TCP connection from the peer that will connect to the
 announced address and port. Its first packet gets the conntrack mark; add
@@ -120,11 +124,11 @@ Flags:
 			log.Error("removing nftables table", "error", err)
 		}
 	}()
-	consumed, err := rules.ListenConsumed(uint16(*nflogGroup), 0)
+	logged, err := rules.OpenLog(uint16(*nflogGroup), 0)
 	if err != nil {
 		return err
 	}
-	defer consumed.Close()
+	defer logged.Close()
 	var pkts <-chan conntrack.Packet
 	var queue *conntrack.QueueSource
 	captureDesc := ""
@@ -152,12 +156,14 @@ Flags:
 			return err
 		}
 		defer src.Close()
-		mode, err := fw.AddQueueRules(uint16(*queueNum), cfg.ControlPorts)
+		src.Mark, src.MarkMask = m.value, m.mask
+		mode, err := fw.AddInlineRules(uint16(*queueNum), uint16(*nflogGroup), cfg.ControlPorts)
 		if err != nil {
 			return err
 		}
 		queue = src
-		captureDesc = fmt.Sprintf("inline (queue %d, %s, bypass if ftpgate is gone)", *queueNum, mode)
+		captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
+			*nflogGroup, *queueNum, mode)
 	default:
 		return fmt.Errorf("--capture %q: want inline or passive", *capture)
 	}
@@ -168,21 +174,22 @@ Flags:
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
 		"table", "inet "+*table, "mark", m.String(),
 		"ruleset_line", fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value))
-	used := make(chan rules.Pinhole, 1024)
-	go func() {
-		if err := consumed.Run(ctx, used); err != nil {
-			log.Error("pinhole use reports stopped; closes will be logged late", "error", err)
-		}
-	}()
 	if queue != nil {
-		err = tr.RunInline(ctx, queue, used)
+		err = tr.RunInline(ctx, queue, logged)
 	} else {
+		used := make(chan rules.Pinhole, 1024)
+		go func() {
+			if err := conntrack.ReportUsed(ctx, logged, used); err != nil {
+				log.Error("pinhole use reports stopped; closes will be logged late", "error", err)
+			}
+		}()
 		err = tr.Run(ctx, pkts, used)
 	}
 	st := tr.Stats()
 	log.Info("ftpgate stopped", "sessions", st.SessionsStarted, "channels_opened", st.ChannelsOpened,
 		"channels_refused", st.ChannelsRefused, "lines", st.Lines, "lines_too_long", st.LinesTooLong,
-		"gap_bytes", st.GapBytes, "sessions_refused", st.SessionsRefused, "backend_errors", st.BackendErrors)
+		"gap_bytes", st.GapBytes, "sessions_refused", st.SessionsRefused, "backend_errors", st.BackendErrors,
+		"syns_held", st.SYNsHeld, "syns_admitted", st.SYNsAdmitted, "copy_overflows", st.CopiesLost)
 	return err
 }
 

@@ -1,0 +1,111 @@
+package conntrack
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/ftpgate/ftpgate/rules"
+)
+
+// dataSYN is a raw IP SYN, as the kernel queues it, from peer to addr:port.
+func dataSYN(t *testing.T, peer, addr string) []byte {
+	c := newConn(t, peer, addr)
+	return c.packet(true, 7000, "S", nil)[14:] // without the Ethernet header
+}
+
+// passiveAnnounced feeds a session up to a 227 announcing 198.51.100.20:40001
+// and commits only if commit is set.
+func passiveAnnounced(t *testing.T, h *harness, commit bool) {
+	c := newConn(t, cli, srv)
+	h.feed(c.handshake()...)
+	h.feed(c.send(false, "220 hello\r\n"), c.send(true, "PASV\r\n"))
+	reply := c.send(false, "227 Entering Passive Mode (198,51,100,20,156,65).\r\n")
+	h.tr.HandlePacket(reply, layers.LinkTypeEthernet, gopacket.CaptureInfo{Timestamp: h.ts, CaptureLength: len(reply), Length: len(reply)})
+	if commit {
+		if err := h.tr.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+const announced = "198.51.100.20:40001" // 156*256+65
+
+func TestHeldSYNAdmittedBeforeCommitCostsNoCommit(t *testing.T) {
+	h := newHarness(t, Config{})
+	passiveAnnounced(t, h, false)
+	syn := dataSYN(t, "192.0.2.10:50000", announced)
+	if !h.tr.AdmitHeldSYN(syn) {
+		t.Fatal("held SYN to an open pinhole not admitted")
+	}
+	if h.tr.AdmitHeldSYN(dataSYN(t, "192.0.2.10:50001", announced)) {
+		t.Error("a second SYN was admitted through a used pinhole")
+	}
+	if err := h.tr.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if h.fw.Adds != 0 || h.fw.Dels != 0 || len(h.fw.Open) != 0 {
+		t.Errorf("backend adds=%d dels=%d open=%v; want the uncommitted add cancelled and nothing else", h.fw.Adds, h.fw.Dels, h.fw.Open)
+	}
+	if st := h.tr.Stats(); st.SYNsHeld != 2 || st.SYNsAdmitted != 1 || st.PinholesConsumed != 1 || st.PinholesOpen != 0 {
+		t.Errorf("stats = %+v", st)
+	}
+}
+
+func TestHeldSYNAdmittedAfterCommitDeletesPinhole(t *testing.T) {
+	h := newHarness(t, Config{})
+	passiveAnnounced(t, h, true)
+	if h.fw.Adds != 1 {
+		t.Fatalf("adds = %d, want 1", h.fw.Adds)
+	}
+	if !h.tr.AdmitHeldSYN(dataSYN(t, "192.0.2.10:50000", announced)) {
+		t.Fatal("held SYN to an open pinhole not admitted")
+	}
+	if err := h.tr.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if h.fw.Dels != 1 || len(h.fw.Open) != 0 {
+		t.Errorf("dels=%d open=%v; want the committed pinhole deleted", h.fw.Dels, h.fw.Open)
+	}
+}
+
+func TestHeldSYNRefused(t *testing.T) {
+	h := newHarness(t, Config{})
+	passiveAnnounced(t, h, true)
+	for name, syn := range map[string][]byte{
+		"other port":    dataSYN(t, "192.0.2.10:50000", "198.51.100.20:40002"),
+		"other peer":    dataSYN(t, "192.0.2.99:50000", announced),
+		"not a packet":  []byte{0x45, 0, 0},
+		"SYN-ACK":       newConn(t, "192.0.2.10:50000", announced).packet(true, 1, "SA", nil)[14:],
+		"no SYN at all": newConn(t, "192.0.2.10:50000", announced).packet(true, 1, "A", nil)[14:],
+	} {
+		if h.tr.AdmitHeldSYN(syn) {
+			t.Errorf("%s: admitted", name)
+		}
+	}
+	if len(h.fw.Open) != 1 {
+		t.Errorf("the announced pinhole should still be open: %v", h.fw.Open)
+	}
+}
+
+func TestPeersFollowSessions(t *testing.T) {
+	h := newHarness(t, Config{})
+	a := newConn(t, cli, srv)
+	b := newConn(t, "192.0.2.10:40001", srv)
+	h.feed(a.handshake()...)
+	h.feed(b.handshake()...)
+	want := rules.Peers{Client: netip.MustParseAddr("192.0.2.10"), Server: netip.MustParseAddr("198.51.100.20")}
+	if len(h.fw.Peers) != 1 || !h.fw.Peers[want] {
+		t.Fatalf("peers = %v, want only %v", h.fw.Peers, want)
+	}
+	h.feed(a.packet(true, a.cseq, "R", nil))
+	if !h.fw.Peers[want] {
+		t.Fatalf("peers removed while another session of the same hosts runs")
+	}
+	h.feed(b.packet(false, b.sseq, "R", nil))
+	if len(h.fw.Peers) != 0 {
+		t.Errorf("peers left after both sessions ended: %v", h.fw.Peers)
+	}
+}
