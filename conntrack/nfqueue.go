@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"github.com/gopacket/gopacket"
+
+	"github.com/ftpgate/ftpgate/rules"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -169,13 +171,7 @@ func decodeQueued(attrs []byte) (Packet, uint32, uint32, bool) {
 	var haveID bool
 	var payload []byte
 	var ts time.Time
-	for len(attrs) >= 4 {
-		alen := int(binary.NativeEndian.Uint16(attrs))
-		typ := binary.NativeEndian.Uint16(attrs[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-		if alen < 4 || alen > len(attrs) {
-			break
-		}
-		v := attrs[4:alen]
+	rules.NetlinkAttrs(attrs, func(typ uint16, v []byte) {
 		switch typ {
 		case nfqaPacketHdr:
 			if len(v) >= 4 {
@@ -192,12 +188,7 @@ func decodeQueued(attrs []byte) (Packet, uint32, uint32, bool) {
 				ts = time.Unix(int64(binary.BigEndian.Uint64(v)), int64(binary.BigEndian.Uint64(v[8:]))*1000)
 			}
 		}
-		next := (alen + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
-		if next > len(attrs) {
-			break
-		}
-		attrs = attrs[next:]
-	}
+	})
 	if !haveID {
 		return Packet{}, 0, 0, false
 	}
@@ -230,7 +221,7 @@ func (q *QueueSource) ReadHeld(h *Held) error {
 	h.Packets, h.ids, h.marks = h.Packets[:0], h.ids[:0], h.marks[:0]
 	off := 0
 	for len(q.buf)-off >= 65536 && !q.closed.Load() {
-		n, err := rawRecv(q.fd, q.buf[off:])
+		n, err := rules.RecvNonblocking(q.fd, q.buf[off:], 0)
 		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ENOBUFS) {
 			continue
 		}
@@ -240,7 +231,7 @@ func (q *QueueSource) ReadHeld(h *Held) error {
 		if err != nil {
 			return fmt.Errorf("reading NFQUEUE %d: %w", q.num, err)
 		}
-		walkNetlink(q.buf[off:off+n], func(typ uint16, data []byte) {
+		rules.NetlinkMessages(q.buf[off:off+n], func(typ uint16, data []byte) {
 			if typ != unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgPacket || len(data) < 4 {
 				return
 			}
@@ -282,34 +273,9 @@ func (q *QueueSource) Release(h *Held) error {
 	return nil
 }
 
-// walkNetlink hands each message of a datagram to fn.
-func walkNetlink(b []byte, fn func(typ uint16, data []byte)) {
-	for len(b) >= unix.NLMSG_HDRLEN {
-		mlen := int(binary.NativeEndian.Uint32(b))
-		if mlen < unix.NLMSG_HDRLEN || mlen > len(b) {
-			return
-		}
-		fn(binary.NativeEndian.Uint16(b[4:]), b[unix.NLMSG_HDRLEN:mlen])
-		next := (mlen + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
-		if next >= len(b) {
-			return
-		}
-		b = b[next:]
-	}
-}
-
-// rawRecv and rawSend are raw system calls on the non-blocking socket:
-// they cannot block, and telling the Go scheduler about each one wakes its
-// monitor thread, which cost more than the calls themselves.
-func rawRecv(fd int, b []byte) (int, error) {
-	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-		unix.MSG_DONTWAIT, 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
-}
-
+// rawSend is a raw system call on the non-blocking socket, like
+// rules.RecvNonblocking: it cannot block, and telling the Go scheduler
+// about each one wakes its monitor thread, which cost more than the call.
 func rawSend(fd int, b []byte) error {
 	var sa unix.RawSockaddrNetlink // the kernel
 	sa.Family = unix.AF_NETLINK

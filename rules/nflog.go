@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -129,7 +130,7 @@ func (l *LogReader) Wait(ctx context.Context) error {
 	var one [1]byte
 	var rerr error
 	err := l.raw.Read(func(fd uintptr) bool {
-		_, rerr = recvNonblocking(int(fd), one[:], unix.MSG_PEEK)
+		_, rerr = RecvNonblocking(int(fd), one[:], unix.MSG_PEEK)
 		return !errors.Is(rerr, unix.EAGAIN) && !errors.Is(rerr, unix.EINTR)
 	})
 	if ctx.Err() != nil {
@@ -150,7 +151,7 @@ func (l *LogReader) Wait(ctx context.Context) error {
 func (l *LogReader) Drain(fn func(LogRecord)) (int, error) {
 	count := 0
 	for !l.closed.Load() {
-		n, err := recvNonblocking(l.fd, l.buf, 0)
+		n, err := RecvNonblocking(l.fd, l.buf, 0)
 		switch {
 		case errors.Is(err, unix.EAGAIN):
 			return count, nil
@@ -167,11 +168,11 @@ func (l *LogReader) Drain(fn func(LogRecord)) (int, error) {
 	return count, nil
 }
 
-// recvNonblocking reads one datagram without blocking. It is a raw
+// RecvNonblocking reads one datagram without blocking. It is a raw
 // system call: the Go scheduler need not hear of a call that cannot
 // block, and telling it (entersyscall) wakes its monitor thread, which
 // measurably cost more CPU than the read itself at one read per packet.
-func recvNonblocking(fd int, b []byte, flags int) (int, error) {
+func RecvNonblocking(fd int, b []byte, flags int) (int, error) {
 	if len(b) == 0 {
 		return 0, unix.EINVAL
 	}
@@ -187,52 +188,59 @@ func recvNonblocking(fd int, b []byte, flags int) (int, error) {
 // each logged packet to fn. Malformed parts are skipped.
 func parseLogMessages(b []byte, fn func(LogRecord)) int {
 	count := 0
-	for len(b) >= unix.NLMSG_HDRLEN {
-		mlen := int(binary.NativeEndian.Uint32(b))
-		if mlen < unix.NLMSG_HDRLEN || mlen > len(b) {
-			return count
+	NetlinkMessages(b, func(typ uint16, data []byte) {
+		if typ != unix.NFNL_SUBSYS_ULOG<<8|nfulnlMsgPacket || len(data) < 4 {
+			return
 		}
-		typ := binary.NativeEndian.Uint16(b[4:])
-		if typ == unix.NFNL_SUBSYS_ULOG<<8|nfulnlMsgPacket && mlen >= unix.NLMSG_HDRLEN+4 {
-			if r, ok := parseLogAttrs(b[unix.NLMSG_HDRLEN+4 : mlen]); ok {
-				fn(r)
-				count++
+		var r LogRecord
+		NetlinkAttrs(data[4:], func(typ uint16, v []byte) {
+			switch typ {
+			case nfulaPayload:
+				r.Payload = v
+			case nfulaPrefix:
+				r.Prefix = bytes.TrimRight(v, "\x00")
 			}
+		})
+		if r.Payload != nil {
+			fn(r)
+			count++
 		}
-		next := (mlen + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
-		if next > len(b) {
-			return count
-		}
-		b = b[next:]
-	}
+	})
 	return count
 }
 
-func parseLogAttrs(b []byte) (LogRecord, bool) {
-	var r LogRecord
-	for len(b) >= 4 {
-		alen := int(binary.NativeEndian.Uint16(b))
-		typ := binary.NativeEndian.Uint16(b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-		if alen < 4 || alen > len(b) {
-			break
+// NetlinkMessages hands each message of a netlink datagram (type, and the
+// data after the header) to fn, and stops at the first malformed one.
+func NetlinkMessages(b []byte, fn func(typ uint16, data []byte)) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		mlen := int(binary.NativeEndian.Uint32(b))
+		if mlen < unix.NLMSG_HDRLEN || mlen > len(b) {
+			return
 		}
-		v := b[4:alen]
-		switch typ {
-		case nfulaPayload:
-			r.Payload = v
-		case nfulaPrefix:
-			for len(v) > 0 && v[len(v)-1] == 0 {
-				v = v[:len(v)-1]
-			}
-			r.Prefix = v
-		}
-		next := (alen + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
-		if next > len(b) {
-			break
+		fn(binary.NativeEndian.Uint16(b[4:]), b[unix.NLMSG_HDRLEN:mlen])
+		next := (mlen + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
+		if next >= len(b) {
+			return
 		}
 		b = b[next:]
 	}
-	return r, r.Payload != nil
+}
+
+// NetlinkAttrs hands each attribute (type without the nested and byte
+// order flags, and value) to fn, and stops at the first malformed one.
+func NetlinkAttrs(b []byte, fn func(typ uint16, v []byte)) {
+	for len(b) >= 4 {
+		alen := int(binary.NativeEndian.Uint16(b))
+		if alen < 4 || alen > len(b) {
+			return
+		}
+		fn(binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[4:alen])
+		next := (alen + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
+		if next >= len(b) {
+			return
+		}
+		b = b[next:]
+	}
 }
 
 // PinholeOfPacket reads the pinhole key a TCP SYN matches (source,
