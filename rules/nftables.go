@@ -56,15 +56,15 @@ type Config struct {
 
 // Nftables is the Backend for the running kernel.
 type Nftables struct {
-	cfg     Config
-	conn    *nftables.Conn
-	table   *nftables.Table
-	set4    *nftables.Set
-	set6    *nftables.Set
-	peers4  *nftables.Set
-	peers6  *nftables.Set
-	pending []op
-	log     *slog.Logger
+	cfg    Config
+	conn   *nftables.Conn
+	table  *nftables.Table
+	set4   *nftables.Set
+	set6   *nftables.Set
+	peers4 *nftables.Set
+	peers6 *nftables.Set
+	opQueue
+	log *slog.Logger
 }
 
 // Open creates the table, sets and chains, or fails with ErrNoNftables or
@@ -286,38 +286,6 @@ func (n *Nftables) setFor(p Pinhole) *nftables.Set {
 		return n.set4
 	}
 	return n.set6
-}
-
-// AddPinhole queues `nft add element inet ftpgate SET { PEER . ADDR . PORT timeout T }`.
-func (n *Nftables) AddPinhole(p Pinhole, timeout time.Duration) error {
-	return n.enqueue(newOp(p, true, timeout))
-}
-
-// DelPinhole queues `nft delete element inet ftpgate SET { PEER . ADDR . PORT }`.
-// It is idempotent: the element is added (a no-op if present) and deleted
-// in the same batch, because deleting an absent element would fail the
-// whole batch, and the kernel may have consumed or expired it meanwhile.
-func (n *Nftables) DelPinhole(p Pinhole) error { return n.enqueue(newOp(p, false, 0)) }
-
-// CancelAdd drops a queued AddPinhole of p that was not committed yet.
-func (n *Nftables) CancelAdd(p Pinhole) bool {
-	var ok bool
-	n.pending, ok = cancelAdd(n.pending, p)
-	return ok
-}
-
-// AddPeers queues `nft add element inet ftpgate ftp_control_peers_v4 { C . S, S . C }`.
-func (n *Nftables) AddPeers(p Peers) error { return n.enqueue(newPeersOp(p, true)) }
-
-// DelPeers queues `nft delete element inet ftpgate ftp_control_peers_v4 { C . S, S . C }`,
-// idempotent like DelPinhole.
-func (n *Nftables) DelPeers(p Peers) error { return n.enqueue(newPeersOp(p, false)) }
-
-func (n *Nftables) enqueue(o op, err error) error {
-	if err == nil {
-		n.pending = append(n.pending, o)
-	}
-	return err
 }
 
 func (n *Nftables) queue(o op) error {

@@ -131,7 +131,7 @@ type DryRun struct {
 	Adds    int                       // AddPinhole calls committed
 	Dels    int                       // DelPinhole calls committed
 	Commits int
-	pending []op
+	opQueue
 }
 
 // NewDryRun returns an empty DryRun backend.
@@ -139,41 +139,48 @@ func NewDryRun() *DryRun {
 	return &DryRun{Open: make(map[Pinhole]time.Duration), Peers: make(map[Peers]bool)}
 }
 
-func (d *DryRun) AddPinhole(p Pinhole, timeout time.Duration) error {
-	return d.queue(newOp(p, true, timeout))
-}
+// opQueue holds the changes a backend has not committed yet. Both
+// backends embed it for their Add, Del and CancelAdd methods.
+type opQueue struct{ pending []op }
 
-func (d *DryRun) DelPinhole(p Pinhole) error { return d.queue(newOp(p, false, 0)) }
-
-func (d *DryRun) CancelAdd(p Pinhole) bool {
-	var ok bool
-	d.pending, ok = cancelAdd(d.pending, p)
-	return ok
-}
-
-// cancelAdd removes the last queued add of p, if no change of p follows it.
-func cancelAdd(ops []op, p Pinhole) ([]op, bool) {
-	for i := len(ops) - 1; i >= 0; i-- {
-		if ops[i].peers.Client.IsValid() || ops[i].p != p {
-			continue
-		}
-		if !ops[i].add {
-			return ops, false
-		}
-		return append(ops[:i], ops[i+1:]...), true
-	}
-	return ops, false
-}
-
-func (d *DryRun) AddPeers(p Peers) error { return d.queue(newPeersOp(p, true)) }
-
-func (d *DryRun) DelPeers(p Peers) error { return d.queue(newPeersOp(p, false)) }
-
-func (d *DryRun) queue(o op, err error) error {
+func (q *opQueue) enqueue(o op, err error) error {
 	if err == nil {
-		d.pending = append(d.pending, o)
+		q.pending = append(q.pending, o)
 	}
 	return err
+}
+
+// AddPinhole queues `nft add element inet ftpgate SET { PEER . ADDR . PORT timeout T }`.
+func (q *opQueue) AddPinhole(p Pinhole, timeout time.Duration) error {
+	return q.enqueue(newOp(p, true, timeout))
+}
+
+// DelPinhole queues `nft delete element inet ftpgate SET { PEER . ADDR . PORT }`.
+// It is idempotent: the element is added (a no-op if present) and deleted
+// in the same batch, because deleting an absent element would fail the
+// whole batch, and the kernel may have consumed or expired it meanwhile.
+func (q *opQueue) DelPinhole(p Pinhole) error { return q.enqueue(newOp(p, false, 0)) }
+
+// AddPeers queues `nft add element inet ftpgate ftp_control_peers_v4 { C . S, S . C }`.
+func (q *opQueue) AddPeers(p Peers) error { return q.enqueue(newPeersOp(p, true)) }
+
+// DelPeers queues `nft delete element inet ftpgate ftp_control_peers_v4 { C . S, S . C }`,
+// idempotent like DelPinhole.
+func (q *opQueue) DelPeers(p Peers) error { return q.enqueue(newPeersOp(p, false)) }
+
+// CancelAdd removes the last queued add of p, if no change of p follows it.
+func (q *opQueue) CancelAdd(p Pinhole) bool {
+	for i := len(q.pending) - 1; i >= 0; i-- {
+		if q.pending[i].peers.Client.IsValid() || q.pending[i].p != p {
+			continue
+		}
+		if !q.pending[i].add {
+			return false
+		}
+		q.pending = append(q.pending[:i], q.pending[i+1:]...)
+		return true
+	}
+	return false
 }
 
 func (d *DryRun) Commit() error {
