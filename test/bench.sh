@@ -46,15 +46,22 @@ tck=$(getconf CLK_TCK)
 
 echo "benchmark: $SESSIONS sessions x $TRANSFERS transfers per mode, modes: $MODES, ftpgate --capture $CAPTURE"
 echo "command:   SESSIONS=$SESSIONS TRANSFERS=$TRANSFERS CAPTURE=$CAPTURE IDLE=$IDLE make bench"
-for gw in kernel ftpgate; do
-	"$HERE/lab.sh" ruleset "$gw"
-	if [ "$gw" = ftpgate ]; then
-		ip netns exec $G "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 >"$OUT/ftpgate.log" 2>&1 &
-		pid=$!
-		sleep 1
-		kill -0 "$pid" || { cat "$OUT/ftpgate.log"; exit 1; }
-	fi
-	for m in $MODES; do
+# Each mode runs on both gateways back to back, so that both see the same
+# state of the lab; ftpgate starts afresh for each mode, so its CPU and
+# peak RSS are that mode's.
+start_ftpgate() {
+	ip netns exec $G "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 "$@" >>"$OUT/ftpgate.log" 2>&1 &
+	pid=$!
+	sleep 1
+	kill -0 "$pid" || { cat "$OUT/ftpgate.log"; exit 1; }
+}
+stop_ftpgate() {
+	if [ -n "$pid" ]; then kill "$pid"; wait "$pid" || true; pid=""; fi
+}
+for m in $MODES; do
+	for gw in kernel ftpgate; do
+		"$HERE/lab.sh" ruleset "$gw"
+		[ "$gw" = ftpgate ] && start_ftpgate
 		before=0
 		[ -n "$pid" ] && before=$(cpu_ticks "$pid")
 		res=$(ip netns exec $C "$FTPLOAD" run --server "$(server_of "$m")" --mode "${m%?}" \
@@ -64,30 +71,29 @@ for gw in kernel ftpgate; do
 			cpu=$(awk -v a="$before" -v b="$(cpu_ticks "$pid")" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}')
 			rss=$(hwm_kib "$pid")
 		fi
+		stop_ftpgate
 		echo "{\"gateway\":\"$gw\",\"name\":\"$(label_of "$m")\",\"cpu_s\":$cpu,\"peak_rss_kib\":$rss,\"result\":$res}" >>"$RESULTS"
 		echo "  $gw $(label_of "$m"): $res"
 	done
-	if [ "$gw" = ftpgate ] && [ "$IDLE" -gt 0 ]; then
-		# Idle control sessions: a light FTP server on port 2121 (vsftpd
-		# would need two processes per session), ftpgate watching 21 and 2121.
-		kill "$pid"; wait "$pid" || true
-		ip netns exec $G nft add rule inet filter forward tcp dport 2121 ct state new accept
-		ip netns exec $G "$FTPGATE" run --capture "$CAPTURE" --log-level warn --control-ports 21,2121 \
-			--max-sessions 65536 >>"$OUT/ftpgate.log" 2>&1 &
-		pid=$!
-		ip netns exec $S "$FTPLOAD" idle-server --listen 198.51.100.20:2121 &
-		idle=$!
-		sleep 1
-		rss0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-		c0=$(cpu_ticks "$pid")
-		ires=$(ip netns exec $C "$FTPLOAD" idle --server 198.51.100.20:2121 --sessions "$IDLE" --hold 15s)
-		c1=$(cpu_ticks "$pid")
-		echo "{\"idle\":$ires,\"rss_before_kib\":$rss0,\"peak_rss_kib\":$(hwm_kib "$pid"),\"cpu_s\":$(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}')}" >"$OUT/idle.json"
-		echo "  idle sessions: $(cat "$OUT/idle.json")"
-		kill "$idle"; idle=""
-	fi
-	if [ -n "$pid" ]; then kill "$pid"; wait "$pid" || true; pid=""; fi
 done
+if [ "$IDLE" -gt 0 ]; then
+	# Idle control sessions: a light FTP server on port 2121 (vsftpd
+	# would need two processes per session), ftpgate watching 21 and 2121.
+	"$HERE/lab.sh" ruleset ftpgate
+	ip netns exec $G nft add rule inet filter forward tcp dport 2121 ct state new accept
+	start_ftpgate --control-ports 21,2121
+	ip netns exec $S "$FTPLOAD" idle-server --listen 198.51.100.20:2121 &
+	idle=$!
+	sleep 1
+	rss0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+	c0=$(cpu_ticks "$pid")
+	ires=$(ip netns exec $C "$FTPLOAD" idle --server 198.51.100.20:2121 --sessions "$IDLE" --hold 15s)
+	c1=$(cpu_ticks "$pid")
+	echo "{\"idle\":$ires,\"rss_before_kib\":$rss0,\"peak_rss_kib\":$(hwm_kib "$pid"),\"cpu_s\":$(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}')}" >"$OUT/idle.json"
+	echo "  idle sessions: $(cat "$OUT/idle.json")"
+	kill "$idle"; idle=""
+	stop_ftpgate
+fi
 
 echo
 "$FTPLOAD" report "$RESULTS" | tee "$OUT/table.txt"
