@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/mdlayher/netlink"
@@ -23,6 +24,8 @@ const (
 	nfulaPrefix        = 10
 	nfulaCfgCmd        = 1
 	nfulaCfgMode       = 2
+	nfulaCfgNlBufSiz   = 3
+	nfulaCfgTimeout    = 4
 	nfulaCfgQThresh    = 5
 	nfulnlCfgCmdBind   = 1
 	nfulnlCfgCmdUnbind = 2
@@ -38,6 +41,12 @@ const DefaultLogGroup = 2121
 // LogPrefixUsed is the log prefix of the reports of used pinholes; control
 // segments are copied without a prefix.
 const LogPrefixUsed = "ftpgate: pinhole used"
+
+// LogPrefixFlush marks the record a held data SYN leaves on its way to
+// the queue. It carries nothing; logging it with a queue threshold of one
+// makes the kernel deliver every copy it had batched (see
+// AddInlineRules), and the daemon skips it.
+const LogPrefixFlush = "ftpgate: flush"
 
 // LogRecord is one packet the kernel logged to the group. Both slices
 // point into the reader's buffer and are valid until the next Drain.
@@ -61,6 +70,9 @@ type LogReader struct {
 	closed atomic.Bool
 	// Lost counts the times the socket overflowed and records were lost.
 	Lost uint64
+	// Datagrams and Records count what Drain read: with batching
+	// (SetBatch) one datagram carries several records.
+	Datagrams, Records uint64
 }
 
 // OpenLog binds the NFLOG group in the given network namespace (0: the
@@ -98,6 +110,34 @@ func OpenLog(group uint16, netns int) (*LogReader, error) {
 		return fail(fmt.Errorf("configuring NFLOG group %d: %w", group, err))
 	}
 	return l, nil
+}
+
+// SetBatch lets the kernel gather up to records log records (and at most
+// bufBytes of them) before it delivers them in one datagram, or after
+// wait if fewer come. One wakeup of the daemon then reads many copies
+// instead of one. A rule whose log statement has a lower queue-threshold
+// still has its record, and every record batched before it, delivered at
+// once. records 1 turns batching off. The kernel counts wait in
+// hundredths of a second; 0 means its next timer tick (4 ms at HZ=250).
+//
+// The equivalent of libnetfilter_log's nflog_set_qthresh,
+// nflog_set_timeout and nflog_set_nlbufsiz.
+func (l *LogReader) SetBatch(records, bufBytes uint32, wait time.Duration) error {
+	if records == 0 {
+		records = 1
+	}
+	// The kernel refuses a buffer smaller than its default (one page)
+	// or larger than 128 KiB, and the reader must hold a whole datagram.
+	bufBytes = min(max(bufBytes, 4096), 1<<17, uint32(len(l.buf)))
+	attrs := []netlink.Attribute{
+		{Type: nfulaCfgQThresh, Data: binary.BigEndian.AppendUint32(nil, records)},
+		{Type: nfulaCfgTimeout, Data: binary.BigEndian.AppendUint32(nil, uint32(wait/(10*time.Millisecond)))},
+		{Type: nfulaCfgNlBufSiz, Data: binary.BigEndian.AppendUint32(nil, bufBytes)},
+	}
+	if err := l.config(attrs); err != nil {
+		return fmt.Errorf("setting NFLOG group %d to deliver %d records at once: %w", l.group, records, err)
+	}
+	return nil
 }
 
 func (l *LogReader) config(attrs []netlink.Attribute) error {
@@ -163,7 +203,10 @@ func (l *LogReader) Drain(fn func(LogRecord)) (int, error) {
 		case err != nil:
 			return count, fmt.Errorf("reading NFLOG group %d: %w", l.group, err)
 		}
-		count += parseLogMessages(l.buf[:n], fn)
+		r := parseLogMessages(l.buf[:n], fn)
+		count += r
+		l.Datagrams++
+		l.Records += uint64(r)
 	}
 	return count, nil
 }

@@ -462,3 +462,92 @@ func TestCancelAdd(t *testing.T) {
 		t.Error("CancelAdd claimed a committed add")
 	}
 }
+
+// TestHeldSYNFlushesBatchedCopies checks the ordering inline capture
+// relies on once copies are batched: a data SYN between control peers
+// that finds no pinhole delivers every copy logged before it, before it
+// is queued, so the daemon sees the announcement it answers.
+func TestHeldSYNFlushesBatchedCopies(t *testing.T) {
+	ns := newNetNS(t)
+	n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, NetNS: int(ns), LogGroup: 78})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer n.Close()
+	var ctl, data net.Listener
+	inNetNS(t, ns, func() {
+		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+			t.Fatalf("ip link set lo up: %v %s", err, out)
+		}
+		if ctl, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if data, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ctl.Close()
+	defer data.Close()
+	ctlPort := uint16(ctl.Addr().(*net.TCPAddr).Port)
+	// No process reads the queue: with bypass, held packets go on at once.
+	if _, err := n.AddInlineRules(7878, 78, []uint16{ctlPort}); err != nil {
+		t.Fatalf("AddInlineRules: %v", err)
+	}
+	lo := netip.MustParseAddr("127.0.0.1")
+	if err := n.AddPeers(Peers{Client: lo, Server: lo}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	listing := nft(t, ns, "list", "chain", "inet", "ftpgate", "mark_ftp_data_output")
+	if want := `log prefix "ftpgate: flush" group 78 snaplen 0 queue-threshold 1`; !strings.Contains(listing, want) {
+		t.Errorf("hold rule lacks %q:\n%s", want, listing)
+	}
+	l, err := OpenLog(78, int(ns))
+	if err != nil {
+		t.Fatalf("OpenLog: %v", err)
+	}
+	defer l.Close()
+	// A second is far longer than this test takes between sending a
+	// copy and reading it: only the SYN's own record can deliver it.
+	if err := l.SetBatch(64, 32<<10, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	const line = "227 Entering Passive Mode (127,0,0,1,4,1)\r\n"
+	inNetNS(t, ns, func() {
+		c, err := net.Dial("tcp4", ctl.Addr().String())
+		if err != nil {
+			t.Fatalf("dial control: %v", err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// The SYN's own record carries no packet (snaplen 0) and is not
+	// handed on; the copies it delivered are what counts.
+	payloads := func() (n int, found bool) {
+		_, err := l.Drain(func(r LogRecord) {
+			n++
+			found = found || strings.Contains(string(r.Payload), line)
+		})
+		if err != nil {
+			t.Fatalf("Drain: %v", err)
+		}
+		return
+	}
+	if n, _ := payloads(); n != 0 {
+		t.Fatalf("%d records delivered before the batch was due; the test cannot tell a flush from the timer", n)
+	}
+	inNetNS(t, ns, func() {
+		c, err := net.Dial("tcp4", data.Addr().String())
+		if err != nil {
+			t.Fatalf("dial data: %v", err)
+		}
+		c.Close()
+	})
+	if n, found := payloads(); !found {
+		t.Errorf("after the data SYN: %d records, none with the control line; the SYN did not deliver the batch", n)
+	}
+}

@@ -33,12 +33,13 @@ const nfqFlagBypass = 0x01
 //   - the SYN that opens a control connection, until the daemon has put
 //     the session's peers in ftp_control_peers_v4/v6;
 //   - a data connection's SYN between such peers that finds no pinhole
-//     yet: its announcement is on the way through the daemon. The daemon
-//     reads every copy the kernel logged before the SYN (the announcement
-//     among them) and, if the SYN's pinhole is open, sends it through the
-//     chain again (NF_REPEAT) with the mark on the packet, which the
-//     chain's first rule moves to the connection; ftpgate closes the
-//     pinhole itself.
+//     yet: its announcement is on the way through the daemon. The SYN is
+//     first logged with a queue threshold of one, which makes the kernel
+//     deliver every copy it was batching (LogReader.SetBatch), the
+//     announcement among them. The daemon reads them all and, if the
+//     SYN's pinhole is open, sends it through the chain again (NF_REPEAT)
+//     with the mark on the packet, which the chain's first rule moves to
+//     the connection; ftpgate closes the pinhole itself.
 //
 // Nothing else waits: a reply announcing a port goes on at once, so the
 // control channel gains no latency, and a data SYN that arrives after its
@@ -49,7 +50,8 @@ const nfqFlagBypass = 0x01
 //	nft add rule inet ftpgate mark_ftp_data_forward tcp dport 21 jump inspect_ftp_control
 //	nft add rule inet ftpgate mark_ftp_data_forward tcp sport 21 jump inspect_ftp_control
 //	nft add rule inet ftpgate mark_ftp_data_forward tcp flags & (syn | ack) == syn ct state new \
-//	  ct mark & MASK != MARK ip saddr . ip daddr @ftp_control_peers_v4 queue num N bypass
+//	  ct mark & MASK != MARK ip saddr . ip daddr @ftp_control_peers_v4 \
+//	  log prefix "ftpgate: flush" group G snaplen 0 queue-threshold 1 queue num N bypass
 //	nft add rule inet ftpgate inspect_ftp_control tcp flags & (syn | ack) == syn queue num N bypass
 //	nft add rule inet ftpgate inspect_ftp_control tcp flags & (fin | syn | rst) != 0 log group G accept
 //	(and one rule per TCP data offset for segments that carry data, logged alike)
@@ -93,6 +95,18 @@ func (n *Nftables) addInlineRules(ports []uint16, logGroup uint16, queue expr.An
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x12}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
+	}
+	// log prefix "ftpgate: flush" group G snaplen 0 queue-threshold 1
+	// Copies may wait in the kernel to be delivered in batches
+	// (LogReader.SetBatch). A held data SYN must not: the announcement it
+	// answers may be among them. Logging it with a threshold of one
+	// delivers the batch before the SYN is queued.
+	flush := &expr.Log{
+		Key:        1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_SNAPLEN | 1<<unix.NFTA_LOG_QTHRESHOLD,
+		Data:       []byte(LogPrefixFlush),
+		Group:      logGroup,
+		Snaplen:    0,
+		QThreshold: 1,
 	}
 	copyToDaemon := []expr.Any{
 		&expr.Log{Key: 1 << unix.NFTA_LOG_GROUP, Group: logGroup},
@@ -192,6 +206,7 @@ func (n *Nftables) addInlineRules(ports []uint16, logGroup uint16, queue expr.An
 						&expr.Payload{DestRegister: keyReg, Base: expr.PayloadBaseNetworkHeader, Offset: fam.off, Len: fam.alen},
 						&expr.Payload{DestRegister: keyReg + fam.alen/4, Base: expr.PayloadBaseNetworkHeader, Offset: fam.off + fam.alen, Len: fam.alen},
 						&expr.Lookup{SourceRegister: keyReg, SetName: fam.set.Name, SetID: fam.set.ID},
+						flush,
 						queue,
 					}),
 			})
