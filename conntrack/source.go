@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"time"
+	"unsafe"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -225,7 +226,7 @@ func (t *Tracker) RunInline(ctx context.Context, q *QueueSource, lr *rules.LogRe
 		if timeout < 0 {
 			timeout = 0
 		}
-		if _, err := unix.Poll(fds, timeout); err != nil && !errors.Is(err, unix.EINTR) {
+		if err := poll(fds, timeout); err != nil && !errors.Is(err, unix.EINTR) {
 			runErr = fmt.Errorf("waiting for control traffic: %w", err)
 			break
 		}
@@ -313,4 +314,34 @@ func ReportUsed(ctx context.Context, lr *rules.LogReader, out chan<- rules.Pinho
 			}
 		}
 	}
+}
+
+// poll waits for the loop's descriptors. Under load it is poll(2) as a
+// raw system call: the loop runs on one Go processor (GOMAXPROCS 1), and
+// blocking through the scheduler's syscall entry lets its monitor thread
+// take the processor away after 20 µs and hand it back on wakeup, which
+// at thousands of wakeups a second cost more CPU than ftpgate's own work
+// (perf: the monitor's nanosleeps and a second thread's wakeups). Held
+// raw, the processor stays with the loop. The runtime still preempts a
+// goroutine that holds it for 10 ms, with a signal that ends the poll
+// (EINTR), so a raw wait is kept shorter than that; only an idle daemon
+// then waits through the scheduler, once per quiet spell.
+func poll(fds []unix.PollFd, timeoutMs int) error {
+	const rawMs = 5
+	n, err := pollRaw(fds, min(timeoutMs, rawMs))
+	if n != 0 || err != nil || timeoutMs <= rawMs {
+		return err
+	}
+	_, err = unix.Poll(fds, timeoutMs-rawMs)
+	return err
+}
+
+func pollRaw(fds []unix.PollFd, timeoutMs int) (int, error) {
+	ts := unix.NsecToTimespec(int64(timeoutMs) * int64(time.Millisecond))
+	n, _, errno := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)),
+		uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
