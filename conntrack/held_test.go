@@ -49,7 +49,7 @@ func TestHeldSYNAdmittedBeforeCommitCostsNoCommit(t *testing.T) {
 	if h.fw.Adds != 0 || h.fw.Dels != 0 || len(h.fw.Open) != 0 {
 		t.Errorf("backend adds=%d dels=%d open=%v; want the uncommitted add cancelled and nothing else", h.fw.Adds, h.fw.Dels, h.fw.Open)
 	}
-	if st := h.tr.Stats(); st.SYNsHeld != 2 || st.SYNsAdmitted != 1 || st.PinholesConsumed != 1 || st.PinholesOpen != 0 {
+	if st := h.tr.Stats(); st.SYNsHeld != 2 || st.SYNsAdmitted != 1 || st.AddsCancelled != 1 || st.PinholesConsumed != 1 || st.PinholesOpen != 0 {
 		t.Errorf("stats = %+v", st)
 	}
 }
@@ -68,6 +68,9 @@ func TestHeldSYNAdmittedAfterCommitDeletesPinhole(t *testing.T) {
 	}
 	if h.fw.Dels != 1 || len(h.fw.Open) != 0 {
 		t.Errorf("dels=%d open=%v; want the committed pinhole deleted", h.fw.Dels, h.fw.Open)
+	}
+	if st := h.tr.Stats(); st.SYNsAdmitted != 1 || st.AddsCancelled != 0 {
+		t.Errorf("admitted %d, cancelled %d; want 1 and 0", st.SYNsAdmitted, st.AddsCancelled)
 	}
 }
 

@@ -30,6 +30,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	capture := fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFLOG copies, and NFQUEUE holds any data SYN that beats its pinhole, so none is dropped) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
 	queueNum := fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535): new control connections and early data SYNs wait there")
 	cpuProfile := fs.String("cpu-profile", "", "write a Go CPU profile to `file` until ftpgate stops (for performance work)")
+	commitDelay := fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
 	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: ftpgate run [flags]
@@ -106,6 +107,14 @@ Flags:
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	switch {
+	case *commitDelay < 0:
+		return fmt.Errorf("--commit-delay %v: want 0 or more", *commitDelay)
+	case *commitDelay == 0:
+		cfg.CommitDelay = -1 // at once; the tracker's zero is its default
+	default:
+		cfg.CommitDelay = *commitDelay
+	}
 	if *nflogGroup == 0 || *nflogGroup > 65535 {
 		return fmt.Errorf("--nflog-group %d: want 1-65535", *nflogGroup)
 	}
@@ -161,6 +170,12 @@ Flags:
 		if err != nil {
 			return err
 		}
+		// Copies come in batches; a held data SYN flushes them (see
+		// rules.AddInlineRules). Measured on the lab: ~5 copies per
+		// wakeup instead of one, and ~25% less ftpgate CPU per transfer.
+		if err := logged.SetBatch(64, 32<<10, 0); err != nil {
+			return err
+		}
 		queue = src
 		captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
 			*nflogGroup, *queueNum, mode)
@@ -189,7 +204,8 @@ Flags:
 	log.Info("ftpgate stopped", "sessions", st.SessionsStarted, "channels_opened", st.ChannelsOpened,
 		"channels_refused", st.ChannelsRefused, "lines", st.Lines, "lines_too_long", st.LinesTooLong,
 		"gap_bytes", st.GapBytes, "sessions_refused", st.SessionsRefused, "backend_errors", st.BackendErrors,
-		"syns_held", st.SYNsHeld, "syns_admitted", st.SYNsAdmitted, "copy_overflows", st.CopiesLost)
+		"syns_held", st.SYNsHeld, "syns_admitted", st.SYNsAdmitted, "adds_cancelled", st.AddsCancelled, "copy_overflows", st.CopiesLost,
+		"log_datagrams", logged.Datagrams, "log_records", logged.Records)
 	return err
 }
 
