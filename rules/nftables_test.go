@@ -87,6 +87,17 @@ func openTest(t *testing.T, ns netns.NsHandle) *Nftables {
 	return n
 }
 
+// openTestLogging is openTest with reports of used pinholes on NFLOG group.
+func openTestLogging(t *testing.T, ns netns.NsHandle, group uint16) *Nftables {
+	t.Helper()
+	n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, NetNS: int(ns), LogGroup: group})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
 func TestOpenCreatesReadableTable(t *testing.T) {
 	ns := newNetNS(t)
 	openTest(t, ns)
@@ -222,11 +233,7 @@ func TestPinholeExpiresInKernel(t *testing.T) {
 // deletes the element, so a second connection finds no pinhole.
 func TestPinholeConsumedByFirstSYN(t *testing.T) {
 	ns := newNetNS(t)
-	n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, NetNS: int(ns), LogGroup: 77})
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	defer n.Close()
+	n := openTestLogging(t, ns, 77)
 	l, err := OpenLog(77, int(ns))
 	if err != nil {
 		t.Fatalf("OpenLog: %v", err)
@@ -469,13 +476,10 @@ func TestCancelAdd(t *testing.T) {
 // is queued, so the daemon sees the announcement it answers.
 func TestHeldSYNFlushesBatchedCopies(t *testing.T) {
 	ns := newNetNS(t)
-	n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, NetNS: int(ns), LogGroup: 78})
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	defer n.Close()
+	n := openTestLogging(t, ns, 78)
 	var ctl, data net.Listener
 	inNetNS(t, ns, func() {
+		var err error
 		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 			t.Fatalf("ip link set lo up: %v %s", err, out)
 		}
