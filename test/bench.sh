@@ -47,8 +47,10 @@ tck=$(getconf CLK_TCK)
 echo "benchmark: $SESSIONS sessions x $TRANSFERS transfers per mode, modes: $MODES, ftpgate --capture $CAPTURE"
 echo "command:   SESSIONS=$SESSIONS TRANSFERS=$TRANSFERS CAPTURE=$CAPTURE IDLE=$IDLE make bench"
 # Each mode runs on both gateways back to back, so that both see the same
-# state of the lab; ftpgate starts afresh for each mode, so its CPU and
-# peak RSS are that mode's.
+# state of the lab, and which goes first alternates from mode to mode, so
+# that a lab slowly filling up (conntrack entries, TIME_WAIT sockets) does
+# not always count against the same one. ftpgate starts afresh for each
+# mode, so its CPU and peak RSS are that mode's.
 start_ftpgate() {
 	ip netns exec $G "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 "$@" >>"$OUT/ftpgate.log" 2>&1 &
 	pid=$!
@@ -58,8 +60,9 @@ start_ftpgate() {
 stop_ftpgate() {
 	if [ -n "$pid" ]; then kill "$pid"; wait "$pid" || true; pid=""; fi
 }
+order="kernel ftpgate"
 for m in $MODES; do
-	for gw in kernel ftpgate; do
+	for gw in $order; do
 		"$HERE/lab.sh" ruleset "$gw"
 		[ "$gw" = ftpgate ] && start_ftpgate
 		before=0
@@ -75,6 +78,7 @@ for m in $MODES; do
 		echo "{\"gateway\":\"$gw\",\"name\":\"$(label_of "$m")\",\"cpu_s\":$cpu,\"peak_rss_kib\":$rss,\"result\":$res}" >>"$RESULTS"
 		echo "  $gw $(label_of "$m"): $res"
 	done
+	order=$(echo "$order" | awk '{print $2, $1}')
 done
 if [ "$IDLE" -gt 0 ]; then
 	# Idle control sessions: a light FTP server on port 2121 (vsftpd
