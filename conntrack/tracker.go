@@ -5,6 +5,7 @@
 package conntrack
 
 import (
+	"context"
 	"encoding/base32"
 	"encoding/binary"
 	"hash/fnv"
@@ -484,7 +485,7 @@ func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
 	ch.Verdict = VerdictOpen
 	ch.Reason = acceptReason(ch)
 	t.stats.ChannelsOpened++
-	t.log.Info("channel open", channelAttrs(ch)...)
+	t.logChannel(slog.LevelInfo, "channel open", ch)
 	if t.cfg.OnChannel != nil {
 		t.cfg.OnChannel(ch)
 	}
@@ -501,9 +502,18 @@ func (t *Tracker) refuse(s *Session, ch Channel, reason string) {
 	ch.Verdict = VerdictRefuse
 	ch.Reason = reason
 	t.stats.ChannelsRefused++
-	t.log.Warn("channel refused", channelAttrs(ch)...)
+	t.logChannel(slog.LevelWarn, "channel refused", ch)
 	if t.cfg.OnChannel != nil {
 		t.cfg.OnChannel(ch)
+	}
+}
+
+// logChannel logs ch, building its attributes only if the level is on:
+// at thousands of channels a second, the address strings of lines nobody
+// reads were most of the packet path's allocations.
+func (t *Tracker) logChannel(level slog.Level, msg string, ch Channel) {
+	if t.log.Enabled(context.Background(), level) {
+		t.log.Log(context.Background(), level, msg, channelAttrs(ch)...)
 	}
 }
 
@@ -568,6 +578,9 @@ func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
 }
 
 func (t *Tracker) logClosed(p *pinhole, reason string) {
+	if !t.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	t.log.Info("channel closed", "session", p.channel.Session, "command", p.channel.Command.String(),
 		"orig_h", p.key.Peer.String(), "resp_h", p.key.Addr.String(), "resp_p", p.key.Port, "reason", reason)
 }
