@@ -159,7 +159,7 @@ func (s *Session) clientLine(line []byte, ts time.Time) {
 		s.tracker.log.Info("malformed command ignored", "session", s.ID, "verb", cmd.Verb, "error", err)
 	}
 	if len(s.pending) == maxPending {
-		s.pending = s.pending[1:]
+		s.popPending()
 		s.tracker.stats.PendingOverflow++
 		if !s.overflow {
 			s.overflow = true
@@ -227,8 +227,7 @@ func (s *Session) reply(code int, ts time.Time) {
 	var cmd pendingCommand
 	havePending := len(s.pending) > 0
 	if havePending {
-		cmd = s.pending[0]
-		s.pending = s.pending[1:]
+		cmd = s.popPending()
 	}
 	switch code {
 	case 227, 228, 229:
@@ -306,4 +305,15 @@ func (s *Session) end(reason string) {
 	s.pending = nil
 	s.lines = [2]lineSplitter{}
 	s.tracker.closeSessionPinholes(s, reason)
+}
+
+// popPending removes and returns the oldest pending command. It shifts
+// the rest down rather than reslicing, so the queue keeps its array and
+// the next command costs no allocation; there are at most maxPending.
+func (s *Session) popPending() pendingCommand {
+	c := s.pending[0]
+	n := copy(s.pending, s.pending[1:])
+	s.pending[n] = pendingCommand{}
+	s.pending = s.pending[:n]
+	return c
 }
