@@ -224,12 +224,8 @@ func TestPinholeLifecycle(t *testing.T) {
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(3 * time.Second)
-	for len(pinholes(t)) == 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if len(pinholes(t)) != 1 {
-		t.Fatalf("held PASV opened no pinhole")
+	if p := waitPinholes(t, 1, 3*time.Second); len(p) != 1 {
+		t.Fatalf("held PASV: pinholes = %v, want one", p)
 	}
 	waitNoPinholes(t, 4*time.Second)
 	d.waitLog(t, 5*time.Second, "channel closed", "reason", "timeout")
@@ -286,8 +282,8 @@ func TestStopRemovesTable(t *testing.T) {
 				t.Fatal(err)
 			}
 			d.waitLog(t, 3*time.Second, "channel open")
-			if len(pinholes(t)) != 1 {
-				t.Fatalf("want one pinhole before the signal, have %v", pinholes(t))
+			if p := waitPinholes(t, 1, 2*time.Second); len(p) != 1 {
+				t.Fatalf("want one pinhole before the signal, have %v", p)
 			}
 			if sig == syscall.SIGTERM {
 				d.stop(t)

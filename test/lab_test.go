@@ -246,6 +246,21 @@ func pinholes(t *testing.T) []string {
 	return out
 }
 
+// waitPinholes waits until the sets hold n pinholes (a new one reaches
+// the kernel up to --commit-delay after its channel opened) and returns
+// what they hold then, or at the deadline.
+func waitPinholes(t *testing.T, n int, timeout time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		p := pinholes(t)
+		if len(p) == n || time.Now().After(deadline) {
+			return p
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // waitNoPinholes waits until both sets are empty.
 func waitNoPinholes(t *testing.T, timeout time.Duration) {
 	t.Helper()
