@@ -513,9 +513,9 @@ func TestHeldSYNFlushesBatchedCopies(t *testing.T) {
 		t.Fatalf("OpenLog: %v", err)
 	}
 	defer l.Close()
-	// A second is far longer than this test takes between sending a
+	// Ten seconds is far longer than this test takes between sending a
 	// copy and reading it: only the SYN's own record can deliver it.
-	if err := l.SetBatch(64, 32<<10, time.Second); err != nil {
+	if err := l.SetBatch(64, 32<<10, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	const line = "227 Entering Passive Mode (127,0,0,1,4,1)\r\n"
