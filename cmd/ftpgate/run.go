@@ -31,7 +31,6 @@ func cmdRun(args []string, stderr io.Writer) error {
 	queueNum := fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535): new control connections and early data SYNs wait there")
 	cpuProfile := fs.String("cpu-profile", "", "write a Go CPU profile to `file` until ftpgate stops (for performance work)")
 	commitDelay := fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
-	nice := fs.Int("nice", -10, "scheduling `priority` ftpgate gives itself, -20 to 19; 0 leaves it as started (say, by your service manager). A held data SYN waits until ftpgate gets a core, so a busy gateway answers sooner with a higher priority: on the lab -10 cut the data-connection setup p50 by about a quarter, for about 20% more CPU")
 	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: ftpgate run [flags]
@@ -46,9 +45,9 @@ statement, or the xtables NFQUEUE target where the kernel lacks it) only
 two kinds of packet: the SYN of a new control connection, until ftpgate
 knows the session's hosts, and a data SYN between those hosts that arrives
 before its pinhole. ftpgate then reads every copy logged before it (the
-announcement among them), uses up the pinhole and sends the SYN back
+announcement among them), commits the pinhole and sends the SYN back
 through its chain, so a client that connects the instant it reads a 227
-reply waits a fraction of a millisecond, not a retransmission. If ftpgate dies the queue
+reply waits microseconds, not a retransmission. If ftpgate dies the queue
 is bypassed and the table vanishes: control traffic keeps flowing.
 --capture passive watches a copy (AF_PACKET with a kernel filter for the
 control ports) for mirror/SPAN ports and labs; there a fast client's first
@@ -115,9 +114,6 @@ Flags:
 		cfg.CommitDelay = -1 // at once; the tracker's zero is its default
 	default:
 		cfg.CommitDelay = *commitDelay
-	}
-	if *nice < -20 || *nice > 19 {
-		return fmt.Errorf("--nice %d: want -20 to 19", *nice)
 	}
 	if *nflogGroup == 0 || *nflogGroup > 65535 {
 		return fmt.Errorf("--nflog-group %d: want 1-65535", *nflogGroup)
@@ -187,16 +183,11 @@ Flags:
 		return fmt.Errorf("--capture %q: want inline or passive", *capture)
 	}
 
-	if *nice != 0 {
-		if err := setNice(*nice); err != nil {
-			log.Warn("running at the priority ftpgate was started with (needs CAP_SYS_NICE to raise it)", "nice", *nice, "error", err)
-		}
-	}
 	cfg.ReportWindow = 2 * time.Second
 	tr := conntrack.NewTracker(cfg, fw)
 	log.Info("ftpgate running", "version", version, "capture", captureDesc,
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
-		"table", "inet "+*table, "mark", m.String(), "nice", *nice,
+		"table", "inet "+*table, "mark", m.String(),
 		"ruleset_line", fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value))
 	if queue != nil {
 		err = tr.RunInline(ctx, queue, logged)
