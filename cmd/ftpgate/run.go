@@ -45,9 +45,9 @@ statement, or the xtables NFQUEUE target where the kernel lacks it) only
 two kinds of packet: the SYN of a new control connection, until ftpgate
 knows the session's hosts, and a data SYN between those hosts that arrives
 before its pinhole. ftpgate then reads every copy logged before it (the
-announcement among them), commits the pinhole and sends the SYN back
+announcement among them), uses up the pinhole and sends the SYN back
 through its chain, so a client that connects the instant it reads a 227
-reply waits microseconds, not a retransmission. If ftpgate dies the queue
+reply waits a fraction of a millisecond, not a retransmission. If ftpgate dies the queue
 is bypassed and the table vanishes: control traffic keeps flowing.
 --capture passive watches a copy (AF_PACKET with a kernel filter for the
 control ports) for mirror/SPAN ports and labs; there a fast client's first
