@@ -508,6 +508,20 @@ func TestHeldSYNFlushesBatchedCopies(t *testing.T) {
 	if want := `log prefix "ftpgate: flush" group 78 snaplen 0 queue-threshold 1`; !strings.Contains(listing, want) {
 		t.Errorf("hold rule lacks %q:\n%s", want, listing)
 	}
+	// Traffic that cannot concern ftpgate leaves the chain first.
+	order := []string{
+		"meta l4proto != tcp return",
+		fmt.Sprintf("tcp flags ! syn tcp sport != %d tcp dport != %d return", ctlPort, ctlPort),
+		"meta mark & 0x01000000 == 0x01000000",
+	}
+	for i, at := 0, -1; i < len(order); i++ {
+		j := strings.Index(listing, order[i])
+		if j < 0 || j < at {
+			t.Errorf("want the rules in the order %q; %q is missing or out of place:\n%s", order, order[i], listing)
+			break
+		}
+		at = j
+	}
 	l, err := OpenLog(78, int(ns))
 	if err != nil {
 		t.Fatalf("OpenLog: %v", err)
