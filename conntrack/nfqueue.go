@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -243,7 +244,8 @@ func (q *QueueSource) ReadHeld(h *Held) error {
 		})
 		off += n
 	}
-	h.Admit = append(h.Admit[:0], make([]bool, len(h.Packets))...)
+	h.Admit = slices.Grow(h.Admit[:0], len(h.Packets))[:len(h.Packets)]
+	clear(h.Admit)
 	return nil
 }
 
