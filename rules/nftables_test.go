@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -567,5 +568,94 @@ func TestHeldSYNFlushesBatchedCopies(t *testing.T) {
 	})
 	if n, found := payloads(); !found {
 		t.Errorf("after the data SYN: %d records, none with the control line; the SYN did not deliver the batch", n)
+	}
+}
+
+// TestInlineCopiesSegmentsWithData checks which control segments inline
+// capture copies: every one that carries data, IP options or IPv6
+// headers whatever their length, and SYN, FIN and RST, but no pure ACK,
+// a large share of control traffic that ftpgate has no use for.
+func TestInlineCopiesSegmentsWithData(t *testing.T) {
+	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
+		t.Run(tc.network, func(t *testing.T) {
+			ns := newNetNS(t)
+			n := openTestLogging(t, ns, 79)
+			var ctl net.Listener
+			inNetNS(t, ns, func() {
+				if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+					t.Fatalf("ip link set lo up: %v %s", err, out)
+				}
+				var err error
+				if ctl, err = net.Listen(tc.network, tc.addr); err != nil {
+					t.Fatal(err)
+				}
+			})
+			defer ctl.Close()
+			port := uint16(ctl.Addr().(*net.TCPAddr).Port)
+			if _, err := n.AddInlineRules(7979, 79, []uint16{port}); err != nil {
+				t.Fatalf("AddInlineRules: %v", err)
+			}
+			if err := n.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			listing := nft(t, ns, "list", "chain", "inet", "ftpgate", inspectChain)
+			if want := "@ih,0,8 & 0x0 == 0x0 log group 79 accept"; strings.Count(listing, want) != 1 {
+				t.Errorf("want one data rule %q:\n%s", want, listing)
+			}
+			l, err := OpenLog(79, int(ns))
+			if err != nil {
+				t.Fatalf("OpenLog: %v", err)
+			}
+			defer l.Close()
+			lines := []string{"USER anonymous\r\n", "P", "ASV\r\n"}
+			inNetNS(t, ns, func() {
+				c, err := net.Dial(tc.network, ctl.Addr().String())
+				if err != nil {
+					t.Fatalf("dial: %v", err)
+				}
+				s, err := ctl.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer s.Close()
+				for _, line := range lines {
+					if _, err := c.Write([]byte(line)); err != nil {
+						t.Fatal(err)
+					}
+					// Each write its own segment, acknowledged before the next.
+					buf := make([]byte, len(line))
+					if _, err := io.ReadFull(s, buf); err != nil {
+						t.Fatal(err)
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				c.Close()
+			})
+			time.Sleep(100 * time.Millisecond)
+			var data string
+			var records int
+			if _, err := l.Drain(func(r LogRecord) {
+				records++
+				ip := r.Payload
+				hl := 40
+				if ip[0]>>4 == 4 {
+					hl = int(ip[0]&0x0f) * 4
+				}
+				tcp := ip[hl:]
+				payload := tcp[int(tcp[12]>>4)*4:]
+				const fin, syn, rst = 0x01, 0x02, 0x04
+				if len(payload) == 0 && tcp[13]&(fin|syn|rst) == 0 {
+					t.Errorf("pure ACK copied: flags %#02x", tcp[13])
+				}
+				data += string(payload)
+			}); err != nil {
+				t.Fatalf("Drain: %v", err)
+			}
+			// The lo interface passes each segment through both the output
+			// and the input hook, so every copy comes twice.
+			if want := strings.Repeat(lines[0], 2) + strings.Repeat(lines[1], 2) + strings.Repeat(lines[2], 2); data != want {
+				t.Errorf("copied data %q, want %q (%d records)", data, want, records)
+			}
+		})
 	}
 }

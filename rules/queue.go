@@ -26,6 +26,10 @@ const (
 // nfqFlagBypass is NFQ_FLAG_BYPASS of xt_NFQ_info_v3.
 const nfqFlagBypass = 0x01
 
+// payloadBaseInnerHeader is NFT_PAYLOAD_INNER_HEADER (Linux 5.16): the
+// bytes after the transport header, nft's @ih.
+const payloadBaseInnerHeader expr.PayloadBase = 3
+
 // AddInlineRules sets up inline capture: the kernel copies FTP control
 // segments to the daemon through NFLOG group logGroup and holds, on queue
 // num, the two kinds of packet that must wait for it:
@@ -56,7 +60,7 @@ const nfqFlagBypass = 0x01
 //	  log prefix "ftpgate: flush" group G snaplen 0 queue-threshold 1 queue num N bypass
 //	nft add rule inet ftpgate inspect_ftp_control tcp flags & (syn | ack) == syn queue num N bypass
 //	nft add rule inet ftpgate inspect_ftp_control tcp flags & (fin | syn | rst) != 0 log group G accept
-//	(and one rule per TCP data offset for segments that carry data, logged alike)
+//	nft add rule inet ftpgate inspect_ftp_control @ih,0,8 & 0x0 == 0x0 log group G accept
 //
 // It tries the native queue statement first and falls back to the
 // xtables target, and reports which one the running kernel took. With
@@ -65,7 +69,8 @@ const nfqFlagBypass = 0x01
 // held data SYN goes on to the admin's rules, which drop it.
 func (n *Nftables) AddInlineRules(num, logGroup uint16, ports []uint16) (QueueMode, error) {
 	native := &expr.Queue{Num: num, Flag: expr.QueueFlagBypass}
-	if err := n.addInlineRules(ports, logGroup, native); err == nil {
+	nativeErr := n.addInlineRules(ports, logGroup, native)
+	if nativeErr == nil {
 		return QueueNative, nil
 	}
 	info := make([]byte, 8) // xt_NFQ_info_v3, host order, aligned to 8
@@ -75,7 +80,9 @@ func (n *Nftables) AddInlineRules(num, logGroup uint16, ports []uint16) (QueueMo
 	unknown := xt.Unknown(info)
 	compat := &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &unknown}
 	if err := n.addInlineRules(ports, logGroup, compat); err != nil {
-		return "", fmt.Errorf("%w: neither the nft queue statement nor the xtables NFQUEUE target is available: %v", ErrNoNftables, err)
+		// Either error may also be a rule the kernel is too old for
+		// (@ih needs Linux 5.16): say both.
+		return "", fmt.Errorf("%w: the kernel refused the inline rules with the nft queue statement (%v) and with the xtables NFQUEUE target (%v)", ErrNoNftables, nativeErr, err)
 	}
 	return QueueXtables, nil
 }
@@ -126,28 +133,18 @@ func (n *Nftables) addInlineRules(ports []uint16, logGroup uint16, queue expr.An
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x07}, Xor: []byte{0}},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0}},
 		}, copyToDaemon)})
-	// Data: the packet is longer than its headers. nft cannot subtract
-	// header lengths, so there is one rule per TCP data offset:
-	//   meta nfproto ipv4 @th,96,4 == DOFF meta length > 20 + 4*DOFF log group G accept
-	// IP options or IPv6 extension headers only make a pure ACK look
-	// longer, so they err on the side of copying.
-	for _, fam := range []struct {
-		proto byte
-		iphdr uint32
-	}{{unix.NFPROTO_IPV4, 20}, {unix.NFPROTO_IPV6, 40}} {
-		for doff := uint32(5); doff <= 15; doff++ {
-			n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: inspect, UserData: copyComment, Exprs: slices.Concat(tcp,
-				[]expr.Any{
-					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
-					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 12, Len: 1},
-					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0xf0}, Xor: []byte{0}},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(doff << 4)}},
-					&expr.Meta{Key: expr.MetaKeyLEN, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpGt, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, fam.iphdr+4*doff)},
-				}, copyToDaemon)})
-		}
-	}
+	// @ih,0,8 & 0x0 == 0x0 log group G accept
+	// Data: loading the first byte after the TCP header (nft's @ih, the
+	// kernel's own header offsets, IP options and IPv6 extension headers
+	// included) fails for a pure ACK, and the failed load ends the rule.
+	// The masked compare is only there so that `nft list` can print it.
+	n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: inspect,
+		UserData: comment("FTP control: carries data, copy to ftpgate"),
+		Exprs: slices.Concat(tcp, []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: payloadBaseInnerHeader, Offset: 0, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
+		}, copyToDaemon)})
 	ne := binary.NativeEndian.AppendUint32
 	for _, c := range chainHooks {
 		chain := &nftables.Chain{Name: c.name, Table: n.table}
