@@ -74,6 +74,31 @@ func TestHeldSYNAdmittedAfterCommitDeletesPinhole(t *testing.T) {
 	}
 }
 
+// A pinhole closed before its add was committed, here superseded by the
+// next PASV, never reaches the kernel: the add is cancelled rather than
+// committed together with its delete.
+func TestPinholeClosedBeforeCommitIsCancelled(t *testing.T) {
+	h := newHarness(t, Config{})
+	c := newConn(t, cli, srv)
+	h.feed(c.handshake()...)
+	h.feed(c.send(false, "220 hello\r\n"), c.send(true, "PASV\r\n"))
+	for _, p := range [][]byte{
+		c.send(false, "227 Entering Passive Mode (198,51,100,20,156,65).\r\n"),
+		c.send(true, "PASV\r\n"),
+	} {
+		h.tr.HandlePacket(p, layers.LinkTypeEthernet, gopacket.CaptureInfo{Timestamp: h.ts, CaptureLength: len(p), Length: len(p)})
+	}
+	if err := h.tr.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if h.fw.Adds != 0 || h.fw.Dels != 0 || len(h.fw.Open) != 0 {
+		t.Errorf("backend adds=%d dels=%d open=%v; want the superseded add cancelled and nothing else", h.fw.Adds, h.fw.Dels, h.fw.Open)
+	}
+	if st := h.tr.Stats(); st.ChannelsOpened != 1 || st.PinholesClosed != 1 || st.AddsCancelled != 1 || st.PinholesOpen != 0 {
+		t.Errorf("stats = %+v", st)
+	}
+}
+
 func TestHeldSYNRefused(t *testing.T) {
 	h := newHarness(t, Config{})
 	passiveAnnounced(t, h, true)

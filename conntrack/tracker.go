@@ -332,15 +332,7 @@ func (t *Tracker) AdmitHeldSYN(data []byte) bool {
 		return false
 	}
 	delete(t.pinholes, key)
-	if p.fresh && t.fw.CancelAdd(key) {
-		t.stats.AddsCancelled++
-	} else {
-		t.dirty = true
-		if err := t.fw.DelPinhole(key); err != nil {
-			t.stats.BackendErrors++
-			t.log.Error("closing pinhole", "pinhole", key.String(), "error", err)
-		}
-	}
+	t.removeFromBackend(p)
 	t.dropFromSession(p)
 	t.stats.SYNsAdmitted++
 	t.stats.PinholesConsumed++
@@ -558,11 +550,7 @@ func (t *Tracker) closeSessionPinholes(s *Session, reason string) {
 func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
 	if cur, ok := t.pinholes[key]; ok && cur == p {
 		delete(t.pinholes, key)
-		t.dirty = true
-		if err := t.fw.DelPinhole(key); err != nil {
-			t.stats.BackendErrors++
-			t.log.Error("closing pinhole", "pinhole", key.String(), "error", err)
-		}
+		t.removeFromBackend(p)
 	}
 	t.dropFromSession(p)
 	t.stats.PinholesClosed++
@@ -575,6 +563,21 @@ func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
 		return
 	}
 	t.logClosed(p, reason)
+}
+
+// removeFromBackend takes p's element out of the kernel: an add still
+// waiting for its commit is cancelled, so the kernel never sees it;
+// anything else is deleted at the next Commit.
+func (t *Tracker) removeFromBackend(p *pinhole) {
+	if p.fresh && t.fw.CancelAdd(p.key) {
+		t.stats.AddsCancelled++
+		return
+	}
+	t.dirty = true
+	if err := t.fw.DelPinhole(p.key); err != nil {
+		t.stats.BackendErrors++
+		t.log.Error("closing pinhole", "pinhole", p.key.String(), "error", err)
+	}
 }
 
 func (t *Tracker) logClosed(p *pinhole, reason string) {
