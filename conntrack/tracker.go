@@ -117,7 +117,7 @@ type Stats struct {
 	PinholesConsumed uint64 // closed by the kernel on the first packet of their connection
 	SYNsHeld         uint64 // data SYNs the kernel held because they beat their pinhole (inline)
 	SYNsAdmitted     uint64 // of those, admitted by ftpgate (their pinhole was open)
-	AddsCancelled    uint64 // of those, whose pinhole had not been committed yet and never was
+	AddsCancelled    uint64 // pinholes used (a held SYN) or closed before their commit, never sent to the kernel
 	CopiesLost       uint64 // NFLOG socket overflows (inline copies lost)
 	BackendErrors    uint64
 	SessionsTracked  int // now
