@@ -17,7 +17,7 @@ import (
 // control session of 100 PASV/227 exchanges (about 400 packets).
 func BenchmarkPacketPath(b *testing.B) {
 	c := newConn(b, cli, srv)
-	pkts := c.handshake()
+	pkts := c.greeted()
 	lines := 0
 	for i := range 100 {
 		pkts = append(pkts, c.send(true, "PASV\r\n"))

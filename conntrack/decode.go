@@ -1,104 +1,302 @@
 package conntrack
 
 import (
+	"encoding/binary"
 	"net/netip"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 )
 
 // LinkTypeRawIP is used for sources that deliver packets starting at the
-// IP header (AF_PACKET SOCK_DGRAM, NFQUEUE, raw-IP captures): the version
-// nibble tells IPv4 from IPv6.
+// IP header (AF_PACKET SOCK_DGRAM, NFQUEUE, NFLOG, raw-IP captures): the
+// version nibble tells IPv4 from IPv6.
 const LinkTypeRawIP = layers.LinkTypeRaw
 
-// decoded is what reassembly needs from one packet.
-type decoded struct {
-	netFlow  gopacket.Flow
-	src, dst netip.Addr
-	tcp      *layers.TCP
-	fragment bool
+// TCP header flags.
+const (
+	flagFIN = 0x01
+	flagSYN = 0x02
+	flagRST = 0x04
+	flagPSH = 0x08
+	flagACK = 0x10
+)
+
+// segment is one TCP segment decoded from a captured packet. payload
+// points into the captured packet.
+type segment struct {
+	src, dst netip.AddrPort
+	seq, ack uint32
+	flags    uint8
+	window   uint16
+	wscale   int8 // window scale option of a SYN, -1 if absent
+	payload  []byte
 }
 
-// decoder decodes packets into preallocated layers, without allocating
-// per packet.
-type decoder struct {
-	eth     layers.Ethernet
-	sll     layers.LinuxSLL
-	sll2    layers.LinuxSLL2
-	loop    layers.Loopback
-	dot1q   layers.Dot1Q
-	ip4     layers.IPv4
-	ip6     layers.IPv6
-	tcp     layers.TCP
-	parsers map[gopacket.LayerType]*gopacket.DecodingLayerParser
-	types   []gopacket.LayerType
-}
+func (s *segment) has(f uint8) bool { return s.flags&f != 0 }
 
-func (d *decoder) init() {
-	d.parsers = make(map[gopacket.LayerType]*gopacket.DecodingLayerParser)
-	for _, first := range []gopacket.LayerType{
-		layers.LayerTypeEthernet, layers.LayerTypeLinuxSLL, layers.LayerTypeLinuxSLL2,
-		layers.LayerTypeLoopback, layers.LayerTypeIPv4, layers.LayerTypeIPv6,
-	} {
-		p := gopacket.NewDecodingLayerParser(first,
-			&d.eth, &d.sll, &d.sll2, &d.loop, &d.dot1q, &d.ip4, &d.ip6, &d.tcp)
-		p.IgnoreUnsupported = true
-		d.parsers[first] = p
+// decodeStatus says why a packet yielded no segment.
+type decodeStatus uint8
+
+const (
+	decodedTCP     decodeStatus = iota
+	decodeNotTCP                // IP, but not TCP (or no IP at all)
+	decodeBroken                // truncated or malformed headers, unknown link type
+	decodeFragment              // an IP fragment
+	decodeBadSum                // IP or TCP checksum wrong
+)
+
+// decode reads the TCP segment of a captured packet of the given link
+// type. It allocates nothing and never panics: every length is checked
+// before it is used.
+//
+// Checksums are verified, because a segment with a wrong one never
+// reached its receiver's TCP and must not count. A capture taken on a
+// sending host with checksum offload (and NFLOG copies of packets whose
+// checksum the kernel or a veth peer leaves to the hardware) carries the
+// pseudo-header sum in place of the checksum; that form is accepted as
+// "to be filled in", not mistaken for a bad checksum.
+func decode(data []byte, link layers.LinkType, seg *segment) decodeStatus {
+	ip, ok := linkPayload(data, link)
+	if !ok {
+		return decodeBroken
 	}
-	d.types = make([]gopacket.LayerType, 0, 8)
+	if len(ip) == 0 {
+		return decodeBroken
+	}
+	switch ip[0] >> 4 {
+	case 4:
+		return decodeIPv4(ip, seg)
+	case 6:
+		return decodeIPv6(ip, seg)
+	}
+	return decodeNotTCP
 }
 
-func (d *decoder) firstLayer(data []byte, link layers.LinkType) gopacket.LayerType {
+// linkPayload strips the link-layer header and returns the IP packet.
+func linkPayload(b []byte, link layers.LinkType) ([]byte, bool) {
 	switch link {
 	case layers.LinkTypeEthernet:
-		return layers.LayerTypeEthernet
-	case layers.LinkTypeLinuxSLL:
-		return layers.LayerTypeLinuxSLL
-	case layers.LinkTypeLinuxSLL2:
-		return layers.LayerTypeLinuxSLL2
-	case layers.LinkTypeNull, layers.LinkTypeLoop:
-		return layers.LayerTypeLoopback
-	case layers.LinkTypeRaw, layers.LinkTypeIPv4, layers.LinkTypeIPv6, 12 /* DLT_RAW on some BSDs */ :
-		if len(data) > 0 && data[0]>>4 == 6 {
-			return layers.LayerTypeIPv6
+		if len(b) < 14 {
+			return nil, false
 		}
-		return layers.LayerTypeIPv4
+		etype := binary.BigEndian.Uint16(b[12:])
+		b = b[14:]
+		for range 3 { // 802.1Q, 802.1ad and QinQ tags
+			if etype != 0x8100 && etype != 0x88a8 && etype != 0x9100 {
+				break
+			}
+			if len(b) < 4 {
+				return nil, false
+			}
+			etype = binary.BigEndian.Uint16(b[2:])
+			b = b[4:]
+		}
+		return ipByEtherType(b, etype)
+	case layers.LinkTypeLinuxSLL:
+		if len(b) < 16 {
+			return nil, false
+		}
+		return ipByEtherType(b[16:], binary.BigEndian.Uint16(b[14:]))
+	case layers.LinkTypeLinuxSLL2:
+		if len(b) < 20 {
+			return nil, false
+		}
+		return ipByEtherType(b[20:], binary.BigEndian.Uint16(b[0:]))
+	case layers.LinkTypeNull, layers.LinkTypeLoop:
+		if len(b) < 4 {
+			return nil, false
+		}
+		// DLT_NULL's family is in the capturing host's byte order;
+		// DLT_LOOP's in network order. Either way the IP version
+		// nibble decides; the family only rules out non-IP.
+		fam := binary.LittleEndian.Uint32(b)
+		if fam > 0xffff {
+			fam = binary.BigEndian.Uint32(b)
+		}
+		switch fam {
+		case 2, 10, 24, 28, 30: // AF_INET; AF_INET6 on Linux and the BSDs
+			return b[4:], true
+		}
+		return nil, true
+	case layers.LinkTypeRaw, layers.LinkTypeIPv4, layers.LinkTypeIPv6, 12 /* DLT_RAW on some BSDs */ :
+		return b, true
 	}
-	return gopacket.LayerTypeZero
+	return nil, false
 }
 
-// decode returns the TCP segment of a packet, or false if there is none.
-func (d *decoder) decode(data []byte, link layers.LinkType) (decoded, bool) {
-	p := d.parsers[d.firstLayer(data, link)]
-	if p == nil {
-		return decoded{}, false
+func ipByEtherType(b []byte, etype uint16) ([]byte, bool) {
+	switch etype {
+	case 0x0800, 0x86dd:
+		return b, true
 	}
-	// DecodeLayers reports an error for truncated layers; what decoded
-	// before the error is still listed in d.types.
-	_ = p.DecodeLayers(data, &d.types)
-	var out decoded
-	var haveIP, haveTCP bool
-	for _, t := range d.types {
-		switch t {
-		case layers.LayerTypeIPv4:
-			out.src, _ = netip.AddrFromSlice(d.ip4.SrcIP.To4())
-			out.dst, _ = netip.AddrFromSlice(d.ip4.DstIP.To4())
-			out.netFlow = d.ip4.NetworkFlow()
-			out.fragment = d.ip4.Flags&layers.IPv4MoreFragments != 0 || d.ip4.FragOffset != 0
-			haveIP = true
-		case layers.LayerTypeIPv6:
-			out.src, _ = netip.AddrFromSlice(d.ip6.SrcIP)
-			out.dst, _ = netip.AddrFromSlice(d.ip6.DstIP)
-			out.netFlow = d.ip6.NetworkFlow()
-			haveIP = true
-		case layers.LayerTypeTCP:
-			haveTCP = true
+	return nil, true // not IP: nothing for ftpgate, but not broken
+}
+
+func decodeIPv4(b []byte, seg *segment) decodeStatus {
+	if len(b) < 20 {
+		return decodeBroken
+	}
+	ihl := int(b[0]&0x0f) * 4
+	total := int(binary.BigEndian.Uint16(b[2:]))
+	if ihl < 20 || total < ihl || total > len(b) {
+		return decodeBroken
+	}
+	// A header checksum of zero is one left to the hardware, as hosts
+	// with offload capture their own packets.
+	if fold(sum(b[:ihl], 0)) != 0xffff && binary.BigEndian.Uint16(b[10:]) != 0 {
+		return decodeBadSum
+	}
+	if b[9] != 6 {
+		return decodeNotTCP
+	}
+	if frag := binary.BigEndian.Uint16(b[6:]); frag&0x3fff != 0 { // MF or an offset
+		return decodeFragment
+	}
+	src := netip.AddrFrom4([4]byte(b[12:16]))
+	dst := netip.AddrFrom4([4]byte(b[16:20]))
+	pseudo := sum(b[12:20], uint32(6)+uint32(total-ihl))
+	return decodeTCP(b[ihl:total], src, dst, pseudo, seg)
+}
+
+// IPv6 extension headers ftpgate walks over to find TCP.
+const (
+	ip6HopByHop = 0
+	ip6Routing  = 43
+	ip6Fragment = 44
+	ip6AH       = 51
+	ip6DestOpts = 60
+	ip6Mobility = 135
+)
+
+func decodeIPv6(b []byte, seg *segment) decodeStatus {
+	if len(b) < 40 {
+		return decodeBroken
+	}
+	plen := int(binary.BigEndian.Uint16(b[4:]))
+	if plen == 0 || 40+plen > len(b) { // 0: a jumbogram, which no control segment is
+		return decodeBroken
+	}
+	next := b[6]
+	rest := b[40 : 40+plen]
+	for range 8 {
+		switch next {
+		case 6:
+			src := netip.AddrFrom16([16]byte(b[8:24]))
+			dst := netip.AddrFrom16([16]byte(b[24:40]))
+			pseudo := sum(b[8:40], uint32(6)+uint32(len(rest)))
+			return decodeTCP(rest, src, dst, pseudo, seg)
+		case ip6HopByHop, ip6DestOpts, ip6Mobility, ip6Routing:
+			if len(rest) < 8 {
+				return decodeBroken
+			}
+			// A routing header with segments left would put the final
+			// destination, not this one, into the TCP checksum.
+			if next == ip6Routing && rest[3] != 0 {
+				return decodeBroken
+			}
+			n := (int(rest[1]) + 1) * 8
+			if n > len(rest) {
+				return decodeBroken
+			}
+			next, rest = rest[0], rest[n:]
+		case ip6AH:
+			if len(rest) < 8 {
+				return decodeBroken
+			}
+			n := (int(rest[1]) + 2) * 4
+			if n > len(rest) {
+				return decodeBroken
+			}
+			next, rest = rest[0], rest[n:]
+		case ip6Fragment:
+			return decodeFragment
+		default:
+			return decodeNotTCP
 		}
 	}
-	if !haveIP || (!haveTCP && !out.fragment) || !out.src.IsValid() || !out.dst.IsValid() {
-		return decoded{}, false
+	return decodeBroken
+}
+
+func decodeTCP(b []byte, src, dst netip.Addr, pseudo uint32, seg *segment) decodeStatus {
+	if len(b) < 20 {
+		return decodeBroken
 	}
-	out.tcp = &d.tcp
-	return out, true
+	off := int(b[12]>>4) * 4
+	if off < 20 || off > len(b) {
+		return decodeBroken
+	}
+	if got := fold(sum(b, pseudo)); got != 0xffff {
+		// Offloaded: the field holds the folded pseudo-header sum that
+		// the hardware was to complete.
+		if binary.BigEndian.Uint16(b[16:]) != fold(pseudo) {
+			return decodeBadSum
+		}
+	}
+	*seg = segment{
+		src:     netip.AddrPortFrom(src, binary.BigEndian.Uint16(b[0:])),
+		dst:     netip.AddrPortFrom(dst, binary.BigEndian.Uint16(b[2:])),
+		seq:     binary.BigEndian.Uint32(b[4:]),
+		ack:     binary.BigEndian.Uint32(b[8:]),
+		flags:   b[13],
+		window:  binary.BigEndian.Uint16(b[14:]),
+		wscale:  -1,
+		payload: b[off:],
+	}
+	if seg.has(flagSYN) {
+		seg.wscale = windowScale(b[20:off])
+	}
+	return decodedTCP
+}
+
+// windowScale returns the shift of a window scale option, or -1.
+func windowScale(opts []byte) int8 {
+	for len(opts) > 0 {
+		switch opts[0] {
+		case 0: // end of options
+			return -1
+		case 1: // no-op
+			opts = opts[1:]
+			continue
+		}
+		if len(opts) < 2 || opts[1] < 2 || int(opts[1]) > len(opts) {
+			return -1
+		}
+		if opts[0] == 3 && opts[1] == 3 {
+			return int8(min(opts[2], 14))
+		}
+		opts = opts[opts[1]:]
+	}
+	return -1
+}
+
+// sum adds b as big-endian 16-bit words to s (RFC 1071).
+func sum(b []byte, s uint32) uint32 {
+	acc := uint64(s)
+	for len(b) >= 8 {
+		v := binary.BigEndian.Uint64(b)
+		acc += v >> 48
+		acc += (v >> 32) & 0xffff
+		acc += (v >> 16) & 0xffff
+		acc += v & 0xffff
+		b = b[8:]
+	}
+	for len(b) >= 2 {
+		acc += uint64(binary.BigEndian.Uint16(b))
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		acc += uint64(b[0]) << 8
+	}
+	for acc > 0xffffffff {
+		acc = acc>>32 + acc&0xffffffff
+	}
+	return uint32(acc)
+}
+
+// fold folds a 32-bit one's-complement sum to 16 bits.
+func fold(s uint32) uint16 {
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
 }

@@ -26,7 +26,7 @@ func FuzzPacketPath(f *testing.F) {
 		seed = append(seed, 0) // Ethernet
 		seed = append(seed, p...)
 	}
-	for _, p := range c.handshake() {
+	for _, p := range c.greeted() {
 		add(p)
 	}
 	add(c.send(true, "PASV\r\nPORT 192,0,2,10,200,1\r\n"))

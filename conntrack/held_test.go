@@ -37,11 +37,11 @@ func TestHeldSYNAdmittedBeforeCommitCostsNoCommit(t *testing.T) {
 	h := newHarness(t, Config{})
 	passiveAnnounced(t, h, false)
 	syn := dataSYN(t, "192.0.2.10:50000", announced)
-	if !h.tr.AdmitHeldSYN(syn) {
-		t.Fatal("held SYN to an open pinhole not admitted")
+	if v := h.tr.AdmitHeldSYN(syn); v != HeldAdmit {
+		t.Fatalf("held SYN to an open pinhole: verdict %d, want HeldAdmit", v)
 	}
-	if h.tr.AdmitHeldSYN(dataSYN(t, "192.0.2.10:50001", announced)) {
-		t.Error("a second SYN was admitted through a used pinhole")
+	if v := h.tr.AdmitHeldSYN(dataSYN(t, "192.0.2.10:50001", announced)); v != HeldPass {
+		t.Errorf("a second SYN through a used pinhole: verdict %d, want HeldPass", v)
 	}
 	if err := h.tr.Commit(); err != nil {
 		t.Fatal(err)
@@ -54,23 +54,50 @@ func TestHeldSYNAdmittedBeforeCommitCostsNoCommit(t *testing.T) {
 	}
 }
 
-func TestHeldSYNAdmittedAfterCommitDeletesPinhole(t *testing.T) {
+// A pinhole that is in the kernel is the kernel's to use up: its consume
+// rule is atomic, and if ftpgate admitted a held SYN too, a second SYN on
+// another CPU could pass there. The held SYN is sent back to that rule
+// once; if it comes back, the kernel had no pinhole left for it.
+func TestHeldSYNAfterCommitRetriedInKernel(t *testing.T) {
 	h := newHarness(t, Config{})
 	passiveAnnounced(t, h, true)
 	if h.fw.Adds != 1 {
 		t.Fatalf("adds = %d, want 1", h.fw.Adds)
 	}
-	if !h.tr.AdmitHeldSYN(dataSYN(t, "192.0.2.10:50000", announced)) {
-		t.Fatal("held SYN to an open pinhole not admitted")
+	syn := dataSYN(t, "192.0.2.10:50000", announced)
+	if v := h.tr.AdmitHeldSYN(syn); v != HeldRetry {
+		t.Fatalf("held SYN to a committed pinhole: verdict %d, want HeldRetry", v)
+	}
+	if v := h.tr.AdmitHeldSYN(syn); v != HeldPass {
+		t.Fatalf("the same SYN back from the kernel: verdict %d, want HeldPass", v)
 	}
 	if err := h.tr.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if h.fw.Dels != 1 || len(h.fw.Open) != 0 {
-		t.Errorf("dels=%d open=%v; want the committed pinhole deleted", h.fw.Dels, h.fw.Open)
+	if h.fw.Dels != 0 || len(h.fw.Open) != 1 {
+		t.Errorf("dels=%d open=%v; want the pinhole left to the kernel", h.fw.Dels, h.fw.Open)
 	}
-	if st := h.tr.Stats(); st.SYNsAdmitted != 1 || st.AddsCancelled != 0 {
-		t.Errorf("admitted %d, cancelled %d; want 1 and 0", st.SYNsAdmitted, st.AddsCancelled)
+	if st := h.tr.Stats(); st.SYNsAdmitted != 0 || st.SYNsRetried != 1 || st.AddsCancelled != 0 {
+		t.Errorf("admitted %d, retried %d, cancelled %d; want 0, 1, 0", st.SYNsAdmitted, st.SYNsRetried, st.AddsCancelled)
+	}
+}
+
+// A pinhole whose add is queued but not cancellable (an element of the
+// same key was in the kernel) is committed before the SYN is retried.
+func TestHeldSYNRetryCommitsFirst(t *testing.T) {
+	h := newHarness(t, Config{})
+	passiveAnnounced(t, h, true)
+	c := newConn(t, "192.0.2.10:40001", srv)
+	h.feed(c.handshake()...)
+	h.feed(c.send(false, "220 hello\r\n"), c.send(true, "PASV\r\n"))
+	reply := c.send(false, "227 Entering Passive Mode (198,51,100,20,156,65).\r\n") // the same port again
+	h.tr.HandlePacket(reply, layers.LinkTypeEthernet, gopacket.CaptureInfo{Timestamp: h.ts, CaptureLength: len(reply), Length: len(reply)})
+	commits := h.fw.Commits
+	if v := h.tr.AdmitHeldSYN(dataSYN(t, "192.0.2.10:50000", announced)); v != HeldRetry {
+		t.Fatalf("verdict %d, want HeldRetry", v)
+	}
+	if h.fw.Commits != commits+1 {
+		t.Errorf("commits %d -> %d; want the queued add committed before the retry", commits, h.fw.Commits)
 	}
 }
 
@@ -109,8 +136,8 @@ func TestHeldSYNRefused(t *testing.T) {
 		"SYN-ACK":       newConn(t, "192.0.2.10:50000", announced).packet(true, 1, "SA", nil)[14:],
 		"no SYN at all": newConn(t, "192.0.2.10:50000", announced).packet(true, 1, "A", nil)[14:],
 	} {
-		if h.tr.AdmitHeldSYN(syn) {
-			t.Errorf("%s: admitted", name)
+		if v := h.tr.AdmitHeldSYN(syn); v != HeldPass {
+			t.Errorf("%s: verdict %d, want HeldPass", name, v)
 		}
 	}
 	if len(h.fw.Open) != 1 {

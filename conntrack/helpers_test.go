@@ -70,14 +70,17 @@ func (c *conn) packet(fromClient bool, seq uint32, flags string, payload []byte)
 
 // handshake returns the three packets of the TCP handshake.
 func (c *conn) handshake() [][]byte {
-	p := [][]byte{
-		c.packet(true, c.cseq, "S", nil),
-		c.packet(false, c.sseq, "SA", nil),
-	}
+	p := [][]byte{c.packet(true, c.cseq, "S", nil)}
 	c.cseq++
+	p = append(p, c.packet(false, c.sseq, "SA", nil))
 	c.sseq++
 	p = append(p, c.packet(true, c.cseq, "A", nil))
 	return p
+}
+
+// greeted returns the handshake and the server's greeting.
+func (c *conn) greeted() [][]byte {
+	return append(c.handshake(), c.send(false, "220 ready\r\n"))
 }
 
 // send returns a data segment from one side and advances its sequence.

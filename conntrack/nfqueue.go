@@ -208,9 +208,11 @@ type Held struct {
 	Packets []Packet
 	ids     []uint32
 	marks   []uint32
-	// Admit[i], set by the caller, sends packet i through ftpgate's chain
-	// again with the mark (see QueueSource.Mark) instead of accepting it.
-	Admit []bool
+	// Verdicts[i], set by the caller, is what becomes of packet i:
+	// accepted (HeldPass, the zero value), or sent through ftpgate's
+	// chain again with the mark (HeldAdmit, see QueueSource.Mark) or
+	// without it (HeldRetry).
+	Verdicts []HeldVerdict
 }
 
 // Fd is the socket to poll for held packets.
@@ -244,8 +246,8 @@ func (q *QueueSource) ReadHeld(h *Held) error {
 		})
 		off += n
 	}
-	h.Admit = slices.Grow(h.Admit[:0], len(h.Packets))[:len(h.Packets)]
-	clear(h.Admit)
+	h.Verdicts = slices.Grow(h.Verdicts[:0], len(h.Packets))[:len(h.Packets)]
+	clear(h.Verdicts)
 	return nil
 }
 
@@ -258,10 +260,13 @@ func (q *QueueSource) Release(h *Held) error {
 	out := q.out[:0]
 	var acceptUpTo uint32
 	accept := false
-	for i, a := range h.Admit {
-		if a && q.MarkMask != 0 {
+	for i, v := range h.Verdicts {
+		switch {
+		case v == HeldAdmit && q.MarkMask != 0:
 			out = q.appendVerdict(out, false, h.ids[i], true, h.marks[i]&^q.MarkMask|q.Mark)
-		} else {
+		case v == HeldRetry:
+			out = q.appendVerdict(out, false, h.ids[i], true, h.marks[i]&^q.MarkMask)
+		default:
 			acceptUpTo, accept = h.ids[i], true
 		}
 	}

@@ -1,32 +1,9 @@
 package conntrack
 
 import (
-	"fmt"
 	"net/netip"
 	"time"
-
-	"github.com/ftpgate/ftpgate/parser"
 )
-
-// maxPending bounds the commands a session may have in flight without a
-// final reply. FTP clients pipeline a handful at most.
-const maxPending = 64
-
-// Directions of a control connection.
-const (
-	fromClient = 0
-	fromServer = 1
-)
-
-// pendingCommand is a client command waiting for its final reply.
-type pendingCommand struct {
-	verb     parser.Verb
-	cmd      parser.Command
-	valid    bool // the command parsed without error
-	time     time.Time
-	all      bool
-	epsvOnly bool
-}
 
 // Session is one FTP control connection and what it negotiated.
 type Session struct {
@@ -36,284 +13,369 @@ type Session struct {
 	Start  time.Time
 	Last   time.Time
 
-	tracker  *Tracker
+	t           *Tracker
+	h           [2]half
+	scaleKnown  bool // both SYNs were seen, so window scaling is known
+	established bool // it has carried data
+	halfOpen    bool // counted against MaxHalfOpen
+	pickedUp    bool // ftpgate did not see it start
+	closingAt   time.Time
+	ended       bool
+
 	lines    [2]lineSplitter
 	tls      [2]tlsWalker
-	pending  []pendingCommand
-	overflow bool // pending overflowed: pairing may be off, said once
-
-	// The reply being read: its code while inside a multi-line reply, and
-	// the announcement found in it so far.
-	replyCode  int
-	inMulti    bool
-	replyAddr  netip.AddrPort
-	replyPort  uint16
-	replyFound bool
-	replyErr   error
-
-	inTLS    [2]bool // per direction: between an accepted AUTH and the return to clear text
+	enc      encryption
+	reply    reply
+	pair     pairing
 	epsvAll  bool
+	limiter  logLimiter
 	pinholes []*pinhole // open pinholes, oldest first
-	ended    bool
 }
 
-// feed takes reassembled bytes of one direction.
-func (s *Session) feed(dir int, data []byte, ts time.Time) {
-	s.Last = ts
-	if s.ended {
+// segment takes one valid TCP segment of direction d.
+func (s *Session) segment(d int, seg *segment, now time.Time) {
+	h := &s.h[d]
+	switch {
+	case seg.has(flagRST):
+		if s.resetAcceptable(d, seg) {
+			s.t.endSession(s, "control connection reset")
+		} else {
+			s.t.stats.OutOfWindow++
+		}
 		return
+	case seg.has(flagSYN):
+		s.syn(d, seg)
+		return // data on a SYN (TCP Fast Open) is not FTP before the greeting
 	}
-	for len(data) > 0 {
-		if s.inTLS[dir] {
-			clear, ok := s.tls[dir].walk(data)
-			if !ok {
-				return
+	if !h.started {
+		if len(seg.payload) == 0 && !seg.has(flagFIN) {
+			if seg.has(flagACK) {
+				s.ackFrom(d, seg, now)
 			}
-			s.leaveTLS(dir)
-			data = clear
-			continue
-		}
-		var tooLong int
-		data, tooLong = s.lines[dir].feed(data, func(line []byte) bool {
-			s.tracker.stats.Lines++
-			if dir == fromClient {
-				s.clientLine(line, ts)
-			} else {
-				s.serverLine(line, ts)
-			}
-			return !s.inTLS[dir] // stop splitting where TLS begins
-		})
-		if tooLong > 0 {
-			s.tracker.stats.LinesTooLong += uint64(tooLong)
-			s.tracker.log.Warn("control line too long, dropped unparsed", "session", s.ID,
-				"from", dirName(dir), "limit", s.lines[dir].max)
-		}
-	}
-}
-
-func dirName(dir int) string {
-	if dir == fromClient {
-		return "client"
-	}
-	return "server"
-}
-
-func (s *Session) enterTLS() {
-	s.inTLS = [2]bool{true, true}
-	s.tls = [2]tlsWalker{}
-	for d := range s.lines {
-		s.lines[d].buf = s.lines[d].buf[:0]
-		s.lines[d].discarding = false
-	}
-	s.pending = s.pending[:0]
-	s.tracker.log.Info("session encrypted: AUTH accepted, no longer parsed until it returns to clear text",
-		"session", s.ID)
-}
-
-// leaveTLS is called for each direction that left TLS (RFC 4217 CCC);
-// each resumes parsing at its first clear-text byte.
-func (s *Session) leaveTLS(dir int) {
-	s.inTLS[dir] = false
-	if dir == fromServer {
-		s.inMulti = false
-	} else {
-		s.pending = s.pending[:0]
-	}
-	if !s.inTLS[fromClient] && !s.inTLS[fromServer] {
-		s.tracker.log.Info("session back in clear text after TLS (CCC), parsing again", "session", s.ID)
-	}
-}
-
-// gap is called when bytes of a direction were lost (buffer limit, a
-// segment the capture missed): resume at the next line boundary.
-//
-// Lost bytes may have held a command or a reply, so the pairing of
-// replies with commands can no longer be trusted: the pending commands
-// are dropped. A reply in flight then finds no command and is refused,
-// and the next exchange pairs correctly again, instead of every later
-// reply answering the wrong command.
-func (s *Session) gap(dir int) {
-	s.pickUp(dir)
-	s.pending = s.pending[:0]
-}
-
-// pickUp starts a direction whose beginning was not seen (the session was
-// running before ftpgate): parsing starts at its next line boundary.
-func (s *Session) pickUp(dir int) {
-	if !s.inTLS[dir] {
-		s.lines[dir].resync()
-	}
-	if dir == fromServer {
-		s.inMulti = false
-	}
-}
-
-func (s *Session) clientLine(line []byte, ts time.Time) {
-	cmd, err := parser.ParseCommand(line)
-	if cmd.Verb.IsData() {
-		// A new data command supersedes every pinhole not yet used.
-		s.tracker.closeSessionPinholes(s, "superseded by a new data command")
-	}
-	if err != nil {
-		s.tracker.stats.Malformed++
-		s.tracker.log.Info("malformed command ignored", "session", s.ID, "verb", cmd.Verb, "error", err)
-	}
-	if len(s.pending) == maxPending {
-		s.popPending()
-		s.tracker.stats.PendingOverflow++
-		if !s.overflow {
-			s.overflow = true
-			s.tracker.log.Warn("too many commands without reply; dropping the oldest, pairing may be off",
-				"session", s.ID, "limit", maxPending)
-		}
-	}
-	s.pending = append(s.pending, pendingCommand{verb: cmd.Verb, cmd: cmd, valid: err == nil, time: ts})
-}
-
-func (s *Session) serverLine(line []byte, ts time.Time) {
-	rl := parser.ParseReplyLine(line)
-	if s.inMulti {
-		if rl.Code == s.replyCode && !rl.More {
-			s.scanReply(rl.Text)
-			s.inMulti = false
-			s.reply(rl.Code, ts)
 			return
 		}
-		s.scanReply(line)
-		return
+		h.start(seg.seq)
+		s.pickUp(d)
 	}
-	if rl.Code == 0 {
-		return // not a reply line; nothing to pair it with
+	if seg.has(flagACK) {
+		s.ackFrom(d, seg, now)
 	}
-	s.replyCode = rl.Code
-	s.replyFound, s.replyErr = false, nil
-	s.scanReply(rl.Text)
-	if rl.More {
-		s.inMulti = true
-		return
+	if len(seg.payload) > 0 || seg.has(flagFIN) {
+		if seqDiff(seg.seq, h.base()) > int32(h.window(s.scaleKnown)) {
+			s.t.stats.OutOfWindow++ // nothing its receiver would accept
+			return
+		}
+		s.accept(d, seg, now)
 	}
-	s.reply(rl.Code, ts)
+	s.release(now)
 }
 
-// scanReply looks for the announcement of a 227, 228 or 229 reply in one
-// of its lines; the first line that holds one wins.
-func (s *Session) scanReply(text []byte) {
-	if s.replyFound {
-		return
+// syn handles a SYN (the client's) or a SYN-ACK (the server's).
+func (s *Session) syn(d int, seg *segment) {
+	h, o := &s.h[d], &s.h[1-d]
+	if h.synSeen {
+		return // retransmitted, or a new SYN on a live connection: ignored
 	}
-	var err error
-	switch s.replyCode {
-	case 227:
-		s.replyAddr, err = parser.ParsePASVReply(text)
-	case 228:
-		s.replyAddr, err = parser.ParseLPSVReply(text)
-	case 229:
-		s.replyPort, err = parser.ParseEPSVReply(text)
-	default:
-		return
+	if seg.has(flagACK) {
+		if !o.synSeen {
+			return
+		}
+		// The server answered a SYN: trust the ISN it acknowledges over
+		// one a forged SYN may have claimed.
+		if o.next != seg.ack && !s.established {
+			o.start(seg.ack)
+		}
 	}
-	if err == nil {
-		s.replyFound, s.replyErr = true, nil
-	} else if s.replyErr == nil {
-		s.replyErr = err
+	h.synSeen = true
+	h.start(seg.seq + 1)
+	h.wscale = seg.wscale
+	if o.synSeen {
+		s.scaleKnown = true
+		if h.wscale < 0 || o.wscale < 0 { // scaling only if both offered it
+			h.wscale, o.wscale = -1, -1
+		}
 	}
 }
 
-// reply handles a complete reply with its final code.
-func (s *Session) reply(code int, ts time.Time) {
-	if code < 200 {
-		return // preliminary: the command still waits for its final reply
+// resetAcceptable reports whether a RST from d is in its receiver's window
+// (RFC 793, as RFC 5961 and conntrack judge it): a forged reset with a
+// random sequence number must not end a session.
+func (s *Session) resetAcceptable(d int, seg *segment) bool {
+	h, o := &s.h[d], &s.h[1-d]
+	if !h.started {
+		// A reset answering a SYN carries no known sequence number; it
+		// must acknowledge the SYN.
+		return seg.has(flagACK) && o.started && seg.ack == o.next
 	}
-	var cmd pendingCommand
-	havePending := len(s.pending) > 0
-	if havePending {
-		cmd = s.popPending()
+	lo, hi := h.next, h.base()
+	return seqDiff(seg.seq, lo) >= -1 && seqDiff(seg.seq, hi) <= int32(h.window(s.scaleKnown))
+}
+
+// ackFrom takes the acknowledgement and window a segment of d gives for
+// the other direction.
+func (s *Session) ackFrom(d int, seg *segment, now time.Time) {
+	o := &s.h[1-d]
+	if !o.started {
+		// A pickup: the other direction's bytes before this
+		// acknowledgement came before ftpgate was looking.
+		o.start(seg.ack)
+		s.pickUp(1 - d)
 	}
-	switch code {
-	case 227, 228, 229:
-		s.passiveReply(code, cmd, havePending, ts)
+	if seqDiff(seg.ack, o.next) > int32(unknownWindow) {
+		return // acknowledges data far beyond anything sent: ignored
+	}
+	if !o.peerAckOK || seqAfter(seg.ack, o.peerAck) {
+		o.peerAck, o.peerAckOK = seg.ack, true
+		o.acked(seg.ack)
+	}
+	if seqAfter(o.peerAck, o.next) && o.peerAckSince.IsZero() {
+		o.peerAckSince = now
+	}
+	shift := uint(0)
+	if s.scaleKnown && s.h[d].wscale > 0 {
+		shift = uint(s.h[d].wscale)
+	}
+	o.peerWin, o.peerWinKnown = uint32(seg.window)<<shift, true
+}
+
+// accept takes the data (and FIN) of a segment of d.
+func (s *Session) accept(d int, seg *segment, now time.Time) {
+	h := &s.h[d]
+	seq, data := seg.seq, seg.payload
+	if seg.has(flagFIN) && !h.fin {
+		h.fin, h.finSeq = true, seq+uint32(len(data))
+	}
+	if seqAfter(h.next, seq) { // starts with bytes accepted before
+		n := min(int(seqDiff(h.next, seq)), len(data))
+		if h.differs(seq, data[:n]) {
+			s.conflict(d)
+		}
+		data, seq = data[n:], seq+uint32(n)
+	}
+	if h.fin && seqAfter(seq+uint32(len(data)), h.finSeq) { // nothing after a FIN
+		data = data[:max(0, int(seqDiff(h.finSeq, seq)))]
+	}
+	if len(data) == 0 {
 		return
 	}
-	if !havePending {
+	if h.differs(seq, data) {
+		s.conflict(d)
+	}
+	if seq != h.next {
+		if !h.addOutOfOrder(seq, data, seg.ack, seg.has(flagACK)) {
+			s.t.stats.OutOfOrderDropped++
+		}
 		return
+	}
+	s.inOrder(d, seq, data, seg.ack, seg.has(flagACK), now)
+	s.pullOutOfOrder(d, now)
+}
+
+// inOrder takes the next bytes of d and delivers them, unless the other
+// direction must catch up first.
+func (s *Session) inOrder(d int, seq uint32, data []byte, ack uint32, hasAck bool, now time.Time) {
+	h := &s.h[d]
+	h.keep(seq, data)
+	h.next = seq + uint32(len(data))
+	if !h.peerAckOK || !seqAfter(h.peerAck, h.next) {
+		h.peerAckSince = time.Time{}
+	}
+	if len(h.wait) == 0 && s.causal(d, ack, hasAck) {
+		s.deliver(d, seq, data, ack, hasAck, now)
+		return
+	}
+	h.wait = append(h.wait, waiting{seq: seq, data: append([]byte(nil), data...), ack: ack, hasAck: hasAck, since: now})
+	h.waitBytes += len(data)
+}
+
+// pullOutOfOrder takes the stored segments that are now in order.
+func (s *Session) pullOutOfOrder(d int, now time.Time) {
+	h := &s.h[d]
+	for len(h.ooo) > 0 && !seqAfter(h.ooo[0].seq, h.next) {
+		o := h.ooo[0]
+		h.ooo = h.ooo[1:]
+		h.oooBytes -= len(o.data)
+		if cut := int(seqDiff(h.next, o.seq)); cut > 0 {
+			if cut >= len(o.data) {
+				continue
+			}
+			o.data, o.seq = o.data[cut:], o.seq+uint32(cut)
+		}
+		s.inOrder(d, o.seq, o.data, o.ack, o.hasAck, now)
+	}
+	if len(h.ooo) == 0 {
+		h.ooo = nil
+	}
+}
+
+// causal reports whether bytes of d, sent by a host that had received the
+// other direction up to ack, may be delivered: ftpgate has delivered
+// everything of the other direction that its sender had seen. A reply is
+// thus never read before the command it answers, nor a command before
+// the reply it follows, whichever order the copies came in.
+func (s *Session) causal(d int, ack uint32, hasAck bool) bool {
+	o := &s.h[1-d]
+	return !hasAck || !o.started || !seqAfter(ack, o.delivered)
+}
+
+// release delivers held-back bytes whose turn has come, and gives up on
+// bytes that are lost: bytes a receiver acknowledged that ftpgate never
+// saw, once they are overdue (at once when copies come in the kernel's
+// own order, see Config.ReorderWait).
+func (s *Session) release(now time.Time) {
+	for progress := true; progress && !s.ended; {
+		progress = false
+		for d := range 2 {
+			h := &s.h[d]
+			for len(h.wait) > 0 && !s.ended {
+				w := h.wait[0]
+				if !s.causal(d, w.ack, w.hasAck) {
+					break
+				}
+				h.wait = h.wait[1:]
+				h.waitBytes -= len(w.data)
+				s.deliverWaiting(d, w, now)
+				progress = true
+			}
+			if len(h.wait) == 0 {
+				h.wait = nil
+			}
+		}
+		if progress || s.ended {
+			continue
+		}
+		for d := range 2 {
+			if s.skipLost(d, now) {
+				progress = true
+			}
+		}
+		if !progress {
+			progress = s.forceOverdue(now)
+		}
+	}
+	if !s.ended {
+		s.checkClosed(now)
+	}
+}
+
+func (s *Session) deliverWaiting(d int, w waiting, now time.Time) {
+	if w.gap > 0 {
+		s.lost(d, w.seq, w.gap)
+		s.h[d].delivered = w.seq + w.gap
+		return
+	}
+	s.deliver(d, w.seq, w.data, w.ack, w.hasAck, now)
+}
+
+// overdue reports whether something that started waiting at since has
+// waited long enough.
+func (s *Session) overdue(since, now time.Time) bool {
+	return s.t.cfg.ReorderWait <= 0 || !now.Before(since.Add(s.t.cfg.ReorderWait))
+}
+
+// skipLost gives up on the missing bytes of d that its receiver has
+// acknowledged, up to the next stored segment or the acknowledgement.
+func (s *Session) skipLost(d int, now time.Time) bool {
+	h := &s.h[d]
+	if !h.peerAckOK || !seqAfter(h.peerAck, h.next) || !s.overdue(h.peerAckSince, now) {
+		return false
+	}
+	to := h.peerAck
+	if len(h.ooo) > 0 && seqAfter(to, h.ooo[0].seq) {
+		to = h.ooo[0].seq
+	}
+	n := uint32(seqDiff(to, h.next))
+	gap := waiting{seq: h.next, gap: n, since: now}
+	h.next = to
+	h.kept, h.keptSeq = h.kept[:0], to
+	if len(h.wait) == 0 {
+		s.deliverWaiting(d, gap, now)
+	} else {
+		h.wait = append(h.wait, gap)
+	}
+	if !seqAfter(h.peerAck, h.next) {
+		h.peerAckSince = time.Time{}
+	}
+	s.pullOutOfOrder(d, now)
+	return true
+}
+
+// forceOverdue delivers the oldest held-back bytes once overdue even
+// though the other direction has not caught up: their acknowledgement
+// points at bytes that are themselves held back (acknowledgements out of
+// causal order, as retransmissions carrying newer ones can make them).
+// Pairing is then not to be trusted.
+func (s *Session) forceOverdue(now time.Time) bool {
+	d := -1
+	for x := range 2 {
+		if len(s.h[x].wait) > 0 && (d < 0 || s.h[x].wait[0].since.Before(s.h[d].wait[0].since)) {
+			d = x
+		}
+	}
+	if d < 0 || !s.overdue(s.h[d].wait[0].since, now) && s.h[d].waitBytes <= maxWaiting {
+		return false
+	}
+	h := &s.h[d]
+	w := h.wait[0]
+	h.wait = h.wait[1:]
+	h.waitBytes -= len(w.data)
+	s.pair.outOfStep(s, "acknowledgements out of order")
+	s.deliverWaiting(d, w, now)
+	return true
+}
+
+// deliver hands in-order bytes of d to the protocol.
+func (s *Session) deliver(d int, seq uint32, data []byte, ack uint32, hasAck bool, now time.Time) {
+	h := &s.h[d]
+	h.delivered = seq + uint32(len(data))
+	if hasAck {
+		h.lastAck, h.lastAckOK = ack, true
+	}
+	s.Last = now
+	if !s.established {
+		s.t.establish(s)
+		if s.ended {
+			return
+		}
+	}
+	s.bytes(d, seq, data, ack, now)
+}
+
+// lost is told that n bytes of d starting at seq will never be seen.
+func (s *Session) lost(d int, seq, n uint32) {
+	s.t.stats.GapBytes += uint64(n)
+	h := &s.h[d]
+	if h.overflowed && seqAfter(seq+n, h.overflowAt) {
+		s.pair.distrust(s, "out-of-order data beyond ftpgate's buffer was lost")
+	} else if s.t.cfg.Inline {
+		s.pair.distrust(s, "copies of control traffic were lost")
+	} else {
+		s.pair.outOfStep(s, "bytes from the "+dirName(d)+" were lost")
+	}
+	s.gap(d)
+}
+
+// conflict is told that two copies of the same bytes of d differ: which
+// one the receiver took is unknown.
+func (s *Session) conflict(d int) {
+	s.t.stats.Conflicts++
+	s.pair.outOfStep(s, "two copies of the same bytes from the "+dirName(d)+" differ")
+}
+
+// checkClosed ends the session once both FINs are delivered, and notes
+// when the first one was.
+func (s *Session) checkClosed(now time.Time) {
+	closed := 0
+	for d := range 2 {
+		h := &s.h[d]
+		if h.fin && h.delivered == h.finSeq && len(h.wait) == 0 {
+			closed++
+		}
 	}
 	switch {
-	case cmd.verb.IsActive() && cmd.valid:
-		ch := s.channel(cmd.cmd, ts)
-		if code >= 200 && code < 300 {
-			s.tracker.decide(s, ch, s.Client.Addr())
-		} else {
-			s.tracker.refuse(s, ch, fmt.Sprintf("server refused %s with %d", cmd.verb, code))
-		}
-	case cmd.verb == parser.VerbAUTH && code == 234:
-		s.enterTLS()
-	case cmd.verb == parser.VerbEPSV && cmd.cmd.All && code >= 200 && code < 300:
-		s.epsvAll = true
-	case cmd.verb == parser.VerbQUIT && code == 221:
-		s.tracker.closeSessionPinholes(s, "session quit")
+	case closed == 2:
+		s.t.endSession(s, "control connection closed")
+	case closed == 1 && s.closingAt.IsZero():
+		s.closingAt = now
 	}
-}
-
-// channel builds the record of an active-mode announcement: the server
-// will connect to the address the client wrote.
-func (s *Session) channel(cmd parser.Command, ts time.Time) Channel {
-	return Channel{
-		Time: ts, Session: s.ID, Command: cmd.Verb, Passive: false,
-		OrigH: s.Server.Addr(), RespH: cmd.Endpoint.Addr(), RespP: cmd.Endpoint.Port(),
-		Client: s.Client, Server: s.Server,
-	}
-}
-
-func (s *Session) passiveReply(code int, cmd pendingCommand, havePending bool, ts time.Time) {
-	verb := map[int]parser.Verb{227: parser.VerbPASV, 228: parser.VerbLPSV, 229: parser.VerbEPSV}[code]
-	if !s.replyFound {
-		if s.replyErr != nil {
-			s.tracker.stats.Malformed++
-			s.tracker.log.Info("malformed reply ignored", "session", s.ID, "code", code, "error", s.replyErr)
-		}
-		return
-	}
-	ch := Channel{
-		Time: ts, Session: s.ID, Command: verb, Passive: true,
-		OrigH: s.Client.Addr(), RespH: s.replyAddr.Addr(), RespP: s.replyAddr.Port(),
-		Client: s.Client, Server: s.Server,
-	}
-	if code == 229 {
-		ch.RespH, ch.RespP = s.Server.Addr(), s.replyPort
-	}
-	switch {
-	case !havePending:
-		s.tracker.refuse(s, ch, fmt.Sprintf("%d reply without a %s from the client", code, verb))
-	case cmd.verb != verb || (verb == parser.VerbEPSV && cmd.cmd.All):
-		s.tracker.refuse(s, ch, fmt.Sprintf("%d reply answers %s, not %s", code, cmd.verb, verb))
-	default:
-		s.tracker.decide(s, ch, s.Server.Addr())
-	}
-}
-
-// end is called once when the control connection is gone.
-func (s *Session) end(reason string) {
-	if s.ended {
-		return
-	}
-	s.ended = true
-	for _, c := range s.pending {
-		if c.verb.IsActive() && c.valid {
-			s.tracker.refuse(s, s.channel(c.cmd, c.time), "no reply from the server before the session ended")
-		}
-	}
-	s.pending = nil
-	s.lines = [2]lineSplitter{}
-	s.tracker.closeSessionPinholes(s, reason)
-}
-
-// popPending removes and returns the oldest pending command. It shifts
-// the rest down rather than reslicing, so the queue keeps its array and
-// the next command costs no allocation; there are at most maxPending.
-func (s *Session) popPending() pendingCommand {
-	c := s.pending[0]
-	n := copy(s.pending, s.pending[1:])
-	s.pending[n] = pendingCommand{}
-	s.pending = s.pending[:n]
-	return c
 }

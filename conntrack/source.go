@@ -255,7 +255,7 @@ func (t *Tracker) RunInline(ctx context.Context, q *QueueSource, lr *rules.LogRe
 				t.HandlePacket(p.Data, p.Link, p.CI)
 				control = true
 			} else {
-				held.Admit[i] = t.AdmitHeldSYN(p.Data)
+				held.Verdicts[i] = t.AdmitHeldSYN(p.Data)
 			}
 		}
 		if control {

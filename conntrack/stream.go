@@ -1,117 +1,219 @@
 package conntrack
 
 import (
-	"net/netip"
-
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/reassembly"
+	"bytes"
+	"time"
 )
 
-// assemblerContext carries a packet's capture info through reassembly.
-type assemblerContext struct{ ci gopacket.CaptureInfo }
+// Directions of a control connection.
+const (
+	fromClient = 0
+	fromServer = 1
+)
 
-func (c *assemblerContext) GetCaptureInfo() gopacket.CaptureInfo { return c.ci }
+func dirName(dir int) string {
+	if dir == fromClient {
+		return "client"
+	}
+	return "server"
+}
 
-// streamFactory creates one stream per control connection.
-type streamFactory struct{ t *Tracker }
+// Sequence-number arithmetic modulo 2^32 (RFC 793 section 3.3).
+func seqDiff(a, b uint32) int32    { return int32(a - b) }
+func seqAfter(a, b uint32) bool    { return seqDiff(a, b) > 0 }
+func seqAtLeast(a, b uint32) bool  { return seqDiff(a, b) >= 0 }
+func seqMax(a, b uint32) uint32 {
+	if seqAfter(a, b) {
+		return a
+	}
+	return b
+}
 
-func (f *streamFactory) New(netFlow, tcpFlow gopacket.Flow, tcp *layers.TCP, ac reassembly.AssemblerContext) reassembly.Stream {
-	src, _ := netip.AddrFromSlice(netFlow.Src().Raw())
-	dst, _ := netip.AddrFromSlice(netFlow.Dst().Raw())
-	a := netip.AddrPortFrom(src, uint16(tcp.SrcPort))
-	b := netip.AddrPortFrom(dst, uint16(tcp.DstPort))
-	// Who is the client: the sender of a bare SYN, the receiver of a
-	// SYN-ACK, else the side not on a control port.
-	firstIsClient := f.t.controls[b.Port()]
+// Bounds of what one direction may hold.
+const (
+	// maxOutOfOrder is the out-of-order data kept per direction. A
+	// control connection has a few hundred bytes in flight; what does
+	// not fit is dropped, and if its receiver then acknowledges it, the
+	// session has lost bytes (see half.overflowed).
+	maxOutOfOrder = 16 << 10
+	// maxKept is how many delivered, not yet acknowledged bytes are kept
+	// to compare with later copies of the same sequence range.
+	maxKept = 8 << 10
+	// maxWaiting bounds the bytes held back for the other direction to
+	// catch up (causal order, see Session.release).
+	maxWaiting = 32 << 10
+	// windowSlack is the least receive window assumed, and unknownWindow
+	// the one assumed when the window scale is unknown (a pickup): data
+	// starting beyond what the receiver could accept is ignored.
+	windowSlack   = 64 << 10
+	unknownWindow = 1 << 20
+)
+
+// oooSegment is data that arrived before the bytes in front of it.
+type oooSegment struct {
+	seq    uint32
+	data   []byte
+	ack    uint32
+	hasAck bool
+}
+
+func (o *oooSegment) end() uint32 { return o.seq + uint32(len(o.data)) }
+
+// waiting is in-order data (or a gap) held back until the other
+// direction has been delivered up to its acknowledgement number.
+type waiting struct {
+	seq    uint32
+	data   []byte // a copy
+	ack    uint32
+	hasAck bool
+	gap    uint32 // > 0: not data but this many lost bytes
+	since  time.Time
+}
+
+// half is what ftpgate knows of one direction of a control connection.
+type half struct {
+	started   bool   // next is known: SYN seen, or picked up mid-stream
+	synSeen   bool   // its SYN was seen
+	next      uint32 // sequence number of the next byte to accept in order
+	delivered uint32 // sequence number of the next byte to hand to the session
+	fin       bool   // its FIN was seen, at finSeq
+	finSeq    uint32
+	closed    bool // the FIN was delivered
+	wscale    int8 // window scale of this side's SYN, -1 if none or unknown
+
+	// What the other side acknowledged of this direction, and the
+	// receive window it advertised for it (scaled where known).
+	peerAck      uint32
+	peerAckOK    bool
+	peerAckSince time.Time // when peerAck first went beyond next: bytes may be lost
+	peerWin      uint32
+	peerWinKnown bool
+
+	ooo      []oooSegment // sorted by seq, not overlapping
+	oooBytes int
+	// overflowed: out-of-order data was dropped for lack of room, from
+	// overflowAt on. Bytes the receiver then acknowledges were lost by
+	// ftpgate's own limits, which a sender can provoke at will.
+	overflowed bool
+	overflowAt uint32
+
+	// kept holds the accepted bytes from keptSeq to next that the
+	// receiver has not acknowledged yet.
+	kept    []byte
+	keptSeq uint32
+
+	wait      []waiting
+	waitBytes int
+
+	lastAck   uint32 // acknowledgement number of the latest delivered data segment
+	lastAckOK bool
+}
+
+func (h *half) start(seq uint32) {
+	h.started = true
+	h.next, h.delivered, h.keptSeq = seq, seq, seq
+	h.kept = h.kept[:0]
+}
+
+// window is how far beyond the receiver's acknowledgement a segment of
+// this direction may start.
+func (h *half) window(scaleKnown bool) uint32 {
 	switch {
-	case tcp.SYN && !tcp.ACK:
-		firstIsClient = true
-	case tcp.SYN && tcp.ACK:
-		firstIsClient = false
+	case !h.peerWinKnown || !scaleKnown:
+		return max(h.peerWin, unknownWindow)
+	default:
+		return max(h.peerWin, windowSlack)
 	}
-	client, server := a, b
-	if !firstIsClient {
-		client, server = b, a
-	}
-	s := f.t.newSession(client, server, ac.GetCaptureInfo().Timestamp)
-	return &stream{s: s, firstIsClient: firstIsClient}
 }
 
-// stream adapts a Session to gopacket's reassembly.
-type stream struct {
-	s             *Session
-	firstIsClient bool
-	lingering     bool // ended by RST, still in the reassembly pool
+// base is where the receiver's window for this direction starts.
+func (h *half) base() uint32 {
+	if h.peerAckOK && seqAfter(h.peerAck, h.next) {
+		return h.peerAck
+	}
+	return h.next
 }
 
-func (st *stream) dir(d reassembly.TCPFlowDirection) int {
-	if (d == reassembly.TCPDirClientToServer) == st.firstIsClient {
-		return fromClient
+// keep remembers accepted bytes until their receiver acknowledges them.
+func (h *half) keep(seq uint32, data []byte) {
+	if seq != h.keptSeq+uint32(len(h.kept)) {
+		h.kept, h.keptSeq = h.kept[:0], seq
 	}
-	return fromServer
+	h.kept = append(h.kept, data...)
+	if over := len(h.kept) - maxKept; over > 0 {
+		h.kept = h.kept[over:]
+		h.keptSeq += uint32(over)
+	}
 }
 
-// Accept takes every segment. A direction whose first segment is not a
-// SYN was picked up mid-stream: start it there, at the next line boundary.
-func (st *stream) Accept(tcp *layers.TCP, ci gopacket.CaptureInfo, d reassembly.TCPFlowDirection, nextSeq reassembly.Sequence, start *bool, ac reassembly.AssemblerContext) bool {
-	if st.s.ended {
-		return false
-	}
-	if tcp.RST {
-		// A reset ends the whole connection, but reassembly closes only
-		// the half it came on; end the session now. Its entry in the
-		// reassembly pool stays until the other half closes or idles out,
-		// and counts against the session cap meanwhile.
-		t := st.s.tracker
-		t.endSession(st.s, "control connection reset")
-		st.lingering = true
-		t.lingering++
-		key := makeConnKey(st.s.Client, st.s.Server)
-		r, ok := t.reused[key]
-		if !ok {
-			r = &reuse{}
-			t.reused[key] = r
-		}
-		r.lingering++
-		return false
-	}
-	if nextSeq == reassembly.Sequence(-1) && !tcp.SYN && !*start {
-		*start = true
-		st.s.pickUp(st.dir(d))
-	}
-	return true
-}
-
-func (st *stream) ReassembledSG(sg reassembly.ScatterGather, ac reassembly.AssemblerContext) {
-	d, _, _, skip := sg.Info()
-	dir := st.dir(d)
-	if skip > 0 {
-		st.s.tracker.stats.GapBytes += uint64(skip)
-		st.s.gap(dir)
-	}
-	n, _ := sg.Lengths()
-	if n == 0 {
+// acked drops kept bytes the receiver has acknowledged.
+func (h *half) acked(ack uint32) {
+	n := seqDiff(ack, h.keptSeq)
+	if n <= 0 {
 		return
 	}
-	st.s.feed(dir, sg.Fetch(n), ac.GetCaptureInfo().Timestamp)
+	if int(n) >= len(h.kept) {
+		h.keptSeq += uint32(len(h.kept))
+		h.kept = h.kept[:0]
+		if cap(h.kept) > 1024 {
+			h.kept = nil // an idle session keeps nothing
+		}
+		return
+	}
+	h.kept = h.kept[n:]
+	h.keptSeq += uint32(n)
 }
 
-func (st *stream) ReassemblyComplete(ac reassembly.AssemblerContext) bool {
-	t := st.s.tracker
-	key := makeConnKey(st.s.Client, st.s.Server)
-	if st.lingering {
-		st.lingering = false
-		t.lingering--
-		if r, ok := t.reused[key]; ok {
-			r.lingering--
+// differs reports whether data, starting at seq, disagrees with bytes
+// ftpgate has already accepted (kept or waiting out of order).
+func (h *half) differs(seq uint32, data []byte) bool {
+	if off := seqDiff(seq, h.keptSeq); len(h.kept) > 0 {
+		lo, hi := max(int(off), 0), min(int(off)+len(data), len(h.kept))
+		if lo < hi && !bytes.Equal(h.kept[lo:hi], data[lo-int(off):hi-int(off)]) {
+			return true
 		}
 	}
-	defer t.forgetReuse(key)
-	reason := "control connection closed"
-	if t := st.s.tracker; t.now.Sub(st.s.Last) >= t.cfg.IdleTimeout {
-		reason = "control connection idle"
+	for i := range h.ooo {
+		o := &h.ooo[i]
+		off := int(seqDiff(seq, o.seq))
+		lo, hi := max(off, 0), min(off+len(data), len(o.data))
+		if lo < hi && !bytes.Equal(o.data[lo:hi], data[lo-off:hi-off]) {
+			return true
+		}
 	}
-	st.s.tracker.endSession(st.s, reason)
+	return false
+}
+
+// addOutOfOrder stores the parts of data, which starts beyond next,
+// that no stored segment holds yet (those came first). It reports false
+// if there was no room for all of them.
+func (h *half) addOutOfOrder(seq uint32, data []byte, ack uint32, hasAck bool) bool {
+	for len(data) > 0 {
+		i := 0 // the first stored segment ending after seq
+		for i < len(h.ooo) && !seqAfter(h.ooo[i].end(), seq) {
+			i++
+		}
+		if i < len(h.ooo) && !seqAfter(h.ooo[i].seq, seq) { // it covers seq
+			cut := min(int(seqDiff(h.ooo[i].end(), seq)), len(data))
+			data, seq = data[cut:], seq+uint32(cut)
+			continue
+		}
+		n := len(data)
+		if i < len(h.ooo) {
+			n = min(n, int(seqDiff(h.ooo[i].seq, seq)))
+		}
+		if h.oooBytes+n > maxOutOfOrder {
+			if !h.overflowed || seqAfter(h.overflowAt, seq) {
+				h.overflowAt = seq
+			}
+			h.overflowed = true
+			return false
+		}
+		h.ooo = append(h.ooo, oooSegment{})
+		copy(h.ooo[i+1:], h.ooo[i:])
+		h.ooo[i] = oooSegment{seq: seq, data: append([]byte(nil), data[:n]...), ack: ack, hasAck: hasAck}
+		h.oooBytes += n
+		data, seq = data[n:], seq+uint32(n)
+	}
 	return true
 }

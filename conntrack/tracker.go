@@ -1,22 +1,20 @@
 // Package conntrack turns captured packets into FTP control sessions and
-// their announced data channels: decoding, TCP reassembly per direction,
-// the control-session state machine, and the policy that accepts or
-// refuses each channel before a pinhole is opened.
+// their announced data channels: decoding with checksum checks, TCP
+// tracking per direction, the control-session state machine, the pairing
+// of replies with commands, and the policy that accepts or refuses each
+// channel before a pinhole is opened.
 package conntrack
 
 import (
-	"context"
 	"encoding/base32"
 	"encoding/binary"
 	"hash/fnv"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/reassembly"
 
 	"github.com/ftpgate/ftpgate/rules"
 )
@@ -27,6 +25,28 @@ import (
 // from 2 ms to 10 ms cut ftpgate's CPU per transfer by 10-15%.
 const DefaultCommitDelay = 10 * time.Millisecond
 
+// Defaults of the limits on cheap traffic.
+const (
+	// DefaultHandshakeTimeout: a control connection must carry its first
+	// byte of FTP (the server's greeting, normally at once) within this
+	// time of its first packet, or it is forgotten.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxHalfOpen control connections that have carried no FTP yet
+	// are tracked at most; they do not count against MaxSessions.
+	DefaultMaxHalfOpen = 4096
+	// DefaultReorderWait: bytes that one side acknowledged but ftpgate
+	// has not seen are given up as lost after this long (passive capture
+	// and files; inline copies come in order and are given up at once).
+	DefaultReorderWait = time.Second
+	// closeLinger ends a session this long after its first FIN, if the
+	// second never shows.
+	closeLinger = time.Minute
+	// tombstoneFor is how long the segments of an ended control
+	// connection are recognised and ignored rather than picked up anew.
+	tombstoneFor = 2 * time.Minute
+	maxTombstones = 65536
+)
+
 // Config holds the tracker's limits and policy. Zero values take the
 // defaults named on each field.
 type Config struct {
@@ -34,15 +54,21 @@ type Config struct {
 	MinDataPort           uint16        // default 1024
 	PinholeTimeout        time.Duration // default 60s
 	IdleTimeout           time.Duration // control session idle limit, default 30m
-	MaxSessions           int           // tracked control sessions, default 65536
+	HandshakeTimeout      time.Duration // default DefaultHandshakeTimeout
+	MaxSessions           int           // tracked control sessions that carried FTP, default 65536
+	MaxHalfOpen           int           // default DefaultMaxHalfOpen
 	MaxPinholesPerSession int           // default 4
 	MaxPinholes           int           // in all, default 65536
-	MaxLineLength         int           // bytes, default 2048
-	// MaxBufferedPages bounds out-of-order data held for reassembly, per
-	// connection (default 16 pages of 1900 bytes) and in all (default
-	// 16384). Past the limit the gap is skipped and counted.
-	MaxBufferedPagesPerConnection int
-	MaxBufferedPagesTotal         int
+	MaxLineLength         int           // bytes without the line end, default 2048
+	// Inline says the packets are the kernel's copies of segments its
+	// conntrack validated, in the order the kernel handled them. Bytes
+	// one side acknowledged but ftpgate never saw are then lost at once,
+	// and only an overloaded copy path or an attack loses them: the
+	// session's active mode is refused from then on.
+	Inline bool
+	// ReorderWait is how long acknowledged but unseen bytes are waited
+	// for otherwise; default DefaultReorderWait.
+	ReorderWait time.Duration
 	// ReportWindow is how long the log line of a pinhole closed for a
 	// reason of the control session waits for a late kernel report that
 	// its data connection had started (see PinholeConsumed). 0 logs at
@@ -67,8 +93,14 @@ func (c *Config) setDefaults() {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 30 * time.Minute
 	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
 	if c.MaxSessions == 0 {
 		c.MaxSessions = 65536
+	}
+	if c.MaxHalfOpen == 0 {
+		c.MaxHalfOpen = DefaultMaxHalfOpen
 	}
 	if c.MaxPinholesPerSession == 0 {
 		c.MaxPinholesPerSession = 4
@@ -79,11 +111,11 @@ func (c *Config) setDefaults() {
 	if c.MaxLineLength == 0 {
 		c.MaxLineLength = 2048
 	}
-	if c.MaxBufferedPagesPerConnection == 0 {
-		c.MaxBufferedPagesPerConnection = 16
-	}
-	if c.MaxBufferedPagesTotal == 0 {
-		c.MaxBufferedPagesTotal = 16384
+	switch {
+	case c.Inline:
+		c.ReorderWait = 0
+	case c.ReorderWait == 0:
+		c.ReorderWait = DefaultReorderWait
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -99,43 +131,39 @@ func (c *Config) setDefaults() {
 // Stats counts what the tracker saw and dropped. Nothing is dropped
 // without being counted here.
 type Stats struct {
-	Packets          uint64 // packets handed to the tracker
-	NotControl       uint64 // not TCP to or from a control port
-	Undecodable      uint64 // truncated or unknown link/network layers
-	Fragments        uint64 // IP fragments (control traffic is never fragmented in practice)
-	SessionsStarted  uint64
-	SessionsEnded    uint64
-	SessionsRefused  uint64 // a new session found the session cap reached
-	Lines            uint64
-	LinesTooLong     uint64
-	GapBytes         uint64 // bytes lost in reassembly (buffer limits, missing segments)
-	Malformed        uint64 // data commands and replies that did not parse
-	PendingOverflow  uint64
-	ChannelsOpened   uint64
-	ChannelsRefused  uint64
-	PinholesClosed   uint64
-	PinholesConsumed uint64 // closed by the kernel on the first packet of their connection
-	SYNsHeld         uint64 // data SYNs the kernel held because they beat their pinhole (inline)
-	SYNsAdmitted     uint64 // of those, admitted by ftpgate (their pinhole was open)
-	AddsCancelled    uint64 // pinholes used (a held SYN) or closed before their commit, never sent to the kernel
-	CopiesLost       uint64 // NFLOG socket overflows (inline copies lost)
-	BackendErrors    uint64
-	SessionsTracked  int // now
-	PinholesOpen     int // now
-}
-
-// pinhole is an open pinhole and the session that asked for it.
-type pinhole struct {
-	key     rules.Pinhole
-	session *Session
-	channel Channel
-	expires time.Time
-	// fresh: no element of this key was in the kernel when it opened,
-	// so an add not yet committed can simply be cancelled.
-	fresh bool
-	// Set once closed while its log line waits for a usage report.
-	closeReason string
-	logBy       time.Time
+	Packets           uint64 // packets handed to the tracker
+	NotControl        uint64 // not TCP to or from a control port
+	Undecodable       uint64 // truncated or unknown link/network layers
+	Fragments         uint64 // IP fragments (control traffic is never fragmented in practice)
+	BadChecksums      uint64 // IP or TCP checksum wrong: never reached the receiver's TCP
+	OutOfWindow       uint64 // segments and resets outside what their receiver would accept
+	AfterClose        uint64 // segments of control connections that had ended
+	SessionsStarted   uint64 // control sessions that carried FTP
+	SessionsEnded     uint64
+	SessionsRefused   uint64 // a new session found the session cap reached
+	HalfOpenRefused   uint64 // a new control connection found the half-open cap reached
+	HalfOpenExpired   uint64 // control connections that carried no FTP within the handshake timeout
+	Lines             uint64
+	LinesTooLong      uint64
+	GapBytes          uint64 // bytes lost (missing from the capture, or beyond a buffer limit)
+	OutOfOrderDropped uint64 // out-of-order segments with no room to keep them
+	Conflicts         uint64 // two copies of the same bytes that differed
+	Malformed         uint64 // data commands and replies that did not parse
+	PendingOverflow   uint64
+	ChannelsOpened    uint64
+	ChannelsRefused   uint64
+	PinholesClosed    uint64
+	PinholesConsumed  uint64 // closed by the kernel on the first packet of their connection
+	SYNsHeld          uint64 // data SYNs the kernel held because they beat their pinhole (inline)
+	SYNsAdmitted      uint64 // of those, admitted by ftpgate (their pinhole was open, never committed)
+	SYNsRetried       uint64 // of those, sent back to the kernel, which holds their pinhole
+	AddsCancelled     uint64 // pinholes used (a held SYN) or closed before their commit, never sent to the kernel
+	CopiesLost        uint64 // NFLOG socket overflows (inline copies lost)
+	BackendErrors     uint64
+	LogSuppressed     uint64 // log lines held back by the per-session limits
+	SessionsTracked   int    // now, half-open ones included
+	HalfOpen          int    // now: control connections that have carried no FTP yet
+	PinholesOpen      int    // now
 }
 
 // Tracker follows every FTP control session in the packets it is given
@@ -148,21 +176,19 @@ type Tracker struct {
 	log       *slog.Logger
 	controls  map[uint16]bool
 	sessions  map[connKey]*Session
+	halfOpen  int
+	ended     map[connKey]time.Time // tombstones of ended control connections
 	pinholes  map[rules.Pinhole]*pinhole
 	closing   map[rules.Pinhole]*pinhole // closed in the kernel, log line pending
-	assembler *reassembly.Assembler
-	decoder   decoder
+	retried   map[heldSYN]time.Time
 	stats     Stats
 	now       time.Time
-	capWarned time.Time
-	lingering int // ended sessions still held by reassembly (see stream.Accept)
-	// reused holds the 4-tuples whose last connection was reset while
-	// reassembly still holds it; see flowFor.
-	reused map[connKey]*reuse
-	dirty  bool // backend changes queued since the last Commit
+	capWarned [2]time.Time
+	dirty     bool // backend changes queued since the last Commit
 	// peers counts the sessions of each pair of hosts, which the backend
 	// holds as one element while the count is above zero.
 	peers map[rules.Peers]int
+	seg   segment // decoded packet, reused
 }
 
 // NewTracker returns a tracker that opens pinholes through fw.
@@ -175,19 +201,15 @@ func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 		log:      cfg.Logger,
 		controls: make(map[uint16]bool),
 		sessions: make(map[connKey]*Session),
+		ended:    make(map[connKey]time.Time),
 		pinholes: make(map[rules.Pinhole]*pinhole),
 		closing:  make(map[rules.Pinhole]*pinhole),
-		reused:   make(map[connKey]*reuse),
+		retried:  make(map[heldSYN]time.Time),
 		peers:    make(map[rules.Peers]int),
 	}
 	for _, p := range cfg.ControlPorts {
 		t.controls[p] = true
 	}
-	pool := reassembly.NewStreamPool(&streamFactory{t: t})
-	t.assembler = reassembly.NewAssembler(pool)
-	t.assembler.MaxBufferedPagesPerConnection = cfg.MaxBufferedPagesPerConnection
-	t.assembler.MaxBufferedPagesTotal = cfg.MaxBufferedPagesTotal
-	t.decoder.init()
 	return t
 }
 
@@ -195,7 +217,11 @@ func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 func (t *Tracker) Stats() Stats {
 	s := t.stats
 	s.SessionsTracked = len(t.sessions)
+	s.HalfOpen = t.halfOpen
 	s.PinholesOpen = len(t.pinholes)
+	for _, x := range t.sessions {
+		s.LogSuppressed += uint64(x.limiter.suppressed)
+	}
 	return s
 }
 
@@ -210,95 +236,241 @@ func makeConnKey(x, y netip.AddrPort) connKey {
 }
 
 // HandlePacket decodes one captured packet of the given link type and
-// feeds it to reassembly. It never panics on hostile input.
+// feeds its segment to its control session. It never panics on hostile
+// input.
 func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ci gopacket.CaptureInfo) {
 	t.stats.Packets++
 	if ci.Timestamp.After(t.now) {
 		t.now = ci.Timestamp
 	}
-	pkt, ok := t.decoder.decode(data, link)
-	if !ok {
+	seg := &t.seg
+	switch decode(data, link, seg) {
+	case decodedTCP:
+	case decodeNotTCP:
+		t.stats.NotControl++
+		return
+	case decodeFragment:
+		t.stats.Fragments++
+		return
+	case decodeBadSum:
+		t.stats.BadChecksums++
+		return
+	default:
 		t.stats.Undecodable++
 		return
 	}
-	if pkt.fragment {
-		t.stats.Fragments++
-		return
-	}
-	tcp := pkt.tcp
-	if !t.controls[uint16(tcp.SrcPort)] && !t.controls[uint16(tcp.DstPort)] {
+	if !t.controls[seg.src.Port()] && !t.controls[seg.dst.Port()] {
 		t.stats.NotControl++
 		return
 	}
-	key := makeConnKey(netip.AddrPortFrom(pkt.src, uint16(tcp.SrcPort)), netip.AddrPortFrom(pkt.dst, uint16(tcp.DstPort)))
-	if _, known := t.sessions[key]; !known {
-		// Only a SYN or a segment with data starts tracking: bare ACKs,
-		// FINs and RSTs of connections that already ended must not
-		// resurrect them.
-		if !tcp.SYN && len(tcp.Payload) == 0 {
+	key := makeConnKey(seg.src, seg.dst)
+	s := t.sessions[key]
+	if s != nil && seg.has(flagSYN) && !seg.has(flagACK) && !s.closingAt.IsZero() && seg.seq+1 != s.h[fromClient].next {
+		t.endSession(s, "control connection closed") // its ports are taken by a new one
+		s = nil
+	}
+	if s == nil {
+		if s = t.startSession(key, seg); s == nil {
 			return
 		}
-		if len(t.sessions)+t.lingering >= t.cfg.MaxSessions {
-			t.stats.SessionsRefused++
-			if ci.Timestamp.Sub(t.capWarned) > 10*time.Second {
-				t.capWarned = ci.Timestamp
-				t.log.Warn("session cap reached, not tracking new control sessions",
-					"cap", t.cfg.MaxSessions, "refused_so_far", t.stats.SessionsRefused)
+	}
+	d := fromServer
+	if seg.src == s.Client {
+		d = fromClient
+	}
+	s.segment(d, seg, t.now)
+}
+
+// startSession starts tracking the connection of a segment nobody
+// tracks: a SYN starts a half-open session, data a session picked up
+// mid-stream. Anything else, and the segments of a connection that
+// ended, start nothing.
+func (t *Tracker) startSession(key connKey, seg *segment) *Session {
+	syn := seg.has(flagSYN) && !seg.has(flagACK)
+	if _, gone := t.ended[key]; gone && !syn {
+		t.stats.AfterClose++
+		return nil
+	}
+	switch {
+	case syn:
+		if t.halfOpen >= t.cfg.MaxHalfOpen {
+			t.stats.HalfOpenRefused++
+			t.warnCap(1, "half-open cap reached, not tracking new control connections until they carry FTP",
+				"cap", t.cfg.MaxHalfOpen, "refused_so_far", t.stats.HalfOpenRefused)
+			return nil
+		}
+		delete(t.ended, key)
+		s := t.newSession(seg.src, seg.dst, true)
+		s.halfOpen = true
+		t.halfOpen++
+		return s
+	case len(seg.payload) > 0 && !seg.has(flagRST):
+		if t.established() >= t.cfg.MaxSessions {
+			t.refuseSession(key)
+			return nil
+		}
+		// The side on a control port is the server.
+		client, server := seg.src, seg.dst
+		if t.controls[seg.src.Port()] && !t.controls[seg.dst.Port()] {
+			client, server = seg.dst, seg.src
+		}
+		delete(t.ended, key)
+		s := t.newSession(client, server, false)
+		s.pickedUp = true
+		t.establish(s)
+		return s
+	}
+	return nil
+}
+
+func (t *Tracker) established() int { return len(t.sessions) - t.halfOpen }
+
+func (t *Tracker) refuseSession(key connKey) {
+	t.stats.SessionsRefused++
+	t.tombstone(key)
+	t.warnCap(0, "session cap reached, not tracking new control sessions",
+		"cap", t.cfg.MaxSessions, "refused_so_far", t.stats.SessionsRefused)
+}
+
+// warnCap logs that a cap was hit, at most every ten seconds per cap.
+func (t *Tracker) warnCap(which int, msg string, args ...any) {
+	if t.now.Sub(t.capWarned[which]) > 10*time.Second {
+		t.capWarned[which] = t.now
+		t.log.Warn(msg, args...)
+	}
+}
+
+func (t *Tracker) tombstone(key connKey) {
+	if len(t.ended) >= maxTombstones {
+		for k, at := range t.ended {
+			if t.now.Sub(at) >= tombstoneFor/2 {
+				delete(t.ended, k)
 			}
+		}
+		if len(t.ended) >= maxTombstones {
+			clear(t.ended)
+		}
+	}
+	t.ended[key] = t.now
+}
+
+func (t *Tracker) newSession(client, server netip.AddrPort, syn bool) *Session {
+	h := fnv.New64a()
+	b, _ := client.MarshalBinary()
+	h.Write(b)
+	b, _ = server.MarshalBinary()
+	h.Write(b)
+	var tb [8]byte
+	binary.BigEndian.PutUint64(tb[:], uint64(t.now.UnixNano()))
+	h.Write(tb[:])
+	id := "C" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h.Sum(nil))[:12]
+	s := &Session{ID: id, Client: client, Server: server, Start: t.now, Last: t.now, t: t}
+	s.pair.inStep, s.pair.greeting = syn, syn
+	if !syn {
+		s.pair.why = "the session was picked up mid-stream"
+	}
+	for d := range s.lines {
+		s.lines[d].max = t.cfg.MaxLineLength
+		s.h[d].wscale = -1
+	}
+	s.lines[fromClient].lineStart = looksLikeCommand
+	s.lines[fromServer].lineStart = looksLikeReply
+	t.sessions[makeConnKey(client, server)] = s
+	pp := rules.Peers{Client: client.Addr(), Server: server.Addr()}
+	if t.peers[pp]++; t.peers[pp] == 1 {
+		t.dirty = true
+		if err := t.fw.AddPeers(pp); err != nil {
+			t.stats.BackendErrors++
+			t.log.Error("adding control session peers", "peers", pp.String(), "error", err)
+		}
+	}
+	return s
+}
+
+// establish is called when a session carries its first byte of FTP: it
+// now counts against MaxSessions, not MaxHalfOpen.
+func (t *Tracker) establish(s *Session) {
+	if s.established {
+		return
+	}
+	if s.halfOpen {
+		if t.established() >= t.cfg.MaxSessions {
+			t.refuseSession(makeConnKey(s.Client, s.Server))
+			t.endSession(s, "session cap reached")
 			return
 		}
+		s.halfOpen = false
+		t.halfOpen--
 	}
-	ctx := assemblerContext{ci: ci}
-	t.assembler.AssembleWithContext(t.flowFor(key, pkt.netFlow, tcp), tcp, &ctx)
+	s.established = true
+	t.stats.SessionsStarted++
+	t.log.Info("session start", "session", s.ID, "client", s.Client.String(), "server", s.Server.String(),
+		"picked_up", s.pickedUp)
 }
 
-// reuse tracks a 4-tuple whose connection was reset. Reassembly keeps a
-// reset connection until its other half closes or idles out, and would
-// hand a new connection on the same 4-tuple to the dead one. A new SYN
-// on such a tuple therefore gets a new generation, carried in the flow's
-// endpoint type, which reassembly treats as a different key.
-type reuse struct {
-	gen       uint32
-	lingering int // reset connections of this tuple still in reassembly
-}
-
-// genEndpointBase keeps generation endpoint types clear of gopacket's own.
-const genEndpointBase = gopacket.EndpointType(1 << 20)
-
-func (t *Tracker) flowFor(key connKey, flow gopacket.Flow, tcp *layers.TCP) gopacket.Flow {
-	r, ok := t.reused[key]
-	if !ok {
-		return flow
+func (t *Tracker) endSession(s *Session, reason string) {
+	if s.ended {
+		return
 	}
-	if _, live := t.sessions[key]; !live && tcp.SYN && !tcp.ACK {
-		r.gen++
-	}
-	if r.gen == 0 {
-		return flow
-	}
-	return gopacket.NewFlow(genEndpointBase+gopacket.EndpointType(r.gen), flow.Src().Raw(), flow.Dst().Raw())
-}
-
-// forgetReuse drops the generation of a tuple nobody uses any more.
-func (t *Tracker) forgetReuse(key connKey) {
-	if r, ok := t.reused[key]; ok && r.lingering == 0 {
-		if _, live := t.sessions[key]; !live {
-			delete(t.reused, key)
+	s.end(reason)
+	key := makeConnKey(s.Client, s.Server)
+	delete(t.sessions, key)
+	t.tombstone(key)
+	pp := rules.Peers{Client: s.Client.Addr(), Server: s.Server.Addr()}
+	if t.peers[pp]--; t.peers[pp] <= 0 {
+		delete(t.peers, pp)
+		t.dirty = true
+		if err := t.fw.DelPeers(pp); err != nil {
+			t.stats.BackendErrors++
+			t.log.Error("removing control session peers", "peers", pp.String(), "error", err)
 		}
 	}
+	if s.halfOpen {
+		t.halfOpen--
+	}
+	if !s.established {
+		return
+	}
+	t.stats.SessionsEnded++
+	attrs := []any{"session", s.ID, "reason", reason, "duration", s.Last.Sub(s.Start).Round(time.Millisecond).String()}
+	if s.limiter.suppressed > 0 {
+		attrs = append(attrs, "log_lines_suppressed", s.limiter.suppressed)
+		t.stats.LogSuppressed += uint64(s.limiter.suppressed)
+	}
+	t.log.Info("session end", attrs...)
 }
 
-// Expire ends idle sessions, pushes through reassembly gaps older than a
-// few seconds, and forgets pinholes whose kernel timeout has passed. now
-// is wall time for live capture, packet time for files.
+// Expire ends idle sessions and those that carried no FTP in time, gives
+// up on bytes overdue for reassembly, and forgets pinholes whose kernel
+// timeout has passed. now is wall time for live capture, packet time for
+// files.
 func (t *Tracker) Expire(now time.Time) {
 	if now.After(t.now) {
 		t.now = now
 	}
-	t.assembler.FlushWithOptions(reassembly.FlushOptions{
-		T:  now.Add(-3 * time.Second),
-		TC: now.Add(-t.cfg.IdleTimeout),
-	})
+	for _, s := range t.sessions {
+		switch {
+		case !s.established && !now.Before(s.Start.Add(t.cfg.HandshakeTimeout)):
+			t.stats.HalfOpenExpired++
+			t.endSession(s, "no FTP within the handshake timeout")
+		case !now.Before(s.Last.Add(t.cfg.IdleTimeout)):
+			t.endSession(s, "control connection idle")
+		case !s.closingAt.IsZero() && !now.Before(s.closingAt.Add(closeLinger)):
+			t.endSession(s, "control connection closed")
+		default:
+			s.release(now)
+		}
+	}
+	for k, at := range t.ended {
+		if now.Sub(at) >= tombstoneFor {
+			delete(t.ended, k)
+		}
+	}
+	for k, at := range t.retried {
+		if now.Sub(at) >= retriedFor {
+			delete(t.retried, k)
+		}
+	}
 	for k, p := range t.pinholes {
 		if !now.Before(p.expires) {
 			t.closePinhole(k, p, "timeout")
@@ -310,34 +482,8 @@ func (t *Tracker) Expire(now time.Time) {
 // IsControl reports whether a raw IP packet is TCP to or from a control
 // port.
 func (t *Tracker) IsControl(data []byte) bool {
-	pkt, ok := t.decoder.decode(data, LinkTypeRawIP)
-	return ok && !pkt.fragment && (t.controls[uint16(pkt.tcp.SrcPort)] || t.controls[uint16(pkt.tcp.DstPort)])
-}
-
-// AdmitHeldSYN decides on a data SYN (a raw IP packet) that the kernel
-// held because it found no pinhole: true if its pinhole is open now. The
-// pinhole is then used up here, as the kernel's consume rule would have:
-// closed, removed from the backend at the next Commit, and logged as
-// used. false lets the SYN go on to the admin's rules. Call it after the
-// copies logged before the SYN have been handled.
-func (t *Tracker) AdmitHeldSYN(data []byte) bool {
-	t.stats.SYNsHeld++
-	pkt, ok := t.decoder.decode(data, LinkTypeRawIP)
-	if !ok || pkt.fragment || !pkt.tcp.SYN || pkt.tcp.ACK {
-		return false
-	}
-	key := rules.Pinhole{Peer: pkt.src, Addr: pkt.dst, Port: uint16(pkt.tcp.DstPort)}
-	p, open := t.pinholes[key]
-	if !open {
-		return false
-	}
-	delete(t.pinholes, key)
-	t.removeFromBackend(p)
-	t.dropFromSession(p)
-	t.stats.SYNsAdmitted++
-	t.stats.PinholesConsumed++
-	t.logClosed(p, "data connection started")
-	return true
+	var seg segment
+	return decode(data, LinkTypeRawIP, &seg) == decodedTCP && (t.controls[seg.src.Port()] || t.controls[seg.dst.Port()])
 }
 
 // HandleLog handles one record of ftpgate's NFLOG group: a copied control
@@ -355,24 +501,12 @@ func (t *Tracker) HandleLog(r rules.LogRecord, ts time.Time) {
 	t.HandlePacket(r.Payload, LinkTypeRawIP, gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(r.Payload), Length: len(r.Payload)})
 }
 
-// logClosing writes the pending log lines of closed pinholes whose report
-// window has passed, or all of them.
-func (t *Tracker) logClosing(now time.Time, all bool) {
-	for k, p := range t.closing {
-		if all || !now.Before(p.logBy) {
-			delete(t.closing, k)
-			t.logClosed(p, p.closeReason)
-		}
-	}
-}
-
 // CloseAll ends every session, closing every pinhole with reason, as on
 // shutdown or at the end of a capture file.
 func (t *Tracker) CloseAll(reason string) {
 	for _, s := range t.sessions {
 		t.endSession(s, reason)
 	}
-	clear(t.sessions)
 	for k, p := range t.pinholes {
 		t.closePinhole(k, p, reason)
 	}
@@ -390,207 +524,3 @@ func (t *Tracker) Commit() error {
 	return err
 }
 
-func (t *Tracker) newSession(client, server netip.AddrPort, ts time.Time) *Session {
-	h := fnv.New64a()
-	b, _ := client.MarshalBinary()
-	h.Write(b)
-	b, _ = server.MarshalBinary()
-	h.Write(b)
-	var tb [8]byte
-	binary.BigEndian.PutUint64(tb[:], uint64(ts.UnixNano()))
-	h.Write(tb[:])
-	id := "C" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h.Sum(nil))[:12]
-	s := &Session{ID: id, Client: client, Server: server, Start: ts, Last: ts, tracker: t}
-	for d := range s.lines {
-		s.lines[d].max = t.cfg.MaxLineLength
-	}
-	t.sessions[makeConnKey(client, server)] = s
-	t.stats.SessionsStarted++
-	pp := rules.Peers{Client: client.Addr(), Server: server.Addr()}
-	if t.peers[pp]++; t.peers[pp] == 1 {
-		t.dirty = true
-		if err := t.fw.AddPeers(pp); err != nil {
-			t.stats.BackendErrors++
-			t.log.Error("adding control session peers", "peers", pp.String(), "error", err)
-		}
-	}
-	t.log.Info("session start", "session", id, "client", client.String(), "server", server.String())
-	return s
-}
-
-func (t *Tracker) endSession(s *Session, reason string) {
-	if s.ended {
-		return
-	}
-	s.end(reason)
-	delete(t.sessions, makeConnKey(s.Client, s.Server))
-	t.stats.SessionsEnded++
-	pp := rules.Peers{Client: s.Client.Addr(), Server: s.Server.Addr()}
-	if t.peers[pp]--; t.peers[pp] <= 0 {
-		delete(t.peers, pp)
-		t.dirty = true
-		if err := t.fw.DelPeers(pp); err != nil {
-			t.stats.BackendErrors++
-			t.log.Error("removing control session peers", "peers", pp.String(), "error", err)
-		}
-	}
-	t.log.Info("session end", "session", s.ID, "reason", reason,
-		"duration", s.Last.Sub(s.Start).Round(time.Millisecond).String())
-}
-
-// decide asks the policy and the caps about a channel the protocol
-// allows, and opens its pinhole or refuses it.
-func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
-	if reason := t.policy.Check(ch, announcer); reason != "" {
-		t.refuse(s, ch, reason)
-		return
-	}
-	key := ch.Pinhole()
-	_, replaced := t.pinholes[key]
-	if old, ok := t.pinholes[key]; ok {
-		// The same hole again (a server reusing its passive port): it
-		// now belongs to this announcement.
-		t.dropFromSession(old)
-		delete(t.pinholes, key)
-	}
-	switch {
-	case len(s.pinholes) >= t.cfg.MaxPinholesPerSession:
-		t.refuse(s, ch, "session has reached its pinhole cap")
-		return
-	case len(t.pinholes) >= t.cfg.MaxPinholes:
-		t.refuse(s, ch, "pinhole cap reached for the whole gateway")
-		return
-	}
-	t.dirty = true
-	if err := t.fw.AddPinhole(key, t.cfg.PinholeTimeout); err != nil {
-		t.stats.BackendErrors++
-		t.refuse(s, ch, "firewall backend: "+err.Error())
-		return
-	}
-	_, closing := t.closing[key]
-	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(t.cfg.PinholeTimeout), fresh: !replaced && !closing}
-	if t.now.After(ch.Time) {
-		p.expires = t.now.Add(t.cfg.PinholeTimeout)
-	}
-	t.pinholes[key] = p
-	s.pinholes = append(s.pinholes, p)
-	ch.Verdict = VerdictOpen
-	ch.Reason = acceptReason(ch)
-	t.stats.ChannelsOpened++
-	t.logChannel(slog.LevelInfo, "channel open", ch)
-	if t.cfg.OnChannel != nil {
-		t.cfg.OnChannel(ch)
-	}
-}
-
-func acceptReason(ch Channel) string {
-	if ch.Passive {
-		return "reply to the client's " + ch.Command.String()
-	}
-	return ch.Command.String() + " accepted by the server"
-}
-
-func (t *Tracker) refuse(s *Session, ch Channel, reason string) {
-	ch.Verdict = VerdictRefuse
-	ch.Reason = reason
-	t.stats.ChannelsRefused++
-	t.logChannel(slog.LevelWarn, "channel refused", ch)
-	if t.cfg.OnChannel != nil {
-		t.cfg.OnChannel(ch)
-	}
-}
-
-// logChannel logs ch, building its attributes only if the level is on:
-// at thousands of channels a second, the address strings of lines nobody
-// reads were most of the packet path's allocations.
-func (t *Tracker) logChannel(level slog.Level, msg string, ch Channel) {
-	if t.log.Enabled(context.Background(), level) {
-		t.log.Log(context.Background(), level, msg, channelAttrs(ch)...)
-	}
-}
-
-func channelAttrs(ch Channel) []any {
-	return []any{
-		"session", ch.Session, "command", ch.Command.String(), "passive", ch.Passive,
-		"orig_h", ch.OrigH.String(), "resp_h", ch.RespH.String(), "resp_p", ch.RespP,
-		"reason", ch.Reason,
-	}
-}
-
-// PinholeConsumed records that the kernel removed p because its data
-// connection started. Reports of pinholes ftpgate no longer tracks (a
-// retransmitted report, or one closed meanwhile) are ignored.
-func (t *Tracker) PinholeConsumed(key rules.Pinhole) {
-	if p, ok := t.closing[key]; ok {
-		// Closed for a session reason meanwhile, but it had been used:
-		// the report says why it really closed.
-		delete(t.closing, key)
-		t.stats.PinholesConsumed++
-		t.logClosed(p, "data connection started")
-		return
-	}
-	p, ok := t.pinholes[key]
-	if !ok {
-		return
-	}
-	delete(t.pinholes, key)
-	t.dropFromSession(p)
-	t.stats.PinholesConsumed++
-	t.logClosed(p, "data connection started")
-}
-
-// closeSessionPinholes closes every open pinhole of s.
-func (t *Tracker) closeSessionPinholes(s *Session, reason string) {
-	for len(s.pinholes) > 0 {
-		p := s.pinholes[0]
-		t.closePinhole(p.key, p, reason)
-	}
-}
-
-func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
-	if cur, ok := t.pinholes[key]; ok && cur == p {
-		delete(t.pinholes, key)
-		t.removeFromBackend(p)
-	}
-	t.dropFromSession(p)
-	t.stats.PinholesClosed++
-	if t.cfg.ReportWindow > 0 {
-		p.closeReason, p.logBy = reason, t.now.Add(t.cfg.ReportWindow)
-		if old, ok := t.closing[key]; ok && old != p {
-			t.logClosed(old, old.closeReason)
-		}
-		t.closing[key] = p
-		return
-	}
-	t.logClosed(p, reason)
-}
-
-// removeFromBackend takes p's element out of the kernel: an add still
-// waiting for its commit is cancelled, so the kernel never sees it;
-// anything else is deleted at the next Commit.
-func (t *Tracker) removeFromBackend(p *pinhole) {
-	if p.fresh && t.fw.CancelAdd(p.key) {
-		t.stats.AddsCancelled++
-		return
-	}
-	t.dirty = true
-	if err := t.fw.DelPinhole(p.key); err != nil {
-		t.stats.BackendErrors++
-		t.log.Error("closing pinhole", "pinhole", p.key.String(), "error", err)
-	}
-}
-
-func (t *Tracker) logClosed(p *pinhole, reason string) {
-	if !t.log.Enabled(context.Background(), slog.LevelInfo) {
-		return
-	}
-	t.log.Info("channel closed", "session", p.channel.Session, "command", p.channel.Command.String(),
-		"orig_h", p.key.Peer.String(), "resp_h", p.key.Addr.String(), "resp_p", p.key.Port, "reason", reason)
-}
-
-func (t *Tracker) dropFromSession(p *pinhole) {
-	s := p.session
-	if i := slices.Index(s.pinholes, p); i >= 0 {
-		s.pinholes = slices.Delete(s.pinholes, i, i+1)
-	}
-}

@@ -57,7 +57,7 @@ func TestActiveModes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, Config{})
 			c := newConn(t, tt.client, tt.server)
-			h.feed(c.handshake()...)
+			h.feed(c.greeted()...)
 			h.feed(c.send(true, tt.cmd+"\r\n"))
 			if len(h.open()) != 0 {
 				t.Fatalf("pinhole open before the server accepted: %v", h.open())
@@ -74,7 +74,7 @@ func TestActiveModes(t *testing.T) {
 func TestEPSVv6(t *testing.T) {
 	h := newHarness(t, Config{})
 	c := newConn(t, "[2001:db8::10]:40000", "[2001:db8:1::20]:21")
-	h.feed(c.handshake()...)
+	h.feed(c.greeted()...)
 	h.feed(c.send(true, "EPSV\r\n"), c.send(false, "229 Entering Extended Passive Mode (|||50001|)\r\n"))
 	if want := pin("2001:db8::10", "2001:db8:1::20", 50001); !h.open()[want] {
 		t.Fatalf("open = %v, want %v", h.open(), want)
@@ -86,7 +86,7 @@ func TestEPSVv6(t *testing.T) {
 func TestLinesWhereverTheyFall(t *testing.T) {
 	h := newHarness(t, Config{})
 	c := newConn(t, cli, srv)
-	h.feed(c.handshake()...)
+	h.feed(c.greeted()...)
 	h.feed(c.send(true, "PO"), c.send(true, "RT 192,0,2,10"), c.send(true, ",200,1\r\n"))
 	h.feed(c.send(false, "200 ok\r\n"))
 	if !h.open()[pin("198.51.100.20", "192.0.2.10", 200*256+1)] {
@@ -105,7 +105,7 @@ func TestLinesWhereverTheyFall(t *testing.T) {
 func TestOutOfOrderAndRetransmitted(t *testing.T) {
 	h := newHarness(t, Config{})
 	c := newConn(t, cli, srv)
-	h.feed(c.handshake()...)
+	h.feed(c.greeted()...)
 	a := c.send(true, "PASV\r\n")
 	h.feed(a, a) // retransmitted with the same bytes, as a gateway also sees it twice
 	p1 := c.send(false, "227 Entering Passive Mode ")
@@ -129,7 +129,7 @@ func TestSequenceWraparound(t *testing.T) {
 	c := newConn(t, cli, srv)
 	c.cseq = 0xFFFFFFF0
 	c.sseq = 0xFFFFFFFA
-	h.feed(c.handshake()...)
+	h.feed(c.greeted()...)
 	h.feed(c.send(true, "TYPE I\r\n"), c.send(true, "PASV\r\n")) // crosses 2^32
 	h.feed(c.send(false, "200 ok\r\n"), c.send(false, "227 Entering Passive Mode (198,51,100,20,100,3)\r\n"))
 	if !h.open()[pin("192.0.2.10", "198.51.100.20", 100*256+3)] {
@@ -153,7 +153,7 @@ func TestMidStreamPickup(t *testing.T) {
 func TestLineTooLongDropped(t *testing.T) {
 	h := newHarness(t, Config{MaxLineLength: 64})
 	c := newConn(t, cli, srv)
-	h.feed(c.handshake()...)
+	h.feed(c.greeted()...)
 	h.feed(c.send(true, "PASV\r\n"))
 	h.feed(c.send(false, "227 "+strings.Repeat("A", 40)), c.send(false, strings.Repeat("A", 40)+"(198,51,100,20,100,5)\r\n"))
 	if len(h.open()) != 0 {

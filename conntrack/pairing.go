@@ -1,0 +1,240 @@
+package conntrack
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/ftpgate/ftpgate/parser"
+)
+
+// maxPending bounds the commands a session may have in flight with all
+// they announce. FTP clients pipeline a handful at most; commands beyond
+// are kept only as a count (see pendingCommand.count), so that pairing
+// stays exact, and an announcement among them is refused at once.
+const maxPending = 64
+
+// pendingCommand is a client command waiting for its final reply.
+type pendingCommand struct {
+	verb  parser.Verb
+	cmd   parser.Command
+	valid bool // the command parsed without error
+	time  time.Time
+	end   uint32 // client sequence number after its LF
+	// count > 0 makes this a run of commands past maxPending, of which
+	// only the number, the end of the first (while firstKnown) and the
+	// end of the last are kept.
+	count      int
+	firstEnd   uint32
+	firstKnown bool
+}
+
+// pairing matches each final reply with the command it answers.
+//
+// FTP answers commands in order, one final reply each, so counting pairs
+// them, as long as ftpgate has seen every byte both ways. What makes it
+// exact is the acknowledgement number: the segment that carries a reply
+// acknowledges every client byte the server had received when it wrote
+// it, so a reply can only answer a command that ends at or before that
+// number. A greeting, a reply to a command ftpgate has not seen, or one
+// written before the command arrived, then pairs with nothing, instead of
+// shifting every later pair by one.
+//
+// When ftpgate cannot be sure it has counted right (bytes were lost, two
+// copies of the same bytes differed, the session was picked up
+// mid-stream or left TLS), pairing is out of step: a 227/228/229, which
+// only a PASV/LPSV/EPSV can have asked for, still pairs with such a
+// command the server had received; nothing else opens. Pairing is back in
+// step at the next command sent at a quiet point, when both sides'
+// acknowledgements show that each had everything the other had sent and
+// the server had finished its last reply (see Session.quietPoint), which
+// for a client that waits for each reply is the very next command.
+type pairing struct {
+	pending []pendingCommand
+	inStep  bool
+	why     string // why pairing is out of step
+	// distrusted is set, with why, when bytes were lost in a way a peer
+	// could have provoked: active mode is refused for the rest of the
+	// session.
+	distrusted string
+	greeting   bool // the server's greeting is still to come
+}
+
+// outOfStep says pairing can no longer be trusted to count right: the
+// commands waiting are dropped (their announcements refused).
+func (p *pairing) outOfStep(s *Session, why string) {
+	if p.inStep || p.why == "" {
+		if p.inStep {
+			s.logf(logOutOfStep, levelInfo, "pairing of replies with commands out of step; active mode refused until it is back in step",
+				"session", s.ID, "because", why)
+		}
+		p.why = why
+	}
+	p.inStep = false
+	p.greeting = false
+	p.dropPending(s, "pairing of replies with commands is uncertain: "+why)
+}
+
+// distrust ends active mode for the rest of the session.
+func (p *pairing) distrust(s *Session, why string) {
+	if p.distrusted == "" {
+		p.distrusted = why
+		s.logf(logOutOfStep, levelWarn, "active mode refused for the rest of this session", "session", s.ID, "because", why)
+	}
+	p.outOfStep(s, why)
+}
+
+// backInStep is called at a quiet point.
+func (p *pairing) backInStep(s *Session) {
+	p.dropPending(s, "pairing of replies with commands is uncertain: "+p.why)
+	p.inStep, p.why = true, ""
+	s.logf(logOutOfStep, levelInfo, "pairing of replies with commands back in step", "session", s.ID)
+}
+
+// dropPending forgets every waiting command, refusing the announcements.
+func (p *pairing) dropPending(s *Session, reason string) {
+	for _, c := range p.pending {
+		if c.count == 0 && c.verb.IsActive() && c.valid {
+			s.t.refuse(s, s.activeChannel(c.cmd, c.time), reason)
+		}
+	}
+	p.pending = p.pending[:0]
+}
+
+// push queues a command the server has yet to answer.
+func (p *pairing) push(s *Session, c pendingCommand) {
+	n := len(p.pending)
+	if n > 0 && p.pending[n-1].count > 0 {
+		run := &p.pending[n-1]
+		run.count++
+		run.end = c.end
+		p.refuseUnkept(s, c)
+		return
+	}
+	if n < maxPending {
+		p.pending = append(p.pending, c)
+		return
+	}
+	s.t.stats.PendingOverflow++
+	s.logf(logPending, levelWarn, "too many commands without a reply; further ones are counted, not kept",
+		"session", s.ID, "limit", maxPending)
+	p.pending = append(p.pending, pendingCommand{verb: parser.VerbOther, count: 1, end: c.end, firstEnd: c.end, firstKnown: true, time: c.time})
+	p.refuseUnkept(s, c)
+}
+
+func (p *pairing) refuseUnkept(s *Session, c pendingCommand) {
+	if c.verb.IsActive() && c.valid {
+		s.t.refuse(s, s.activeChannel(c.cmd, c.time),
+			fmt.Sprintf("more than %d commands were waiting for a reply; this one was not kept", maxPending))
+	}
+}
+
+// answerStatus says what a final reply answers.
+type answerStatus uint8
+
+const (
+	answered    answerStatus = iota // cmd is the command it answers
+	unsolicited                     // no command: the server wrote it before receiving any waiting one
+	uncertain                       // pairing is out of step
+)
+
+// answer pops the command a final reply answers. ack is the
+// acknowledgement number of the segment the reply began in, passive the
+// command a 227/228/229 needs (VerbOther for any other reply).
+func (p *pairing) answer(s *Session, ack uint32, passive parser.Verb) (pendingCommand, answerStatus) {
+	if !p.inStep {
+		if passive != parser.VerbOther {
+			for i, c := range p.pending {
+				if c.count == 0 && c.verb == passive && !c.cmd.All && seqAtLeast(ack, c.end) {
+					// The commands before it were answered before it.
+					for _, b := range p.pending[:i] {
+						if b.count == 0 && b.verb.IsActive() && b.valid {
+							s.t.refuse(s, s.activeChannel(b.cmd, b.time), "pairing of replies with commands is uncertain: "+p.why)
+						}
+					}
+					p.pending = p.pending[:copy(p.pending, p.pending[i+1:])]
+					return c, answered
+				}
+			}
+		}
+		if len(p.pending) > 0 && p.fits(ack) {
+			c := p.pop()
+			if c.count == 0 && c.verb.IsActive() && c.valid {
+				s.t.refuse(s, s.activeChannel(c.cmd, c.time), "pairing of replies with commands is uncertain: "+p.why)
+			}
+		}
+		return pendingCommand{}, uncertain
+	}
+	if len(p.pending) == 0 {
+		return pendingCommand{}, unsolicited
+	}
+	front := &p.pending[0]
+	if front.count > 0 && !front.firstKnown && !seqAtLeast(ack, front.end) {
+		// Somewhere inside a run of commands whose ends are not kept.
+		p.outOfStep(s, "too many commands were waiting for a reply")
+		return pendingCommand{}, uncertain
+	}
+	if !p.fits(ack) {
+		return pendingCommand{}, unsolicited
+	}
+	return p.pop(), answered
+}
+
+// fits reports whether the front command ends at or before ack.
+func (p *pairing) fits(ack uint32) bool {
+	f := &p.pending[0]
+	if f.count > 0 {
+		if f.firstKnown {
+			return seqAtLeast(ack, f.firstEnd)
+		}
+		return seqAtLeast(ack, f.end)
+	}
+	return seqAtLeast(ack, f.end)
+}
+
+// pop removes the front command. It shifts the rest down rather than
+// reslicing, so the queue keeps its array and the next command costs no
+// allocation.
+func (p *pairing) pop() pendingCommand {
+	f := &p.pending[0]
+	if f.count > 1 {
+		f.count--
+		f.firstKnown = false // the next one ends somewhere up to f.end
+		return pendingCommand{verb: parser.VerbOther, count: 1}
+	}
+	c := *f
+	n := copy(p.pending, p.pending[1:])
+	p.pending[n] = pendingCommand{}
+	p.pending = p.pending[:n]
+	return c
+}
+
+// quietPoint reports whether command line l was sent at a moment when,
+// by both sides' acknowledgements, the client had received every byte
+// ftpgate has seen from the server, the server had received every client
+// byte before l when it last sent data, and that data ended a final
+// reply: nothing was in flight either way, so the next final reply the
+// server writes after receiving l answers l.
+func (s *Session) quietPoint(l line) bool {
+	p := &s.pair
+	srv := &s.h[fromServer]
+	switch {
+	case p.distrusted != "", !l.framed, !srv.started, !srv.lastAckOK, len(srv.wait) > 0:
+		return false
+	case !s.lines[fromServer].empty(), s.reply.inMulti, !s.reply.atFinal:
+		return false
+	}
+	return !seqAfter(srv.delivered, l.ack) && !seqAfter(l.start, srv.lastAck)
+}
+
+// reply is the server reply being read.
+type reply struct {
+	code    int
+	inMulti bool
+	ack     uint32 // acknowledgement number of the segment its first line came in
+	addr    netip.AddrPort
+	port    uint16
+	found   bool
+	err     error
+	atFinal bool // the latest complete server line ended a final reply
+}

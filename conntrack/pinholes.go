@@ -1,0 +1,283 @@
+package conntrack
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/ftpgate/ftpgate/rules"
+)
+
+// pinhole is an open pinhole and the session that asked for it.
+type pinhole struct {
+	key     rules.Pinhole
+	session *Session
+	channel Channel
+	expires time.Time
+	// fresh: no element of this key was in the kernel when it opened,
+	// so an add not yet committed can simply be cancelled.
+	fresh bool
+	// Set once closed while its log line waits for a usage report.
+	closeReason string
+	logBy       time.Time
+}
+
+// decide asks the policy and the caps about a channel the protocol
+// allows, and opens its pinhole or refuses it.
+func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
+	if reason := t.policy.Check(ch, announcer); reason != "" {
+		t.refuse(s, ch, reason)
+		return
+	}
+	key := ch.Pinhole()
+	old, replaced := t.pinholes[key]
+	if replaced {
+		// The same hole again (a server reusing its passive port): it
+		// now belongs to this announcement.
+		t.dropFromSession(old)
+		delete(t.pinholes, key)
+	}
+	switch {
+	case len(s.pinholes) >= t.cfg.MaxPinholesPerSession:
+		t.refuse(s, ch, "session has reached its pinhole cap")
+		return
+	case len(t.pinholes) >= t.cfg.MaxPinholes:
+		t.refuse(s, ch, "pinhole cap reached for the whole gateway")
+		return
+	}
+	t.dirty = true
+	if err := t.fw.AddPinhole(key, t.cfg.PinholeTimeout); err != nil {
+		t.stats.BackendErrors++
+		t.refuse(s, ch, "firewall backend: "+err.Error())
+		return
+	}
+	_, closing := t.closing[key]
+	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(t.cfg.PinholeTimeout), fresh: !replaced && !closing}
+	if t.now.After(ch.Time) {
+		p.expires = t.now.Add(t.cfg.PinholeTimeout)
+	}
+	t.pinholes[key] = p
+	s.pinholes = append(s.pinholes, p)
+	ch.Verdict = VerdictOpen
+	ch.Reason = acceptReason(ch)
+	t.stats.ChannelsOpened++
+	t.logChannel(slog.LevelInfo, "channel open", ch)
+	if t.cfg.OnChannel != nil {
+		t.cfg.OnChannel(ch)
+	}
+}
+
+func acceptReason(ch Channel) string {
+	if ch.Passive {
+		return "reply to the client's " + ch.Command.String()
+	}
+	return ch.Command.String() + " accepted by the server"
+}
+
+// refuse records a channel that does not open. Every refusal reaches
+// OnChannel; the log lines of one session are rate-limited, since a peer
+// can make them as often as it likes.
+func (t *Tracker) refuse(s *Session, ch Channel, reason string) {
+	ch.Verdict = VerdictRefuse
+	ch.Reason = reason
+	t.stats.ChannelsRefused++
+	if t.log.Enabled(context.Background(), slog.LevelWarn) {
+		if ok, held := s.limiter.allow(logRefused, t.now); ok {
+			attrs := channelAttrs(ch)
+			if held > 0 {
+				attrs = append(attrs, "suppressed_before", held)
+			}
+			t.log.Warn("channel refused", attrs...)
+		}
+	}
+	if t.cfg.OnChannel != nil {
+		t.cfg.OnChannel(ch)
+	}
+}
+
+// logChannel logs ch, building its attributes only if the level is on:
+// at thousands of channels a second, the address strings of lines nobody
+// reads were most of the packet path's allocations.
+func (t *Tracker) logChannel(level slog.Level, msg string, ch Channel) {
+	if t.log.Enabled(context.Background(), level) {
+		t.log.Log(context.Background(), level, msg, channelAttrs(ch)...)
+	}
+}
+
+func channelAttrs(ch Channel) []any {
+	return []any{
+		"session", ch.Session, "command", ch.Command.String(), "passive", ch.Passive,
+		"orig_h", ch.OrigH.String(), "resp_h", ch.RespH.String(), "resp_p", ch.RespP,
+		"reason", ch.Reason,
+	}
+}
+
+// HeldVerdict is what becomes of a data SYN the kernel held because it
+// found no pinhole (see AdmitHeldSYN).
+type HeldVerdict uint8
+
+const (
+	// HeldPass lets the SYN go on to the admin's rules, which drop it.
+	HeldPass HeldVerdict = iota
+	// HeldAdmit sends it through ftpgate's chain again with the mark:
+	// ftpgate used up its pinhole, which never reached the kernel.
+	HeldAdmit
+	// HeldRetry sends it through ftpgate's chain again without the
+	// mark: its pinhole is in the kernel, whose consume rule alone may
+	// use it up, so that two SYNs racing on two CPUs cannot both pass.
+	HeldRetry
+)
+
+// AdmitHeldSYN decides on a data SYN (a raw IP packet) that the kernel
+// held because it found no pinhole. Call it after the copies logged
+// before the SYN have been handled.
+//
+// A pinhole that was never committed is used up here, exactly once,
+// since only this goroutine decides on it: it is closed, its add is
+// cancelled, and it is logged as used. A pinhole that is in the kernel,
+// or about to be, belongs to the kernel's atomic consume rule: the SYN is
+// retried there once, and if it comes back, the kernel had no pinhole
+// left for it.
+func (t *Tracker) AdmitHeldSYN(data []byte) HeldVerdict {
+	t.stats.SYNsHeld++
+	var seg segment
+	if decode(data, LinkTypeRawIP, &seg) != decodedTCP || !seg.has(flagSYN) || seg.has(flagACK) {
+		return HeldPass
+	}
+	key := rules.Pinhole{Peer: seg.src.Addr(), Addr: seg.dst.Addr(), Port: seg.dst.Port()}
+	p, open := t.pinholes[key]
+	if !open {
+		return HeldPass
+	}
+	if p.fresh && t.fw.CancelAdd(key) {
+		t.stats.AddsCancelled++
+		delete(t.pinholes, key)
+		t.dropFromSession(p)
+		t.stats.SYNsAdmitted++
+		t.stats.PinholesConsumed++
+		t.logClosed(p, "data connection started")
+		return HeldAdmit
+	}
+	id := heldSYN{src: seg.src, dst: seg.dst, seq: seg.seq}
+	if _, again := t.retried[id]; again {
+		delete(t.retried, id)
+		return HeldPass
+	}
+	if len(t.retried) >= maxRetried {
+		clear(t.retried)
+	}
+	t.retried[id] = t.now
+	if t.dirty {
+		// Its element must be in the kernel when the SYN meets the
+		// consume rule again.
+		if err := t.Commit(); err != nil {
+			t.log.Error("committing a pinhole for a held SYN", "error", err)
+		}
+	}
+	t.stats.SYNsRetried++
+	return HeldRetry
+}
+
+// heldSYN names a data SYN sent back to the kernel once.
+type heldSYN struct {
+	src, dst netip.AddrPort
+	seq      uint32
+}
+
+// maxRetried bounds the SYNs remembered as retried; they are forgotten
+// after retriedFor.
+const (
+	maxRetried = 4096
+	retriedFor = 3 * time.Second
+)
+
+// PinholeConsumed records that the kernel removed p because its data
+// connection started. Reports of pinholes ftpgate no longer tracks (a
+// retransmitted report, or one closed meanwhile) are ignored.
+func (t *Tracker) PinholeConsumed(key rules.Pinhole) {
+	if p, ok := t.closing[key]; ok {
+		// Closed for a session reason meanwhile, but it had been used:
+		// the report says why it really closed.
+		delete(t.closing, key)
+		t.stats.PinholesConsumed++
+		t.logClosed(p, "data connection started")
+		return
+	}
+	p, ok := t.pinholes[key]
+	if !ok {
+		return
+	}
+	delete(t.pinholes, key)
+	t.dropFromSession(p)
+	t.stats.PinholesConsumed++
+	t.logClosed(p, "data connection started")
+}
+
+// closeSessionPinholes closes every open pinhole of s.
+func (t *Tracker) closeSessionPinholes(s *Session, reason string) {
+	for len(s.pinholes) > 0 {
+		p := s.pinholes[0]
+		t.closePinhole(p.key, p, reason)
+	}
+}
+
+func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
+	if cur, ok := t.pinholes[key]; ok && cur == p {
+		delete(t.pinholes, key)
+		t.removeFromBackend(p)
+	}
+	t.dropFromSession(p)
+	t.stats.PinholesClosed++
+	if t.cfg.ReportWindow > 0 {
+		p.closeReason, p.logBy = reason, t.now.Add(t.cfg.ReportWindow)
+		if old, ok := t.closing[key]; ok && old != p {
+			t.logClosed(old, old.closeReason)
+		}
+		t.closing[key] = p
+		return
+	}
+	t.logClosed(p, reason)
+}
+
+// removeFromBackend takes p's element out of the kernel: an add still
+// waiting for its commit is cancelled, so the kernel never sees it;
+// anything else is deleted at the next Commit.
+func (t *Tracker) removeFromBackend(p *pinhole) {
+	if p.fresh && t.fw.CancelAdd(p.key) {
+		t.stats.AddsCancelled++
+		return
+	}
+	t.dirty = true
+	if err := t.fw.DelPinhole(p.key); err != nil {
+		t.stats.BackendErrors++
+		t.log.Error("closing pinhole", "pinhole", p.key.String(), "error", err)
+	}
+}
+
+func (t *Tracker) logClosed(p *pinhole, reason string) {
+	if !t.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	t.log.Info("channel closed", "session", p.channel.Session, "command", p.channel.Command.String(),
+		"orig_h", p.key.Peer.String(), "resp_h", p.key.Addr.String(), "resp_p", p.key.Port, "reason", reason)
+}
+
+// logClosing writes the pending log lines of closed pinholes whose report
+// window has passed, or all of them.
+func (t *Tracker) logClosing(now time.Time, all bool) {
+	for k, p := range t.closing {
+		if all || !now.Before(p.logBy) {
+			delete(t.closing, k)
+			t.logClosed(p, p.closeReason)
+		}
+	}
+}
+
+func (t *Tracker) dropFromSession(p *pinhole) {
+	s := p.session
+	if i := slices.Index(s.pinholes, p); i >= 0 {
+		s.pinholes = slices.Delete(s.pinholes, i, i+1)
+	}
+}
