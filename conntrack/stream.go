@@ -19,9 +19,9 @@ func dirName(dir int) string {
 }
 
 // Sequence-number arithmetic modulo 2^32 (RFC 793 section 3.3).
-func seqDiff(a, b uint32) int32    { return int32(a - b) }
-func seqAfter(a, b uint32) bool    { return seqDiff(a, b) > 0 }
-func seqAtLeast(a, b uint32) bool  { return seqDiff(a, b) >= 0 }
+func seqDiff(a, b uint32) int32   { return int32(a - b) }
+func seqAfter(a, b uint32) bool   { return seqDiff(a, b) > 0 }
+func seqAtLeast(a, b uint32) bool { return seqDiff(a, b) >= 0 }
 func seqMax(a, b uint32) uint32 {
 	if seqAfter(a, b) {
 		return a

@@ -43,7 +43,7 @@ const (
 	closeLinger = time.Minute
 	// tombstoneFor is how long the segments of an ended control
 	// connection are recognised and ignored rather than picked up anew.
-	tombstoneFor = 2 * time.Minute
+	tombstoneFor  = 2 * time.Minute
 	maxTombstones = 65536
 )
 
@@ -523,4 +523,3 @@ func (t *Tracker) Commit() error {
 	}
 	return err
 }
-
