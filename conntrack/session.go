@@ -156,6 +156,7 @@ func (s *Session) accept(d int, seg *segment, now time.Time) {
 		data = data[:max(0, int(seqDiff(h.finSeq, seq)))]
 	}
 	if len(data) == 0 {
+		h.passFin()
 		return
 	}
 	if h.differs(seq, data) {
@@ -206,6 +207,7 @@ func (s *Session) pullOutOfOrder(d int, now time.Time) {
 	if len(h.ooo) == 0 {
 		h.ooo = nil
 	}
+	h.passFin()
 }
 
 // causal reports whether bytes of d, sent by a host that had received the
@@ -240,6 +242,7 @@ func (s *Session) release(now time.Time) {
 			if len(h.wait) == 0 {
 				h.wait = nil
 			}
+			h.passFin()
 		}
 		if progress || s.ended {
 			continue
@@ -367,8 +370,7 @@ func (s *Session) conflict(d int) {
 func (s *Session) checkClosed(now time.Time) {
 	closed := 0
 	for d := range 2 {
-		h := &s.h[d]
-		if h.fin && h.delivered == h.finSeq && len(h.wait) == 0 {
+		if s.h[d].closed {
 			closed++
 		}
 	}

@@ -109,6 +109,22 @@ type half struct {
 	lastAckOK bool
 }
 
+// passFin takes a FIN that is now in order: it occupies one sequence
+// number, which the receiver acknowledges like a byte. The direction is
+// closed once everything before the FIN was delivered.
+func (h *half) passFin() {
+	if !h.fin {
+		return
+	}
+	if h.next == h.finSeq {
+		h.next++
+	}
+	if h.delivered == h.finSeq && h.next == h.finSeq+1 && len(h.wait) == 0 {
+		h.delivered++
+		h.closed = true
+	}
+}
+
 func (h *half) start(seq uint32) {
 	h.started = true
 	h.next, h.delivered, h.keptSeq = seq, seq, seq

@@ -11,11 +11,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // Names an admin sees in `nft list table inet ftpgate`.
@@ -26,20 +22,6 @@ const (
 	PeersV4      = "ftp_control_peers_v4"
 	PeersV6      = "ftp_control_peers_v6"
 )
-
-// Chain names by hook. Each chain runs just before the default filter
-// priority so the mark is set before the admin's own rules test it.
-var chainHooks = []struct {
-	name string
-	hook *nftables.ChainHook
-}{
-	{"mark_ftp_data_forward", nftables.ChainHookForward},
-	{"mark_ftp_data_input", nftables.ChainHookInput},
-	{"mark_ftp_data_output", nftables.ChainHookOutput},
-}
-
-// ChainPriority is the priority of ftpgate's chains: "filter - 10".
-const ChainPriority = -10
 
 // Config says how the nftables backend sets itself up.
 type Config struct {
@@ -129,50 +111,38 @@ func (n *Nftables) setup(raw *netlink.Conn) error {
 	if raw == nil {
 		return fmt.Errorf("%w: no netlink socket", ErrNoNftables)
 	}
-	if err := createOwnedTable(raw, name); err != nil {
+	if err := createOwnedTable(raw, name, n.cfg.MaxPinholes); err != nil {
 		if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EPERM) {
 			return fmt.Errorf("%w: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, err)
 		}
 		return fmt.Errorf("%w: %v", ErrNoNftables, err)
 	}
 	n.table = &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
-	n.set4 = n.newSet(SetV4, nftables.TypeIPAddr)
-	n.set6 = n.newSet(SetV6, nftables.TypeIP6Addr)
+	n.set4 = n.pinholeSet(SetV4, nftables.TypeIPAddr)
+	n.set6 = n.pinholeSet(SetV6, nftables.TypeIP6Addr)
 	n.peers4 = n.newPeersSet(PeersV4, nftables.TypeIPAddr)
 	n.peers6 = n.newPeersSet(PeersV6, nftables.TypeIP6Addr)
-	for _, s := range []*nftables.Set{n.set4, n.set6, n.peers4, n.peers6} {
+	for _, s := range []*nftables.Set{n.peers4, n.peers6} {
 		if err := n.conn.AddSet(s, nil); err != nil {
 			return fmt.Errorf("adding set %s: %w", s.Name, err)
 		}
 	}
-	for _, c := range chainHooks {
+	for _, c := range dataChains {
 		chain := n.conn.AddChain(&nftables.Chain{
 			Name:     c.name,
 			Table:    n.table,
 			Type:     nftables.ChainTypeFilter,
 			Hooknum:  c.hook,
-			Priority: nftables.ChainPriorityRef(ChainPriority),
+			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(c.priority)),
 		})
-		n.conn.AddRule(n.consumeRule(chain, n.set4, 12, 4))
-		n.conn.AddRule(n.consumeRule(chain, n.set6, 8, 16))
+		for _, r := range dataChainRules(c, n.params(), chain) {
+			n.conn.AddRule(r)
+		}
 	}
 	if err := n.conn.Flush(); err != nil {
 		return fmt.Errorf("%w: creating sets and chains in table inet %s: %v", ErrNoNftables, name, err)
 	}
 	return nil
-}
-
-func (n *Nftables) newSet(name string, addr nftables.SetDatatype) *nftables.Set {
-	return &nftables.Set{
-		Table:         n.table,
-		Name:          name,
-		KeyType:       nftables.MustConcatSetType(addr, addr, nftables.TypeInetService),
-		Concatenation: true,
-		HasTimeout:    true,
-		Dynamic:       true,
-		Size:          n.cfg.MaxPinholes,
-		Comment:       "announced FTP data connections: connecting peer . announced address . announced port",
-	}
 }
 
 func (n *Nftables) newPeersSet(name string, addr nftables.SetDatatype) *nftables.Set {
@@ -187,73 +157,13 @@ func (n *Nftables) newPeersSet(name string, addr nftables.SetDatatype) *nftables
 	}
 }
 
-// consumeRule builds, for one address family (saddr at offset off, len
-// alen, daddr right after it):
-//
-//	tcp flags & (syn | ack) == syn ct state new \
-//	  ip saddr . ip daddr . tcp dport @SET \
-//	  ct mark set ct mark & ~MASK | MARK \
-//	  delete @SET { ip saddr . ip daddr . tcp dport } counter \
-//	  log prefix "ftpgate: pinhole used" group LOGGROUP snaplen 128 accept
-//
-// The lookup and the delete run in the packet path, so a pinhole admits
-// one connection no matter how fast its SYN follows the announcement of
-// the commit; the ct mark then carries retransmitted SYNs of that very
-// connection past the admin's ruleset. The accept ends only ftpgate's
-// chain; the admin's chain still decides, by the mark.
-func (n *Nftables) consumeRule(chain *nftables.Chain, set *nftables.Set, off, alen uint32) *nftables.Rule {
-	nfproto := byte(unix.NFPROTO_IPV4)
-	if alen == 16 {
-		nfproto = unix.NFPROTO_IPV6
-	}
-	keyReg := uint32(8) // NFT_REG32_00: concatenations use 32-bit registers
-	daddrReg := keyReg + alen/4
-	portReg := daddrReg + alen/4
-	// NFT_REG_4 (32-bit registers 20-23) lies past the longest key (IPv6:
-	// registers 8-16); NFT_REG_1 would overlap the key and corrupt it.
-	const markReg = 4
-	zero := []byte{0, 0, 0, 0}
-	ne := binaryutil.NativeEndian.PutUint32
-	exprs := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x12}, Xor: []byte{0}},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne(expr.CtStateBitNEW), Xor: zero},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: zero},
-		&expr.Payload{DestRegister: keyReg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: alen},
-		&expr.Payload{DestRegister: daddrReg, Base: expr.PayloadBaseNetworkHeader, Offset: off + alen, Len: alen},
-		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: keyReg, SetName: set.Name, SetID: set.ID},
-		&expr.Ct{Register: markReg, Key: expr.CtKeyMARK},
-		&expr.Bitwise{SourceRegister: markReg, DestRegister: markReg, Len: 4, Mask: ne(^n.cfg.MarkMask), Xor: ne(n.cfg.Mark)},
-		&expr.Ct{Register: markReg, Key: expr.CtKeyMARK, SourceRegister: true},
-		&expr.Dynset{SrcRegKey: keyReg, SetName: set.Name, SetID: set.ID, Operation: dynsetOpDelete},
-		&expr.Counter{},
-	}
-	if n.cfg.LogGroup != 0 {
-		exprs = append(exprs, &expr.Log{
-			Key:     1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_SNAPLEN,
-			Data:    []byte(LogPrefixUsed),
-			Group:   n.cfg.LogGroup,
-			Snaplen: consumedSnaplen,
-		})
-	}
-	exprs = append(exprs, &expr.Verdict{Kind: expr.VerdictAccept})
-	return &nftables.Rule{
-		Table:    n.table,
-		Chain:    chain,
-		Exprs:    exprs,
-		UserData: userdata.AppendString(nil, userdata.TypeComment, "first packet of an announced FTP data connection: mark it, close the pinhole"),
+// params are the rules' inputs common to every capture.
+func (n *Nftables) params() ruleParams {
+	return ruleParams{
+		table: n.table, mark: n.cfg.Mark, mask: n.cfg.MarkMask, logGroup: n.cfg.LogGroup,
+		set4: n.set4, set6: n.set6, peers4: n.peers4, peers6: n.peers6,
 	}
 }
-
-// dynsetOpDelete is NFT_DYNSET_OP_DELETE (Linux 5.14).
-const dynsetOpDelete = 2
 
 // key encodes a pinhole as its set key: peer . addr . port, each field
 // padded to a multiple of four bytes as concatenations require.

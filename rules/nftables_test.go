@@ -114,6 +114,7 @@ func TestOpenCreatesReadableTable(t *testing.T) {
 		type ipv4_addr . ipv4_addr . inet_service
 		size 1024
 		flags dynamic,timeout
+		limit rate 1/week burst 1 packets
 		comment "announced FTP data connections: connecting peer . announced address . announced port"
 	}
 
@@ -121,6 +122,7 @@ func TestOpenCreatesReadableTable(t *testing.T) {
 		type ipv6_addr . ipv6_addr . inet_service
 		size 1024
 		flags dynamic,timeout
+		limit rate 1/week burst 1 packets
 		comment "announced FTP data connections: connecting peer . announced address . announced port"
 	}
 
@@ -140,8 +142,11 @@ func TestOpenCreatesReadableTable(t *testing.T) {
 
 	chain mark_ftp_data_forward {
 		type filter hook forward priority filter - 10; policy accept;
-		tcp flags syn / syn,ack ct state new ip saddr . ip daddr . tcp dport @ftp_data_pinholes_v4 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v4 { ip saddr . ip daddr . tcp dport } counter packets 0 bytes 0 accept comment "first packet of an announced FTP data connection: mark it, close the pinhole"
-		tcp flags syn / syn,ack ct state new ip6 saddr . ip6 daddr . tcp dport @ftp_data_pinholes_v6 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v6 { ip6 saddr . ip6 daddr . tcp dport } counter packets 0 bytes 0 accept comment "first packet of an announced FTP data connection: mark it, close the pinhole"
+		meta l4proto != tcp return comment "not TCP: nothing for ftpgate"
+		@th,104,8 & 0x12 != 0x2 return comment "not a SYN: nothing for ftpgate"
+		fib saddr . iif oif 0 return comment "source not routed back through the interface it came in on: forged"
+		ct state new ip saddr . ip daddr . th dport @ftp_data_pinholes_v4 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v4 { ip saddr . ip daddr . th dport } counter packets 0 bytes 0 accept comment "first packet of an announced FTP data connection: mark it, close the pinhole"
+		ct state new ip6 saddr . ip6 daddr . th dport @ftp_data_pinholes_v6 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v6 { ip6 saddr . ip6 daddr . th dport } counter packets 0 bytes 0 accept comment "first packet of an announced FTP data connection: mark it, close the pinhole"
 	}
 `
 	// The input and output chains repeat the forward chain's rules.
@@ -182,7 +187,7 @@ func TestAddDelPinhole(t *testing.T) {
 		t.Errorf("elements after add (-want +got):\n%s", diff)
 	}
 	set := nft(t, ns, "list", "set", "inet", "ftpgate", SetV4)
-	if !strings.Contains(set, "192.0.2.10 . 198.51.100.20 . 40001 timeout 1m expires") {
+	if !strings.Contains(set, "192.0.2.10 . 198.51.100.20 . 40001 limit rate 1/week burst 1 packets timeout 1m expires") {
 		t.Errorf("element with key and timeout not listed:\n%s", set)
 	}
 	// Adding again is idempotent.
@@ -512,7 +517,7 @@ func TestHeldSYNFlushesBatchedCopies(t *testing.T) {
 	// Traffic that cannot concern ftpgate leaves the chain first.
 	order := []string{
 		"meta l4proto != tcp return",
-		fmt.Sprintf("tcp flags ! syn tcp sport != %d tcp dport != %d return", ctlPort, ctlPort),
+		"@th,104,8 & 0x12 != 0x2 return",
 		"meta mark & 0x01000000 == 0x01000000",
 	}
 	for i, at := 0, -1; i < len(order); i++ {

@@ -201,7 +201,7 @@ func TestPinholeLifecycle(t *testing.T) {
 	if _, err := fmt.Sscanf(replies[1][strings.Index(replies[1], "(")+1:], "%d,%d,%d,%d,%d,%d", &h[0], &h[1], &h[2], &h[3], &p1, &p2); err != nil {
 		t.Fatalf("second reply %q: %v", replies[1], err)
 	}
-	want := fmt.Sprintf("192.0.2.10 . 198.51.100.20 . %d timeout 3s", p1*256+p2)
+	want := fmt.Sprintf("192.0.2.10 . 198.51.100.20 . %d limit rate 1/week burst 1 packets timeout 3s", p1*256+p2)
 	deadline := time.Now().Add(2 * time.Second)
 	var p []string
 	for {

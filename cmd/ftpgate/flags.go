@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ftpgate/ftpgate/conntrack"
+	"github.com/ftpgate/ftpgate/rules"
 )
 
 // portList is a comma-separated list of TCP ports.
@@ -116,6 +117,9 @@ func (f *trackerFlags) config(log *slog.Logger) (conntrack.Config, error) {
 	}
 	if f.pinholeTimeout < time.Second || f.idleTimeout < time.Second {
 		return conntrack.Config{}, fmt.Errorf("--pinhole-timeout and --idle-timeout must be at least 1s")
+	}
+	if f.pinholeTimeout > rules.MaxPinholeTimeout*time.Second {
+		return conntrack.Config{}, fmt.Errorf("--pinhole-timeout %v: at most %v", f.pinholeTimeout, rules.MaxPinholeTimeout*time.Second)
 	}
 	return conntrack.Config{
 		ControlPorts:          f.controlPorts,

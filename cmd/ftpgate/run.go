@@ -177,6 +177,7 @@ Flags:
 			return err
 		}
 		queue = src
+		cfg.Inline = true
 		captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
 			*nflogGroup, *queueNum, mode)
 	default:
