@@ -30,13 +30,21 @@ func newConn(t testing.TB, client, server string) *conn {
 }
 
 // packet builds an Ethernet frame from one side with the given flags,
-// sequence number and payload.
+// sequence number and payload, acknowledging everything the other side
+// has sent.
 func (c *conn) packet(fromClient bool, seq uint32, flags string, payload []byte) []byte {
-	src, dst := c.client, c.server
 	ack := c.sseq
 	if !fromClient {
-		src, dst = c.server, c.client
 		ack = c.cseq
+	}
+	return c.segment(fromClient, seq, ack, flags, payload)
+}
+
+// segment builds an Ethernet frame with an explicit acknowledgement number.
+func (c *conn) segment(fromClient bool, seq, ack uint32, flags string, payload []byte) []byte {
+	src, dst := c.client, c.server
+	if !fromClient {
+		src, dst = c.server, c.client
 	}
 	tcp := &layers.TCP{
 		SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()),
@@ -155,4 +163,44 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func pin(peer, addr string, port uint16) rules.Pinhole {
 	return rules.Pinhole{Peer: netip.MustParseAddr(peer), Addr: netip.MustParseAddr(addr), Port: port}
+}
+
+// sendAck is send with an explicit acknowledgement number.
+func (c *conn) sendAck(fromClient bool, ack uint32, data string) []byte {
+	if fromClient {
+		p := c.segment(true, c.cseq, ack, "A", []byte(data))
+		c.cseq += uint32(len(data))
+		return p
+	}
+	p := c.segment(false, c.sseq, ack, "A", []byte(data))
+	c.sseq += uint32(len(data))
+	return p
+}
+
+// badSum returns a copy of an Ethernet frame whose TCP checksum is wrong.
+func badSum(frame []byte) []byte {
+	p := append([]byte(nil), frame...)
+	ip := p[14:]
+	off := 40
+	if ip[0]>>4 == 4 {
+		off = int(ip[0]&0x0f) * 4
+	}
+	ip[off+16] ^= 0x5a
+	return p
+}
+
+// withDestOpts inserts an IPv6 destination options header (a PadN
+// option) between the IPv6 header and TCP of an Ethernet frame.
+func withDestOpts(frame []byte) []byte {
+	ip := frame[14:]
+	if ip[0]>>4 != 6 {
+		panic("not IPv6")
+	}
+	ext := []byte{ip[6], 0, 1, 4, 0, 0, 0, 0} // next header TCP, 8 bytes, PadN
+	out := append([]byte(nil), frame[:14+40]...)
+	out[14+6] = 60
+	plen := int(out[14+4])<<8 | int(out[14+5]) + len(ext)
+	out[14+4], out[14+5] = byte(plen>>8), byte(plen)
+	out = append(out, ext...)
+	return append(out, ip[40:]...)
 }

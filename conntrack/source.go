@@ -245,9 +245,9 @@ func (t *Tracker) RunInline(ctx context.Context, q *QueueSource, lr *rules.LogRe
 			break
 		}
 		if lr.Lost != t.stats.CopiesLost {
-			t.log.Warn("copies of control traffic lost (NFLOG socket overflowed); their sessions resynchronise at the next line",
-				"overflows", lr.Lost)
 			t.stats.CopiesLost = lr.Lost
+			t.warnCap(2, "copies of control traffic lost (NFLOG socket overflowed); sessions that lost bytes refuse active mode from then on",
+				"overflows_so_far", lr.Lost)
 		}
 		control := false
 		for i, p := range held.Packets {
@@ -259,7 +259,10 @@ func (t *Tracker) RunInline(ctx context.Context, q *QueueSource, lr *rules.LogRe
 			}
 		}
 		if control {
-			commit("committing control session peers")
+			// Only the peers: pinholes keep their commit delay.
+			if err := t.CommitPeers(); err != nil {
+				t.log.Error("committing control session peers", "error", err)
+			}
 		}
 		// Release whatever the commit said: a failed commit must not cut
 		// the control connection.
@@ -272,8 +275,11 @@ func (t *Tracker) RunInline(ctx context.Context, q *QueueSource, lr *rules.LogRe
 		if !now.Before(nextExpire) {
 			t.Expire(now)
 			nextExpire = now.Add(time.Second)
-			commit("committing expired pinholes")
-		} else if !dirtySince.IsZero() && now.Sub(dirtySince) >= t.cfg.CommitDelay {
+			if t.dirty && dirtySince.IsZero() {
+				dirtySince = now
+			}
+		}
+		if !dirtySince.IsZero() && now.Sub(dirtySince) >= t.cfg.CommitDelay {
 			commit("committing pinholes")
 		} else if !t.dirty {
 			dirtySince = time.Time{}

@@ -183,7 +183,7 @@ type Tracker struct {
 	retried   map[heldSYN]time.Time
 	stats     Stats
 	now       time.Time
-	capWarned [2]time.Time
+	capWarned [3]time.Time
 	dirty     bool // backend changes queued since the last Commit
 	// peers counts the sessions of each pair of hosts, which the backend
 	// holds as one element while the count is above zero.
@@ -511,6 +511,17 @@ func (t *Tracker) CloseAll(reason string) {
 		t.closePinhole(k, p, reason)
 	}
 	t.logClosing(t.now, true)
+}
+
+// CommitPeers applies the queued changes of control session peers only:
+// a control SYN waits for its peers, not for the pinholes queued with
+// them, which keep their commit delay.
+func (t *Tracker) CommitPeers() error {
+	err := t.fw.CommitPeers()
+	if err != nil {
+		t.stats.BackendErrors++
+	}
+	return err
 }
 
 // Commit applies the pinhole changes queued since the last Commit in one

@@ -231,12 +231,15 @@ func (n *Nftables) queue(o op) error {
 // Commit sends every queued change in one netlink batch. If the batch
 // fails, each change is retried on its own so that one bad element does
 // not keep the others out; the first error is returned.
-func (n *Nftables) Commit() error {
-	if len(n.pending) == 0 {
+func (n *Nftables) Commit() error { return n.commit(n.take(false)) }
+
+// CommitPeers sends the queued changes of control session peers.
+func (n *Nftables) CommitPeers() error { return n.commit(n.take(true)) }
+
+func (n *Nftables) commit(ops []op) error {
+	if len(ops) == 0 {
 		return nil
 	}
-	ops := n.pending
-	n.pending = n.pending[:0]
 	for _, o := range ops {
 		if err := n.queue(o); err != nil {
 			return fmt.Errorf("queueing %v: %w", o, err)

@@ -68,6 +68,9 @@ type Backend interface {
 	CancelAdd(p Pinhole) bool
 	// Commit applies everything queued, atomically where the backend can.
 	Commit() error
+	// CommitPeers applies the queued changes of peers only; pinhole
+	// changes stay queued.
+	CommitPeers() error
 	// Close removes everything the backend created.
 	Close() error
 }
@@ -168,6 +171,26 @@ func (q *opQueue) AddPeers(p Peers) error { return q.enqueue(newPeersOp(p, true)
 // idempotent like DelPinhole.
 func (q *opQueue) DelPeers(p Peers) error { return q.enqueue(newPeersOp(p, false)) }
 
+// take removes and returns the queued changes, all or only those of peers.
+func (q *opQueue) take(onlyPeers bool) []op {
+	if !onlyPeers {
+		ops := q.pending
+		q.pending = q.pending[:0]
+		return ops
+	}
+	var peers []op
+	kept := q.pending[:0]
+	for _, o := range q.pending {
+		if o.peers.Client.IsValid() {
+			peers = append(peers, o)
+		} else {
+			kept = append(kept, o)
+		}
+	}
+	q.pending = kept
+	return peers
+}
+
 // CancelAdd removes the last queued add of p, if no change of p follows it.
 func (q *opQueue) CancelAdd(p Pinhole) bool {
 	for i := len(q.pending) - 1; i >= 0; i-- {
@@ -183,11 +206,15 @@ func (q *opQueue) CancelAdd(p Pinhole) bool {
 	return false
 }
 
-func (d *DryRun) Commit() error {
-	if len(d.pending) == 0 {
+func (d *DryRun) Commit() error { return d.commit(d.take(false)) }
+
+func (d *DryRun) CommitPeers() error { return d.commit(d.take(true)) }
+
+func (d *DryRun) commit(ops []op) error {
+	if len(ops) == 0 {
 		return nil
 	}
-	for _, op := range d.pending {
+	for _, op := range ops {
 		if op.peers.Client.IsValid() {
 			if op.add {
 				d.Peers[op.peers] = true
@@ -204,7 +231,6 @@ func (d *DryRun) Commit() error {
 			d.Dels++
 		}
 	}
-	d.pending = d.pending[:0]
 	d.Commits++
 	return nil
 }

@@ -11,18 +11,37 @@
                                         session open SECS seconds, then QUIT
   ftpclient.py load HOST MODE FILE N    N transfers of FILE on one session, each on a
                                         new data connection; prints how many succeeded
+  ftpclient.py holdmany HOST N SECS     N sessions at once, each sends PASV and prints
+                                        "port P" for it, then all wait SECS and QUIT
 
 Exit status 0 on success, 1 on failure.
 """
 import ftplib
+import os
 import socket
 import sys
 import time
 
 
+# With FTP_DSTOPTS=1 in the environment, every segment of the control
+# connection carries an IPv6 destination options header (a PadN option).
+DSTOPTS = bytes([0, 0, 1, 4, 0, 0, 0, 0])
+
+
 def connect(host, timeout=5):
     ftp = ftplib.FTP(timeout=timeout)
-    ftp.connect(host, 21)
+    if os.environ.get("FTP_DSTOPTS") == "1":
+        sock = socket.socket(socket.AF_INET6)
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, DSTOPTS)
+        sock.connect((host, 21))
+        ftp.sock = sock
+        ftp.af = sock.family
+        ftp.host, ftp.port = host, 21
+        ftp.file = sock.makefile("r", encoding=ftp.encoding)
+        ftp.welcome = ftp.getresp()
+    else:
+        ftp.connect(host, 21)
     ftp.login()
     return ftp
 
@@ -83,6 +102,19 @@ def load(host, mode, name, n):
     return ok == int(n)
 
 
+def holdmany(host, n, secs):
+    sessions = []
+    for _ in range(int(n)):
+        ftp = connect(host)
+        port = ftplib.parse227(ftp.sendcmd("PASV"))[1]
+        print("port", port, flush=True)
+        sessions.append(ftp)
+    print("ready", flush=True)
+    time.sleep(float(secs))
+    for ftp in sessions:
+        ftp.quit()
+
+
 def main(argv):
     if len(argv) < 2:
         raise SystemExit(__doc__)
@@ -96,6 +128,8 @@ def main(argv):
             raw(args[0], args[1], args[2:])
         elif cmd == "load":
             return 0 if load(*args) else 1
+        elif cmd == "holdmany":
+            holdmany(*args)
         else:
             raise SystemExit(__doc__)
     except (ftplib.Error, OSError) as e:

@@ -18,15 +18,19 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 down() {
+	for pid in "$DIR"/vsftpd-*.pid; do
+		if [ -f "$pid" ]; then kill "$(cat "$pid")" 2>/dev/null || true; fi
+	done
 	for ns in $C $G $S; do
-		if [ -f "$DIR/vsftpd-$ns.pid" ]; then kill "$(cat "$DIR/vsftpd-$ns.pid")" 2>/dev/null || true; fi
 		ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
 		ip netns del "$ns" 2>/dev/null || true
 	done
 	rm -rf "$DIR"
 }
 
-vsftpd_conf() { # $1 = namespace
+vsftpd_conf() { # $1 = namespace, $2 = instance name, then extra settings
+	local ns=$1 name=$2
+	shift 2
 	cat <<EOF
 listen=NO
 listen_ipv6=YES
@@ -50,10 +54,11 @@ isolate=NO
 secure_chroot_dir=$DIR/empty
 xferlog_enable=NO
 dual_log_enable=NO
-vsftpd_log_file=$DIR/vsftpd-$1.log
+vsftpd_log_file=$DIR/vsftpd-$name.log
 max_clients=0
 max_per_ip=0
 EOF
+	printf '%s\n' "$@"
 }
 
 up() {
@@ -92,10 +97,15 @@ up() {
 	# run slowed the next gateway down. A cap keeps runs independent.
 	nsx "$S" sysctl -qw net.ipv4.tcp_max_tw_buckets=4096
 	for ns in $S $G; do
-		vsftpd_conf "$ns" >"$DIR/vsftpd-$ns.conf"
+		vsftpd_conf "$ns" "$ns" >"$DIR/vsftpd-$ns.conf"
 		nsx "$ns" vsftpd "$DIR/vsftpd-$ns.conf" >"$DIR/vsftpd-$ns.out" 2>&1 &
 		echo $! >"$DIR/vsftpd-$ns.pid"
 	done
+	# A second server on port 2121 that refuses every PORT (500): the
+	# hostile tests need a refusal ftpgate itself would not make.
+	vsftpd_conf "$S" "$S-2121" listen_port=2121 port_enable=NO >"$DIR/vsftpd-$S-2121.conf"
+	nsx "$S" vsftpd "$DIR/vsftpd-$S-2121.conf" >"$DIR/vsftpd-$S-2121.out" 2>&1 &
+	echo $! >"$DIR/vsftpd-$S-2121.pid"
 	ruleset ftpgate
 	# Wait for both FTP servers to listen.
 	for ns in $S $G; do
@@ -111,18 +121,26 @@ up() {
 # input traffic, FTP control allowed, established traffic allowed, and
 #   ftpgate: the one documented line for ftpgate's mark
 #   kernel:  the kernel's FTP helper instead (the reference)
+#   loose:   ftpgate's line, and FTP control traffic accepted without
+#            looking at its state: forged control segments get through
+#            the admin's own rules, so only ftpgate's checks stop them
 #   none:    neither: FTP data connections must fail
 ruleset() {
-	local mode=${1:-ftpgate} admit="" helper="" helpobj=""
+	local mode=${1:-ftpgate} admit="" helper="" helpobj="" loose=""
 	case $mode in
 	ftpgate) admit='ct mark & 0x01000000 == 0x01000000 accept' ;;
+	loose)
+		admit='ct mark & 0x01000000 == 0x01000000 accept'
+		loose='tcp dport { 21, 2121, 2122 } accept
+		tcp sport { 21, 2121, 2122 } accept'
+		;;
 	kernel)
 		helpobj='ct helper ftp-standard { type "ftp" protocol tcp; }'
 		helper='tcp dport 21 ct state new ct helper set "ftp-standard"'
 		admit='ct state related accept'
 		;;
 	none) ;;
-	*) echo "ruleset: want ftpgate, kernel or none" >&2; exit 2 ;;
+	*) echo "ruleset: want ftpgate, loose, kernel or none" >&2; exit 2 ;;
 	esac
 	nsx "$G" nft -f - <<EOF
 flush ruleset
@@ -134,9 +152,10 @@ table inet filter {
 	}
 	chain forward {
 		type filter hook forward priority filter; policy drop;
+		$loose
 		ct state established,related accept
 		$admit
-		tcp dport 21 ct state new accept
+		tcp dport { 21, 2121, 2122 } ct state new accept
 		icmp type echo-request accept
 		icmpv6 type echo-request accept
 		tcp flags syn / syn,ack counter name dropped_syn
@@ -162,5 +181,5 @@ down) down ;;
 ruleset) ruleset "${2:-ftpgate}" ;;
 ns) case ${2:-} in client) echo "$C" ;; gw | gateway) echo "$G" ;; server) echo "$S" ;; *) exit 2 ;; esac ;;
 dir) echo "$DIR" ;;
-*) echo "usage: $0 up | down | ruleset ftpgate|kernel|none | ns client|gw|server | dir" >&2; exit 2 ;;
+*) echo "usage: $0 up | down | ruleset ftpgate|loose|kernel|none | ns client|gw|server | dir" >&2; exit 2 ;;
 esac

@@ -25,10 +25,11 @@ import (
 const lab = "ftpge2e"
 
 var (
-	labErr  error  // why the lab could not be set up
-	bin     string // the ftpgate binary under test
-	labDir  string
-	fileSum [32]byte // sha256 of the served file.bin
+	labErr   error  // why the lab could not be set up
+	bin      string // the ftpgate binary under test
+	forgeBin string // the attacker, test/forge
+	labDir   string
+	fileSum  [32]byte // sha256 of the served file.bin
 )
 
 func TestMain(m *testing.M) {
@@ -46,12 +47,22 @@ func runMain(m *testing.M) int {
 		return m.Run()
 	}
 	defer os.RemoveAll(tmp)
-	bin = filepath.Join(tmp, "ftpgate")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/ftpgate").CombinedOutput(); err != nil {
-		labErr = fmt.Errorf("building ftpgate: %v\n%s", err, out)
+	// FTPGATE_BIN runs the tests against another build, such as an
+	// earlier commit's, to see which of them it fails.
+	bin = os.Getenv("FTPGATE_BIN")
+	if bin == "" {
+		bin = filepath.Join(tmp, "ftpgate")
+		if out, err := exec.Command("go", "build", "-o", bin, "../cmd/ftpgate").CombinedOutput(); err != nil {
+			labErr = fmt.Errorf("building ftpgate: %v\n%s", err, out)
+			return m.Run()
+		}
+	}
+	forgeBin = filepath.Join(tmp, "forge")
+	if out, err := exec.Command("go", "build", "-o", forgeBin, "./forge").CombinedOutput(); err != nil {
+		labErr = fmt.Errorf("building the attacker: %v\n%s", err, out)
 		return m.Run()
 	}
-	for _, tool := range []string{"ip", "nft", "vsftpd", "curl", "lftp", "python3", "tcpdump"} {
+	for _, tool := range []string{"ip", "nft", "vsftpd", "curl", "lftp", "python3", "tcpdump", "taskset"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			labErr = fmt.Errorf("%s is not installed (make test installs it): %w", tool, err)
 			return m.Run()
