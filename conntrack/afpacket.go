@@ -18,8 +18,10 @@ import (
 // at the IP header (AF_PACKET SOCK_DGRAM): IPv4 or IPv6 TCP whose source
 // or destination port is one of ports. Everything else, data connections
 // above all, is dropped in the kernel and never reaches ftpgate. IPv4
-// fragments after the first are dropped too; IPv6 packets with extension
-// headers before TCP are not matched.
+// fragments after the first are dropped too. IPv6 packets with extension
+// headers before TCP (other than a fragment header) are all passed on,
+// since walking the header chain is beyond a classic BPF program; ftpgate
+// decodes and filters them itself.
 func ControlPortFilter(ports []uint16) ([]bpf.RawInstruction, error) {
 	if len(ports) == 0 || len(ports) > 32 {
 		return nil, fmt.Errorf("control ports: want 1 to 32, have %d", len(ports))
@@ -52,8 +54,11 @@ func ControlPortFilter(ports []uint16) ([]bpf.RawInstruction, error) {
 	prog = append(prog, portChecks()...)
 	prog = append(prog, bpf.Jump{Skip: 0xfd})
 	v6 := len(prog)
+	prog = append(prog, bpf.LoadAbsolute{Off: 6, Size: 1})
+	for _, ext := range []uint32{ip6HopByHop, ip6Routing, ip6AH, ip6DestOpts, ip6Mobility} {
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: ext, SkipTrue: 0xff})
+	}
 	prog = append(prog,
-		bpf.LoadAbsolute{Off: 6, Size: 1},
 		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 6, SkipTrue: 0xfd},
 		bpf.LoadConstant{Dst: bpf.RegX, Val: 40},
 	)

@@ -28,7 +28,8 @@ type Config struct {
 	Table       string // default DefaultTable
 	Mark        uint32 // value set in ct mark on admitted connections
 	MarkMask    uint32 // bits of ct mark ftpgate owns
-	MaxPinholes uint32 // size of each set; the kernel refuses more
+	MaxPinholes uint32 // size of each pinhole set; the kernel refuses more
+	MaxPeers    uint32 // size of each peers set (two elements per pair of hosts); default MaxPinholes
 	NetNS       int    // network namespace fd; 0 for the current one
 	// LogGroup, if not 0, adds `log group N` to the consuming rules so
 	// that a ConsumedListener learns when each pinhole was used.
@@ -64,6 +65,9 @@ func Open(cfg Config) (*Nftables, error) {
 	}
 	if cfg.MaxPinholes == 0 {
 		cfg.MaxPinholes = 65536
+	}
+	if cfg.MaxPeers == 0 {
+		cfg.MaxPeers = cfg.MaxPinholes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -152,7 +156,7 @@ func (n *Nftables) newPeersSet(name string, addr nftables.SetDatatype) *nftables
 		KeyType:       nftables.MustConcatSetType(addr, addr),
 		Concatenation: true,
 		HasTimeout:    true,
-		Size:          n.cfg.MaxPinholes,
+		Size:          n.cfg.MaxPeers,
 		Comment:       "hosts of running FTP control sessions, both ways: a data SYN between them that finds no pinhole waits for ftpgate",
 	}
 }

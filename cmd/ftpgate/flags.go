@@ -68,7 +68,9 @@ type trackerFlags struct {
 	minDataPort    uint
 	pinholeTimeout time.Duration
 	idleTimeout    time.Duration
+	handshake      time.Duration
 	maxSessions    int
+	maxHalfOpen    int
 	maxPinholes    int
 	maxPerSession  int
 	maxLine        int
@@ -82,10 +84,12 @@ func (f *trackerFlags) register(fs *flag.FlagSet, defaultLevel string) {
 	fs.UintVar(&f.minDataPort, "min-data-port", 1024, "refuse announced data ports below this `port`")
 	fs.DurationVar(&f.pinholeTimeout, "pinhole-timeout", 60*time.Second, "close a pinhole not used within this `duration` (kernel element timeout)")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 30*time.Minute, "forget a control session silent for this `duration`, closing its pinholes")
-	fs.IntVar(&f.maxSessions, "max-sessions", 65536, "track at most this many control sessions; new ones beyond are refused and logged")
+	fs.DurationVar(&f.handshake, "handshake-timeout", conntrack.DefaultHandshakeTimeout, "forget a control connection that has not carried FTP (the server's greeting) within this `duration` of its first packet: half-open connections cannot hold the session cap")
+	fs.IntVar(&f.maxSessions, "max-sessions", 65536, "track at most this many control sessions that carry FTP; new ones beyond are refused and logged")
+	fs.IntVar(&f.maxHalfOpen, "max-half-open", conntrack.DefaultMaxHalfOpen, "track at most this many control connections that have not carried FTP yet; they do not count against --max-sessions")
 	fs.IntVar(&f.maxPinholes, "max-pinholes", 65536, "at most this many pinholes open in all; new ones beyond are refused and logged")
 	fs.IntVar(&f.maxPerSession, "max-pinholes-per-session", 4, "at most this many pinholes open per control session")
-	fs.IntVar(&f.maxLine, "max-line", 2048, "drop (and count) control lines longer than this many `bytes` unparsed")
+	fs.IntVar(&f.maxLine, "max-line", 2048, "drop (and count) control lines longer than this many `bytes` (without the line end) unparsed")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", defaultLevel, "log level: debug, info, warn or error")
 }
@@ -109,14 +113,14 @@ func (f *trackerFlags) config(log *slog.Logger) (conntrack.Config, error) {
 	if f.minDataPort > 65535 {
 		return conntrack.Config{}, fmt.Errorf("--min-data-port %d: above 65535", f.minDataPort)
 	}
-	for name, v := range map[string]int{"--max-sessions": f.maxSessions, "--max-pinholes": f.maxPinholes,
+	for name, v := range map[string]int{"--max-sessions": f.maxSessions, "--max-half-open": f.maxHalfOpen, "--max-pinholes": f.maxPinholes,
 		"--max-pinholes-per-session": f.maxPerSession, "--max-line": f.maxLine} {
 		if v <= 0 {
 			return conntrack.Config{}, fmt.Errorf("%s %d: must be positive", name, v)
 		}
 	}
-	if f.pinholeTimeout < time.Second || f.idleTimeout < time.Second {
-		return conntrack.Config{}, fmt.Errorf("--pinhole-timeout and --idle-timeout must be at least 1s")
+	if f.pinholeTimeout < time.Second || f.idleTimeout < time.Second || f.handshake < time.Second {
+		return conntrack.Config{}, fmt.Errorf("--pinhole-timeout, --idle-timeout and --handshake-timeout must be at least 1s")
 	}
 	if f.pinholeTimeout > rules.MaxPinholeTimeout*time.Second {
 		return conntrack.Config{}, fmt.Errorf("--pinhole-timeout %v: at most %v", f.pinholeTimeout, rules.MaxPinholeTimeout*time.Second)
@@ -126,7 +130,9 @@ func (f *trackerFlags) config(log *slog.Logger) (conntrack.Config, error) {
 		MinDataPort:           uint16(f.minDataPort),
 		PinholeTimeout:        f.pinholeTimeout,
 		IdleTimeout:           f.idleTimeout,
+		HandshakeTimeout:      f.handshake,
 		MaxSessions:           f.maxSessions,
+		MaxHalfOpen:           f.maxHalfOpen,
 		MaxPinholes:           f.maxPinholes,
 		MaxPinholesPerSession: f.maxPerSession,
 		MaxLineLength:         f.maxLine,

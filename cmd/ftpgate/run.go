@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -120,7 +121,7 @@ Flags:
 	}
 	fw, err := rules.Open(rules.Config{
 		Table: *table, Mark: m.value, MarkMask: m.mask, LogGroup: uint16(*nflogGroup),
-		MaxPinholes: uint32(cfg.MaxPinholes), Logger: log,
+		MaxPinholes: uint32(cfg.MaxPinholes), MaxPeers: uint32(2 * (cfg.MaxSessions + cfg.MaxHalfOpen)), Logger: log,
 	})
 	if err != nil {
 		if errors.Is(err, rules.ErrNoNftables) {
@@ -178,6 +179,7 @@ Flags:
 		}
 		queue = src
 		cfg.Inline = true
+		warnConntrackLax(log)
 		captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
 			*nflogGroup, *queueNum, mode)
 	default:
@@ -215,4 +217,22 @@ func ifaceList(n []string) string {
 		return "all"
 	}
 	return strings.Join(n, ",")
+}
+
+// warnConntrackLax warns when the kernel's conntrack, whose validation
+// inline capture relies on, has been told to be lax in this namespace.
+func warnConntrackLax(log *slog.Logger) {
+	read := func(name string) string {
+		b, err := os.ReadFile("/proc/sys/net/netfilter/" + name)
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if read("nf_conntrack_checksum") == "0" {
+		log.Warn("net.netfilter.nf_conntrack_checksum is 0: conntrack does not check TCP checksums, and ftpgate's own check cannot tell a forged segment from one whose checksum a local sender left to the hardware; set it to 1")
+	}
+	if read("nf_conntrack_tcp_be_liberal") == "1" {
+		log.Warn("net.netfilter.nf_conntrack_tcp_be_liberal is 1: conntrack accepts TCP segments outside the window, which ftpgate then copies; set it to 0")
+	}
 }
