@@ -219,7 +219,7 @@ func (s *Session) quietPoint(l line) bool {
 	p := &s.pair
 	srv := &s.h[fromServer]
 	switch {
-	case p.distrusted != "", !l.framed, !srv.started, !srv.lastAckOK, len(srv.wait) > 0:
+	case p.distrusted != "", !l.framed, !srv.started, !srv.lastAckOK:
 		return false
 	case !s.lines[fromServer].empty(), s.reply.inMulti, !s.reply.atFinal:
 		return false

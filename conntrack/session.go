@@ -273,7 +273,7 @@ func (s *Session) deliverWaiting(d int, w waiting, now time.Time) {
 // overdue reports whether something that started waiting at since has
 // waited long enough.
 func (s *Session) overdue(since, now time.Time) bool {
-	return s.t.cfg.ReorderWait <= 0 || !now.Before(since.Add(s.t.cfg.ReorderWait))
+	return s.t.cfg.ReorderWait <= 0 || s.t.draining || !now.Before(since.Add(s.t.cfg.ReorderWait))
 }
 
 // skipLost gives up on the missing bytes of d that its receiver has

@@ -185,6 +185,7 @@ type Tracker struct {
 	now       time.Time
 	capWarned [3]time.Time
 	dirty     bool // backend changes queued since the last Commit
+	draining  bool // nothing more will come: waiting is over
 	// peers counts the sessions of each pair of hosts, which the backend
 	// holds as one element while the count is above zero.
 	peers map[rules.Peers]int
@@ -504,6 +505,12 @@ func (t *Tracker) HandleLog(r rules.LogRecord, ts time.Time) {
 // CloseAll ends every session, closing every pinhole with reason, as on
 // shutdown or at the end of a capture file.
 func (t *Tracker) CloseAll(reason string) {
+	// What was held back for bytes that never came is delivered first.
+	t.draining = true
+	for _, s := range t.sessions {
+		s.release(t.now)
+	}
+	t.draining = false
 	for _, s := range t.sessions {
 		t.endSession(s, reason)
 	}
