@@ -51,6 +51,7 @@ fuzz:
 	$(GO) test ./parser -run '^$$' -fuzz '^FuzzParseCommand$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./parser -run '^$$' -fuzz '^FuzzParseReply$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzPacketPath$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzSessionOracle$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin

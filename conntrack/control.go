@@ -263,7 +263,11 @@ func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, s
 	case cmd.count > 0:
 		s.t.refuse(s, ch, fmt.Sprintf("%d reply answers a command past the %d that ftpgate keeps", code, maxPending))
 	case cmd.verb != verb || (verb == parser.VerbEPSV && cmd.cmd.All):
+		// Only a PASV asks for a 227. The server sent one nobody asked
+		// for, or ftpgate has miscounted; either way the next replies
+		// cannot be trusted to answer the next commands.
 		s.t.refuse(s, ch, fmt.Sprintf("%d reply answers %s, not %s", code, cmd.verb, verb))
+		s.pair.outOfStep(s, fmt.Sprintf("a %d reply answered %s", code, cmd.verb))
 	default:
 		s.t.decide(s, ch, s.Server.Addr())
 	}

@@ -49,13 +49,20 @@ type pendingCommand struct {
 // acknowledgements show that each had everything the other had sent and
 // the server had finished its last reply (see Session.quietPoint), which
 // for a client that waits for each reply is the very next command.
+//
+// A quiet point proves nothing about commands ftpgate never saw: a client
+// that pipelines them can keep one unanswered across it. So after bytes
+// were lost or two copies differed, pairing comes back in step for what
+// the logs and analyze report, but active mode stays refused for the rest
+// of the session (distrusted). Passive replies need no count: they say
+// what they answer.
 type pairing struct {
 	pending []pendingCommand
 	inStep  bool
 	why     string // why pairing is out of step
-	// distrusted is set, with why, when bytes were lost in a way a peer
-	// could have provoked: active mode is refused for the rest of the
-	// session.
+	// distrusted is set, with why, when bytes were lost or differed:
+	// active mode is refused for the rest of the session (see
+	// Session.lost).
 	distrusted string
 	greeting   bool // the server's greeting is still to come
 }
@@ -214,12 +221,12 @@ func (p *pairing) pop() pendingCommand {
 // ftpgate has seen from the server, the server had received every client
 // byte before l when it last sent data, and that data ended a final
 // reply: nothing was in flight either way, so the next final reply the
-// server writes after receiving l answers l.
+// server writes after receiving l answers l. That holds for what
+// ftpgate saw; see pairing for what it cannot rule out.
 func (s *Session) quietPoint(l line) bool {
-	p := &s.pair
 	srv := &s.h[fromServer]
 	switch {
-	case p.distrusted != "", !l.framed, !srv.started, !srv.lastAckOK:
+	case !l.framed, !srv.started, !srv.lastAckOK:
 		return false
 	case !s.lines[fromServer].empty(), s.reply.inMulti, !s.reply.atFinal:
 		return false

@@ -345,24 +345,29 @@ func (s *Session) deliver(d int, seq uint32, data []byte, ack uint32, hasAck boo
 }
 
 // lost is told that n bytes of d starting at seq will never be seen.
+//
+// Commands or replies may have been among them, and no count of replies
+// can then prove which command a later 200 answers: a client that
+// pipelines commands can keep one unanswered across any point that looks
+// quiet. A 227/228/229 still pairs by what it says; active mode is
+// refused for the rest of the session.
 func (s *Session) lost(d int, seq, n uint32) {
 	s.t.stats.GapBytes += uint64(n)
 	h := &s.h[d]
+	why := "bytes from the " + dirName(d) + " were lost to ftpgate"
 	if h.overflowed && seqAfter(seq+n, h.overflowAt) {
-		s.pair.distrust(s, "out-of-order data beyond ftpgate's buffer was lost")
-	} else if s.t.cfg.Inline {
-		s.pair.distrust(s, "copies of control traffic were lost")
-	} else {
-		s.pair.outOfStep(s, "bytes from the "+dirName(d)+" were lost")
+		why = "out-of-order data from the " + dirName(d) + " beyond ftpgate's buffer was lost"
 	}
+	s.pair.distrust(s, why)
 	s.gap(d)
 }
 
 // conflict is told that two copies of the same bytes of d differ: which
-// one the receiver took is unknown.
+// one the receiver took is unknown, and with it how many commands or
+// replies they held.
 func (s *Session) conflict(d int) {
 	s.t.stats.Conflicts++
-	s.pair.outOfStep(s, "two copies of the same bytes from the "+dirName(d)+" differ")
+	s.pair.distrust(s, "two copies of the same bytes from the "+dirName(d)+" differ")
 }
 
 // checkClosed ends the session once both FINs are delivered, and notes
