@@ -61,10 +61,9 @@ type Config struct {
 	MaxPinholes           int           // in all, default 65536
 	MaxLineLength         int           // bytes without the line end, default 2048
 	// Inline says the packets are the kernel's copies of segments its
-	// conntrack validated, in the order the kernel handled them. Bytes
+	// conntrack validated, in the order the kernel handled them: bytes
 	// one side acknowledged but ftpgate never saw are then lost at once,
-	// and only an overloaded copy path or an attack loses them: the
-	// session's active mode is refused from then on.
+	// not waited for (see ReorderWait).
 	Inline bool
 	// ReorderWait is how long acknowledged but unseen bytes are waited
 	// for otherwise; default DefaultReorderWait.

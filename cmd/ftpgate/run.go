@@ -64,11 +64,20 @@ A pinhole closes when its connection starts, when the session's next data
 command supersedes it, when the control session ends (FIN, RST, idle), after
 --pinhole-timeout, and when ftpgate stops (SIGINT/SIGTERM: exit 0).
 
+Only what the endpoints really exchanged counts: inline, ftpgate copies
+only control segments that conntrack validated (checksum, window) for an
+established connection, that came in on the interface the route back to
+their source uses, and that your ruleset let through; everywhere it checks
+checksums and windows again and follows both directions in the order the
+hosts saw them. A reply pairs only with a command the server had
+acknowledged when it wrote the reply; the greeting pairs with nothing.
+
 Refused (and logged with the reason): PORT/EPRT/LPRT the server did not
 accept with 2xx; 227/228/229 replies to no PASV/EPSV/LPSV; announced
 addresses other than the announcing side's control address; ports below
---min-data-port; anything past a cap. After an accepted AUTH TLS/SSL the
-session is not parsed until it returns to clear text (CCC).
+--min-data-port; active mode while pairing is uncertain, and for the rest
+of a session that lost bytes; anything past a cap. After an accepted AUTH
+TLS/SSL the session is not parsed until TLS really ends after CCC.
 
 Flags:
 `, rules.DefaultTable)
