@@ -28,9 +28,9 @@ const (
 )
 
 // hostileArgs starts ftpgate watching the lab's three control ports: 21,
-// the vsftpd on 2121 that refuses every PORT, and a scripted server on
-// 2122.
-var hostileArgs = []string{"--control-ports", "21,2121,2122"}
+// the vsftpd on 2131 that refuses every PORT, and a scripted server on
+// 2132.
+var hostileArgs = []string{"--control-ports", "21,2131,2132"}
 
 // gwMAC is the gateway's MAC address on the side facing role.
 func gwMAC(t *testing.T, role string) string {
@@ -236,14 +236,14 @@ func TestHostileInjections(t *testing.T) {
 			[]string{"-inject", "window-port", "USER anonymous", "@inject", "@sleep=4s", "NOOP", "NOOP"}},
 		{"PORT sent before the greeting, refused with 530", server4 + ":21",
 			[]string{"-prelude", `PORT 192,0,2,10,13,61\n`, "@replies=1"}},
-		{"64 pipelined NOOPs and a PORT the server refuses", server4 + ":2121",
+		{"64 pipelined NOOPs and a PORT the server refuses", server4 + ":2131",
 			[]string{"USER anonymous", noops, "@replies=65"}},
-		{"plain-text PORT and 200 after an accepted AUTH TLS", server4 + ":2122",
+		{"plain-text PORT and 200 after an accepted AUTH TLS", server4 + ":2132",
 			[]string{"AUTH TLS", "PORT 192,0,2,10,13,61"}},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	scripted := inNS(ctx, "server", "python3", "ftpserver.py", server4, "2122")
+	scripted := inNS(ctx, "server", "python3", "ftpserver.py", server4, "2132")
 	out, err := scripted.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -101,11 +101,11 @@ up() {
 		nsx "$ns" vsftpd "$DIR/vsftpd-$ns.conf" >"$DIR/vsftpd-$ns.out" 2>&1 &
 		echo $! >"$DIR/vsftpd-$ns.pid"
 	done
-	# A second server on port 2121 that refuses every PORT (500): the
+	# A second server on port 2131 that refuses every PORT (550): the
 	# hostile tests need a refusal ftpgate itself would not make.
-	vsftpd_conf "$S" "$S-2121" listen_port=2121 port_enable=NO >"$DIR/vsftpd-$S-2121.conf"
-	nsx "$S" vsftpd "$DIR/vsftpd-$S-2121.conf" >"$DIR/vsftpd-$S-2121.out" 2>&1 &
-	echo $! >"$DIR/vsftpd-$S-2121.pid"
+	vsftpd_conf "$S" "$S-2131" listen_port=2131 port_enable=NO >"$DIR/vsftpd-$S-2131.conf"
+	nsx "$S" vsftpd "$DIR/vsftpd-$S-2131.conf" >"$DIR/vsftpd-$S-2131.out" 2>&1 &
+	echo $! >"$DIR/vsftpd-$S-2131.pid"
 	ruleset ftpgate
 	# Wait for both FTP servers to listen.
 	for ns in $S $G; do
@@ -131,8 +131,8 @@ ruleset() {
 	ftpgate) admit='ct mark & 0x01000000 == 0x01000000 accept' ;;
 	loose)
 		admit='ct mark & 0x01000000 == 0x01000000 accept'
-		loose='tcp dport { 21, 2121, 2122 } accept
-		tcp sport { 21, 2121, 2122 } accept'
+		loose='tcp dport { 21, 2131, 2132 } accept
+		tcp sport { 21, 2131, 2132 } accept'
 		;;
 	kernel)
 		helpobj='ct helper ftp-standard { type "ftp" protocol tcp; }'
@@ -155,7 +155,7 @@ table inet filter {
 		$loose
 		ct state established,related accept
 		$admit
-		tcp dport { 21, 2121, 2122 } ct state new accept
+		tcp dport { 21, 2131, 2132 } ct state new accept
 		icmp type echo-request accept
 		icmpv6 type echo-request accept
 		tcp flags syn / syn,ack counter name dropped_syn
