@@ -224,22 +224,28 @@ func TestHostileInjections(t *testing.T) {
 	needLab(t)
 	setRuleset(t, "ftpgate")
 	noops := strings.Repeat(`NOOP\n`, 64) + "PORT 192,0,2,10,13,61!"
+	eprt6 := fmt.Sprintf("EPRT |2|%s|%d|", client6, clientPort)
 	tests := []struct {
 		name   string
 		server string
 		args   []string
+		target string // the client address the announcement names
 	}{
 		// The server received NOOP at the forged PORT's sequence numbers.
 		{"PORT with a bad checksum, then NOOP at the same sequence number", server4 + ":21",
-			[]string{"-inject", "badsum-port", "USER anonymous", "@inject", "NOOP xxxxxxxxxxxxxxxx"}},
+			[]string{"-inject", "badsum-port", "USER anonymous", "@inject", "NOOP xxxxxxxxxxxxxxxx"}, ""},
 		{"PORT 3 MB beyond the receive window, then real commands", server4 + ":21",
-			[]string{"-inject", "window-port", "USER anonymous", "@inject", "@sleep=4s", "NOOP", "NOOP"}},
+			[]string{"-inject", "window-port", "USER anonymous", "@inject", "@sleep=4s", "NOOP", "NOOP"}, ""},
 		{"PORT sent before the greeting, refused with 530", server4 + ":21",
-			[]string{"-prelude", `PORT 192,0,2,10,13,61\n`, "@replies=1"}},
+			[]string{"-prelude", `PORT 192,0,2,10,13,61\n`, "@replies=1"}, ""},
 		{"64 pipelined NOOPs and a PORT the server refuses", server4 + ":2131",
-			[]string{"USER anonymous", noops, "@replies=65"}},
+			[]string{"USER anonymous", noops, "@replies=65"}, ""},
 		{"plain-text PORT and 200 after an accepted AUTH TLS", server4 + ":2132",
-			[]string{"AUTH TLS", "PORT 192,0,2,10,13,61"}},
+			[]string{"AUTH TLS", "PORT 192,0,2,10,13,61"}, ""},
+		{"IPv6: EPRT with a bad checksum, then NOOP at the same sequence number", "[" + server6 + "]:21",
+			[]string{"-inject", "badsum-port", "-forged", eprt6, "USER anonymous", "@inject", "NOOP " + strings.Repeat("x", len(eprt6)-5)}, client6},
+		{"IPv6: EPRT 3 MB beyond the receive window, then real commands", "[" + server6 + "]:21",
+			[]string{"-inject", "window-port", "-forged", eprt6, "USER anonymous", "@inject", "@sleep=4s", "NOOP", "NOOP"}, client6},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -257,13 +263,17 @@ func TestHostileInjections(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := startFtpgate(t, hostileArgs...)
-			listenOn(t, "client", client4, clientPort)
+			target := tt.target
+			if target == "" {
+				target = client4
+			}
+			listenOn(t, "client", target, clientPort)
 			// The session stays open while the connection is tried.
 			args := append(tt.args, "@mark=attacked", "@sleep=6s")
 			t.Logf("session:\n%s", forgeSessionUntil(t, tt.server, "attacked", args...))
 			time.Sleep(300 * time.Millisecond) // past the commit delay
-			if reaches("server", client4, clientPort) {
-				t.Errorf("the server reached %s port %d through the gateway", client4, clientPort)
+			if reaches("server", target, clientPort) {
+				t.Errorf("the server reached %s port %d through the gateway", target, clientPort)
 			}
 			noOpening(t, d)
 		})

@@ -210,9 +210,10 @@ func exchange(args []string) error {
 //
 // Kinds of injection (-inject):
 //
-//	badsum-port  a PORT with a bad checksum at the next sequence number
-//	window-port  a PORT with a good checksum 3 MB beyond the window, after
-//	             the end of some line
+//	badsum-port  the -forged command with a bad checksum at the next
+//	             sequence number
+//	window-port  the -forged command with a good checksum 3 MB beyond the
+//	             window, after the end of some line
 //	badsum-rst   a reset with a bad checksum
 //	random-rst   a reset with a good checksum and a random sequence number
 //	prelude      the commands of -prelude, sent before the greeting
@@ -222,7 +223,7 @@ func session(args []string) error {
 	gwmac := fs.String("gwmac", "", "the gateway's MAC address on it")
 	server := fs.String("server", "", "server ADDR:PORT")
 	kind := fs.String("inject", "", "what to forge at @inject")
-	port := fs.String("port-arg", "192,0,2,10,13,61", "the forged PORT's argument")
+	forged := fs.String("forged", "PORT 192,0,2,10,13,61", "the forged command")
 	prelude := fs.String("prelude", "", "bytes to send right after connecting, before the greeting (\\n for CR LF)")
 	fs.Parse(args)
 	w, err := openWire(*dev, *gwmac)
@@ -272,7 +273,7 @@ func session(args []string) error {
 		switch {
 		case cmd == "@inject":
 			time.Sleep(200 * time.Millisecond) // let the sniffer see everything so far
-			if err := tr.inject(w, *kind, *port); err != nil {
+			if err := tr.inject(w, *kind, *forged); err != nil {
 				return err
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -385,17 +386,17 @@ func (t *tracker) packet(b []byte, out bool) {
 	}
 }
 
-func (t *tracker) inject(w *wire, kind, portArg string) error {
+func (t *tracker) inject(w *wire, kind, forged string) error {
 	t.mu.Lock()
 	s := seg{src: t.local, dst: t.remote, seq: t.ourNext, ack: t.their, flags: "A"}
 	t.mu.Unlock()
 	switch kind {
 	case "badsum-port":
-		s.payload, s.badSum = "PORT "+portArg+"\r\n", true
+		s.payload, s.badSum = forged+"\r\n", true
 	case "window-port":
 		// After a line's tail, so that a resync at the segment's start
 		// keeps the PORT.
-		s.payload, s.seq = "X\r\nPORT "+portArg+"\r\n", s.seq+3<<20
+		s.payload, s.seq = "X\r\n"+forged+"\r\n", s.seq+3<<20
 	case "badsum-rst":
 		s.flags, s.badSum = "RA", true
 	case "random-rst":
