@@ -65,7 +65,7 @@ grep -E 'channel (open|closed|refused)' "$LOG" | sed -E 's/^time=[^ ]+ level=[A-
 bold "5. A session that negotiates but does not connect: the pinhole in the kernel"
 ip netns exec $C python3 "$HERE/ftpclient.py" hold 198.51.100.20 PASV 2 | sed 's/^/  server: /' &
 sleep 1
-ip netns exec $G nft list table inet ftpgate | sed -n '/set ftp_data_pinholes_v4/,/}/p' | sed 's/^/  /'
+ip netns exec $G nft list table inet ftpgate 2>/dev/null | sed -n '/set ftp_data_pinholes_v4/,/}/p' | sed 's/^/  /'
 wait %2 2>/dev/null || true
 sleep 2.5
 grep -E 'channel (open|closed)' "$LOG" | tail -2 | sed -E 's/^time=[^ ]+ level=[A-Z]+ //; s/^/  /'
