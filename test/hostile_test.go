@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -68,6 +69,22 @@ func forge(t *testing.T, role, cmd string, args ...string) string {
 	return string(out)
 }
 
+// startReady starts cmd and waits for the first line it prints, which
+// says it is ready.
+func startReady(t *testing.T, cmd *exec.Cmd, what string) {
+	t.Helper()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !bufio.NewScanner(out).Scan() {
+		t.Fatalf("%s did not start", what)
+	}
+}
+
 // listenOn keeps a listener on addr:port in role's namespace for the
 // rest of the test.
 func listenOn(t *testing.T, role, addr string, port int) {
@@ -81,16 +98,7 @@ s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(128)
 print('ok', flush=True)
 time.sleep(120)`, addr, strconv.Itoa(port))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if !bufio.NewScanner(out).Scan() {
-		t.Fatalf("listener on %s:%d did not start", addr, port)
-	}
+	startReady(t, cmd, fmt.Sprintf("the listener on %s:%d", addr, port))
 }
 
 // reaches reports whether role can open a TCP connection to addr:port
@@ -249,17 +257,7 @@ func TestHostileInjections(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	scripted := inNS(ctx, "server", "python3", "ftpserver.py", server4, "2132")
-	out, err := scripted.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := scripted.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if !bufio.NewScanner(out).Scan() {
-		t.Fatal("the scripted server did not start")
-	}
+	startReady(t, inNS(ctx, "server", "python3", "ftpserver.py", server4, "2132"), "the scripted server")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := startFtpgate(t, hostileArgs...)

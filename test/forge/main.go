@@ -57,6 +57,11 @@ func main() {
 	}
 }
 
+// wireFlags are the flags every command that sends raw frames takes.
+func wireFlags(fs *flag.FlagSet) (dev, gwmac *string) {
+	return fs.String("dev", "", "interface towards the gateway"), fs.String("gwmac", "", "the gateway's MAC address on it")
+}
+
 // wire sends Ethernet frames to the gateway on one interface.
 type wire struct {
 	fd    int
@@ -145,8 +150,7 @@ func (w *wire) frame(s seg) ([]byte, error) {
 // server's address.
 func exchange(args []string) error {
 	fs := flag.NewFlagSet("exchange", flag.ExitOnError)
-	dev := fs.String("dev", "", "interface towards the gateway")
-	gwmac := fs.String("gwmac", "", "the gateway's MAC address on it")
+	dev, gwmac := wireFlags(fs)
 	client := fs.String("client", "", "client address")
 	server := fs.String("server", "", "server address")
 	mode := fs.String("mode", "pasv", "pasv, epsv or port")
@@ -219,8 +223,7 @@ func exchange(args []string) error {
 //	prelude      the commands of -prelude, sent before the greeting
 func session(args []string) error {
 	fs := flag.NewFlagSet("session", flag.ExitOnError)
-	dev := fs.String("dev", "", "interface towards the gateway")
-	gwmac := fs.String("gwmac", "", "the gateway's MAC address on it")
+	dev, gwmac := wireFlags(fs)
 	server := fs.String("server", "", "server ADDR:PORT")
 	kind := fs.String("inject", "", "what to forge at @inject")
 	forged := fs.String("forged", "PORT 192,0,2,10,13,61", "the forged command")
@@ -447,8 +450,7 @@ func connect(args []string) error {
 // will answer the SYN-ACK) to a server: half-open control connections.
 func synflood(args []string) error {
 	fs := flag.NewFlagSet("synflood", flag.ExitOnError)
-	dev := fs.String("dev", "", "interface towards the gateway")
-	gwmac := fs.String("gwmac", "", "the gateway's MAC address on it")
+	dev, gwmac := wireFlags(fs)
 	server := fs.String("server", "", "server ADDR:PORT")
 	from := fs.String("from", "", "source prefix, e.g. 192.0.2.128/25")
 	n := fs.Int("n", 1000, "SYNs")
@@ -485,8 +487,7 @@ func synflood(args []string) error {
 // target through the gateway at the same moment.
 func synrace(args []string) error {
 	fs := flag.NewFlagSet("synrace", flag.ExitOnError)
-	dev := fs.String("dev", "", "interface towards the gateway")
-	gwmac := fs.String("gwmac", "", "the gateway's MAC address on it")
+	dev, gwmac := wireFlags(fs)
 	src := fs.String("src", "", "source address")
 	at := fs.Int64("at", 0, "start time, Unix nanoseconds")
 	every := fs.Duration("every", 2*time.Millisecond, "time between targets")
