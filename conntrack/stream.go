@@ -22,12 +22,6 @@ func dirName(dir int) string {
 func seqDiff(a, b uint32) int32   { return int32(a - b) }
 func seqAfter(a, b uint32) bool   { return seqDiff(a, b) > 0 }
 func seqAtLeast(a, b uint32) bool { return seqDiff(a, b) >= 0 }
-func seqMax(a, b uint32) uint32 {
-	if seqAfter(a, b) {
-		return a
-	}
-	return b
-}
 
 // Bounds of what one direction may hold.
 const (
