@@ -13,10 +13,12 @@ import (
 )
 
 // FuzzPacketPath feeds arbitrary packet sequences through decoding,
-// reassembly, the session machine and the policy. The input is split
-// into packets by 2-byte length prefixes; the first byte of each packet
-// picks its link type. Nothing may panic, every open pinhole must be
-// valid and match a channel the policy opened, and bookkeeping must stay
+// TCP tracking, the session machine, pairing and the policy. The input is
+// split into packets by 2-byte length prefixes; the low bits of the first
+// byte of each packet pick its link type, and unless its bit 2 is set the
+// IP and TCP checksums are fixed up, so that mutated packets get past the
+// checksum check. Nothing may panic, every open pinhole must be valid and
+// match a channel the policy opened, and bookkeeping must stay
 // consistent.
 func FuzzPacketPath(f *testing.F) {
 	c := newConn(f, cli, srv)
@@ -59,7 +61,12 @@ func FuzzPacketPath(f *testing.F) {
 			pkt := data[:n]
 			data = data[n:]
 			ts = ts.Add(time.Millisecond)
-			tr.HandlePacket(pkt[1:], links[int(pkt[0])%len(links)], gopacket.CaptureInfo{Timestamp: ts, Length: n - 1, CaptureLength: n - 1})
+			link := links[int(pkt[0]&3)]
+			frame := pkt[1:]
+			if pkt[0]&4 == 0 {
+				frame = fixSums(frame, link)
+			}
+			tr.HandlePacket(frame, link, gopacket.CaptureInfo{Timestamp: ts, Length: n - 1, CaptureLength: n - 1})
 			if err := tr.Commit(); err != nil {
 				t.Fatal(err)
 			}
@@ -79,4 +86,46 @@ func FuzzPacketPath(f *testing.F) {
 			t.Fatalf("pinholes left after CloseAll: %v", fw.Open)
 		}
 	})
+}
+
+// fixSums returns a copy of a packet with its IPv4 header and TCP
+// checksums made right, where it has them where decode looks.
+func fixSums(frame []byte, link layers.LinkType) []byte {
+	out := append([]byte(nil), frame...)
+	ip, ok := linkPayload(out, link)
+	if !ok || len(ip) < 20 {
+		return out
+	}
+	var tcp []byte
+	var pseudo uint32
+	switch ip[0] >> 4 {
+	case 4:
+		ihl := int(ip[0]&0x0f) * 4
+		total := int(binary.BigEndian.Uint16(ip[2:]))
+		if ihl < 20 || total < ihl || total > len(ip) {
+			return out
+		}
+		ip[10], ip[11] = 0, 0
+		binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip[:ihl], 0)))
+		if ip[9] != 6 {
+			return out
+		}
+		tcp = ip[ihl:total]
+		pseudo = sum(ip[12:20], uint32(6)+uint32(len(tcp)))
+	case 6:
+		plen := int(binary.BigEndian.Uint16(ip[4:]))
+		if len(ip) < 40 || ip[6] != 6 || 40+plen > len(ip) {
+			return out
+		}
+		tcp = ip[40 : 40+plen]
+		pseudo = sum(ip[8:40], uint32(6)+uint32(len(tcp)))
+	default:
+		return out
+	}
+	if len(tcp) < 20 {
+		return out
+	}
+	tcp[16], tcp[17] = 0, 0
+	binary.BigEndian.PutUint16(tcp[16:], ^fold(sum(tcp, pseudo)))
+	return out
 }
