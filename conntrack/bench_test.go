@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"testing"
+	"time"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/ftpgate/ftpgate/rules"
@@ -37,7 +37,7 @@ func BenchmarkPacketPath(b *testing.B) {
 	for b.Loop() {
 		tr := NewTracker(Config{Logger: log}, rules.NewDryRun())
 		for _, p := range pkts {
-			tr.HandlePacket(p, layers.LinkTypeEthernet, gopacket.CaptureInfo{Length: len(p), CaptureLength: len(p)})
+			tr.HandlePacket(p, layers.LinkTypeEthernet, time.Time{})
 		}
 		if err := tr.Commit(); err != nil {
 			b.Fatal(err)

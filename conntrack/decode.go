@@ -5,6 +5,8 @@ import (
 	"net/netip"
 
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/ftpgate/ftpgate/rules"
 )
 
 // LinkTypeRawIP is used for sources that deliver packets starting at the
@@ -299,4 +301,47 @@ func fold(s uint32) uint16 {
 		s = s>>16 + s&0xffff
 	}
 	return uint16(s)
+}
+
+// synKey reads the pinhole key a data SYN matches (source, destination,
+// destination port) from its headers; the rest of the packet may be cut
+// off, as in the kernel's reports of used pinholes.
+func synKey(b []byte) (rules.Pinhole, bool) {
+	if len(b) < 1 {
+		return rules.Pinhole{}, false
+	}
+	var src, dst netip.Addr
+	var tcp []byte
+	switch b[0] >> 4 {
+	case 4:
+		ihl := int(b[0]&0x0f) * 4
+		if ihl < 20 || len(b) < ihl+4 || b[9] != 6 {
+			return rules.Pinhole{}, false
+		}
+		src, dst, tcp = netip.AddrFrom4([4]byte(b[12:16])), netip.AddrFrom4([4]byte(b[16:20])), b[ihl:]
+	case 6:
+		if len(b) < 40 {
+			return rules.Pinhole{}, false
+		}
+		src, dst = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
+		next, rest := b[6], b[40:]
+		for next != 6 {
+			switch next {
+			case ip6HopByHop, ip6DestOpts, ip6Routing:
+				if len(rest) < 8 || (int(rest[1])+1)*8 > len(rest) {
+					return rules.Pinhole{}, false
+				}
+				next, rest = rest[0], rest[(int(rest[1])+1)*8:]
+			default:
+				return rules.Pinhole{}, false
+			}
+		}
+		tcp = rest
+	default:
+		return rules.Pinhole{}, false
+	}
+	if len(tcp) < 4 {
+		return rules.Pinhole{}, false
+	}
+	return rules.Pinhole{Peer: src, Addr: dst, Port: binary.BigEndian.Uint16(tcp[2:])}, true
 }

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/ftpgate/ftpgate/rules"
@@ -66,7 +65,7 @@ func FuzzPacketPath(f *testing.F) {
 			if pkt[0]&4 == 0 {
 				frame = fixSums(frame, link)
 			}
-			tr.HandlePacket(frame, link, gopacket.CaptureInfo{Timestamp: ts, Length: n - 1, CaptureLength: n - 1})
+			tr.HandlePacket(frame, link, ts)
 			if err := tr.Commit(); err != nil {
 				t.Fatal(err)
 			}

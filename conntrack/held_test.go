@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/ftpgate/ftpgate/rules"
@@ -23,7 +22,7 @@ func passiveAnnounced(t *testing.T, h *harness, commit bool) {
 	h.feed(c.handshake()...)
 	h.feed(c.send(false, "220 hello\r\n"), c.send(true, "PASV\r\n"))
 	reply := c.send(false, "227 Entering Passive Mode (198,51,100,20,156,65).\r\n")
-	h.tr.HandlePacket(reply, layers.LinkTypeEthernet, gopacket.CaptureInfo{Timestamp: h.ts, CaptureLength: len(reply), Length: len(reply)})
+	h.tr.HandlePacket(reply, layers.LinkTypeEthernet, h.ts)
 	if commit {
 		if err := h.tr.Commit(); err != nil {
 			t.Fatal(err)
@@ -91,7 +90,7 @@ func TestHeldSYNRetryCommitsFirst(t *testing.T) {
 	h.feed(c.handshake()...)
 	h.feed(c.send(false, "220 hello\r\n"), c.send(true, "PASV\r\n"))
 	reply := c.send(false, "227 Entering Passive Mode (198,51,100,20,156,65).\r\n") // the same port again
-	h.tr.HandlePacket(reply, layers.LinkTypeEthernet, gopacket.CaptureInfo{Timestamp: h.ts, CaptureLength: len(reply), Length: len(reply)})
+	h.tr.HandlePacket(reply, layers.LinkTypeEthernet, h.ts)
 	commits := h.fw.Commits
 	if v := h.tr.AdmitHeldSYN(dataSYN(t, "192.0.2.10:50000", announced)); v != HeldRetry {
 		t.Fatalf("verdict %d, want HeldRetry", v)
@@ -113,7 +112,7 @@ func TestPinholeClosedBeforeCommitIsCancelled(t *testing.T) {
 		c.send(false, "227 Entering Passive Mode (198,51,100,20,156,65).\r\n"),
 		c.send(true, "PASV\r\n"),
 	} {
-		h.tr.HandlePacket(p, layers.LinkTypeEthernet, gopacket.CaptureInfo{Timestamp: h.ts, CaptureLength: len(p), Length: len(p)})
+		h.tr.HandlePacket(p, layers.LinkTypeEthernet, h.ts)
 	}
 	if err := h.tr.Commit(); err != nil {
 		t.Fatal(err)

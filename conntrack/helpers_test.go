@@ -137,7 +137,7 @@ func (h *harness) feed(pkts ...[]byte) {
 	h.t.Helper()
 	for _, p := range pkts {
 		h.ts = h.ts.Add(time.Millisecond)
-		h.tr.HandlePacket(p, layers.LinkTypeEthernet, gopacket.CaptureInfo{Timestamp: h.ts, CaptureLength: len(p), Length: len(p)})
+		h.tr.HandlePacket(p, layers.LinkTypeEthernet, h.ts)
 	}
 	if err := h.tr.Commit(); err != nil {
 		h.t.Fatalf("Commit: %v", err)

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/ftpgate/ftpgate/rules"
@@ -218,7 +217,7 @@ func FuzzSessionOracle(f *testing.F) {
 		ts := time.Unix(1700000000, 0)
 		for _, p := range m.wire {
 			ts = ts.Add(time.Millisecond)
-			tr.HandlePacket(p, layers.LinkTypeEthernet, gopacket.CaptureInfo{Timestamp: ts, Length: len(p), CaptureLength: len(p)})
+			tr.HandlePacket(p, layers.LinkTypeEthernet, ts)
 		}
 		tr.CloseAll("end")
 		for _, ch := range opened {

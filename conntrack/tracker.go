@@ -11,9 +11,9 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/ftpgate/ftpgate/rules"
@@ -189,6 +189,9 @@ type Tracker struct {
 	// holds as one element while the count is above zero.
 	peers map[rules.Peers]int
 	seg   segment // decoded packet, reused
+	// Timers (Tick, Feed).
+	nextExpire, dirtySince, lastFeedExpire time.Time
+	snapshot                               atomic.Pointer[Stats]
 }
 
 // NewTracker returns a tracker that opens pinholes through fw.
@@ -238,10 +241,10 @@ func makeConnKey(x, y netip.AddrPort) connKey {
 // HandlePacket decodes one captured packet of the given link type and
 // feeds its segment to its control session. It never panics on hostile
 // input.
-func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ci gopacket.CaptureInfo) {
+func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ts time.Time) {
 	t.stats.Packets++
-	if ci.Timestamp.After(t.now) {
-		t.now = ci.Timestamp
+	if ts.After(t.now) {
+		t.now = ts
 	}
 	seg := &t.seg
 	switch decode(data, link, seg) {
@@ -486,19 +489,86 @@ func (t *Tracker) IsControl(data []byte) bool {
 	return decode(data, LinkTypeRawIP, &seg) == decodedTCP && (t.controls[seg.src.Port()] || t.controls[seg.dst.Port()])
 }
 
-// HandleLog handles one record of ftpgate's NFLOG group: a copied control
-// segment, or the report of a used pinhole.
-func (t *Tracker) HandleLog(r rules.LogRecord, ts time.Time) {
-	if string(r.Prefix) == rules.LogPrefixUsed {
-		if p, ok := rules.PinholeOfPacket(r.Payload); ok {
-			t.PinholeConsumed(p)
+// UsedReport takes the kernel's report of the first packet of a data
+// connection that used a pinhole (its headers; the rest may be cut off).
+func (t *Tracker) UsedReport(data []byte) {
+	if key, ok := synKey(data); ok {
+		t.PinholeConsumed(key)
+	}
+}
+
+// CopiesLost takes the count of the times copies of control traffic were
+// lost (the NFLOG socket overflowed) and warns when it grows.
+func (t *Tracker) CopiesLost(n uint64) {
+	if n != t.stats.CopiesLost {
+		t.stats.CopiesLost = n
+		t.warnCap(2, "copies of control traffic lost (NFLOG socket overflowed); sessions that lost bytes refuse active mode from then on",
+			"overflows_so_far", n)
+	}
+}
+
+// Tick runs the tracker's timers at now, wall time: expiry once a
+// second, and the commit of pinhole changes at most CommitDelay after the
+// first of them was queued. It returns when it wants to run next. It also
+// publishes the counters for Snapshot.
+//
+// Inline, a client usually connects within the commit delay: its SYN is
+// held, admitted from the pinhole table (AdmitHeldSYN), and the add is
+// cancelled before the kernel ever saw it. Only pinholes not used that
+// fast cost a commit, and then meet their SYN in the kernel.
+func (t *Tracker) Tick(now time.Time) time.Time {
+	if t.nextExpire.IsZero() {
+		t.nextExpire = now.Add(time.Second)
+	}
+	if !now.Before(t.nextExpire) {
+		t.Expire(now)
+		t.nextExpire = now.Add(time.Second)
+	}
+	switch {
+	case !t.dirty:
+		t.dirtySince = time.Time{}
+	case t.dirtySince.IsZero():
+		t.dirtySince = now
+	}
+	if !t.dirtySince.IsZero() && !now.Before(t.dirtySince.Add(t.cfg.CommitDelay)) {
+		t.dirtySince = time.Time{}
+		if err := t.Commit(); err != nil {
+			t.log.Error("committing pinholes", "error", err)
 		}
-		return
 	}
-	if len(r.Prefix) != 0 {
-		return
+	t.publish()
+	next := t.nextExpire
+	if !t.dirtySince.IsZero() && t.dirtySince.Add(t.cfg.CommitDelay).Before(next) {
+		next = t.dirtySince.Add(t.cfg.CommitDelay)
 	}
-	t.HandlePacket(r.Payload, LinkTypeRawIP, gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(r.Payload), Length: len(r.Payload)})
+	return next
+}
+
+// Feed takes one packet of a capture file and runs the timers by packet
+// time: expiry once a second of it, and a commit after every packet.
+func (t *Tracker) Feed(data []byte, link layers.LinkType, ts time.Time) error {
+	t.HandlePacket(data, link, ts)
+	if ts.Sub(t.lastFeedExpire) >= time.Second {
+		if !t.lastFeedExpire.IsZero() {
+			t.Expire(ts)
+		}
+		t.lastFeedExpire = ts
+	}
+	return t.Commit()
+}
+
+// Snapshot returns the counters as of the latest Tick. Unlike Stats, it
+// may be called from any goroutine.
+func (t *Tracker) Snapshot() Stats {
+	if s := t.snapshot.Load(); s != nil {
+		return *s
+	}
+	return Stats{}
+}
+
+func (t *Tracker) publish() {
+	s := t.Stats()
+	t.snapshot.Store(&s)
 }
 
 // CloseAll ends every session, closing every pinhole with reason, as on
@@ -526,6 +596,7 @@ func (t *Tracker) CommitPeers() error {
 	err := t.fw.CommitPeers()
 	if err != nil {
 		t.stats.BackendErrors++
+		t.log.Error("committing control session peers", "error", err)
 	}
 	return err
 }

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/ftpgate/ftpgate/internal/netnstest"
 )
 
 // BenchmarkCommitWith100kPinholes fills the sets with 100,000 pinholes
@@ -13,7 +15,7 @@ func BenchmarkCommitWith100kPinholes(b *testing.B) {
 	if testing.Short() {
 		b.Skip("skipping in -short mode")
 	}
-	ns := newNetNS(b)
+	ns := netnstest.New(b)
 	n, err := Open(Config{Mark: 1, MarkMask: 1, MaxPinholes: 1 << 20, NetNS: int(ns)})
 	if err != nil {
 		b.Fatal(err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/rules"
 )
@@ -41,7 +43,7 @@ Flags:
 	if *format != "json" && *format != "text" {
 		return fmt.Errorf("--format %q: want json or text", *format)
 	}
-	src, err := conntrack.OpenFile(fs.Arg(0))
+	src, err := capture.OpenFile(fs.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -57,7 +59,7 @@ Flags:
 		channels = append(channels, c)
 	}
 	tr := conntrack.NewTracker(cfg, rules.NewDryRun())
-	if err := tr.Replay(src); err != nil {
+	if err := replay(tr, src); err != nil {
 		return err
 	}
 	if *format == "text" {
@@ -81,4 +83,25 @@ func writeTable(w io.Writer, channels []conntrack.Channel) {
 	if len(channels) == 0 {
 		fmt.Fprintln(w, "(no data channel announced)")
 	}
+}
+
+// replay feeds every packet of a capture file to the tracker, by packet
+// time, and ends every session at the end: the same pipeline as the
+// daemon's, with a dry-run firewall.
+func replay(tr *conntrack.Tracker, src capture.Source) error {
+	var ferr error
+	for ferr == nil {
+		err := src.Read(func(p *capture.Packet) { ferr = tr.Feed(p.Data, p.Link, p.Time) })
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if ferr != nil {
+		return ferr
+	}
+	tr.CloseAll("end of capture")
+	return tr.Commit()
 }

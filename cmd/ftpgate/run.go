@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/rules"
 )
@@ -28,7 +29,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	m := mark{value: 0x01000000, mask: 0x01000000}
 	fs.Var(&m, "mark", "conntrack mark `VALUE/MASK` set on the first packet of each admitted data connection")
 	table := fs.String("table", rules.DefaultTable, "`name` of the inet table ftpgate owns")
-	capture := fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFLOG copies, and NFQUEUE holds any data SYN that beats its pinhole, so none is dropped) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
+	capture_ := fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFLOG copies, and NFQUEUE holds any data SYN that beats its pinhole, so none is dropped) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
 	queueNum := fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535): new control connections and early data SYNs wait there")
 	cpuProfile := fs.String("cpu-profile", "", "write a Go CPU profile to `file` until ftpgate stops (for performance work)")
 	commitDelay := fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
@@ -143,25 +144,33 @@ Flags:
 			log.Error("removing nftables table", "error", err)
 		}
 	}()
-	logged, err := rules.OpenLog(uint16(*nflogGroup), 0)
+	// The group carries the reports of used pinholes in both captures,
+	// and the copies of control segments inline.
+	logged, err := capture.OpenLog(uint16(*nflogGroup), 0, classifyLog)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w\nftpgate will not run blind: it must be able to program nftables (root or CAP_NET_ADMIN, kernel with nf_tables)", err)
 	}
 	defer logged.Close()
-	var pkts <-chan conntrack.Packet
-	var queue *conntrack.QueueSource
+	sources := []capture.Source{logged}
 	captureDesc := ""
-	switch *capture {
+	switch *capture_ {
 	case "passive":
-		src, err := conntrack.OpenAFPacket(names, cfg.ControlPorts, log)
-		if errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("%w (capture needs root or CAP_NET_RAW)", err)
+		ifs := names
+		if len(ifs) == 0 {
+			ifs = []string{""}
 		}
-		if err != nil {
-			return err
+		for _, name := range ifs {
+			src, err := capture.OpenAFPacket(name, cfg.ControlPorts, log)
+			if errors.Is(err, os.ErrPermission) {
+				return fmt.Errorf("%w (passive capture needs root or CAP_NET_RAW)", err)
+			}
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			sources = append(sources, src)
 		}
-		defer src.Close()
-		pkts = src.Start(ctx)
+		cfg.CommitDelay = -1 // the client races the pinhole: no time to lose
 		captureDesc = "passive (AF_PACKET copy; a fast client's data SYN can race the pinhole)"
 	case "inline":
 		if len(names) > 0 {
@@ -170,7 +179,7 @@ Flags:
 		if *queueNum > 65535 {
 			return fmt.Errorf("--queue %d: want 0-65535", *queueNum)
 		}
-		src, err := conntrack.OpenQueue(uint16(*queueNum), 8192, 0, log)
+		src, err := capture.OpenQueue(uint16(*queueNum), 8192, 0)
 		if err != nil {
 			return err
 		}
@@ -186,13 +195,13 @@ Flags:
 		if err := logged.SetBatch(64, 32<<10, 0); err != nil {
 			return err
 		}
-		queue = src
+		sources = append(sources, src)
 		cfg.Inline = true
 		warnConntrackLax(log)
 		captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
 			*nflogGroup, *queueNum, mode)
 	default:
-		return fmt.Errorf("--capture %q: want inline or passive", *capture)
+		return fmt.Errorf("--capture %q: want inline or passive", *capture_)
 	}
 
 	cfg.ReportWindow = 2 * time.Second
@@ -201,23 +210,18 @@ Flags:
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
 		"table", "inet "+*table, "mark", m.String(),
 		"ruleset_line", fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value))
-	if queue != nil {
-		err = tr.RunInline(ctx, queue, logged)
-	} else {
-		used := make(chan rules.Pinhole, 1024)
-		go func() {
-			if err := conntrack.ReportUsed(ctx, logged, used); err != nil {
-				log.Error("pinhole use reports stopped; closes will be logged late", "error", err)
-			}
-		}()
-		err = tr.Run(ctx, pkts, used)
+	err = capture.Run(ctx, &daemonLoop{t: tr, log: logged}, sources...)
+	tr.CloseAll("daemon stopping")
+	if cerr := tr.Commit(); err == nil {
+		err = cerr
 	}
 	st := tr.Stats()
+	datagrams, records := logged.Counts()
 	log.Info("ftpgate stopped", "sessions", st.SessionsStarted, "channels_opened", st.ChannelsOpened,
 		"channels_refused", st.ChannelsRefused, "lines", st.Lines, "lines_too_long", st.LinesTooLong,
 		"gap_bytes", st.GapBytes, "sessions_refused", st.SessionsRefused, "backend_errors", st.BackendErrors,
 		"syns_held", st.SYNsHeld, "syns_admitted", st.SYNsAdmitted, "adds_cancelled", st.AddsCancelled, "copy_overflows", st.CopiesLost,
-		"log_datagrams", logged.Datagrams, "log_records", logged.Records)
+		"log_datagrams", datagrams, "log_records", records)
 	return err
 }
 

@@ -1,19 +1,12 @@
-package conntrack
+package capture
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
-	"slices"
 	"sync/atomic"
-	"syscall"
 	"time"
-	"unsafe"
 
-	"github.com/gopacket/gopacket"
-
-	"github.com/ftpgate/ftpgate/rules"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -50,20 +43,20 @@ const (
 // rules.AddInlineRules): the kernel queues the SYN of each new control
 // connection and each data SYN that beat its pinhole, and holds them
 // until ftpgate has caught up with the copies of the control traffic.
-// Nothing is dropped here: a packet is accepted, or, if ftpgate admits
-// it, sent through ftpgate's chain again with the mark that its first rule
-// turns into the data connection's conntrack mark.
+// Nothing is dropped here: a packet is accepted, or sent through
+// ftpgate's chain again, with the admit mark (Admit) or without (Retry).
 type QueueSource struct {
 	conn   *netlink.Conn
-	raw    syscall.RawConn
 	fd     int
 	closed atomic.Bool
 	num    uint16
-	log    *slog.Logger
 	buf    []byte
 	out    []byte
+	held   []Packet
+	ids    []uint32
+	marks  []uint32
 	// Mark, within MarkMask, is set in the packet mark of each packet
-	// handle admits, which then goes through ftpgate's chain again
+	// given Admit, which then goes through ftpgate's chain again
 	// (NF_REPEAT), where rules.AddInlineRules' first rule moves it to the
 	// conntrack mark: how a held data SYN whose pinhole is open passes
 	// the admin's rules, like one that met its pinhole in the kernel.
@@ -72,17 +65,18 @@ type QueueSource struct {
 
 // OpenQueue binds queue num in the given network namespace (0: current).
 // The queue fails open when full, so control traffic never stalls.
-func OpenQueue(num uint16, maxLen uint32, netns int, log *slog.Logger) (*QueueSource, error) {
+func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
 	if err != nil {
 		return nil, fmt.Errorf("opening nfqueue socket: %w", err)
 	}
-	q := &QueueSource{conn: conn, num: num, log: log, buf: make([]byte, 1<<17)}
-	if q.raw, err = conn.SyscallConn(); err != nil {
+	q := &QueueSource{conn: conn, num: num, buf: make([]byte, 1<<17)}
+	raw, err := conn.SyscallConn()
+	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("nfqueue socket: %w", err)
 	}
-	_ = q.raw.Control(func(fd uintptr) {
+	_ = raw.Control(func(fd uintptr) {
 		q.fd = int(fd)
 		if unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
 			_ = unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
@@ -172,7 +166,7 @@ func decodeQueued(attrs []byte) (Packet, uint32, uint32, bool) {
 	var haveID bool
 	var payload []byte
 	var ts time.Time
-	rules.NetlinkAttrs(attrs, func(typ uint16, v []byte) {
+	netlinkAttrs(attrs, func(typ uint16, v []byte) {
 		switch typ {
 		case nfqaPacketHdr:
 			if len(v) >= 4 {
@@ -196,35 +190,19 @@ func decodeQueued(attrs []byte) (Packet, uint32, uint32, bool) {
 	if ts.IsZero() {
 		ts = time.Now()
 	}
-	return Packet{
-		Data: payload,
-		Link: LinkTypeRawIP,
-		CI:   gopacket.CaptureInfo{Timestamp: ts, CaptureLength: len(payload), Length: len(payload)},
-	}, id, mark, true
-}
-
-// Held is a batch of packets the kernel holds for ftpgate.
-type Held struct {
-	Packets []Packet
-	ids     []uint32
-	marks   []uint32
-	// Verdicts[i], set by the caller, is what becomes of packet i:
-	// accepted (HeldPass, the zero value), or sent through ftpgate's
-	// chain again with the mark (HeldAdmit, see QueueSource.Mark) or
-	// without it (HeldRetry).
-	Verdicts []HeldVerdict
+	return Packet{Data: payload, Link: LinkTypeRawIP, Time: ts, Kind: Held}, id, mark, true
 }
 
 // Fd is the socket to poll for held packets.
 func (q *QueueSource) Fd() int { return q.fd }
 
-// ReadHeld reads every held packet waiting, without blocking, into h. The
-// packets' data is valid until the next ReadHeld.
-func (q *QueueSource) ReadHeld(h *Held) error {
-	h.Packets, h.ids, h.marks = h.Packets[:0], h.ids[:0], h.marks[:0]
+// Read hands every held packet waiting to fn, without blocking. The
+// packets stay valid, and their Verdicts are read, until Release.
+func (q *QueueSource) Read(fn func(*Packet)) error {
+	q.held, q.ids, q.marks = q.held[:0], q.ids[:0], q.marks[:0]
 	off := 0
 	for len(q.buf)-off >= 65536 && !q.closed.Load() {
-		n, err := rules.RecvNonblocking(q.fd, q.buf[off:], 0)
+		n, err := recvNonblocking(q.fd, q.buf[off:], 0)
 		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ENOBUFS) {
 			continue
 		}
@@ -234,62 +212,51 @@ func (q *QueueSource) ReadHeld(h *Held) error {
 		if err != nil {
 			return fmt.Errorf("reading NFQUEUE %d: %w", q.num, err)
 		}
-		rules.NetlinkMessages(q.buf[off:off+n], func(typ uint16, data []byte) {
+		netlinkMessages(q.buf[off:off+n], func(typ uint16, data []byte) {
 			if typ != unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgPacket || len(data) < 4 {
 				return
 			}
 			if p, id, mark, ok := decodeQueued(data[4:]); ok {
-				h.Packets = append(h.Packets, p)
-				h.ids = append(h.ids, id)
-				h.marks = append(h.marks, mark)
+				q.held = append(q.held, p)
+				q.ids = append(q.ids, id)
+				q.marks = append(q.marks, mark)
 			}
 		})
 		off += n
 	}
-	h.Verdicts = slices.Grow(h.Verdicts[:0], len(h.Packets))[:len(h.Packets)]
-	clear(h.Verdicts)
+	for i := range q.held {
+		fn(&q.held[i])
+	}
 	return nil
 }
 
-// Release gives every packet of h its verdict in one system call:
-// admitted ones their own, then one batch accept for the rest.
-func (q *QueueSource) Release(h *Held) error {
-	if len(h.ids) == 0 || q.closed.Load() {
+// Release gives every packet of the last Read its verdict in one system
+// call: the repeated ones their own, then one batch accept for the rest.
+func (q *QueueSource) Release() error {
+	if len(q.ids) == 0 || q.closed.Load() {
 		return nil
 	}
 	out := q.out[:0]
 	var acceptUpTo uint32
 	accept := false
-	for i, v := range h.Verdicts {
-		switch {
-		case v == HeldAdmit && q.MarkMask != 0:
-			out = q.appendVerdict(out, false, h.ids[i], true, h.marks[i]&^q.MarkMask|q.Mark)
-		case v == HeldRetry:
-			out = q.appendVerdict(out, false, h.ids[i], true, h.marks[i]&^q.MarkMask)
+	for i := range q.held {
+		switch v := q.held[i].Verdict; {
+		case v == Admit && q.MarkMask != 0:
+			out = q.appendVerdict(out, false, q.ids[i], true, q.marks[i]&^q.MarkMask|q.Mark)
+		case v == Retry:
+			out = q.appendVerdict(out, false, q.ids[i], true, q.marks[i]&^q.MarkMask)
 		default:
-			acceptUpTo, accept = h.ids[i], true
+			acceptUpTo, accept = q.ids[i], true
 		}
 	}
 	if accept {
 		out = q.appendVerdict(out, true, acceptUpTo, false, 0)
 	}
 	q.out = out
-	if err := rawSend(q.fd, out); err != nil {
-		return fmt.Errorf("releasing %d packets held on NFQUEUE %d: %w", len(h.ids), q.num, err)
-	}
-	return nil
-}
-
-// rawSend is a raw system call on the non-blocking socket, like
-// rules.RecvNonblocking: it cannot block, and telling the Go scheduler
-// about each one wakes its monitor thread, which cost more than the call.
-func rawSend(fd int, b []byte) error {
-	var sa unix.RawSockaddrNetlink // the kernel
-	sa.Family = unix.AF_NETLINK
-	_, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-		0, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
-	if errno != 0 {
-		return errno
+	n := len(q.ids)
+	q.ids = q.ids[:0]
+	if err := sendToKernel(q.fd, out); err != nil {
+		return fmt.Errorf("releasing %d packets held on NFQUEUE %d: %w", n, q.num, err)
 	}
 	return nil
 }

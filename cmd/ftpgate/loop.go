@@ -1,0 +1,63 @@
+package main
+
+import (
+	"time"
+
+	"github.com/ftpgate/ftpgate/capture"
+	"github.com/ftpgate/ftpgate/conntrack"
+	"github.com/ftpgate/ftpgate/rules"
+)
+
+// classifyLog tells the records of ftpgate's NFLOG group apart by the
+// prefix of the rule that logged them (see rules).
+func classifyLog(prefix []byte) (capture.Kind, bool) {
+	switch string(prefix) {
+	case "":
+		return capture.Copy, true
+	case rules.LogPrefixUsed:
+		return capture.Used, true
+	}
+	return 0, false // the flush records carry nothing
+}
+
+// daemonLoop hands what capture brings in to the tracker, and the
+// tracker's decisions on held packets back.
+type daemonLoop struct {
+	t   *conntrack.Tracker
+	log *capture.LogReader
+	// heldControl: a held control SYN was handled; its session's peers
+	// must be in the kernel before it goes on.
+	heldControl bool
+}
+
+func (d *daemonLoop) Handle(p *capture.Packet) {
+	switch p.Kind {
+	case capture.Copy:
+		d.t.HandlePacket(p.Data, p.Link, p.Time)
+	case capture.Used:
+		d.t.UsedReport(p.Data)
+	case capture.Held:
+		if d.t.IsControl(p.Data) {
+			d.t.HandlePacket(p.Data, p.Link, p.Time)
+			d.heldControl = true
+			return
+		}
+		switch d.t.AdmitHeldSYN(p.Data) {
+		case conntrack.HeldAdmit:
+			p.Verdict = capture.Admit
+		case conntrack.HeldRetry:
+			p.Verdict = capture.Retry
+		}
+	}
+}
+
+func (d *daemonLoop) Tick(now time.Time) time.Time {
+	d.t.CopiesLost(d.log.Lost())
+	if d.heldControl {
+		d.heldControl = false
+		// Only the peers: pinholes keep their commit delay. A failed
+		// commit must not cut the control connection: it goes on.
+		_ = d.t.CommitPeers()
+	}
+	return d.t.Tick(now)
+}
