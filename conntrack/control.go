@@ -29,7 +29,7 @@ func (s *Session) bytes(d int, seq uint32, data []byte, ack uint32, now time.Tim
 		}
 		var tooLong int
 		data, seq, tooLong = s.lines[d].feed(data, seq, ack, func(l line) bool {
-			s.t.stats.Lines++
+			s.env.stats.Lines++
 			if d == fromClient {
 				s.clientLine(l)
 			} else {
@@ -38,7 +38,7 @@ func (s *Session) bytes(d int, seq uint32, data []byte, ack uint32, now time.Tim
 			return !s.enc.on || s.enc.clear[d] // stop splitting where TLS begins
 		})
 		if tooLong > 0 {
-			s.t.stats.LinesTooLong += uint64(tooLong)
+			s.env.stats.LinesTooLong += uint64(tooLong)
 			s.logf(logTooLong, levelWarn, "control line too long, dropped unparsed", "session", s.ID,
 				"from", dirName(d), "limit", s.lines[d].max)
 		}
@@ -74,7 +74,7 @@ func (s *Session) leaveTLS(d int, clear []byte) bool {
 	}
 	if s.enc.clear[fromClient] && s.enc.clear[fromServer] {
 		s.enc = encryption{}
-		s.t.log.Info("session back in clear text after TLS (CCC), parsing again", "session", s.ID)
+		s.env.log.Info("session back in clear text after TLS (CCC), parsing again", "session", s.ID)
 	}
 	return true
 }
@@ -89,7 +89,7 @@ func (s *Session) enterTLS() {
 	}
 	s.reply.inMulti = false
 	s.pair.dropPending(s, "sent after AUTH, when the session became encrypted")
-	s.t.log.Info("session encrypted: AUTH accepted, no longer parsed until TLS ends after an accepted CCC",
+	s.env.log.Info("session encrypted: AUTH accepted, no longer parsed until TLS ends after an accepted CCC",
 		"session", s.ID)
 }
 
@@ -116,16 +116,16 @@ func (s *Session) clientLine(l line) {
 	cmd, err := parser.ParseCommand(l.text)
 	if cmd.Verb.IsData() {
 		// A new data command supersedes every pinhole not yet used.
-		s.t.closeSessionPinholes(s, "superseded by a new data command")
+		s.host.closeSessionPinholes(s, "superseded by a new data command")
 	}
 	if err != nil {
-		s.t.stats.Malformed++
+		s.env.stats.Malformed++
 		s.logf(logMalformed, levelInfo, "malformed command ignored", "session", s.ID, "verb", cmd.Verb, "error", err)
 	}
 	if !s.pair.inStep && s.quietPoint(l) {
 		s.pair.backInStep(s)
 	}
-	s.pair.push(s, pendingCommand{verb: cmd.Verb, cmd: cmd, valid: err == nil, time: s.t.now, end: l.end})
+	s.pair.push(s, pendingCommand{verb: cmd.Verb, cmd: cmd, valid: err == nil, time: s.env.now, end: l.end})
 }
 
 func (s *Session) serverLine(l line) {
@@ -195,7 +195,7 @@ func (s *Session) finalLine(code int) {
 	case 234:
 		defer s.enterTLS()
 	case 221:
-		defer s.t.closeSessionPinholes(s, "session quit")
+		defer s.host.closeSessionPinholes(s, "session quit")
 	}
 	if s.pair.greeting {
 		s.pair.greeting = false // RFC 959: a connection opens with a reply to no command
@@ -217,11 +217,11 @@ func (s *Session) finalLine(code int) {
 		ch := s.activeChannel(cmd.cmd, cmd.time)
 		switch {
 		case code >= 300:
-			s.t.refuse(s, ch, fmt.Sprintf("server refused %s with %d", cmd.verb, code))
+			s.host.refuse(s, ch, fmt.Sprintf("server refused %s with %d", cmd.verb, code))
 		case s.pair.distrusted != "":
-			s.t.refuse(s, ch, "active mode refused on this session: "+s.pair.distrusted)
+			s.host.refuse(s, ch, "active mode refused on this session: "+s.pair.distrusted)
 		default:
-			s.t.decide(s, ch, s.Client.Addr())
+			s.host.decide(s, ch, s.Client.Addr())
 		}
 	case cmd.verb == parser.VerbEPSV && cmd.cmd.All:
 		s.epsvAll = true
@@ -242,13 +242,13 @@ func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, s
 	r := &s.reply
 	if !r.found {
 		if r.err != nil {
-			s.t.stats.Malformed++
+			s.env.stats.Malformed++
 			s.logf(logMalformed, levelInfo, "malformed reply ignored", "session", s.ID, "code", code, "error", r.err)
 		}
 		return
 	}
 	ch := Channel{
-		Time: s.t.now, Session: s.ID, Command: verb, Passive: true,
+		Time: s.env.now, Session: s.ID, Command: verb, Passive: true,
 		OrigH: s.Client.Addr(), RespH: r.addr.Addr(), RespP: r.addr.Port(),
 		Client: s.Client, Server: s.Server,
 	}
@@ -257,19 +257,19 @@ func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, s
 	}
 	switch {
 	case status == unsolicited:
-		s.t.refuse(s, ch, fmt.Sprintf("%d reply without a %s from the client", code, verb))
+		s.host.refuse(s, ch, fmt.Sprintf("%d reply without a %s from the client", code, verb))
 	case status == uncertain:
-		s.t.refuse(s, ch, "pairing of replies with commands is uncertain: "+s.pair.why)
+		s.host.refuse(s, ch, "pairing of replies with commands is uncertain: "+s.pair.why)
 	case cmd.count > 0:
-		s.t.refuse(s, ch, fmt.Sprintf("%d reply answers a command past the %d that ftpgate keeps", code, maxPending))
+		s.host.refuse(s, ch, fmt.Sprintf("%d reply answers a command past the %d that ftpgate keeps", code, maxPending))
 	case cmd.verb != verb || (verb == parser.VerbEPSV && cmd.cmd.All):
 		// Only a PASV asks for a 227. The server sent one nobody asked
 		// for, or ftpgate has miscounted; either way the next replies
 		// cannot be trusted to answer the next commands.
-		s.t.refuse(s, ch, fmt.Sprintf("%d reply answers %s, not %s", code, cmd.verb, verb))
+		s.host.refuse(s, ch, fmt.Sprintf("%d reply answers %s, not %s", code, cmd.verb, verb))
 		s.pair.outOfStep(s, fmt.Sprintf("a %d reply answered %s", code, cmd.verb))
 	default:
-		s.t.decide(s, ch, s.Server.Addr())
+		s.host.decide(s, ch, s.Server.Addr())
 	}
 }
 
@@ -281,11 +281,11 @@ func (s *Session) end(reason string) {
 	s.ended = true
 	for _, c := range s.pair.pending {
 		if c.count == 0 && c.verb.IsActive() && c.valid {
-			s.t.refuse(s, s.activeChannel(c.cmd, c.time), "no reply from the server before the session ended")
+			s.host.refuse(s, s.activeChannel(c.cmd, c.time), "no reply from the server before the session ended")
 		}
 	}
 	s.pair.pending = nil
 	s.lines = [2]lineSplitter{}
 	s.h = [2]half{}
-	s.t.closeSessionPinholes(s, reason)
+	s.host.closeSessionPinholes(s, reason)
 }

@@ -102,7 +102,7 @@ func (p *pairing) backInStep(s *Session) {
 func (p *pairing) dropPending(s *Session, reason string) {
 	for _, c := range p.pending {
 		if c.count == 0 && c.verb.IsActive() && c.valid {
-			s.t.refuse(s, s.activeChannel(c.cmd, c.time), reason)
+			s.host.refuse(s, s.activeChannel(c.cmd, c.time), reason)
 		}
 	}
 	p.pending = p.pending[:0]
@@ -122,7 +122,7 @@ func (p *pairing) push(s *Session, c pendingCommand) {
 		p.pending = append(p.pending, c)
 		return
 	}
-	s.t.stats.PendingOverflow++
+	s.env.stats.PendingOverflow++
 	s.logf(logPending, levelWarn, "too many commands without a reply; further ones are counted, not kept",
 		"session", s.ID, "limit", maxPending)
 	p.pending = append(p.pending, pendingCommand{verb: parser.VerbOther, count: 1, end: c.end, firstEnd: c.end, firstKnown: true, time: c.time})
@@ -131,7 +131,7 @@ func (p *pairing) push(s *Session, c pendingCommand) {
 
 func (p *pairing) refuseUnkept(s *Session, c pendingCommand) {
 	if c.verb.IsActive() && c.valid {
-		s.t.refuse(s, s.activeChannel(c.cmd, c.time),
+		s.host.refuse(s, s.activeChannel(c.cmd, c.time),
 			fmt.Sprintf("more than %d commands were waiting for a reply; this one was not kept", maxPending))
 	}
 }
@@ -156,7 +156,7 @@ func (p *pairing) answer(s *Session, ack uint32, passive parser.Verb) (pendingCo
 					// The commands before it were answered before it.
 					for _, b := range p.pending[:i] {
 						if b.count == 0 && b.verb.IsActive() && b.valid {
-							s.t.refuse(s, s.activeChannel(b.cmd, b.time), "pairing of replies with commands is uncertain: "+p.why)
+							s.host.refuse(s, s.activeChannel(b.cmd, b.time), "pairing of replies with commands is uncertain: "+p.why)
 						}
 					}
 					p.pending = p.pending[:copy(p.pending, p.pending[i+1:])]
@@ -167,7 +167,7 @@ func (p *pairing) answer(s *Session, ack uint32, passive parser.Verb) (pendingCo
 		if len(p.pending) > 0 && p.fits(ack) {
 			c := p.pop()
 			if c.count == 0 && c.verb.IsActive() && c.valid {
-				s.t.refuse(s, s.activeChannel(c.cmd, c.time), "pairing of replies with commands is uncertain: "+p.why)
+				s.host.refuse(s, s.activeChannel(c.cmd, c.time), "pairing of replies with commands is uncertain: "+p.why)
 			}
 		}
 		return pendingCommand{}, uncertain

@@ -68,15 +68,15 @@ func (l *logLimiter) allow(kind logKind, now time.Time) (bool, int) {
 // logf writes a log line of a kind a peer can repeat, within the
 // session's limit for that kind.
 func (s *Session) logf(kind logKind, level slog.Level, msg string, args ...any) {
-	if !s.t.log.Enabled(context.Background(), level) {
+	if !s.env.log.Enabled(context.Background(), level) {
 		return
 	}
-	ok, held := s.limiter.allow(kind, s.t.now)
+	ok, held := s.limiter.allow(kind, s.env.now)
 	if !ok {
 		return
 	}
 	if held > 0 {
 		args = append(args, "suppressed_before", held)
 	}
-	s.t.log.Log(context.Background(), level, msg, args...)
+	s.env.log.Log(context.Background(), level, msg, args...)
 }

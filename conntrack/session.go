@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"log/slog"
 	"net/netip"
 	"time"
 )
@@ -13,7 +14,8 @@ type Session struct {
 	Start  time.Time
 	Last   time.Time
 
-	t           *Tracker
+	host        host
+	env         *env
 	h           [2]half
 	scaleKnown  bool // both SYNs were seen, so window scaling is known
 	established bool // it has carried data
@@ -32,15 +34,35 @@ type Session struct {
 	pinholes []*pinhole // open pinholes, oldest first
 }
 
+// host is what a Session needs from the Tracker that runs it: where its
+// channels and its end go.
+type host interface {
+	decide(s *Session, ch Channel, announcer netip.Addr)
+	refuse(s *Session, ch Channel, reason string)
+	closeSessionPinholes(s *Session, reason string)
+	establish(s *Session)
+	endSession(s *Session, reason string)
+}
+
+// env is what the sessions of one tracker share with it: the settings,
+// the log, the clock, and the counters they add to.
+type env struct {
+	cfg      Config
+	log      *slog.Logger
+	now      time.Time // the latest packet or tick
+	draining bool      // nothing more will come: waiting is over
+	stats    Stats
+}
+
 // segment takes one valid TCP segment of direction d.
 func (s *Session) segment(d int, seg *segment, now time.Time) {
 	h := &s.h[d]
 	switch {
 	case seg.has(flagRST):
 		if s.resetAcceptable(d, seg) {
-			s.t.endSession(s, "control connection reset")
+			s.host.endSession(s, "control connection reset")
 		} else {
-			s.t.stats.OutOfWindow++
+			s.env.stats.OutOfWindow++
 		}
 		return
 	case seg.has(flagSYN):
@@ -62,7 +84,7 @@ func (s *Session) segment(d int, seg *segment, now time.Time) {
 	}
 	if len(seg.payload) > 0 || seg.has(flagFIN) {
 		if seqDiff(seg.seq, h.base()) > int32(h.window(s.scaleKnown)) {
-			s.t.stats.OutOfWindow++ // nothing its receiver would accept
+			s.env.stats.OutOfWindow++ // nothing its receiver would accept
 			return
 		}
 		s.accept(d, seg, now)
@@ -164,7 +186,7 @@ func (s *Session) accept(d int, seg *segment, now time.Time) {
 	}
 	if seq != h.next {
 		if !h.addOutOfOrder(seq, data, seg.ack, seg.has(flagACK)) {
-			s.t.stats.OutOfOrderDropped++
+			s.env.stats.OutOfOrderDropped++
 		}
 		return
 	}
@@ -273,7 +295,7 @@ func (s *Session) deliverWaiting(d int, w waiting, now time.Time) {
 // overdue reports whether something that started waiting at since has
 // waited long enough.
 func (s *Session) overdue(since, now time.Time) bool {
-	return s.t.cfg.ReorderWait <= 0 || s.t.draining || !now.Before(since.Add(s.t.cfg.ReorderWait))
+	return s.env.cfg.ReorderWait <= 0 || s.env.draining || !now.Before(since.Add(s.env.cfg.ReorderWait))
 }
 
 // skipLost gives up on the missing bytes of d that its receiver has
@@ -336,7 +358,7 @@ func (s *Session) deliver(d int, seq uint32, data []byte, ack uint32, hasAck boo
 	}
 	s.Last = now
 	if !s.established {
-		s.t.establish(s)
+		s.host.establish(s)
 		if s.ended {
 			return
 		}
@@ -352,7 +374,7 @@ func (s *Session) deliver(d int, seq uint32, data []byte, ack uint32, hasAck boo
 // quiet. A 227/228/229 still pairs by what it says; active mode is
 // refused for the rest of the session.
 func (s *Session) lost(d int, seq, n uint32) {
-	s.t.stats.GapBytes += uint64(n)
+	s.env.stats.GapBytes += uint64(n)
 	h := &s.h[d]
 	why := "bytes from the " + dirName(d) + " were lost to ftpgate"
 	if h.overflowed && seqAfter(seq+n, h.overflowAt) {
@@ -366,7 +388,7 @@ func (s *Session) lost(d int, seq, n uint32) {
 // one the receiver took is unknown, and with it how many commands or
 // replies they held.
 func (s *Session) conflict(d int) {
-	s.t.stats.Conflicts++
+	s.env.stats.Conflicts++
 	s.pair.distrust(s, "two copies of the same bytes from the "+dirName(d)+" differ")
 }
 
@@ -381,7 +403,7 @@ func (s *Session) checkClosed(now time.Time) {
 	}
 	switch {
 	case closed == 2:
-		s.t.endSession(s, "control connection closed")
+		s.host.endSession(s, "control connection closed")
 	case closed == 1 && s.closingAt.IsZero():
 		s.closingAt = now
 	}

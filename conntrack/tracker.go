@@ -169,10 +169,9 @@ type Stats struct {
 // and programs the backend. It is not safe for concurrent use: one
 // goroutine feeds it packets and calls Commit and Expire.
 type Tracker struct {
-	cfg       Config
+	env
 	fw        rules.Backend
 	policy    Policy
-	log       *slog.Logger
 	controls  map[uint16]bool
 	sessions  map[connKey]*Session
 	halfOpen  int
@@ -180,11 +179,8 @@ type Tracker struct {
 	pinholes  map[rules.Pinhole]*pinhole
 	closing   map[rules.Pinhole]*pinhole // closed in the kernel, log line pending
 	retried   map[heldSYN]time.Time
-	stats     Stats
-	now       time.Time
 	capWarned [3]time.Time
 	dirty     bool // backend changes queued since the last Commit
-	draining  bool // nothing more will come: waiting is over
 	// peers counts the sessions of each pair of hosts, which the backend
 	// holds as one element while the count is above zero.
 	peers map[rules.Peers]int
@@ -198,10 +194,9 @@ type Tracker struct {
 func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 	cfg.setDefaults()
 	t := &Tracker{
-		cfg:      cfg,
+		env:      env{cfg: cfg, log: cfg.Logger},
 		fw:       fw,
 		policy:   Policy{MinDataPort: cfg.MinDataPort},
-		log:      cfg.Logger,
 		controls: make(map[uint16]bool),
 		sessions: make(map[connKey]*Session),
 		ended:    make(map[connKey]time.Time),
@@ -367,7 +362,7 @@ func (t *Tracker) newSession(client, server netip.AddrPort, syn bool) *Session {
 	binary.BigEndian.PutUint64(tb[:], uint64(t.now.UnixNano()))
 	h.Write(tb[:])
 	id := "C" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h.Sum(nil))[:12]
-	s := &Session{ID: id, Client: client, Server: server, Start: t.now, Last: t.now, t: t}
+	s := &Session{ID: id, Client: client, Server: server, Start: t.now, Last: t.now, host: t, env: &t.env}
 	s.pair.inStep, s.pair.greeting = syn, syn
 	if !syn {
 		s.pair.why = "the session was picked up mid-stream"

@@ -1,6 +1,8 @@
 package conntrack
 
 import (
+	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -166,5 +168,34 @@ func TestLineTooLongDropped(t *testing.T) {
 	h.feed(c.send(true, "PASV\r\n"), c.send(false, "227 Entering Passive Mode (198,51,100,20,100,6)\r\n"))
 	if !h.open()[pin("192.0.2.10", "198.51.100.20", 100*256+6)] {
 		t.Fatalf("line after the dropped one not parsed: %v", h.open())
+	}
+}
+
+// TestSnapshotFromAnotherGoroutine reads the counters while the tracker
+// runs (go test -race checks that this is safe); each Tick publishes them.
+func TestSnapshotFromAnotherGoroutine(t *testing.T) {
+	h, c := session(t, Config{Logger: slog.New(slog.DiscardHandler)})
+	stop := make(chan struct{})
+	done := make(chan uint64)
+	go func() {
+		var last uint64
+		for {
+			select {
+			case <-stop:
+				done <- last
+				return
+			default:
+				last = h.tr.Snapshot().ChannelsOpened
+			}
+		}
+	}()
+	for i := range 50 {
+		h.feed(c.send(true, "PASV\r\n"), c.send(false, fmt.Sprintf("227 Entering Passive Mode (198,51,100,20,100,%d)\r\n", i+1)))
+		h.tr.Tick(h.ts)
+	}
+	close(stop)
+	<-done
+	if got, want := h.tr.Snapshot().ChannelsOpened, h.tr.Stats().ChannelsOpened; got != want || want != 50 {
+		t.Errorf("snapshot says %d channels opened, the tracker %d; want 50", got, want)
 	}
 }
