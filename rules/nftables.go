@@ -115,17 +115,44 @@ func (n *Nftables) setup(raw *netlink.Conn) error {
 	if raw == nil {
 		return fmt.Errorf("%w: no netlink socket", ErrNoNftables)
 	}
-	if err := createOwnedTable(raw, name, n.cfg.MaxPinholes); err != nil {
+	// nft add table inet NAME { flags owner; }: the table belongs to this
+	// socket, only it may change the table, and the kernel deletes the
+	// table when the socket closes, even after kill -9.
+	n.table = n.conn.AddTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet, Flags: nftables.TableFlagOwner})
+	if err := n.conn.Flush(); err != nil {
 		if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EPERM) {
-			return fmt.Errorf("%w: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, err)
+			return fmt.Errorf("%w: creating table inet %s: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, name, err)
 		}
+		return fmt.Errorf("%w: creating table inet %s with the owner flag (Linux 5.12 or later): %v", ErrNoNftables, name, err)
+	}
+	if err := createPinholeSets(raw, name, n.cfg.MaxPinholes); err != nil {
 		return fmt.Errorf("%w: %v", ErrNoNftables, err)
 	}
-	n.table = &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
-	n.set4 = n.pinholeSet(SetV4, nftables.TypeIPAddr)
-	n.set6 = n.pinholeSet(SetV6, nftables.TypeIP6Addr)
-	n.peers4 = n.newPeersSet(PeersV4, nftables.TypeIPAddr)
-	n.peers6 = n.newPeersSet(PeersV6, nftables.TypeIP6Addr)
+	n.initSets()
+	if err := n.queueBase(); err != nil {
+		return err
+	}
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("%w: creating sets and chains in table inet %s: %v", ErrNoNftables, name, err)
+	}
+	return nil
+}
+
+// initSets describes the table's four sets.
+func (n *Nftables) initSets() {
+	n.set4 = n.pinholeSet(SetV4, nftables.TypeIPAddr, 1)
+	n.set6 = n.pinholeSet(SetV6, nftables.TypeIP6Addr, 2)
+	n.peers4 = n.newPeersSet(PeersV4, nftables.TypeIPAddr, 3)
+	n.peers6 = n.newPeersSet(PeersV6, nftables.TypeIP6Addr, 4)
+}
+
+// queueBase queues what every capture needs: the peers sets and the
+// chains that mark data connections, with their base rules.
+//
+//	nft add set inet ftpgate ftp_control_peers_v4 { type ipv4_addr . ipv4_addr; flags timeout; size N; }
+//	nft add chain inet ftpgate mark_ftp_data_forward { type filter hook forward priority filter - 10; }
+//	...
+func (n *Nftables) queueBase() error {
 	for _, s := range []*nftables.Set{n.peers4, n.peers6} {
 		if err := n.conn.AddSet(s, nil); err != nil {
 			return fmt.Errorf("adding set %s: %w", s.Name, err)
@@ -143,14 +170,12 @@ func (n *Nftables) setup(raw *netlink.Conn) error {
 			n.conn.AddRule(r)
 		}
 	}
-	if err := n.conn.Flush(); err != nil {
-		return fmt.Errorf("%w: creating sets and chains in table inet %s: %v", ErrNoNftables, name, err)
-	}
 	return nil
 }
 
-func (n *Nftables) newPeersSet(name string, addr nftables.SetDatatype) *nftables.Set {
+func (n *Nftables) newPeersSet(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
 	return &nftables.Set{
+		ID:            id, // fixed, so that the messages are the same every time
 		Table:         n.table,
 		Name:          name,
 		KeyType:       nftables.MustConcatSetType(addr, addr),
@@ -273,8 +298,6 @@ func (n *Nftables) commit(ops []op) error {
 //	nft list set inet ftpgate ftp_data_pinholes_v4
 func (n *Nftables) Pinholes() ([]Pinhole, error) {
 	var out []Pinhole
-	n.peers4 = n.newPeersSet(PeersV4, nftables.TypeIPAddr)
-	n.peers6 = n.newPeersSet(PeersV6, nftables.TypeIP6Addr)
 	for _, s := range []*nftables.Set{n.set4, n.set6, n.peers4, n.peers6} {
 		elems, err := n.conn.GetSetElements(s)
 		if err != nil {

@@ -70,18 +70,11 @@ const nfqFlagBypass = 0x01
 // on the queue: control connections still open if the daemon dies, and a
 // held data SYN goes on to the admin's rules, which drop it.
 func (n *Nftables) AddInlineRules(num, logGroup uint16, ports []uint16) (QueueMode, error) {
-	native := &expr.Queue{Num: num, Flag: expr.QueueFlagBypass}
-	nativeErr := n.addInlineRules(ports, logGroup, native)
+	nativeErr := n.addInlineRules(ports, logGroup, nftQueue(num))
 	if nativeErr == nil {
 		return QueueNative, nil
 	}
-	info := make([]byte, 8) // xt_NFQ_info_v3, host order, aligned to 8
-	binary.NativeEndian.PutUint16(info[0:], num)
-	binary.NativeEndian.PutUint16(info[2:], 1)
-	binary.NativeEndian.PutUint16(info[4:], nfqFlagBypass)
-	unknown := xt.Unknown(info)
-	compat := &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &unknown}
-	if err := n.addInlineRules(ports, logGroup, compat); err != nil {
+	if err := n.addInlineRules(ports, logGroup, xtQueue(num)); err != nil {
 		// Either error may also be a rule the kernel is too old for
 		// (@ih needs Linux 5.16): say both.
 		return "", fmt.Errorf("%w: the kernel refused the inline rules with the nft queue statement (%v) and with the xtables NFQUEUE target (%v)", ErrNoNftables, nativeErr, err)
@@ -90,6 +83,12 @@ func (n *Nftables) AddInlineRules(num, logGroup uint16, ports []uint16) (QueueMo
 }
 
 func (n *Nftables) addInlineRules(ports []uint16, logGroup uint16, queue expr.Any) error {
+	n.queueInline(ports, logGroup, queue)
+	return n.conn.Flush()
+}
+
+// queueInline queues the rules of inline capture (see AddInlineRules).
+func (n *Nftables) queueInline(ports []uint16, logGroup uint16, queue expr.Any) {
 	p := n.params()
 	p.inline, p.queue, p.ports, p.logGroup = true, queue, ports, logGroup
 	inspect := n.conn.AddChain(&nftables.Chain{Name: inspectChain, Table: n.table})
@@ -113,5 +112,17 @@ func (n *Nftables) addInlineRules(ports []uint16, logGroup uint16, queue expr.An
 			n.conn.AddRule(r)
 		}
 	}
-	return n.conn.Flush()
+}
+
+// nftQueue is `queue num N bypass`.
+func nftQueue(num uint16) expr.Any { return &expr.Queue{Num: num, Flag: expr.QueueFlagBypass} }
+
+// xtQueue is the xtables `NFQUEUE --queue-num N --queue-bypass` target.
+func xtQueue(num uint16) expr.Any {
+	info := make([]byte, 8) // xt_NFQ_info_v3, host order, aligned to 8
+	binary.NativeEndian.PutUint16(info[0:], num)
+	binary.NativeEndian.PutUint16(info[2:], 1)
+	binary.NativeEndian.PutUint16(info[4:], nfqFlagBypass)
+	unknown := xt.Unknown(info)
+	return &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &unknown}
 }

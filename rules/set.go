@@ -49,9 +49,11 @@ const (
 // above allows with a wide margin.
 const MaxPinholeTimeout = 24 * 60 * 60 // seconds
 
-// pinholeSet describes one of the two pinhole sets.
-func (n *Nftables) pinholeSet(name string, addr nftables.SetDatatype) *nftables.Set {
+// pinholeSet describes one of the two pinhole sets (createPinholeSets
+// makes them).
+func (n *Nftables) pinholeSet(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
 	return &nftables.Set{
+		ID:            id,
 		Table:         n.table,
 		Name:          name,
 		KeyType:       nftables.MustConcatSetType(addr, addr, nftables.TypeInetService),
