@@ -29,7 +29,7 @@ test: deps
 	PATH=$$PATH:/usr/sbin:/sbin $(GO) test -count=1 -timeout 30m ./...
 
 unit:
-	$(GO) test -count=1 ./parser ./conntrack ./cmd/...
+	$(GO) test -count=1 ./parser ./conntrack ./capture ./cmd/...
 
 # demo shows the main job on the lab: real transfers in every mode through a
 # default-drop gateway, what was negotiated, opened and closed.
@@ -50,6 +50,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./parser -run '^$$' -fuzz '^FuzzParseCommand$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./parser -run '^$$' -fuzz '^FuzzParseReply$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./parser -run '^$$' -fuzz '^FuzzFormatRoundTrip$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzPacketPath$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzSessionOracle$$' -fuzztime $(FUZZTIME)
 

@@ -1,0 +1,69 @@
+package capture
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"testing"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// TestVerdictBytes checks the verdicts NFQUEUE is sent, byte for byte:
+// a repeat with the admit mark for one packet, a batch accept for the
+// rest.
+func TestVerdictBytes(t *testing.T) {
+	q := &QueueSource{num: 2121, Mark: 0x01000000, MarkMask: 0x01000000}
+	got := q.appendVerdict(nil, false, 7, true, 0x01000000)
+	got = q.appendVerdict(got, true, 9, false, 0)
+	le := func(v uint32) string { return hex.EncodeToString(binary.NativeEndian.AppendUint32(nil, v)) }
+	le16 := func(v uint16) string { return hex.EncodeToString(binary.NativeEndian.AppendUint16(nil, v)) }
+	want := le(40) + le16(unix.NFNL_SUBSYS_QUEUE<<8|1) + le16(unix.NLM_F_REQUEST) + le(0) + le(0) +
+		"00000849" + // AF_UNSPEC, NFNETLINK_V0, queue 2121 (big endian)
+		le16(12) + le16(2) + "00000004" + "00000007" + // verdict header: NF_REPEAT, id 7
+		le16(8) + le16(3) + "01000000" + // packet mark
+		le(32) + le16(unix.NFNL_SUBSYS_QUEUE<<8|3) + le16(unix.NLM_F_REQUEST) + le(0) + le(0) +
+		"00000849" +
+		le16(12) + le16(2) + "00000001" + "00000009" // batch: NF_ACCEPT up to id 9
+	if h := hex.EncodeToString(got); h != want {
+		t.Errorf("verdicts\n got %s\nwant %s", h, want)
+	}
+}
+
+// TestParseLogMessages reads a datagram of two NFLOG records: prefixes
+// and payloads come out as the kernel wrote them.
+func TestParseLogMessages(t *testing.T) {
+	record := func(prefix string, payload []byte) []byte {
+		attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+			{Type: nfulaPrefix, Data: append([]byte(prefix), 0)},
+			{Type: nfulaPayload, Data: payload},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := append([]byte{unix.AF_INET, 0, 0x08, 0x49}, attrs...)
+		m := netlink.Message{
+			Header: netlink.Header{Length: uint32(unix.NLMSG_HDRLEN + len(data)), Type: netlink.HeaderType(unix.NFNL_SUBSYS_ULOG<<8 | nfulnlMsgPacket)},
+			Data:   data,
+		}
+		b, err := m.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	dgram := append(record("", []byte{0x45, 1, 2}), record("ftpgate: pinhole used", []byte{0x45, 3})...)
+	var prefixes []string
+	var payloads []string
+	n := parseLogMessages(dgram, func(prefix, payload []byte) {
+		prefixes = append(prefixes, string(prefix))
+		payloads = append(payloads, hex.EncodeToString(payload))
+	})
+	if n != 2 || prefixes[0] != "" || prefixes[1] != "ftpgate: pinhole used" || payloads[0] != "450102" || payloads[1] != "4503" {
+		t.Errorf("n %d, prefixes %q, payloads %q", n, prefixes, payloads)
+	}
+	// A truncated datagram yields what is whole, and no panic.
+	if n := parseLogMessages(dgram[:len(dgram)-3], func(_, _ []byte) {}); n != 1 {
+		t.Errorf("truncated datagram: %d records, want 1", n)
+	}
+}
