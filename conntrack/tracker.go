@@ -3,6 +3,12 @@
 // tracking per direction, the control-session state machine, the pairing
 // of replies with commands, and the policy that accepts or refuses each
 // channel before a pinhole is opened.
+//
+// It is a synchronous state machine: fed packets (HandlePacket,
+// UsedReport, AdmitHeldSYN) and time (Tick, Feed, Expire) by one
+// goroutine, it makes no system calls and starts no goroutines; what it
+// decides goes to a rules.Backend, and its counters can be read from any
+// goroutine (Snapshot).
 package conntrack
 
 import (

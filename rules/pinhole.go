@@ -1,7 +1,11 @@
-// Package rules is the nftables side of ftpgate: one table the daemon owns,
-// two sets of pinholes (IPv4, IPv6) with per-element timeouts, the chains
+// Package rules is the nftables side of ftpgate and nothing else: one
+// table the daemon owns, two sets of pinholes (IPv4, IPv6) whose elements
+// admit one packet each, the sets of control-session peers, the chains
 // that consume a pinhole on the first packet of its data connection and
-// mark that connection, and batched commits.
+// mark that connection (and, inline, copy control segments and hold data
+// SYNs), batched commits, and a dry-run backend. The rules are built by
+// pure functions (chains.go); golden_test.go checks their bytes without
+// root, nftables_test.go their behaviour in a throwaway namespace.
 package rules
 
 import (
