@@ -1,0 +1,152 @@
+package conntrack
+
+import (
+	"log/slog"
+	"time"
+)
+
+// DefaultCommitDelay is how long a new pinhole waits, under inline
+// capture, before it is committed. Most data SYNs come within it and are
+// admitted from ftpgate's own table (see RunInline); on the lab, going
+// from 2 ms to 10 ms cut ftpgate's CPU per transfer by 10-15%.
+const DefaultCommitDelay = 10 * time.Millisecond
+
+// Defaults of the limits on cheap traffic.
+const (
+	// DefaultHandshakeTimeout: a control connection must carry its first
+	// byte of FTP (the server's greeting, normally at once) within this
+	// time of its first packet, or it is forgotten.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxHalfOpen control connections that have carried no FTP yet
+	// are tracked at most; they do not count against MaxSessions.
+	DefaultMaxHalfOpen = 4096
+	// DefaultReorderWait: bytes that one side acknowledged but ftpgate
+	// has not seen are given up as lost after this long (passive capture
+	// and files; inline copies come in order and are given up at once).
+	DefaultReorderWait = time.Second
+	// closeLinger ends a session this long after its first FIN, if the
+	// second never shows.
+	closeLinger = time.Minute
+	// tombstoneFor is how long the segments of an ended control
+	// connection are recognised and ignored rather than picked up anew.
+	tombstoneFor  = 2 * time.Minute
+	maxTombstones = 65536
+)
+
+// Config holds the tracker's limits and policy. Zero values take the
+// defaults named on each field.
+type Config struct {
+	ControlPorts          []uint16      // default [21]
+	MinDataPort           uint16        // default 1024
+	PinholeTimeout        time.Duration // default 60s
+	IdleTimeout           time.Duration // control session idle limit, default 30m
+	HandshakeTimeout      time.Duration // default DefaultHandshakeTimeout
+	MaxSessions           int           // tracked control sessions that carried FTP, default 65536
+	MaxHalfOpen           int           // default DefaultMaxHalfOpen
+	MaxPinholesPerSession int           // default 4
+	MaxPinholes           int           // in all, default 65536
+	MaxLineLength         int           // bytes without the line end, default 2048
+	// Inline says the packets are the kernel's copies of segments its
+	// conntrack validated, in the order the kernel handled them: bytes
+	// one side acknowledged but ftpgate never saw are then lost at once,
+	// not waited for (see ReorderWait).
+	Inline bool
+	// ReorderWait is how long acknowledged but unseen bytes are waited
+	// for otherwise; default DefaultReorderWait.
+	ReorderWait time.Duration
+	// ReportWindow is how long the log line of a pinhole closed for a
+	// reason of the control session waits for a late kernel report that
+	// its data connection had started (see PinholeConsumed). 0 logs at
+	// once, as for capture files, where there are no such reports.
+	ReportWindow time.Duration
+	// CommitDelay is how long inline capture may leave pinhole changes
+	// uncommitted; see RunInline. Zero means DefaultCommitDelay; a
+	// negative value commits at once.
+	CommitDelay time.Duration
+	Logger      *slog.Logger
+	// OnChannel, if set, receives every announced channel with its verdict.
+	OnChannel func(Channel)
+}
+
+func (c *Config) setDefaults() {
+	if len(c.ControlPorts) == 0 {
+		c.ControlPorts = []uint16{21}
+	}
+	if c.PinholeTimeout == 0 {
+		c.PinholeTimeout = 60 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 30 * time.Minute
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = 65536
+	}
+	if c.MaxHalfOpen == 0 {
+		c.MaxHalfOpen = DefaultMaxHalfOpen
+	}
+	if c.MaxPinholesPerSession == 0 {
+		c.MaxPinholesPerSession = 4
+	}
+	if c.MaxPinholes == 0 {
+		c.MaxPinholes = 65536
+	}
+	if c.MaxLineLength == 0 {
+		c.MaxLineLength = 2048
+	}
+	switch {
+	case c.Inline:
+		c.ReorderWait = 0
+	case c.ReorderWait == 0:
+		c.ReorderWait = DefaultReorderWait
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case c.CommitDelay == 0:
+		c.CommitDelay = DefaultCommitDelay
+	case c.CommitDelay < 0:
+		c.CommitDelay = 0
+	}
+}
+
+// Stats counts what the tracker saw and dropped. Nothing is dropped
+// without being counted here.
+type Stats struct {
+	Packets           uint64 // packets handed to the tracker
+	NotControl        uint64 // not TCP to or from a control port
+	Undecodable       uint64 // truncated or unknown link/network layers
+	Fragments         uint64 // IP fragments (control traffic is never fragmented in practice)
+	BadChecksums      uint64 // IP or TCP checksum wrong: never reached the receiver's TCP
+	OutOfWindow       uint64 // segments and resets outside what their receiver would accept
+	AfterClose        uint64 // segments of control connections that had ended
+	SessionsStarted   uint64 // control sessions that carried FTP
+	SessionsEnded     uint64
+	SessionsRefused   uint64 // a new session found the session cap reached
+	HalfOpenRefused   uint64 // a new control connection found the half-open cap reached
+	HalfOpenExpired   uint64 // control connections that carried no FTP within the handshake timeout
+	Lines             uint64
+	LinesTooLong      uint64
+	GapBytes          uint64 // bytes lost (missing from the capture, or beyond a buffer limit)
+	OutOfOrderDropped uint64 // out-of-order segments with no room to keep them
+	Conflicts         uint64 // two copies of the same bytes that differed
+	Malformed         uint64 // data commands and replies that did not parse
+	PendingOverflow   uint64
+	ChannelsOpened    uint64
+	ChannelsRefused   uint64
+	PinholesClosed    uint64
+	PinholesConsumed  uint64 // closed by the kernel on the first packet of their connection
+	SYNsHeld          uint64 // data SYNs the kernel held because they beat their pinhole (inline)
+	SYNsAdmitted      uint64 // of those, admitted by ftpgate (their pinhole was open, never committed)
+	SYNsRetried       uint64 // of those, sent back to the kernel, which holds their pinhole
+	AddsCancelled     uint64 // pinholes used (a held SYN) or closed before their commit, never sent to the kernel
+	CopiesLost        uint64 // NFLOG socket overflows (inline copies lost)
+	BackendErrors     uint64
+	LogSuppressed     uint64 // log lines held back by the per-session limits
+	SessionsTracked   int    // now, half-open ones included
+	HalfOpen          int    // now: control connections that have carried no FTP yet
+	PinholesOpen      int    // now
+}
