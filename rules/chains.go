@@ -69,6 +69,8 @@ type ruleParams struct {
 	inline bool
 	queue  expr.Any // the queue statement or target
 	ports  []uint16
+	// NAT only:
+	nat *natParams
 }
 
 func comment(s string) []byte { return userdata.AppendString(nil, userdata.TypeComment, s) }
@@ -187,6 +189,9 @@ func dataChainRules(c hookChain, p ruleParams, chain *nftables.Chain) []*nftable
 	}
 	if !c.local {
 		rules = append(rules, rule("source not routed back through the interface it came in on: forged", reversePathFails(), []expr.Any{ret}))
+	}
+	if p.nat != nil && c.hook == nftables.ChainHookInput {
+		rules = append(rules, rule("FTP control connection handed to ftpgate's control proxy: let it in", proxyAdmitExprs(p)))
 	}
 	rules = append(rules,
 		rule("first packet of an announced FTP data connection: mark it, close the pinhole", consumeExprs(p, false)),
@@ -307,6 +312,9 @@ func copyChainRules(c hookChain, p ruleParams, chain *nftables.Chain) []*nftable
 		target = inspectLocalChain
 	}
 	var rules []*nftables.Rule
+	if p.nat != nil && c.hook != nftables.ChainHookForward {
+		rules = append(rules, &nftables.Rule{Table: p.table, Chain: chain, Exprs: proxiedSkipExprs(p)})
+	}
 	for _, port := range p.ports {
 		for _, off := range []uint32{2, 0} { // destination port, source port
 			rules = append(rules, &nftables.Rule{Table: p.table, Chain: chain, Exprs: slices.Concat(tcp(), []expr.Any{

@@ -197,3 +197,30 @@ func TestGoldenCommit(t *testing.T) {
 	}
 	golden(t, "commit", r.msgs)
 }
+
+func TestGoldenNAT(t *testing.T) {
+	r := newRecorder(t)
+	nat := testNAT
+	r.cfg.NAT = &nat
+	r.initSets()
+	if err := r.queueBase(); err != nil {
+		t.Fatal(err)
+	}
+	r.queueInline(nat.Ports, DefaultLogGroup, xtQueue(2121))
+	golden(t, "nat", r.flush(t))
+
+	d := Mapping{Peer: netip.MustParseAddr("203.0.113.10"), Addr: netip.MustParseAddr("203.0.113.1"), Port: 61001,
+		ToAddr: netip.MustParseAddr("198.51.100.2"), ToPort: 40001}
+	s := Mapping{SNAT: true, Peer: netip.MustParseAddr("2001:db8:2::2"), Addr: netip.MustParseAddr("2001:db8:3::10"), Port: 50000,
+		ToAddr: netip.MustParseAddr("2001:db8:3::1")}
+	for _, err := range []error{r.AddMapping(d, time.Minute), r.AddMapping(s, time.Minute), r.DelMapping(d)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.msgs = nil
+	if err := r.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "nat-commit", r.msgs)
+}

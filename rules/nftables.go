@@ -34,7 +34,9 @@ type Config struct {
 	// LogGroup, if not 0, adds `log group N` to the consuming rules so
 	// that a ConsumedListener learns when each pinhole was used.
 	LogGroup uint16
-	Logger   *slog.Logger
+	// NAT, if set, adds the NAT maps and the control proxy's rules.
+	NAT    *NATConfig
+	Logger *slog.Logger
 }
 
 // Nftables is the Backend for the running kernel.
@@ -46,6 +48,8 @@ type Nftables struct {
 	set6   *nftables.Set
 	peers4 *nftables.Set
 	peers6 *nftables.Set
+	// NAT only:
+	proxy4, proxy6, dnat4, dnat6, snat4, snat6 *nftables.Set
 	opQueue
 	log *slog.Logger
 }
@@ -144,6 +148,9 @@ func (n *Nftables) initSets() {
 	n.set6 = n.pinholeSet(SetV6, nftables.TypeIP6Addr, 2)
 	n.peers4 = n.newPeersSet(PeersV4, nftables.TypeIPAddr, 3)
 	n.peers6 = n.newPeersSet(PeersV6, nftables.TypeIP6Addr, 4)
+	if n.cfg.NAT != nil {
+		n.initNATSets()
+	}
 }
 
 // queueBase queues what every capture needs: the peers sets and the
@@ -170,6 +177,11 @@ func (n *Nftables) queueBase() error {
 			n.conn.AddRule(r)
 		}
 	}
+	if n.cfg.NAT != nil {
+		if err := n.queueNAT(); err != nil {
+			return fmt.Errorf("adding the NAT sets: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -188,10 +200,15 @@ func (n *Nftables) newPeersSet(name string, addr nftables.SetDatatype, id uint32
 
 // params are the rules' inputs common to every capture.
 func (n *Nftables) params() ruleParams {
-	return ruleParams{
+	p := ruleParams{
 		table: n.table, mark: n.cfg.Mark, mask: n.cfg.MarkMask, logGroup: n.cfg.LogGroup,
 		set4: n.set4, set6: n.set6, peers4: n.peers4, peers6: n.peers6,
 	}
+	if n.cfg.NAT != nil {
+		p.nat = &natParams{cfg: *n.cfg.NAT, proxy4: n.proxy4, proxy6: n.proxy6,
+			dnat4: n.dnat4, dnat6: n.dnat6, snat4: n.snat4, snat6: n.snat6}
+	}
+	return p
 }
 
 // key encodes a pinhole as its set key: peer . addr . port, each field
@@ -228,6 +245,9 @@ func (n *Nftables) setFor(p Pinhole) *nftables.Set {
 }
 
 func (n *Nftables) queue(o op) error {
+	if o.m.Peer.IsValid() {
+		return n.queueMapping(o)
+	}
 	var s *nftables.Set
 	var keys [][]byte
 	if o.peers.Client.IsValid() {
@@ -255,6 +275,25 @@ func (n *Nftables) queue(o op) error {
 		return err
 	}
 	return n.conn.SetDeleteElements(s, elems)
+}
+
+// queueMapping queues the change of a NAT map element. A delete first
+// adds the element with a short timeout, like a pinhole's (see
+// DelPinhole), so that it cannot fail on an absent element.
+func (n *Nftables) queueMapping(o op) error {
+	if n.cfg.NAT == nil {
+		return fmt.Errorf("NAT mapping %v: NAT is not set up", o.m)
+	}
+	s := n.mapFor(o.m)
+	e := []nftables.SetElement{{Key: mappingKey(o.m), Val: mappingData(o.m), Timeout: o.timeout}}
+	if o.add {
+		return n.conn.SetAddElements(s, e)
+	}
+	e[0].Timeout = time.Second
+	if err := n.conn.SetAddElements(s, e); err != nil {
+		return err
+	}
+	return n.conn.SetDeleteElements(s, []nftables.SetElement{{Key: e[0].Key}})
 }
 
 // Commit sends every queued change in one netlink batch. If the batch

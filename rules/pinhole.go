@@ -66,6 +66,10 @@ type Backend interface {
 	AddPeers(p Peers) error
 	// DelPeers queues the removal of the pair. Idempotent.
 	DelPeers(p Peers) error
+	// AddMapping queues a NAT mapping with the given lifetime. Idempotent.
+	AddMapping(m Mapping, timeout time.Duration) error
+	// DelMapping queues the removal of the mapping. Idempotent.
+	DelMapping(m Mapping) error
 	// CancelAdd drops a queued, not yet committed AddPinhole of p and
 	// reports whether there was one: a pinhole used before it was ever
 	// committed then costs the kernel nothing.
@@ -98,14 +102,18 @@ var ErrInvalidPeers = errors.New("invalid control session peers")
 // a pinhole, or the peers of a control session.
 type op struct {
 	p       Pinhole
-	peers   Peers // set instead of p for a change of the peers sets
+	peers   Peers   // set instead of p for a change of the peers sets
+	m       Mapping // set instead of p for a change of the NAT maps
 	add     bool
 	timeout time.Duration
 }
 
 func (o op) String() string {
-	if o.peers.Client.IsValid() {
+	switch {
+	case o.peers.Client.IsValid():
 		return "control session peers " + o.peers.String()
+	case o.m.Peer.IsValid():
+		return "NAT mapping " + o.m.String()
 	}
 	return "pinhole " + o.p.String()
 }
@@ -135,6 +143,7 @@ func newOp(p Pinhole, add bool, timeout time.Duration) (op, error) {
 type DryRun struct {
 	Open    map[Pinhole]time.Duration // currently added, with their timeout
 	Peers   map[Peers]bool            // control session peers currently added
+	Maps    map[Mapping]time.Duration // NAT mappings currently added
 	Adds    int                       // AddPinhole calls committed
 	Dels    int                       // DelPinhole calls committed
 	Commits int
@@ -143,7 +152,7 @@ type DryRun struct {
 
 // NewDryRun returns an empty DryRun backend.
 func NewDryRun() *DryRun {
-	return &DryRun{Open: make(map[Pinhole]time.Duration), Peers: make(map[Peers]bool)}
+	return &DryRun{Open: make(map[Pinhole]time.Duration), Peers: make(map[Peers]bool), Maps: make(map[Mapping]time.Duration)}
 }
 
 // opQueue holds the changes a backend has not committed yet. Both
@@ -219,6 +228,14 @@ func (d *DryRun) commit(ops []op) error {
 		return nil
 	}
 	for _, op := range ops {
+		if op.m.Peer.IsValid() {
+			if op.add {
+				d.Maps[op.m] = op.timeout
+			} else {
+				delete(d.Maps, op.m)
+			}
+			continue
+		}
 		if op.peers.Client.IsValid() {
 			if op.add {
 				d.Peers[op.peers] = true
