@@ -325,7 +325,7 @@ func proxiedSkipExprs(p ruleParams) []expr.Any {
 
 // natParams are the NAT parts of ruleParams.
 type natParams struct {
-	cfg                                       NATConfig
+	cfg                                        NATConfig
 	proxy4, proxy6, dnat4, dnat6, snat4, snat6 *nftables.Set
 }
 
