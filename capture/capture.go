@@ -27,6 +27,15 @@ const (
 	Used
 	// Held is a packet the kernel holds until it is given a Verdict.
 	Held
+	// Opened: a translated control connection reached the control
+	// proxy, and the proxy reached its server (Conn).
+	Opened
+	// Line is a whole line the control proxy read (Data, with its line
+	// end). Like Held, it waits: what the handler puts in Out (or, if
+	// Out is nil, Data) goes on when its source is released.
+	Line
+	// Closed: a proxied connection ended; Data says why.
+	Closed
 )
 
 // Verdict is what becomes of a held packet.
@@ -52,6 +61,16 @@ type Packet struct {
 	Kind Kind
 	// Verdict is set by whoever handles a Held packet.
 	Verdict Verdict
+
+	// The control proxy's packets (Opened, Line, Closed):
+	Conn       *ProxiedConn
+	FromServer bool // a Line the server sent
+	// Out is set by whoever handles a Line: what to send on instead.
+	Out []byte
+	// Raw is set by whoever handles a Line when, after it, neither
+	// direction carries lines any more (TLS begins): the proxy then
+	// relays bytes as they come.
+	Raw bool
 }
 
 // LinkTypeRawIP is the link type of sources that deliver packets from

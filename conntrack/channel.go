@@ -44,6 +44,14 @@ type Channel struct {
 	Reason  string
 	Client  netip.AddrPort // control connection client
 	Server  netip.AddrPort // control connection server
+	// Through NAT (sessions of the control proxy): what the far side was
+	// told, if it differs from the announcement, and where its data
+	// connection is mapped to.
+	Sent     netip.AddrPort
+	MappedTo netip.AddrPort
+	// Seen: for a refusal on a proxied session, the announcer's address
+	// as the far side sees it.
+	Seen netip.AddrPort
 }
 
 // Pinhole is the exact hole this channel needs.

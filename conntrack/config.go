@@ -63,7 +63,11 @@ type Config struct {
 	// uncommitted; see RunInline. Zero means DefaultCommitDelay; a
 	// negative value commits at once.
 	CommitDelay time.Duration
-	Logger      *slog.Logger
+	// NATPorts is the range of ports ftpgate hands out on public
+	// addresses for announcements it rewrites on proxied sessions.
+	// Zero: DefaultNATPorts.
+	NATPorts [2]uint16
+	Logger   *slog.Logger
 	// OnChannel, if set, receives every announced channel with its verdict.
 	OnChannel func(Channel)
 }
@@ -102,6 +106,9 @@ func (c *Config) setDefaults() {
 	case c.ReorderWait == 0:
 		c.ReorderWait = DefaultReorderWait
 	}
+	if c.NATPorts == [2]uint16{} {
+		c.NATPorts = DefaultNATPorts
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -112,6 +119,12 @@ func (c *Config) setDefaults() {
 		c.CommitDelay = 0
 	}
 }
+
+// DefaultNATPorts lies above Linux's default ephemeral range
+// (net.ipv4.ip_local_port_range 32768-60999), so that the gateway's own
+// outgoing connections and masquerade, which keeps a client's port when
+// it can, rarely hold a port ftpgate hands out.
+var DefaultNATPorts = [2]uint16{61000, 65535}
 
 // Stats counts what the tracker saw and dropped. Nothing is dropped
 // without being counted here.
@@ -146,7 +159,11 @@ type Stats struct {
 	CopiesLost        uint64 // NFLOG socket overflows (inline copies lost)
 	BackendErrors     uint64
 	LogSuppressed     uint64 // log lines held back by the per-session limits
+	SessionsProxied   uint64 // control sessions that ran through the control proxy (NAT)
+	NATRewrites       uint64 // announcements rewritten for the far side of a NAT
+	NATMappings       uint64 // NAT mappings of data connections made
 	SessionsTracked   int    // now, half-open ones included
 	HalfOpen          int    // now: control connections that have carried no FTP yet
 	PinholesOpen      int    // now
+	Proxied           int    // now: sessions through the control proxy
 }

@@ -125,7 +125,14 @@ func (s *Session) clientLine(l line) {
 	if !s.pair.inStep && s.quietPoint(l) {
 		s.pair.backInStep(s)
 	}
-	s.pair.push(s, pendingCommand{verb: cmd.Verb, cmd: cmd, valid: err == nil, time: s.env.now, end: l.end})
+	pc := pendingCommand{verb: cmd.Verb, cmd: cmd, valid: err == nil, time: s.env.now, end: l.end}
+	if s.nat != nil && pc.verb.IsActive() && pc.valid {
+		// What the server will connect to must be mapped, and the command
+		// perhaps rewritten, before it reaches the server.
+		pc.decided = true
+		s.host.decide(s, s.activeChannel(cmd, s.env.now), s.Client.Addr())
+	}
+	s.pair.push(s, pc)
 }
 
 func (s *Session) serverLine(l line) {
@@ -213,6 +220,10 @@ func (s *Session) finalLine(code int) {
 	switch {
 	case cmd.count > 0:
 		// A command past maxPending; its announcement was refused.
+	case cmd.decided:
+		if code >= 300 {
+			s.host.closeSessionPinholes(s, fmt.Sprintf("server refused %s with %d", cmd.verb, code))
+		}
 	case cmd.verb.IsActive() && cmd.valid:
 		ch := s.activeChannel(cmd.cmd, cmd.time)
 		switch {
@@ -280,7 +291,7 @@ func (s *Session) end(reason string) {
 	}
 	s.ended = true
 	for _, c := range s.pair.pending {
-		if c.count == 0 && c.verb.IsActive() && c.valid {
+		if c.undecided() {
 			s.host.refuse(s, s.activeChannel(c.cmd, c.time), "no reply from the server before the session ended")
 		}
 	}

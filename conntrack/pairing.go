@@ -27,6 +27,15 @@ type pendingCommand struct {
 	count      int
 	firstEnd   uint32
 	firstKnown bool
+	// decided: an active-mode command of a proxied session, whose
+	// channel was decided before the server saw it (see Session.nat).
+	decided bool
+}
+
+// undecided reports whether c is an active-mode announcement still
+// waiting for the server's reply to be decided.
+func (c pendingCommand) undecided() bool {
+	return c.count == 0 && c.verb.IsActive() && c.valid && !c.decided
 }
 
 // pairing matches each final reply with the command it answers.
@@ -101,7 +110,7 @@ func (p *pairing) backInStep(s *Session) {
 // dropPending forgets every waiting command, refusing the announcements.
 func (p *pairing) dropPending(s *Session, reason string) {
 	for _, c := range p.pending {
-		if c.count == 0 && c.verb.IsActive() && c.valid {
+		if c.undecided() {
 			s.host.refuse(s, s.activeChannel(c.cmd, c.time), reason)
 		}
 	}
@@ -130,7 +139,7 @@ func (p *pairing) push(s *Session, c pendingCommand) {
 }
 
 func (p *pairing) refuseUnkept(s *Session, c pendingCommand) {
-	if c.verb.IsActive() && c.valid {
+	if c.undecided() {
 		s.host.refuse(s, s.activeChannel(c.cmd, c.time),
 			fmt.Sprintf("more than %d commands were waiting for a reply; this one was not kept", maxPending))
 	}
@@ -155,7 +164,7 @@ func (p *pairing) answer(s *Session, ack uint32, passive parser.Verb) (pendingCo
 				if c.count == 0 && c.verb == passive && !c.cmd.All && seqAtLeast(ack, c.end) {
 					// The commands before it were answered before it.
 					for _, b := range p.pending[:i] {
-						if b.count == 0 && b.verb.IsActive() && b.valid {
+						if b.undecided() {
 							s.host.refuse(s, s.activeChannel(b.cmd, b.time), "pairing of replies with commands is uncertain: "+p.why)
 						}
 					}
@@ -166,7 +175,7 @@ func (p *pairing) answer(s *Session, ack uint32, passive parser.Verb) (pendingCo
 		}
 		if len(p.pending) > 0 && p.fits(ack) {
 			c := p.pop()
-			if c.count == 0 && c.verb.IsActive() && c.valid {
+			if c.undecided() {
 				s.host.refuse(s, s.activeChannel(c.cmd, c.time), "pairing of replies with commands is uncertain: "+p.why)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/ftpgate/ftpgate/parser"
 	"github.com/ftpgate/ftpgate/rules"
 )
 
@@ -22,16 +23,72 @@ type pinhole struct {
 	// Set once closed while its log line waits for a usage report.
 	closeReason string
 	logBy       time.Time
+	// NAT: the mappings of its data connection, and the public
+	// address:port they hold.
+	maps   []rules.Mapping
+	public netip.AddrPort
 }
 
 // decide asks the policy and the caps about a channel the protocol
 // allows, and opens its pinhole or refuses it.
 func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
+	if s.nat != nil {
+		t.decideNAT(s, ch)
+		return
+	}
 	if reason := t.policy.Check(ch, announcer); reason != "" {
 		t.refuse(s, ch, reason)
 		return
 	}
-	key := ch.Pinhole()
+	t.open(s, ch, ch.Pinhole(), natPlan{})
+}
+
+// decideNAT decides an announcement on a session of the control proxy:
+// the announced address must be the announcer's own on either side of
+// its control connection's translation.
+func (t *Tracker) decideNAT(s *Session, ch Channel) {
+	tr := s.nat.tr
+	own := []netip.Addr{tr.Client.Addr(), tr.ClientSeen.Addr()}
+	if ch.Passive {
+		own = []netip.Addr{tr.Server.Addr(), tr.ServerSeen.Addr()}
+	}
+	if reason := t.policy.Check(ch, own...); reason != "" {
+		ch.Seen = tr.ClientSeen
+		if ch.Passive {
+			ch.Seen = tr.ServerSeen
+		}
+		t.refuse(s, ch, reason)
+		return
+	}
+	code := map[parser.Verb]int{parser.VerbPASV: 227, parser.VerbEPSV: 229, parser.VerbLPSV: 228}[ch.Command]
+	plan, reason := t.planNAT(s, ch, code)
+	if reason != "" {
+		t.refuse(s, ch, reason)
+		return
+	}
+	if plan.send.IsValid() {
+		b, err := rewriteLine(ch.Command, code, plan.send)
+		if err != nil {
+			t.refuse(s, ch, "cannot rewrite the announcement for the far side of the NAT: "+err.Error())
+			return
+		}
+		s.nat.rewrite = b
+		ch.Sent = plan.send
+	}
+	if len(plan.maps) > 0 {
+		ch.MappedTo = netip.AddrPortFrom(plan.pinhole.Addr, plan.pinhole.Port)
+		if !plan.send.IsValid() && plan.public.IsValid() {
+			ch.Sent = plan.public
+		}
+	}
+	if p := t.open(s, ch, plan.pinhole, plan); p == nil && plan.send.IsValid() {
+		s.nat.rewrite = nil // refused after all: the far side gets the line as it was
+	}
+}
+
+// open opens the pinhole key for ch, with the NAT mappings of plan, or
+// refuses ch when a cap or the backend says no.
+func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan) *pinhole {
 	old, replaced := t.pinholes[key]
 	if replaced {
 		// The same hole again (a server reusing its passive port): it
@@ -42,19 +99,34 @@ func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
 	switch {
 	case len(s.pinholes) >= t.cfg.MaxPinholesPerSession:
 		t.refuse(s, ch, "session has reached its pinhole cap")
-		return
+		return nil
 	case len(t.pinholes) >= t.cfg.MaxPinholes:
 		t.refuse(s, ch, "pinhole cap reached for the whole gateway")
-		return
+		return nil
 	}
 	t.dirty = true
+	for _, m := range plan.maps {
+		if err := t.fw.AddMapping(m, t.cfg.PinholeTimeout); err != nil {
+			t.stats.BackendErrors++
+			t.refuse(s, ch, "firewall backend: "+err.Error())
+			return nil
+		}
+	}
 	if err := t.fw.AddPinhole(key, t.cfg.PinholeTimeout); err != nil {
 		t.stats.BackendErrors++
 		t.refuse(s, ch, "firewall backend: "+err.Error())
-		return
+		return nil
 	}
 	_, closing := t.closing[key]
-	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(t.cfg.PinholeTimeout), fresh: !replaced && !closing}
+	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(t.cfg.PinholeTimeout), fresh: !replaced && !closing,
+		maps: plan.maps, public: plan.public}
+	if p.public.IsValid() {
+		t.nat.hold(p.public)
+	}
+	t.stats.NATMappings += uint64(len(plan.maps))
+	if ch.Sent.IsValid() && s.nat != nil && s.nat.rewrite != nil {
+		t.stats.NATRewrites++
+	}
 	if t.now.After(ch.Time) {
 		p.expires = t.now.Add(t.cfg.PinholeTimeout)
 	}
@@ -67,6 +139,7 @@ func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
 	if t.cfg.OnChannel != nil {
 		t.cfg.OnChannel(ch)
 	}
+	return p
 }
 
 func acceptReason(ch Channel) string {
@@ -107,11 +180,23 @@ func (t *Tracker) logChannel(level slog.Level, msg string, ch Channel) {
 }
 
 func channelAttrs(ch Channel) []any {
-	return []any{
+	attrs := []any{
 		"session", ch.Session, "command", ch.Command.String(), "passive", ch.Passive,
 		"orig_h", ch.OrigH.String(), "resp_h", ch.RespH.String(), "resp_p", ch.RespP,
 		"reason", ch.Reason,
 	}
+	if ch.Sent.IsValid() {
+		// What the far side of a NAT was told, and where its data
+		// connection goes.
+		attrs = append(attrs, "nat_h", ch.Sent.Addr().String(), "nat_p", ch.Sent.Port())
+	}
+	if ch.MappedTo.IsValid() {
+		attrs = append(attrs, "mapped_to", ch.MappedTo.String())
+	}
+	if ch.Seen.IsValid() {
+		attrs = append(attrs, "announcer_seen_as", ch.Seen.String())
+	}
+	return attrs
 }
 
 // HeldVerdict is what becomes of a data SYN the kernel held because it
@@ -211,6 +296,7 @@ func (t *Tracker) PinholeConsumed(key rules.Pinhole) {
 	}
 	delete(t.pinholes, key)
 	t.dropFromSession(p)
+	t.unmap(p) // the connection has its NAT binding: the mapping is done
 	t.stats.PinholesConsumed++
 	t.logClosed(p, "data connection started")
 }
@@ -245,6 +331,7 @@ func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
 // waiting for its commit is cancelled, so the kernel never sees it;
 // anything else is deleted at the next Commit.
 func (t *Tracker) removeFromBackend(p *pinhole) {
+	t.unmap(p)
 	if p.fresh && t.fw.CancelAdd(p.key) {
 		t.stats.AddsCancelled++
 		return
@@ -253,6 +340,22 @@ func (t *Tracker) removeFromBackend(p *pinhole) {
 	if err := t.fw.DelPinhole(p.key); err != nil {
 		t.stats.BackendErrors++
 		t.log.Error("closing pinhole", "pinhole", p.key.String(), "error", err)
+	}
+}
+
+// unmap removes p's NAT mappings and frees its public port.
+func (t *Tracker) unmap(p *pinhole) {
+	for _, m := range p.maps {
+		t.dirty = true
+		if err := t.fw.DelMapping(m); err != nil {
+			t.stats.BackendErrors++
+			t.log.Error("removing NAT mapping", "mapping", m.String(), "error", err)
+		}
+	}
+	p.maps = nil
+	if p.public.IsValid() {
+		t.nat.release(p.public)
+		p.public = netip.AddrPort{}
 	}
 }
 

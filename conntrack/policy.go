@@ -3,6 +3,7 @@ package conntrack
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Policy holds the checks every announcement must pass before a pinhole
@@ -16,16 +17,21 @@ type Policy struct {
 
 // Check returns "" when the announcement may open a pinhole, else the
 // reason for refusing it. announcer is the control-connection address of
-// the side that wrote the announcement. Requiring the announced address to
-// be the announcer's also settles its family: the connecting peer is the
+// the side that wrote the announcement; through NAT, its addresses on
+// both sides of the translation. Requiring the announced address to be
+// the announcer's also settles its family: the connecting peer is the
 // other end of that same control connection.
-func (p Policy) Check(ch Channel, announcer netip.Addr) string {
-	if ch.RespH != announcer {
+func (p Policy) Check(ch Channel, announcer ...netip.Addr) string {
+	if !slices.Contains(announcer, ch.RespH) {
 		side := "client"
 		if ch.Passive {
 			side = "server"
 		}
-		return fmt.Sprintf("announced address %s is not the %s's control address %s", ch.RespH, side, announcer)
+		if len(announcer) > 1 && announcer[0] != announcer[1] {
+			return fmt.Sprintf("announced address %s is the %s's address on neither side of the NAT (%s, %s)",
+				ch.RespH, side, announcer[0], announcer[1])
+		}
+		return fmt.Sprintf("announced address %s is not the %s's control address %s", ch.RespH, side, announcer[0])
 	}
 	if ch.RespP < p.MinDataPort {
 		return fmt.Sprintf("announced port %d is below the minimum data port %d", ch.RespP, p.MinDataPort)

@@ -32,6 +32,11 @@ type Session struct {
 	epsvAll  bool
 	limiter  logLimiter
 	pinholes []*pinhole // open pinholes, oldest first
+	// nat is set for a session of the control proxy: it is fed whole
+	// lines (Tracker.ProxiedLine), not packets, and decides active-mode
+	// announcements before the server sees them, since what the server
+	// sees may be rewritten.
+	nat *natSession
 }
 
 // host is what a Session needs from the Tracker that runs it: where its

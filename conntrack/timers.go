@@ -146,6 +146,9 @@ func (t *Tracker) CloseAll(reason string) {
 	for _, s := range t.sessions {
 		t.endSession(s, reason)
 	}
+	for _, s := range t.proxied {
+		t.endProxied(s, reason)
+	}
 	for k, p := range t.pinholes {
 		t.closePinhole(k, p, reason)
 	}

@@ -33,6 +33,8 @@ type Tracker struct {
 	policy    Policy
 	controls  map[uint16]bool
 	sessions  map[connKey]*Session
+	proxied   map[uint64]*Session // sessions of the control proxy, by its id
+	nat       natPorts
 	halfOpen  int
 	ended     map[connKey]time.Time // tombstones of ended control connections
 	pinholes  map[rules.Pinhole]*pinhole
@@ -58,6 +60,8 @@ func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 		policy:   Policy{MinDataPort: cfg.MinDataPort},
 		controls: make(map[uint16]bool),
 		sessions: make(map[connKey]*Session),
+		proxied:  make(map[uint64]*Session),
+		nat:      natPorts{lo: cfg.NATPorts[0], hi: cfg.NATPorts[1], used: make(map[netip.AddrPort]int)},
 		ended:    make(map[connKey]time.Time),
 		pinholes: make(map[rules.Pinhole]*pinhole),
 		closing:  make(map[rules.Pinhole]*pinhole),
@@ -76,7 +80,11 @@ func (t *Tracker) Stats() Stats {
 	s.SessionsTracked = len(t.sessions)
 	s.HalfOpen = t.halfOpen
 	s.PinholesOpen = len(t.pinholes)
+	s.Proxied = len(t.proxied)
 	for _, x := range t.sessions {
+		s.LogSuppressed += uint64(x.limiter.suppressed)
+	}
+	for _, x := range t.proxied {
 		s.LogSuppressed += uint64(x.limiter.suppressed)
 	}
 	return s
@@ -212,16 +220,7 @@ func (t *Tracker) tombstone(key connKey) {
 }
 
 func (t *Tracker) newSession(client, server netip.AddrPort, syn bool) *Session {
-	h := fnv.New64a()
-	b, _ := client.MarshalBinary()
-	h.Write(b)
-	b, _ = server.MarshalBinary()
-	h.Write(b)
-	var tb [8]byte
-	binary.BigEndian.PutUint64(tb[:], uint64(t.now.UnixNano()))
-	h.Write(tb[:])
-	id := "C" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h.Sum(nil))[:12]
-	s := &Session{ID: id, Client: client, Server: server, Start: t.now, Last: t.now, host: t, env: &t.env}
+	s := &Session{ID: t.sessionID(client, server), Client: client, Server: server, Start: t.now, Last: t.now, host: t, env: &t.env}
 	s.pair.inStep, s.pair.greeting = syn, syn
 	if !syn {
 		s.pair.why = "the session was picked up mid-stream"
@@ -242,6 +241,20 @@ func (t *Tracker) newSession(client, server netip.AddrPort, syn bool) *Session {
 		}
 	}
 	return s
+}
+
+// sessionID is a stable id for a session, Zeek-style: a hash of its ends
+// and start.
+func (t *Tracker) sessionID(client, server netip.AddrPort) string {
+	h := fnv.New64a()
+	b, _ := client.MarshalBinary()
+	h.Write(b)
+	b, _ = server.MarshalBinary()
+	h.Write(b)
+	var tb [8]byte
+	binary.BigEndian.PutUint64(tb[:], uint64(t.now.UnixNano()))
+	h.Write(tb[:])
+	return "C" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h.Sum(nil))[:12]
 }
 
 // establish is called when a session carries its first byte of FTP: it

@@ -1,0 +1,140 @@
+package capture
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ctnetlink attribute numbers (linux/netfilter/nfnetlink_conntrack.h).
+const (
+	ctaTupleOrig  = 1
+	ctaTupleReply = 2
+	ctaTupleIP    = 1
+	ctaTupleProto = 2
+	ctaIPv4Src    = 1
+	ctaIPv4Dst    = 2
+	ctaIPv6Src    = 3
+	ctaIPv6Dst    = 4
+	ctaProtoNum   = 1
+	ctaProtoSrc   = 2
+	ctaProtoDst   = 3
+	ipctnlMsgGet  = 1
+)
+
+// errNoConntrack is returned when the kernel has no entry for a tuple.
+var errNoConntrack = errors.New("no conntrack entry")
+
+// conntrackReply asks the kernel's conntrack for the TCP connection
+// whose original direction goes from src to dst, and returns the
+// destination of its reply direction: where the other end sends to,
+// which differs from src when the connection is source-NATed.
+//
+//	conntrack -G -p tcp -s SRC --sport SPORT -d DST --dport DPORT
+func conntrackReply(conn *netlink.Conn, src, dst netip.AddrPort) (netip.AddrPort, error) {
+	req, err := conntrackGetRequest(src, dst)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	msgs, err := conn.Execute(req)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return netip.AddrPort{}, fmt.Errorf("%s -> %s: %w", src, dst, errNoConntrack)
+		}
+		return netip.AddrPort{}, fmt.Errorf("asking conntrack for %s -> %s: %w", src, dst, err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		var reply netip.AddrPort
+		netlinkAttrs(m.Data[4:], func(typ uint16, v []byte) {
+			if typ == ctaTupleReply {
+				_, reply = parseTuple(v)
+			}
+		})
+		if reply.IsValid() {
+			return reply, nil
+		}
+	}
+	return netip.AddrPort{}, fmt.Errorf("conntrack's answer for %s -> %s has no reply tuple", src, dst)
+}
+
+// conntrackGetRequest builds IPCTNL_MSG_CT_GET for a TCP tuple.
+func conntrackGetRequest(src, dst netip.AddrPort) (netlink.Message, error) {
+	if src.Addr().Is4() != dst.Addr().Is4() {
+		return netlink.Message{}, fmt.Errorf("tuple %s -> %s mixes address families", src, dst)
+	}
+	family, srcAttr, dstAttr := uint8(unix.AF_INET), uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
+	if src.Addr().Is6() {
+		family, srcAttr, dstAttr = unix.AF_INET6, ctaIPv6Src, ctaIPv6Dst
+	}
+	ae := netlink.NewAttributeEncoder()
+	ae.Nested(ctaTupleOrig, func(ae *netlink.AttributeEncoder) error {
+		ae.Nested(ctaTupleIP, func(ae *netlink.AttributeEncoder) error {
+			ae.Bytes(srcAttr, src.Addr().AsSlice())
+			ae.Bytes(dstAttr, dst.Addr().AsSlice())
+			return nil
+		})
+		ae.Nested(ctaTupleProto, func(ae *netlink.AttributeEncoder) error {
+			ae.Uint8(ctaProtoNum, unix.IPPROTO_TCP)
+			ae.Bytes(ctaProtoSrc, binary.BigEndian.AppendUint16(nil, src.Port()))
+			ae.Bytes(ctaProtoDst, binary.BigEndian.AppendUint16(nil, dst.Port()))
+			return nil
+		})
+		return nil
+	})
+	attrs, err := ae.Encode()
+	if err != nil {
+		return netlink.Message{}, err
+	}
+	return netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_CTNETLINK<<8 | ipctnlMsgGet),
+			Flags: netlink.Request,
+		},
+		Data: append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	}, nil
+}
+
+// parseTuple reads a CTA_TUPLE_* nest.
+func parseTuple(b []byte) (src, dst netip.AddrPort) {
+	var sa, da netip.Addr
+	var sp, dp uint16
+	netlinkAttrs(b, func(typ uint16, v []byte) {
+		switch typ {
+		case ctaTupleIP:
+			netlinkAttrs(v, func(typ uint16, v []byte) {
+				switch typ {
+				case ctaIPv4Src, ctaIPv6Src:
+					sa, _ = netip.AddrFromSlice(v)
+				case ctaIPv4Dst, ctaIPv6Dst:
+					da, _ = netip.AddrFromSlice(v)
+				}
+			})
+		case ctaTupleProto:
+			netlinkAttrs(v, func(typ uint16, v []byte) {
+				if len(v) < 2 {
+					return
+				}
+				switch typ {
+				case ctaProtoSrc:
+					sp = binary.BigEndian.Uint16(v)
+				case ctaProtoDst:
+					dp = binary.BigEndian.Uint16(v)
+				}
+			})
+		}
+	})
+	if sa.IsValid() {
+		src = netip.AddrPortFrom(sa, sp)
+	}
+	if da.IsValid() {
+		dst = netip.AddrPortFrom(da, dp)
+	}
+	return src, dst
+}
