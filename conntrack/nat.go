@@ -32,12 +32,12 @@ func (tr Translation) Translated() bool {
 // proxy: it reads whole lines in order, both ways, from kernel sockets,
 // and what it sends on may differ from what it read.
 type natSession struct {
-	id         uint64
-	tr         Translation
-	clientOff  uint32 // bytes of client lines read so far
-	serverOff  uint32
-	rewrite    []byte // set while a line is handled: what to send instead
-	held       []byte // lines of a multi-line reply, sent with its last line
+	id        uint64
+	tr        Translation
+	clientOff uint32 // bytes of client lines read so far
+	serverOff uint32
+	rewrite   []byte // set while a line is handled: what to send instead
+	held      []byte // lines of a multi-line reply, sent with its last line
 }
 
 // natPorts hands out the public ports of mappings from the range ftpgate
@@ -82,7 +82,7 @@ func (np *natPorts) release(ap netip.AddrPort) {
 // natPlan is how one announcement on a proxied session is carried
 // through the gateway.
 type natPlan struct {
-	pinhole rules.Pinhole  // the data connection as the forward hook sees it
+	pinhole rules.Pinhole // the data connection as the forward hook sees it
 	maps    []rules.Mapping
 	public  netip.AddrPort // the mapped public address:port (held in natPorts), if any
 	send    netip.AddrPort // what the far side is told, if the line is rewritten
