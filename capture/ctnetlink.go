@@ -95,7 +95,7 @@ func conntrackGetRequest(src, dst netip.AddrPort) (netlink.Message, error) {
 	return netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_CTNETLINK<<8 | ipctnlMsgGet),
-			Flags: netlink.Request,
+			Flags: netlink.Request | netlink.Acknowledge, // the answer comes flagged multipart; the ack ends it
 		},
 		Data: append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	}, nil

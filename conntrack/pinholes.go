@@ -134,6 +134,9 @@ func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan) 
 	s.pinholes = append(s.pinholes, p)
 	ch.Verdict = VerdictOpen
 	ch.Reason = acceptReason(ch)
+	if s.nat != nil && !ch.Passive {
+		ch.Reason = ch.Command.String() + " from the client, opened before the server saw it"
+	}
 	t.stats.ChannelsOpened++
 	t.logChannel(slog.LevelInfo, "channel open", ch)
 	if t.cfg.OnChannel != nil {

@@ -167,6 +167,16 @@ func (t *Tracker) CommitPeers() error {
 	return err
 }
 
+// CommitNow commits what is queued, as Tick does when the commit delay
+// has passed, logging a failure: for what must be in the kernel before
+// ftpgate sends a line on (the control proxy).
+func (t *Tracker) CommitNow() {
+	t.dirtySince = time.Time{}
+	if err := t.Commit(); err != nil {
+		t.log.Error("committing pinholes", "error", err)
+	}
+}
+
 // Commit applies the pinhole changes queued since the last Commit in one
 // batch. Callers commit after each batch of packets they read.
 func (t *Tracker) Commit() error {

@@ -28,20 +28,32 @@ import time
 DSTOPTS = bytes([0, 0, 1, 4, 0, 0, 0, 0])
 
 
+def split_host(host):
+    """HOST, [HOST]:PORT or HOST:PORT (IPv4) -> (host, port)."""
+    if host.startswith("["):
+        h, _, p = host[1:].partition("]")
+        return h, int(p[1:]) if p.startswith(":") else 21
+    if host.count(":") == 1:
+        h, p = host.split(":")
+        return h, int(p)
+    return host, 21
+
+
 def connect(host, timeout=5):
+    host, port = split_host(host)
     ftp = ftplib.FTP(timeout=timeout)
     if os.environ.get("FTP_DSTOPTS") == "1":
         sock = socket.socket(socket.AF_INET6)
         sock.settimeout(timeout)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, DSTOPTS)
-        sock.connect((host, 21))
+        sock.connect((host, port))
         ftp.sock = sock
         ftp.af = sock.family
-        ftp.host, ftp.port = host, 21
+        ftp.host, ftp.port = host, port
         ftp.file = sock.makefile("r", encoding=ftp.encoding)
         ftp.welcome = ftp.getresp()
     else:
-        ftp.connect(host, 21)
+        ftp.connect(host, port)
     ftp.login()
     return ftp
 

@@ -74,6 +74,7 @@ func runMain(m *testing.M) int {
 		return m.Run()
 	}
 	defer labCmd("down").Run()
+	defer natLabDown()
 	data, err := os.ReadFile(filepath.Join(labDir, "ftproot", "file.bin"))
 	if err != nil {
 		labErr = err
@@ -148,8 +149,14 @@ type daemon struct {
 
 func startFtpgate(t *testing.T, args ...string) *daemon {
 	t.Helper()
+	return startFtpgateIn(t, ns("gw"), args...)
+}
+
+// startFtpgateIn starts ftpgate run in the namespace netns.
+func startFtpgateIn(t *testing.T, netns string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{done: make(chan error, 1)}
-	argv := append([]string{"netns", "exec", ns("gw"), bin, "run", "--log-format", "json"}, args...)
+	argv := append([]string{"netns", "exec", netns, bin, "run", "--log-format", "json"}, args...)
 	d.cmd = exec.Command("ip", argv...)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
@@ -297,6 +304,10 @@ func tableExists(t *testing.T) bool {
 type transfer struct {
 	name string
 	argv []string // in the client namespace; writes the file to OUT
+	// netns, if set, is the namespace to run in instead, and sum the
+	// checksum of the file it fetches.
+	netns string
+	sum   *[32]byte
 }
 
 func curl(name, url string, flags ...string) transfer {
@@ -326,7 +337,11 @@ func (x transfer) run(t *testing.T) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	b, err := inNS(ctx, "client", argv...).CombinedOutput()
+	cmd := inNS(ctx, "client", argv...)
+	if x.netns != "" {
+		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", x.netns}, argv...)...)
+	}
+	b, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%v: %s", err, bytes.TrimSpace(b))
 	}
@@ -334,7 +349,11 @@ func (x transfer) run(t *testing.T) error {
 	if err != nil {
 		return err
 	}
-	if sha256.Sum256(data) != fileSum {
+	want := fileSum
+	if x.sum != nil {
+		want = *x.sum
+	}
+	if sha256.Sum256(data) != want {
 		return fmt.Errorf("file differs (%d bytes)", len(data))
 	}
 	return nil

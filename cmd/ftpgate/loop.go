@@ -28,6 +28,9 @@ type daemonLoop struct {
 	// heldControl: a held control SYN was handled; its session's peers
 	// must be in the kernel before it goes on.
 	heldControl bool
+	// proxiedLine: a line of the control proxy was handled; what it
+	// opened must be in the kernel before the line goes on.
+	proxiedLine bool
 }
 
 func (d *daemonLoop) Handle(p *capture.Packet) {
@@ -36,6 +39,13 @@ func (d *daemonLoop) Handle(p *capture.Packet) {
 		d.t.HandlePacket(p.Data, p.Link, p.Time)
 	case capture.Used:
 		d.t.UsedReport(p.Data)
+	case capture.Opened:
+		d.t.OpenProxied(p.Conn.ID, translation(p.Conn), p.Time)
+	case capture.Line:
+		p.Out, p.Raw = d.t.ProxiedLine(p.Conn.ID, p.FromServer, p.Data, p.Time)
+		d.proxiedLine = true
+	case capture.Closed:
+		d.t.CloseProxied(p.Conn.ID, string(p.Data), p.Time)
 	case capture.Held:
 		if d.t.IsControl(p.Data) {
 			d.t.HandlePacket(p.Data, p.Link, p.Time)
@@ -53,6 +63,12 @@ func (d *daemonLoop) Handle(p *capture.Packet) {
 
 func (d *daemonLoop) Tick(now time.Time) time.Time {
 	d.t.CopiesLost(d.log.Lost())
+	if d.proxiedLine {
+		d.proxiedLine = false
+		// No commit delay: the far side may connect the moment it reads
+		// the line. A failed commit is logged; the line still goes on.
+		d.t.CommitNow()
+	}
 	if d.heldControl {
 		d.heldControl = false
 		// Only the peers: pinholes keep their commit delay. A failed

@@ -33,6 +33,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 	queueNum := fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535): new control connections and early data SYNs wait there")
 	cpuProfile := fs.String("cpu-profile", "", "write a Go CPU profile to `file` until ftpgate stops (for performance work)")
 	commitDelay := fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
+	var nf natFlags
+	nf.register(fs)
 	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: ftpgate run [flags]
@@ -129,10 +131,22 @@ Flags:
 	if *nflogGroup == 0 || *nflogGroup > 65535 {
 		return fmt.Errorf("--nflog-group %d: want 1-65535", *nflogGroup)
 	}
-	fw, err := rules.Open(rules.Config{
+	if *capture_ == "passive" && nf.mode == "on" && flagSet(fs, "nat") {
+		return fmt.Errorf("--nat on needs --capture inline: the control proxy takes connections over in the kernel's path")
+	}
+	natOn, err := nf.enabled(*capture_ == "inline", m)
+	if err != nil {
+		return err
+	}
+	cfg.NATPorts = nf.ports
+	rcfg := rules.Config{
 		Table: *table, Mark: m.value, MarkMask: m.mask, LogGroup: uint16(*nflogGroup),
 		MaxPinholes: uint32(cfg.MaxPinholes), MaxPeers: uint32(2 * (cfg.MaxSessions + cfg.MaxHalfOpen)), Logger: log,
-	})
+	}
+	if natOn {
+		rcfg.NAT = nf.rules(cfg.ControlPorts)
+	}
+	fw, err := rules.Open(rcfg)
 	if err != nil {
 		if errors.Is(err, rules.ErrNoNftables) {
 			return fmt.Errorf("%w\nftpgate will not run blind: it must be able to program nftables (root or CAP_NET_ADMIN, kernel with nf_tables)", err)
@@ -196,6 +210,15 @@ Flags:
 			return err
 		}
 		sources = append(sources, src)
+		if natOn {
+			proxy, routes, err := nf.startProxy(cfg.MaxSessions, log)
+			if err != nil {
+				return fmt.Errorf("starting the control proxy for NAT (--nat off runs without it): %w", err)
+			}
+			defer routes.Close()
+			defer proxy.Close()
+			sources = append(sources, proxy)
+		}
 		cfg.Inline = true
 		warnConntrackLax(log)
 		captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
@@ -209,7 +232,8 @@ Flags:
 	log.Info("ftpgate running", "version", version, "capture", captureDesc,
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
 		"table", "inet "+*table, "mark", m.String(),
-		"ruleset_line", fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value))
+		"ruleset_line", fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value),
+		"nat", natDesc(natOn, nf))
 	err = capture.Run(ctx, &daemonLoop{t: tr, log: logged}, sources...)
 	tr.CloseAll("daemon stopping")
 	if cerr := tr.Commit(); err == nil {
@@ -221,8 +245,23 @@ Flags:
 		"channels_refused", st.ChannelsRefused, "lines", st.Lines, "lines_too_long", st.LinesTooLong,
 		"gap_bytes", st.GapBytes, "sessions_refused", st.SessionsRefused, "backend_errors", st.BackendErrors,
 		"syns_held", st.SYNsHeld, "syns_admitted", st.SYNsAdmitted, "adds_cancelled", st.AddsCancelled, "copy_overflows", st.CopiesLost,
-		"log_datagrams", datagrams, "log_records", records)
+		"log_datagrams", datagrams, "log_records", records,
+		"sessions_proxied", st.SessionsProxied, "nat_rewrites", st.NATRewrites, "nat_mappings", st.NATMappings)
 	return err
+}
+
+func natDesc(on bool, nf natFlags) string {
+	if !on {
+		return "off"
+	}
+	return fmt.Sprintf("on (translated control connections through the control proxy on port %d; public ports %s)", nf.proxyPort, nf.ports.String())
+}
+
+// flagSet reports whether the flag was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func ifaceList(n []string) string {

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/bits"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/ftpgate/ftpgate/capture"
+	"github.com/ftpgate/ftpgate/conntrack"
+	"github.com/ftpgate/ftpgate/rules"
+)
+
+// portRange is LO-HI.
+type portRange [2]uint16
+
+func (r *portRange) String() string { return fmt.Sprintf("%d-%d", r[0], r[1]) }
+
+func (r *portRange) Set(v string) error {
+	lo, hi, ok := strings.Cut(v, "-")
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if !ok || err1 != nil || err2 != nil || a < 1024 || b < a {
+		return fmt.Errorf("%q: want LO-HI with 1024 <= LO <= HI <= 65535", v)
+	}
+	*r = portRange{uint16(a), uint16(b)}
+	return nil
+}
+
+// hexBit is a flag value printed in hex: a mark bit.
+type hexBit uint
+
+func (h *hexBit) String() string { return fmt.Sprintf("%#08x", uint(*h)) }
+
+func (h *hexBit) Set(v string) error {
+	n, err := strconv.ParseUint(v, 0, 32)
+	if err != nil {
+		return err
+	}
+	*h = hexBit(n)
+	return nil
+}
+
+// natFlags are run's flags for NAT gateways.
+type natFlags struct {
+	mode       string
+	ports      portRange
+	proxyPort  uint
+	routeMark  hexBit
+	socketMark hexBit
+	table      int
+}
+
+func (f *natFlags) register(fs *flag.FlagSet) {
+	f.ports = portRange(conntrack.DefaultNATPorts)
+	fs.StringVar(&f.mode, "nat", "on", "on: control connections your NAT rules translate (masquerade, dnat) run through ftpgate's control proxy, which rewrites their announcements and maps their data connections (inline capture only); off: they are treated like any other")
+	fs.Var(&f.ports, "nat-ports", "`LO-HI` range of public ports ftpgate hands out for rewritten announcements; keep it outside net.ipv4.ip_local_port_range")
+	fs.UintVar(&f.proxyPort, "proxy-port", 8021, "`port` of the control proxy on 127.0.0.1 and ::1 (only ftpgate's tproxy rules reach it)")
+	f.routeMark, f.socketMark = 0x02000000, 0x04000000
+	fs.Var(&f.routeMark, "proxy-route-mark", "packet mark `bit` that routes the control proxy's connections to this host (a policy routing rule ftpgate adds)")
+	fs.Var(&f.socketMark, "proxy-socket-mark", "packet mark `bit` of the control proxy's own sockets")
+	fs.IntVar(&f.table, "proxy-route-table", 2121, "routing `table` (and rule priority) of the control proxy's local route")
+}
+
+// enabled checks the flags against the capture and the admit mark.
+func (f *natFlags) enabled(inline bool, admit mark) (bool, error) {
+	switch f.mode {
+	case "off":
+		return false, nil
+	case "on":
+	default:
+		return false, fmt.Errorf("--nat %q: want on or off", f.mode)
+	}
+	if !inline {
+		return false, nil
+	}
+	switch {
+	case f.proxyPort == 0 || f.proxyPort > 65535:
+		return false, fmt.Errorf("--proxy-port %d: want 1-65535", f.proxyPort)
+	case bits.OnesCount(uint(f.routeMark)) != 1:
+		return false, fmt.Errorf("--proxy-route-mark %s: want one bit", f.routeMark.String())
+	case bits.OnesCount(uint(f.socketMark)) != 1 || f.socketMark == f.routeMark:
+		return false, fmt.Errorf("--proxy-socket-mark %s: want one bit, not the route mark's", f.socketMark.String())
+	case uint32(f.routeMark|f.socketMark)&admit.mask != 0:
+		// The packet mark of an admitted held SYN uses --mark's bits.
+		return false, fmt.Errorf("--proxy-route-mark and --proxy-socket-mark must not share bits with --mark %s", admit.String())
+	case f.table <= 0 || (f.table >= 253 && f.table <= 255):
+		return false, fmt.Errorf("--proxy-route-table %d: want a table other than main, local and default", f.table)
+	}
+	return true, nil
+}
+
+func (f *natFlags) rules(ports []uint16) *rules.NATConfig {
+	return &rules.NATConfig{ProxyPort: uint16(f.proxyPort), RouteMark: uint32(f.routeMark), SocketMark: uint32(f.socketMark), Ports: ports}
+}
+
+// startProxy adds the proxy's routes and starts it.
+func (f *natFlags) startProxy(maxConns int, log *slog.Logger) (*capture.Proxy, *capture.ProxyRoutes, error) {
+	routes, err := capture.AddProxyRoutes(uint32(f.routeMark), f.table)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := capture.OpenProxy(capture.ProxyConfig{Port: uint16(f.proxyPort), SocketMark: uint32(f.socketMark), MaxConns: maxConns, Log: log})
+	if err != nil {
+		routes.Close()
+		return nil, nil, err
+	}
+	warnPortsOverlap(f.ports, log)
+	return p, routes, nil
+}
+
+// warnPortsOverlap warns when --nat-ports overlaps the kernel's ephemeral
+// range: this host's own connections, and masquerade, may then hold a
+// port ftpgate hands out.
+func warnPortsOverlap(r portRange, log *slog.Logger) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return
+	}
+	var lo, hi uint16
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		return
+	}
+	if r[0] <= hi && lo <= r[1] {
+		log.Warn("--nat-ports overlaps net.ipv4.ip_local_port_range: this host's own connections may hold ports ftpgate hands out",
+			"nat_ports", r.String(), "ip_local_port_range", fmt.Sprintf("%d-%d", lo, hi))
+	}
+}
+
+// translation converts what the proxy learnt for the tracker.
+func translation(c *capture.ProxiedConn) conntrack.Translation {
+	return conntrack.Translation{Client: c.Client, Server: c.Server, ClientSeen: c.ClientSeen, ServerSeen: c.ServerSeen}
+}

@@ -1,0 +1,391 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The NAT lab (natlab.sh): a LAN behind masquerade, a DMZ server behind
+// a port forward, and an internet host that cannot route to either.
+const natLab = "ftpnat"
+
+const (
+	inetServer4 = "203.0.113.10" // vsftpd on the internet host
+	inetServer6 = "2001:db8:3::10"
+	public4     = "203.0.113.1" // the gateway's public address, forwarded to the DMZ
+	public6     = "2001:db8:3::1"
+)
+
+var (
+	natOnce    sync.Once
+	natErr     error
+	natDir     string
+	natFileSum [32]byte
+)
+
+func natLabCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command("./natlab.sh", args...)
+	cmd.Env = append(os.Environ(), "LAB="+natLab, "LAB_DIR="+natDir)
+	return cmd
+}
+
+// needNATLab builds the NAT lab on first use; runMain takes it down.
+func needNATLab(t *testing.T) {
+	t.Helper()
+	needLab(t)
+	natOnce.Do(func() {
+		natDir = filepath.Join(filepath.Dir(labDir), "natlab")
+		if out, err := natLabCmd("up").CombinedOutput(); err != nil {
+			natErr = fmt.Errorf("natlab.sh up: %v\n%s", err, out)
+			return
+		}
+		data, err := os.ReadFile(filepath.Join(natDir, "ftproot", "file.bin"))
+		if err != nil {
+			natErr = err
+			return
+		}
+		natFileSum = sha256.Sum256(data)
+	})
+	if natErr != nil {
+		t.Fatalf("NAT lab: %v", natErr)
+	}
+}
+
+// natLabDown is called by runMain after the tests.
+func natLabDown() {
+	if natDir != "" {
+		_ = natLabCmd("down").Run()
+	}
+}
+
+func natNS(role string) string { return natLab + "-" + role }
+
+func setNATRuleset(t *testing.T, mode string) {
+	t.Helper()
+	if out, err := natLabCmd("ruleset", mode).CombinedOutput(); err != nil {
+		t.Fatalf("natlab.sh ruleset %s: %v\n%s", mode, err, out)
+	}
+}
+
+func natNft(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", natNS("gw"), "nft"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// in runs a transfer from a NAT lab host.
+func in(role string, x transfer) transfer {
+	x.netns, x.sum = natNS(role), &natFileSum
+	return x
+}
+
+// natTransfers is the matrix of the issue: curl in every mode, lftp and
+// ftplib active and passive, both ways (a LAN client behind masquerade to
+// a server on the internet; an internet client to the DMZ server behind
+// the port forward), the DMZ server that announces the public address
+// itself, and a server on a port other than 21.
+func natTransfers() []transfer {
+	srv4, srv6 := "ftp://"+inetServer4+"/file.bin", "ftp://["+inetServer6+"]/file.bin"
+	pub4, pub6 := "ftp://"+public4+"/file.bin", "ftp://["+public6+"]/file.bin"
+	return []transfer{
+		in("lan", curl("LAN curl PASV v4", srv4, "--ftp-pasv", "--disable-epsv")),
+		in("lan", curl("LAN curl EPSV v4", srv4, "--ftp-pasv")),
+		in("lan", curl("LAN curl PORT v4", srv4, "--ftp-port", "-", "--disable-eprt")),
+		in("lan", curl("LAN curl EPRT v4", srv4, "--ftp-port", "-")),
+		in("lan", curl("LAN curl EPSV v6", srv6, "--ftp-pasv")),
+		in("lan", curl("LAN curl EPRT v6", srv6, "--ftp-port", "-")),
+		in("lan", lftp("LAN lftp passive", inetServer4, true)),
+		in("lan", lftp("LAN lftp active", inetServer4, false)),
+		in("lan", ftplib("LAN ftplib PASV", inetServer4, "pasv")),
+		in("lan", ftplib("LAN ftplib PORT", inetServer4, "port")),
+		in("lan", ftplib("LAN ftplib EPRT v6", inetServer6, "eprt")),
+		in("inet", curl("internet curl PASV v4", pub4, "--ftp-pasv", "--disable-epsv")),
+		in("inet", curl("internet curl EPSV v4", pub4, "--ftp-pasv")),
+		in("inet", curl("internet curl PORT v4", pub4, "--ftp-port", "-", "--disable-eprt")),
+		in("inet", curl("internet curl EPRT v4", pub4, "--ftp-port", "-")),
+		in("inet", curl("internet curl EPSV v6", pub6, "--ftp-pasv")),
+		in("inet", curl("internet curl EPRT v6", pub6, "--ftp-port", "-")),
+		in("inet", lftp("internet lftp passive", public4, true)),
+		in("inet", lftp("internet lftp active", public4, false)),
+		in("inet", ftplib("internet ftplib PASV", public4, "pasv")),
+		in("inet", ftplib("internet ftplib PORT", public4, "port")),
+		in("inet", curl("internet curl PASV to pasv_address server", "ftp://"+public4+":2122/file.bin", "--ftp-pasv", "--disable-epsv")),
+		in("inet", curl("internet curl PASV port 2121", "ftp://"+public4+":2121/file.bin", "--ftp-pasv", "--disable-epsv")),
+		in("inet", curl("internet curl PORT port 2121", "ftp://"+public4+":2121/file.bin", "--ftp-port", "-", "--disable-eprt")),
+	}
+}
+
+func names(errs map[string]error, ok bool) []string {
+	var out []string
+	for n, err := range errs {
+		if (err == nil) == ok {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestNATTransfersFailWithoutHelper: the control experiment. Only the
+// admin's NAT and filter, no helper: every transfer must fail, or the
+// lab proves nothing.
+func TestNATTransfersFailWithoutHelper(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "none")
+	errs := runAll(t, natTransfers())
+	if ok := names(errs, true); len(ok) > 0 {
+		t.Errorf("worked without any helper: %v", ok)
+	}
+}
+
+// TestNATTransfersKernel runs the matrix through the kernel's
+// nf_conntrack_ftp and nf_nat_ftp, for comparison: what it cannot do is
+// stated in the README, and checked here.
+func TestNATTransfersKernel(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "kernel")
+	errs := runAll(t, natTransfers())
+	ok, failed := names(errs, true), names(errs, false)
+	t.Logf("kernel helper: %d of %d transfers work; failed: %v", len(ok), len(errs), failed)
+	if errs["internet curl PASV to pasv_address server"] == nil {
+		t.Errorf("the kernel helper handled a server announcing the public address; the README says it refuses it")
+	}
+}
+
+// TestNATTransfersEveryMode runs the matrix through ftpgate, with the
+// admin's rules unchanged and no NAT setting given to ftpgate; then
+// nothing may be left in the kernel.
+func TestNATTransfersEveryMode(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "ftpgate")
+	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
+	before := natDroppedSYNs(t)
+	errs := runAll(t, natTransfers())
+	for _, name := range names(errs, false) {
+		t.Errorf("%s: %v", name, errs[name])
+	}
+	// No data SYN beat its mapping: none reached the admin's drop. (A
+	// retransmitted SYN would still make the transfer work, a second
+	// later.)
+	if after := natDroppedSYNs(t); after != before {
+		t.Errorf("the admin's rules dropped %d SYNs during the transfers: data connections that came before their mapping", after-before)
+	}
+	// Each kind of translation showed up in the logs.
+	if n := len(d.find("session start", "proxied", "true")); n < len(errs) {
+		t.Errorf("%d proxied sessions for %d transfers", n, len(errs))
+	}
+	rewritten := 0
+	for _, r := range d.find("channel open") {
+		if r["nat_h"] != nil && fmt.Sprint(r["nat_h"]) == public4 {
+			rewritten++
+		}
+	}
+	if rewritten == 0 {
+		t.Error("no channel was logged with its translated address")
+	}
+	waitNATClean(t, 10*time.Second)
+}
+
+// natDroppedSYNs reads the gateway's counters of SYNs its forward and
+// input chains dropped.
+func natDroppedSYNs(t *testing.T) int {
+	t.Helper()
+	total := 0
+	for _, c := range []string{"dropped_syn", "dropped_syn_input"} {
+		out := natNft(t, "list", "counter", "inet", "filter", c)
+		var n int
+		if i := strings.Index(out, "packets "); i >= 0 {
+			fmt.Sscanf(out[i:], "packets %d", &n)
+		}
+		total += n
+	}
+	return total
+}
+
+// natKernelState lists what ftpgate holds in the kernel for data
+// connections: pinholes and NAT map elements.
+func natKernelState(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, obj := range []string{"set ftp_data_pinholes_v4", "set ftp_data_pinholes_v6", "map ftp_data_dnat_v4",
+		"map ftp_data_dnat_v6", "map ftp_data_snat_v4", "map ftp_data_snat_v6"} {
+		kind, name, _ := strings.Cut(obj, " ")
+		text := natNft(t, "list", kind, "inet", "ftpgate", name)
+		if i := strings.Index(text, "elements = {"); i >= 0 {
+			out = append(out, obj+": "+strings.Join(strings.Fields(text[i:strings.Index(text[i:], "}")+i]), " "))
+		}
+	}
+	return out
+}
+
+func waitNATClean(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		left := natKernelState(t)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left in the kernel after the sessions ended: %v", left)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// holdPASV logs in from role to host, sends PASV and keeps the session
+// open; it returns the announced port as the client got it.
+func holdPASV(t *testing.T, role, host string, secs int) (port int, wait func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+10)*time.Second)
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", natNS(role), "python3", "ftpclient.py", "hold", host, "PASV", strconv.Itoa(secs))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		cancel()
+		t.Fatalf("PASV through the gateway: no reply (%v)", err)
+	}
+	var h [6]int
+	if i := strings.IndexByte(line, '('); i < 0 || func() bool {
+		_, err := fmt.Sscanf(line[i:], "(%d,%d,%d,%d,%d,%d)", &h[0], &h[1], &h[2], &h[3], &h[4], &h[5])
+		return err != nil
+	}() {
+		cancel()
+		t.Fatalf("PASV reply %q", line)
+	}
+	if got := fmt.Sprintf("%d.%d.%d.%d", h[0], h[1], h[2], h[3]); got != public4 {
+		t.Errorf("227 reached the client with %s, want the public address %s: %q", got, public4, line)
+	}
+	return h[4]<<8 | h[5], func() { cancel(); cmd.Wait() }
+}
+
+// probe tries a TCP connection from a NAT lab host and reports whether
+// it was accepted.
+func probe(t *testing.T, role, from, addr string, port int) bool {
+	t.Helper()
+	script := fmt.Sprintf(`import socket,sys
+s=socket.socket()
+if %q: s.bind((%q,0))
+s.settimeout(1)
+try:
+    s.connect((%q,%d)); print("open")
+except OSError as e:
+    print("closed", e)`, from, from, addr, port)
+	out, _ := exec.Command("ip", "netns", "exec", natNS(role), "python3", "-c", script).CombinedOutput()
+	return strings.HasPrefix(string(out), "open")
+}
+
+// TestNATProbesStayClosed: while a session holds an announced public
+// port, another internet host cannot use it, and ports nobody announced
+// stay closed, in ftpgate's range and in the server's passive range; the
+// client itself can.
+func TestNATProbesStayClosed(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "ftpgate")
+	startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
+	// A second internet host, the attacker.
+	if out, err := exec.Command("ip", "-n", natNS("inet"), "addr", "replace", "203.0.113.66/24", "dev", natLab+"-i0").CombinedOutput(); err != nil {
+		t.Fatalf("adding the attacker's address: %v %s", err, out)
+	}
+	defer exec.Command("ip", "-n", natNS("inet"), "addr", "del", "203.0.113.66/24", "dev", natLab+"-i0").Run()
+
+	port, wait := holdPASV(t, "inet", public4, 20)
+	defer wait()
+	if port < 61000 {
+		t.Errorf("announced port %d is not from ftpgate's range", port)
+	}
+	if probe(t, "inet", "203.0.113.66", public4, port) {
+		t.Errorf("another host connected to the announced public port %d", port)
+	}
+	for _, p := range []int{port + 1, 61000, 40000, 40500} {
+		if p == port {
+			continue
+		}
+		if probe(t, "inet", "203.0.113.10", public4, p) {
+			t.Errorf("unannounced public port %d is open", p)
+		}
+	}
+	if !probe(t, "inet", "203.0.113.10", public4, port) {
+		t.Errorf("the client could not connect to its announced port %d", port)
+	}
+	if probe(t, "inet", "203.0.113.10", public4, port) {
+		t.Errorf("a second connection to announced port %d got through: the mapping is not single-use", port)
+	}
+}
+
+// TestNATLongSession: 60 transfers on one control connection each way,
+// every announcement rewritten (ports of different lengths, so the
+// lines' lengths change), every file intact.
+func TestNATLongSession(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "ftpgate")
+	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
+	for _, c := range []struct{ role, host, mode string }{{"lan", inetServer4, "port"}, {"inet", public4, "pasv"}, {"lan", inetServer6, "eprt"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", natNS(c.role), "python3", "ftpclient.py", "load", c.host, c.mode, "file.bin", "60").CombinedOutput()
+		cancel()
+		if err != nil || strings.TrimSpace(lastLine(string(out))) != "60" {
+			t.Errorf("%s %s: %v\n%s", c.role, c.mode, err, out)
+		}
+	}
+	if n := len(d.find("channel open")); n < 180 {
+		t.Errorf("%d channels opened for 180 transfers", n)
+	}
+	waitNATClean(t, 10*time.Second)
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// TestNATKill9LeavesNothing: with a mapping announced and unused, kill
+// -9: the table and its maps go with the process, the announced port is
+// closed, and the next start replaces the routing rule it left.
+func TestNATKill9LeavesNothing(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "ftpgate")
+	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
+	port, wait := holdPASV(t, "inet", public4, 3)
+	if len(natKernelState(t)) == 0 {
+		t.Fatal("no mapping in the kernel while the session holds an announced port")
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.done
+	wait()
+	if strings.Contains(natNft(t, "list", "tables"), "table inet ftpgate") {
+		t.Fatal("the table survived kill -9")
+	}
+	if probe(t, "inet", "203.0.113.10", public4, port) {
+		t.Errorf("announced port %d still open after kill -9", port)
+	}
+	startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
+	rules, _ := exec.Command("ip", "-n", natNS("gw"), "rule", "show").CombinedOutput()
+	if n := strings.Count(string(rules), "lookup 2121"); n != 1 {
+		t.Errorf("%d routing rules for the control proxy after a restart, want 1:\n%s", n, rules)
+	}
+	if errs := runAll(t, natTransfers()[:2]); len(names(errs, false)) > 0 {
+		t.Errorf("after the restart: %v", errs)
+	}
+}
