@@ -228,7 +228,13 @@ func (s *Session) finalLine(code int) {
 		ch := s.activeChannel(cmd.cmd, cmd.time)
 		switch {
 		case code >= 300:
-			s.host.refuse(s, ch, fmt.Sprintf("server refused %s with %d", cmd.verb, code))
+			reason := fmt.Sprintf("server refused %s with %d", cmd.verb, code)
+			if c := s.Client.Addr(); ch.RespH != c && natSuspected(ch.RespH, c) {
+				// Servers refuse a PORT to an address other than the one
+				// they see the client at: behind NAT, its own.
+				reason = fmt.Sprintf("NAT suspected: announced address %s is not the client's control address %s, and the %s", ch.RespH, c, reason)
+			}
+			s.host.refuse(s, ch, reason)
 		case s.pair.distrusted != "":
 			s.host.refuse(s, ch, "active mode refused on this session: "+s.pair.distrusted)
 		default:

@@ -31,10 +31,26 @@ func (p Policy) Check(ch Channel, announcer ...netip.Addr) string {
 			return fmt.Sprintf("announced address %s is the %s's address on neither side of the NAT (%s, %s)",
 				ch.RespH, side, announcer[0], announcer[1])
 		}
-		return fmt.Sprintf("announced address %s is not the %s's control address %s", ch.RespH, side, announcer[0])
+		reason := fmt.Sprintf("announced address %s is not the %s's control address %s", ch.RespH, side, announcer[0])
+		if natSuspected(ch.RespH, announcer[0]) {
+			// The commonest cause by far: a host behind NAT writes its own
+			// address, which the far side cannot reach. (A bounce attack
+			// looks the same on the wire; either way it stays closed.)
+			reason = "NAT suspected: " + reason
+		}
+		return reason
 	}
 	if ch.RespP < p.MinDataPort {
 		return fmt.Sprintf("announced port %d is below the minimum data port %d", ch.RespP, p.MinDataPort)
 	}
 	return ""
+}
+
+// natSuspected reports whether an announced address that differs from
+// the announcer's control address looks like that host's own address
+// behind a NAT: a unicast address of the same family, not the
+// unspecified or a loopback address.
+func natSuspected(announced, control netip.Addr) bool {
+	return announced.Is4() == control.Is4() && announced.IsValid() && !announced.IsUnspecified() &&
+		!announced.IsLoopback() && !announced.IsMulticast() && !announced.IsLinkLocalUnicast()
 }

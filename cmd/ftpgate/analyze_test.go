@@ -258,3 +258,32 @@ func TestUsageErrors(t *testing.T) {
 		t.Errorf("missing file: exit %d, stderr %q", code, stderr.String())
 	}
 }
+
+// TestAnalyzeNATSuspected runs captures of the NAT lab (test/natlab.sh,
+// no helper on the gateway) taken on both sides of the gateway: a LAN
+// client behind masquerade sending PORT and EPRT to a server on the
+// internet, and an internet client getting a 227 from the DMZ server
+// behind the port forward. On the internet side every announcement
+// carries an address that is not its announcer's control address, and
+// says NAT is suspected; on the LAN side the addresses match and nothing
+// does.
+func TestAnalyzeNATSuspected(t *testing.T) {
+	wan := analyze(t, filepath.Join("testdata", "natlab-wan-side-no-helper.pcap"))
+	if len(wan) != 4 {
+		t.Fatalf("%d channels on the internet side, want 4: %+v", len(wan), wan)
+	}
+	for _, r := range wan {
+		if r.Verdict != "refuse" || !strings.HasPrefix(r.Reason, "NAT suspected: announced address ") {
+			t.Errorf("%s %s: %s %q, want a refusal that says NAT is suspected", r.Command, r.RespH, r.Verdict, r.Reason)
+		}
+	}
+	lan := analyze(t, filepath.Join("testdata", "natlab-lan-side-no-helper.pcap"))
+	if len(lan) != 3 {
+		t.Fatalf("%d channels on the LAN side, want 3: %+v", len(lan), lan)
+	}
+	for _, r := range lan {
+		if strings.Contains(r.Reason, "NAT suspected") {
+			t.Errorf("%s on the LAN side: %q", r.Command, r.Reason)
+		}
+	}
+}
