@@ -65,6 +65,9 @@ type Packet struct {
 	// The control proxy's packets (Opened, Line, Closed):
 	Conn       *ProxiedConn
 	FromServer bool // a Line the server sent
+	// Forwarded: a Line the proxy has sent on already, as it was (it
+	// cannot change what is relayed); Out and Raw are not read.
+	Forwarded bool
 	// Out is set by whoever handles a Line: what to send on instead.
 	Out []byte
 	// Raw is set by whoever handles a Line when, after it, neither

@@ -43,9 +43,13 @@ func Run(ctx context.Context, h Handler, sources ...Source) error {
 
 	var holders []Holder
 	var others []Source
+	var sharers []sharer
 	fds := []unix.PollFd{{Fd: int32(wake), Events: unix.POLLIN}}
 	always := false // a source without a descriptor: never wait
 	for _, s := range sources {
+		if sh, ok := s.(sharer); ok {
+			sharers = append(sharers, sh)
+		}
 		if hs, ok := s.(Holder); ok {
 			holders = append(holders, hs)
 		} else {
@@ -66,7 +70,14 @@ func Run(ctx context.Context, h Handler, sources ...Source) error {
 			if !next.IsZero() {
 				timeout = max(0, int(time.Until(next)/time.Millisecond))
 			}
-			if err := poll(fds, timeout); err != nil && !errors.Is(err, unix.EINTR) {
+			wait := poll
+			for _, sh := range sharers {
+				if sh.sharesProcessor() {
+					wait = pollShared
+					break
+				}
+			}
+			if err := wait(fds, timeout); err != nil && !errors.Is(err, unix.EINTR) {
 				return fmt.Errorf("waiting for packets: %w", err)
 			}
 			if ctx.Err() != nil {
@@ -124,6 +135,18 @@ func poll(fds []unix.PollFd, timeoutMs int) error {
 		timeoutMs -= rawMs
 	}
 	_, err = unix.Poll(fds, timeoutMs)
+	return err
+}
+
+// sharer is a source whose own goroutines do work the loop waits for
+// (the control proxy's relays): while it has any, the loop must not hold
+// the processor in a raw wait, or they would run only when it times out.
+type sharer interface{ sharesProcessor() bool }
+
+// pollShared waits through the scheduler, which hands the processor to
+// other goroutines meanwhile.
+func pollShared(fds []unix.PollFd, timeoutMs int) error {
+	_, err := unix.Poll(fds, timeoutMs)
 	return err
 }
 

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -93,6 +95,9 @@ type proxyConn struct {
 	client *net.TCPConn
 	server *net.TCPConn
 	raw    atomic.Bool // relay bytes, no longer lines (TLS)
+	// holding, per direction (0 client, 1 server): the handler is
+	// holding lines back (a multi-line reply); every line waits.
+	holding [2]bool
 	ended  atomic.Int32
 	reason atomic.Pointer[string]
 }
@@ -300,8 +305,9 @@ func (p *Proxy) relay(c *proxyConn, fromServer bool) {
 	if fromServer {
 		src, dst = c.server, c.client
 	}
-	buf := make([]byte, 0, p.cfg.MaxLine)
-	rd := make([]byte, p.cfg.MaxLine)
+	// Control lines are short: the buffer starts small and grows to
+	// MaxLine only for a long one, so that an idle session costs little.
+	buf := make([]byte, 0, 256)
 	why := "closed by the client"
 	if fromServer {
 		why = "closed by the server"
@@ -319,8 +325,11 @@ func (p *Proxy) relay(c *proxyConn, fromServer bool) {
 			}
 			break
 		}
-		n, err := src.Read(rd[:p.cfg.MaxLine-len(buf)])
-		buf = append(buf, rd[:n]...)
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(2*cap(buf), p.cfg.MaxLine)-len(buf))
+		}
+		n, err := src.Read(buf[len(buf):min(cap(buf), p.cfg.MaxLine)])
+		buf = buf[:len(buf)+n]
 		for !c.raw.Load() {
 			end := indexNewline(buf)
 			if end < 0 && len(buf) < p.cfg.MaxLine {
@@ -329,7 +338,24 @@ func (p *Proxy) relay(c *proxyConn, fromServer bool) {
 			if end < 0 {
 				end = len(buf)
 			}
+			d := 0
+			if fromServer {
+				d = 1
+			}
+			if !c.holding[d] && !mayChange(buf[:end], fromServer) {
+				// Handed over for the record, sent on at once: only
+				// announcements and the start of TLS wait for the loop.
+				p.push(&proxyEvent{pkt: Packet{Kind: Line, Conn: &c.info, FromServer: fromServer, Forwarded: true,
+					Data: append([]byte(nil), buf[:end]...)}})
+				if _, werr := dst.Write(buf[:end]); werr != nil {
+					p.finish(c, "write failed: "+werr.Error())
+					return
+				}
+				buf = append(buf[:0], buf[end:]...)
+				continue
+			}
 			v := p.submit(c, fromServer, buf[:end])
+			c.holding[d] = v.out != nil && len(v.out) == 0
 			if v.closed {
 				p.finish(c, "ftpgate is stopping")
 				return
@@ -357,6 +383,28 @@ func (p *Proxy) relay(c *proxyConn, fromServer bool) {
 	if c.ended.Add(1) == 2 {
 		p.finish(c, why)
 	}
+}
+
+// mayChange reports whether what the proxy sends on for a line may
+// differ from the line, or change how the connection is relayed: an
+// active-mode command, a reply that announces an address, a 234 (TLS
+// begins). Every other line goes on at once.
+func mayChange(line []byte, fromServer bool) bool {
+	if fromServer {
+		return len(line) >= 3 && line[0] == '2' && (string(line[1:3]) == "27" || string(line[1:3]) == "28" ||
+			string(line[1:3]) == "29" || string(line[1:3]) == "34")
+	}
+	for len(line) > 0 && line[0] == ' ' {
+		line = line[1:]
+	}
+	if len(line) < 4 {
+		return false
+	}
+	switch v := string(bytes.ToUpper(line[:4])); v {
+	case "PORT", "EPRT", "LPRT":
+		return true
+	}
+	return false
 }
 
 func indexNewline(b []byte) int {
@@ -431,6 +479,9 @@ func (p *Proxy) Read(fn func(*Packet)) error {
 // it, else the line as it was read.
 func (p *Proxy) Release() error {
 	for _, ev := range p.delivered {
+		if ev.verdict == nil {
+			continue // Forwarded already
+		}
 		out := ev.pkt.Out
 		if out == nil {
 			out = ev.pkt.Data
@@ -440,6 +491,14 @@ func (p *Proxy) Release() error {
 	clear(p.delivered)
 	p.delivered = p.delivered[:0]
 	return nil
+}
+
+// sharesProcessor: the relays of live connections must run while the
+// loop waits.
+func (p *Proxy) sharesProcessor() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns) > 0
 }
 
 // Counts returns how many connections were proxied, and how many were

@@ -182,7 +182,10 @@ func (t *Tracker) OpenProxied(id uint64, tr Translation, now time.Time) {
 // session has turned to TLS, after which the proxy relays bytes unread.
 // What the line made ftpgate open must be committed before the returned
 // bytes are sent (Commit): the far side may connect at once.
-func (t *Tracker) ProxiedLine(id uint64, fromServer bool, data []byte, now time.Time) (out []byte, raw bool) {
+//
+// forwarded says the proxy has sent the line on already (a line that
+// cannot be rewritten): it is only recorded.
+func (t *Tracker) ProxiedLine(id uint64, fromServer, forwarded bool, data []byte, now time.Time) (out []byte, raw bool) {
 	s := t.proxied[id]
 	if s == nil || s.ended {
 		return data, false
@@ -213,6 +216,8 @@ func (t *Tracker) ProxiedLine(id uint64, fromServer bool, data []byte, now time.
 	n.serverOff += uint32(len(data))
 	s.serverLine(line{text: text, start: start, end: n.serverOff, ack: n.clientOff, framed: true})
 	switch {
+	case forwarded:
+		out = data
 	case n.rewrite != nil:
 		out, n.held = n.rewrite, nil
 	case s.reply.inMulti:

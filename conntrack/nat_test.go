@@ -47,7 +47,7 @@ func (p *proxied) server(line string) string { return p.line(true, line) }
 
 func (p *proxied) line(fromServer bool, l string) string {
 	p.t.Helper()
-	out, _ := p.tr.ProxiedLine(p.id, fromServer, []byte(l+"\r\n"), p.ts)
+	out, _ := p.tr.ProxiedLine(p.id, fromServer, false, []byte(l+"\r\n"), p.ts)
 	if err := p.tr.Commit(); err != nil {
 		p.t.Fatal(err)
 	}
@@ -262,9 +262,9 @@ func TestNATPortsNeverCollide(t *testing.T) {
 		tr.Client = netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(20 + i)}), 40000)
 		id := uint64(100 + i)
 		h.tr.OpenProxied(id, tr, h.ts)
-		h.tr.ProxiedLine(id, true, []byte("220 hi\r\n"), h.ts)
-		h.tr.ProxiedLine(id, false, []byte("PASV\r\n"), h.ts)
-		out, _ := h.tr.ProxiedLine(id, true, []byte("227 Entering Passive Mode (198,51,100,2,156,64)\r\n"), h.ts)
+		h.tr.ProxiedLine(id, true, false, []byte("220 hi\r\n"), h.ts)
+		h.tr.ProxiedLine(id, false, false, []byte("PASV\r\n"), h.ts)
+		out, _ := h.tr.ProxiedLine(id, true, false, []byte("227 Entering Passive Mode (198,51,100,2,156,64)\r\n"), h.ts)
 		pub, _ := parser.ParsePASVReply(out[4:])
 		if i == 10 {
 			if strings.Contains(string(out), "203,0,113,1") {
@@ -294,7 +294,7 @@ func TestNATMultiLineAndTLS(t *testing.T) {
 		t.Errorf("multi-line reply: %q", out)
 	}
 	p.client("AUTH TLS")
-	out, raw := p.tr.ProxiedLine(p.id, true, []byte("234 Proceed\r\n"), p.ts)
+	out, raw := p.tr.ProxiedLine(p.id, true, false, []byte("234 Proceed\r\n"), p.ts)
 	if string(out) != "234 Proceed\r\n" || !raw {
 		t.Errorf("234: %q raw=%v", out, raw)
 	}

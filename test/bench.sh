@@ -7,6 +7,10 @@
 #   TRANSFERS  transfers per session, each a new data conn.  (default 500)
 #   MODES      subset of: pasv4 epsv4 port4 eprt4 epsv6 eprt6 (default: all)
 #   CAPTURE    ftpgate's --capture: inline or passive         (default inline)
+#   NAT_MODES  subset of: lan-port4 lan-pasv4 dmz-pasv4 on the NAT lab
+#              (natlab.sh; LAN clients behind masquerade, active and
+#              passive, and internet clients of the DMZ server behind the
+#              port forward)                                  (default: all; "" skips)
 #   IDLE       control sessions for the idle measurement      (default 10000; 0 skips)
 #   OUT        directory for the results                      (default bench-results/TIMESTAMP)
 set -euo pipefail
@@ -17,6 +21,7 @@ FTPLOAD=${FTPLOAD:-$ROOT/bin/ftpload}
 SESSIONS=${SESSIONS:-20}
 TRANSFERS=${TRANSFERS:-500}
 MODES=${MODES:-"pasv4 epsv4 port4 eprt4 epsv6 eprt6"}
+NAT_MODES=${NAT_MODES-"lan-port4 lan-pasv4 dmz-pasv4"}
 CAPTURE=${CAPTURE:-inline}
 IDLE=${IDLE:-10000}
 OUT=${OUT:-$ROOT/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -34,6 +39,7 @@ cleanup() {
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
 	[ -n "$idle" ] && kill "$idle" 2>/dev/null
 	"$HERE/lab.sh" down
+	LAB=ftpgbnat LAB_DIR=/tmp/ftpgbnat-lab "$HERE/natlab.sh" down
 }
 trap cleanup EXIT
 "$HERE/lab.sh" up
@@ -80,6 +86,45 @@ for m in $MODES; do
 	done
 	order=$(echo "$order" | awk '{print $2, $1}')
 done
+if [ -n "$NAT_MODES" ]; then
+	# The same load through a NAT gateway: the admin's masquerade and
+	# port forward, nf_nat_ftp against ftpgate's control proxy.
+	nat() { LAB=ftpgbnat LAB_DIR=/tmp/ftpgbnat-lab "$HERE/natlab.sh" "$@"; }
+	nat up
+	ip netns exec ftpgbnat-inet sysctl -qw net.ipv4.tcp_max_tw_buckets=4096
+	ip netns exec ftpgbnat-dmz sysctl -qw net.ipv4.tcp_max_tw_buckets=4096
+	for m in $NAT_MODES; do
+		case $m in
+		lan-port4) from=ftpgbnat-lan to=203.0.113.10 mode=port label="NAT LAN PORT v4" ;;
+		lan-pasv4) from=ftpgbnat-lan to=203.0.113.10 mode=pasv label="NAT LAN PASV v4" ;;
+		dmz-pasv4) from=ftpgbnat-inet to=203.0.113.1 mode=pasv label="NAT DMZ PASV v4" ;;
+		*) echo "unknown NAT mode $m" >&2; exit 2 ;;
+		esac
+		for gw in $order; do
+			nat ruleset "$gw"
+			if [ "$gw" = ftpgate ]; then
+				ip netns exec ftpgbnat-gw "$FTPGATE" run --log-level warn --max-sessions 65536 >>"$OUT/ftpgate.log" 2>&1 &
+				pid=$!
+				sleep 1
+				kill -0 "$pid" || { cat "$OUT/ftpgate.log"; exit 1; }
+			fi
+			before=0
+			[ -n "$pid" ] && before=$(cpu_ticks "$pid")
+			res=$(ip netns exec $from "$FTPLOAD" run --server "$to" --mode "$mode" \
+				--sessions "$SESSIONS" --transfers "$TRANSFERS")
+			cpu=0 rss=0
+			if [ -n "$pid" ]; then
+				cpu=$(awk -v a="$before" -v b="$(cpu_ticks "$pid")" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}')
+				rss=$(hwm_kib "$pid")
+			fi
+			stop_ftpgate
+			echo "{\"gateway\":\"$gw\",\"name\":\"$label\",\"cpu_s\":$cpu,\"peak_rss_kib\":$rss,\"result\":$res}" >>"$RESULTS"
+			echo "  $gw $label: $res"
+		done
+		order=$(echo "$order" | awk '{print $2, $1}')
+	done
+	nat down
+fi
 if [ "$IDLE" -gt 0 ]; then
 	# Idle control sessions: a light FTP server on port 2121 (vsftpd
 	# would need two processes per session), ftpgate watching 21 and 2121.

@@ -87,6 +87,7 @@ up() {
 	mkdir -p "$DIR/ftproot" "$DIR/empty"
 	chmod 755 "$DIR" "$DIR/ftproot" "$DIR/empty"
 	head -c 262144 /dev/urandom >"$DIR/ftproot/file.bin"
+	: >"$DIR/ftproot/empty.txt"
 	chmod 644 "$DIR/ftproot/"*
 	for ns in $L $G $I $D; do
 		ip netns add "$ns"

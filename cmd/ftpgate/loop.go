@@ -42,8 +42,8 @@ func (d *daemonLoop) Handle(p *capture.Packet) {
 	case capture.Opened:
 		d.t.OpenProxied(p.Conn.ID, translation(p.Conn), p.Time)
 	case capture.Line:
-		p.Out, p.Raw = d.t.ProxiedLine(p.Conn.ID, p.FromServer, p.Data, p.Time)
-		d.proxiedLine = true
+		p.Out, p.Raw = d.t.ProxiedLine(p.Conn.ID, p.FromServer, p.Forwarded, p.Data, p.Time)
+		d.proxiedLine = d.proxiedLine || !p.Forwarded
 	case capture.Closed:
 		d.t.CloseProxied(p.Conn.ID, string(p.Data), p.Time)
 	case capture.Held:

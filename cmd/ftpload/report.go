@@ -44,7 +44,7 @@ func cmdReport(args []string, stdout io.Writer) error {
 		rows[r.Name][r.Gateway] = r
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tgateway\twanted\tok\tfailed\tp50 ms\tp99 ms\tmax ms\tslow>900ms\ttransfers/s\tftpgate cpu s\tftpgate peak rss MiB\tp99 ratio\ttransfers/s ratio\t")
+	fmt.Fprintln(tw, "mode\tgateway\twanted\tok\tfailed\tp50 ms\tp99 ms\tmax ms\tslow>900ms\ttransfers/s\tlogin max ms\tftpgate cpu s\tftpgate peak rss MiB\tp99 ratio\ttransfers/s ratio\t")
 	for _, name := range order {
 		k, haveK := rows[name]["kernel"]
 		for _, gw := range []string{"kernel", "ftpgate"} {
@@ -62,9 +62,9 @@ func cmdReport(args []string, stdout io.Writer) error {
 				}
 			}
 			res := r.Result
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.3f\t%.3f\t%.1f\t%d\t%.0f\t%s\t%s\t%s\t%s\t\n",
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.3f\t%.3f\t%.1f\t%d\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t\n",
 				name, gw, res.Wanted, res.Succeeded, res.Failed, res.SetupP50, res.SetupP99, res.SetupMax,
-				res.Slow, res.PerSecond, cpu, rss, ratio, tput)
+				res.Slow, res.PerSecond, res.LoginMax, cpu, rss, ratio, tput)
 		}
 	}
 	return tw.Flush()

@@ -28,8 +28,12 @@ type Result struct {
 	SetupP99  float64 `json:"setup_p99_ms"`
 	SetupMax  float64 `json:"setup_max_ms"`
 	Slow      int     `json:"slow"` // setup > 900 ms: a dropped first SYN
-	PerSecond float64 `json:"transfers_per_s"`
+	PerSecond float64 `json:"transfers_per_s"` // from when every session had logged in
 	Seconds   float64 `json:"seconds"`
+	// LoginMax is the longest a session took to connect and log in (a
+	// NAT gateway's control proxy takes over a connection on the
+	// client's second SYN, about a second after the first).
+	LoginMax float64 `json:"login_max_ms"`
 	FirstErr  string  `json:"first_error,omitempty"`
 }
 
@@ -66,11 +70,28 @@ func cmdRun(args []string, stdout io.Writer) error {
 		wg       sync.WaitGroup
 	)
 	start := time.Now()
+	var loggedIn sync.WaitGroup // every session logs in before any transfers
+	loggedIn.Add(*sessions)
+	var loginMax time.Duration
+	var transfersFrom time.Time
+	ready := make(chan struct{})
+	go func() {
+		loggedIn.Wait()
+		transfersFrom = time.Now()
+		close(ready)
+	}()
 	for range *sessions {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got, nfail, err := session(ctrl, *mode, *file, *transfers)
+			got, nfail, err := session(ctrl, *mode, *file, *transfers, func() {
+				d := time.Since(start)
+				mu.Lock()
+				loginMax = max(loginMax, d)
+				mu.Unlock()
+				loggedIn.Done()
+				<-ready
+			})
 			mu.Lock()
 			defer mu.Unlock()
 			setups = append(setups, got...)
@@ -81,12 +102,14 @@ func cmdRun(args []string, stdout io.Writer) error {
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	<-ready
+	elapsed := time.Since(transfersFrom)
 	r := Result{
 		Mode: strings.ToUpper(*mode), Server: *server, Sessions: *sessions,
 		Wanted: *sessions * *transfers, Succeeded: len(setups), Seconds: elapsed.Seconds(), FirstErr: firstErr,
 	}
 	r.Failed = r.Wanted - r.Succeeded
+	r.LoginMax = float64(loginMax.Microseconds()) / 1000
 	slices.Sort(setups)
 	if n := len(setups); n > 0 {
 		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -155,8 +178,9 @@ func (f *ftpConn) cmd(expect int, format string, args ...any) (string, error) {
 
 // session runs n transfers and returns the setup time of each that
 // succeeded, the number that failed and the first error.
-func session(ctrl, mode, file string, n int) ([]time.Duration, int, error) {
+func session(ctrl, mode, file string, n int, loggedIn func()) ([]time.Duration, int, error) {
 	f, err := dial(ctrl)
+	loggedIn()
 	if err != nil {
 		return nil, n, err
 	}
