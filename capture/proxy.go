@@ -98,8 +98,8 @@ type proxyConn struct {
 	// holding, per direction (0 client, 1 server): the handler is
 	// holding lines back (a multi-line reply); every line waits.
 	holding [2]bool
-	ended  atomic.Int32
-	reason atomic.Pointer[string]
+	ended   atomic.Int32
+	reason  atomic.Pointer[string]
 }
 
 // OpenProxy starts listening. It fails if the port is taken or the

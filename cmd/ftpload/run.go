@@ -27,14 +27,14 @@ type Result struct {
 	SetupP50  float64 `json:"setup_p50_ms"`
 	SetupP99  float64 `json:"setup_p99_ms"`
 	SetupMax  float64 `json:"setup_max_ms"`
-	Slow      int     `json:"slow"` // setup > 900 ms: a dropped first SYN
+	Slow      int     `json:"slow"`            // setup > 900 ms: a dropped first SYN
 	PerSecond float64 `json:"transfers_per_s"` // from when every session had logged in
 	Seconds   float64 `json:"seconds"`
 	// LoginMax is the longest a session took to connect and log in (a
 	// NAT gateway's control proxy takes over a connection on the
 	// client's second SYN, about a second after the first).
 	LoginMax float64 `json:"login_max_ms"`
-	FirstErr  string  `json:"first_error,omitempty"`
+	FirstErr string  `json:"first_error,omitempty"`
 }
 
 // slowSetup is the setup time above which a data connection must have
