@@ -82,6 +82,18 @@ addresses other than the announcing side's control address; ports below
 of a session that lost bytes; anything past a cap. After an accepted AUTH
 TLS/SSL the session is not parsed until TLS really ends after CCC.
 
+On a NAT gateway (--nat on, the default with inline capture), a control
+connection your own NAT rules translate (masquerade, dnat) has its first SYN
+dropped after all of your rules accepted it; the client's retry (about a
+second later) goes to ftpgate's control proxy (tproxy, and a policy routing
+rule ftpgate adds), which connects to the server from the client's address.
+It rewrites announcements that carry an address the far side cannot reach
+(PORT/EPRT of a masqueraded client, 227 of a server behind a port forward),
+to the public address and a port from --nat-ports, and maps each data
+connection in the kernel (DNAT, and SNAT where needed) before the far side
+sees the line. Add the ruleset line to your input chain too: proxied control
+connections arrive there. A restart of ftpgate ends proxied sessions.
+
 Flags:
 `, rules.DefaultTable)
 		fs.PrintDefaults()
