@@ -52,6 +52,7 @@ type natFlags struct {
 	routeMark  hexBit
 	socketMark hexBit
 	table      int
+	maxProxied int
 }
 
 func (f *natFlags) register(fs *flag.FlagSet) {
@@ -63,6 +64,7 @@ func (f *natFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.routeMark, "proxy-route-mark", "packet mark `bit` that routes the control proxy's connections to this host (a policy routing rule ftpgate adds)")
 	fs.Var(&f.socketMark, "proxy-socket-mark", "packet mark `bit` of the control proxy's own sockets")
 	fs.IntVar(&f.table, "proxy-route-table", 2121, "routing `table` (and rule priority) of the control proxy's local route")
+	fs.IntVar(&f.maxProxied, "max-proxied", 4096, "at most this many control sessions through the control proxy at once (each costs about 35 KiB); beyond, the client's connection is closed and logged")
 }
 
 // enabled checks the flags against the capture and the admit mark.
@@ -87,6 +89,8 @@ func (f *natFlags) enabled(inline bool, admit mark) (bool, error) {
 	case uint32(f.routeMark|f.socketMark)&admit.mask != 0:
 		// The packet mark of an admitted held SYN uses --mark's bits.
 		return false, fmt.Errorf("--proxy-route-mark and --proxy-socket-mark must not share bits with --mark %s", admit.String())
+	case f.maxProxied <= 0:
+		return false, fmt.Errorf("--max-proxied %d: want 1 or more", f.maxProxied)
 	case f.table <= 0 || (f.table >= 253 && f.table <= 255):
 		return false, fmt.Errorf("--proxy-route-table %d: want a table other than main, local and default", f.table)
 	}
@@ -98,7 +102,8 @@ func (f *natFlags) rules(ports []uint16) *rules.NATConfig {
 }
 
 // startProxy adds the proxy's routes and starts it.
-func (f *natFlags) startProxy(maxConns int, log *slog.Logger) (*capture.Proxy, *capture.ProxyRoutes, error) {
+func (f *natFlags) startProxy(log *slog.Logger) (*capture.Proxy, *capture.ProxyRoutes, error) {
+	maxConns := f.maxProxied
 	routes, err := capture.AddProxyRoutes(uint32(f.routeMark), f.table)
 	if err != nil {
 		return nil, nil, err

@@ -223,7 +223,7 @@ Flags:
 		}
 		sources = append(sources, src)
 		if natOn {
-			proxy, routes, err := nf.startProxy(cfg.MaxSessions, log)
+			proxy, routes, err := nf.startProxy(log)
 			if err != nil {
 				return fmt.Errorf("starting the control proxy for NAT (--nat off runs without it): %w", err)
 			}
