@@ -53,6 +53,7 @@ fuzz:
 	$(GO) test ./parser -run '^$$' -fuzz '^FuzzFormatRoundTrip$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzPacketPath$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzSessionOracle$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzProxiedLines$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin

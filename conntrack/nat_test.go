@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -297,5 +298,87 @@ func TestNATMultiLineAndTLS(t *testing.T) {
 	out, raw := p.tr.ProxiedLine(p.id, true, false, []byte("234 Proceed\r\n"), p.ts)
 	if string(out) != "234 Proceed\r\n" || !raw {
 		t.Errorf("234: %q raw=%v", out, raw)
+	}
+}
+
+// FuzzProxiedLines feeds arbitrary lines, both ways, to sessions of the
+// control proxy under both translations. Whatever comes, nothing panics,
+// every mapping belongs to an open pinhole, every picked port is in the
+// range, a rewritten line parses as what it replaces, and closing the
+// session leaves nothing.
+func FuzzProxiedLines(f *testing.F) {
+	f.Add([]byte("PASV\n<227 Entering Passive Mode (198,51,100,2,156,64)\nPORT 192,0,2,2,1,2\n<200 ok\n"), false)
+	f.Add([]byte("EPRT |1|192.0.2.2|40000|\n<500 no\nEPSV\n<229 (|||40001|)\n"), true)
+	f.Add([]byte("FEAT\n<211-x\n<227 (198,51,100,2,1,1)\n<211 end\nAUTH TLS\n<234 go\n"), false)
+	f.Fuzz(func(t *testing.T, script []byte, masq bool) {
+		h := &harness{t: t, fw: rules.NewDryRun()}
+		h.tr = NewTracker(Config{Inline: true, NATPorts: [2]uint16{61000, 61015}}, h.fw)
+		tr := forwarded
+		if masq {
+			tr = masqueraded
+		}
+		h.tr.OpenProxied(1, tr, h.ts)
+		h.tr.ProxiedLine(1, true, false, []byte("220 hi\r\n"), h.ts)
+		for _, l := range strings.Split(string(script), "\n") {
+			fromServer := strings.HasPrefix(l, "<")
+			l = strings.TrimPrefix(l, "<")
+			out, _ := h.tr.ProxiedLine(1, fromServer, false, []byte(l+"\r\n"), h.ts)
+			if err := h.tr.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if string(out) != l+"\r\n" && len(out) > 0 && !strings.HasPrefix(l, "211") {
+				// Rewritten: it must parse as the same kind of line.
+				if fromServer {
+					if r := parser.ParseReplyLine(bytes.TrimRight(out, "\r\n")); r.Code == 0 {
+						t.Fatalf("%q rewritten to %q, not a reply", l, out)
+					}
+				} else if c, err := parser.ParseCommand(bytes.TrimRight(out, "\r\n")); err != nil || !c.Verb.IsActive() {
+					t.Fatalf("%q rewritten to %q: %v", l, out, err)
+				}
+			}
+			for m := range h.fw.Maps {
+				if m.SNAT {
+					continue
+				}
+				p := rules.Pinhole{Peer: m.Peer, Addr: m.ToAddr, Port: m.ToPort}
+				if _, ok := h.fw.Open[p]; !ok {
+					t.Fatalf("mapping %v without its pinhole %v (open: %v)", m, p, h.fw.Open)
+				}
+				if m.Addr == tr.ServerSeen.Addr() || m.Addr == tr.ClientSeen.Addr() {
+					if m.Port != m.ToPort && (m.Port < 61000 || m.Port > 61015) {
+						t.Fatalf("mapping %v: picked port outside the range", m)
+					}
+				}
+			}
+		}
+		h.tr.CloseProxied(1, "closed", h.ts)
+		h.tr.Commit()
+		if len(h.fw.Maps) != 0 || len(h.fw.Open) != 0 || len(h.tr.nat.used) != 0 {
+			t.Fatalf("left after the session: maps %v, pinholes %v, ports %v", h.fw.Maps, h.fw.Open, h.tr.nat.used)
+		}
+	})
+}
+
+// TestNATReplacedPinholeUnmaps: when a second session's announcement
+// takes over an open pinhole (a server reusing a passive port), the first
+// one's mapping and public port go.
+func TestNATReplacedPinholeUnmaps(t *testing.T) {
+	h := newHarness(t, Config{Inline: true})
+	for id := uint64(1); id <= 2; id++ {
+		tr := forwarded
+		tr.Client = netip.AddrPortFrom(tr.Client.Addr(), 40000+uint16(id))
+		h.tr.OpenProxied(id, tr, h.ts)
+		h.tr.ProxiedLine(id, true, false, []byte("220 hi\r\n"), h.ts)
+		h.tr.ProxiedLine(id, false, false, []byte("PASV\r\n"), h.ts)
+		h.tr.ProxiedLine(id, true, false, []byte("227 Entering Passive Mode (198,51,100,2,156,64)\r\n"), h.ts)
+		h.tr.Commit()
+	}
+	if len(h.fw.Maps) != 1 || len(h.tr.nat.used) != 1 {
+		t.Fatalf("after the second session took the pinhole over: maps %v, ports held %v", h.fw.Maps, h.tr.nat.used)
+	}
+	h.tr.CloseAll("stop")
+	h.tr.Commit()
+	if len(h.fw.Maps) != 0 || len(h.tr.nat.used) != 0 {
+		t.Fatalf("after stop: maps %v, ports held %v", h.fw.Maps, h.tr.nat.used)
 	}
 }

@@ -94,6 +94,7 @@ func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan) 
 		// The same hole again (a server reusing its passive port): it
 		// now belongs to this announcement.
 		t.dropFromSession(old)
+		t.unmap(old)
 		delete(t.pinholes, key)
 	}
 	switch {
