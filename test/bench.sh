@@ -58,7 +58,7 @@ echo "command:   SESSIONS=$SESSIONS TRANSFERS=$TRANSFERS CAPTURE=$CAPTURE IDLE=$
 # not always count against the same one. ftpgate starts afresh for each
 # mode, so its CPU and peak RSS are that mode's.
 start_ftpgate() {
-	ip netns exec $G "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 "$@" >>"$OUT/ftpgate.log" 2>&1 &
+	ip netns exec "${NS:-$G}" "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 "$@" >>"$OUT/ftpgate.log" 2>&1 &
 	pid=$!
 	sleep 1
 	kill -0 "$pid" || { cat "$OUT/ftpgate.log"; exit 1; }
@@ -66,23 +66,28 @@ start_ftpgate() {
 stop_ftpgate() {
 	if [ -n "$pid" ]; then kill "$pid"; wait "$pid" || true; pid=""; fi
 }
+# measure runs the load from namespace $3 (ftpload run flags follow) and
+# records it as gateway $1, mode $2, with ftpgate's CPU and peak RSS.
+measure() {
+	local gw=$1 label=$2 from=$3
+	shift 3
+	local before=0 cpu=0 rss=0 res
+	[ -n "$pid" ] && before=$(cpu_ticks "$pid")
+	res=$(ip netns exec "$from" "$FTPLOAD" run "$@" --sessions "$SESSIONS" --transfers "$TRANSFERS")
+	if [ -n "$pid" ]; then
+		cpu=$(awk -v a="$before" -v b="$(cpu_ticks "$pid")" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}')
+		rss=$(hwm_kib "$pid")
+	fi
+	stop_ftpgate
+	echo "{\"gateway\":\"$gw\",\"name\":\"$label\",\"cpu_s\":$cpu,\"peak_rss_kib\":$rss,\"result\":$res}" >>"$RESULTS"
+	echo "  $gw $label: $res"
+}
 order="kernel ftpgate"
 for m in $MODES; do
 	for gw in $order; do
 		"$HERE/lab.sh" ruleset "$gw"
 		[ "$gw" = ftpgate ] && start_ftpgate
-		before=0
-		[ -n "$pid" ] && before=$(cpu_ticks "$pid")
-		res=$(ip netns exec $C "$FTPLOAD" run --server "$(server_of "$m")" --mode "${m%?}" \
-			--sessions "$SESSIONS" --transfers "$TRANSFERS")
-		cpu=0 rss=0
-		if [ -n "$pid" ]; then
-			cpu=$(awk -v a="$before" -v b="$(cpu_ticks "$pid")" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}')
-			rss=$(hwm_kib "$pid")
-		fi
-		stop_ftpgate
-		echo "{\"gateway\":\"$gw\",\"name\":\"$(label_of "$m")\",\"cpu_s\":$cpu,\"peak_rss_kib\":$rss,\"result\":$res}" >>"$RESULTS"
-		echo "  $gw $(label_of "$m"): $res"
+		measure "$gw" "$(label_of "$m")" $C --server "$(server_of "$m")" --mode "${m%?}"
 	done
 	order=$(echo "$order" | awk '{print $2, $1}')
 done
@@ -102,24 +107,8 @@ if [ -n "$NAT_MODES" ]; then
 		esac
 		for gw in $order; do
 			nat ruleset "$gw"
-			if [ "$gw" = ftpgate ]; then
-				ip netns exec ftpgbnat-gw "$FTPGATE" run --log-level warn --max-sessions 65536 >>"$OUT/ftpgate.log" 2>&1 &
-				pid=$!
-				sleep 1
-				kill -0 "$pid" || { cat "$OUT/ftpgate.log"; exit 1; }
-			fi
-			before=0
-			[ -n "$pid" ] && before=$(cpu_ticks "$pid")
-			res=$(ip netns exec $from "$FTPLOAD" run --server "$to" --mode "$mode" \
-				--sessions "$SESSIONS" --transfers "$TRANSFERS")
-			cpu=0 rss=0
-			if [ -n "$pid" ]; then
-				cpu=$(awk -v a="$before" -v b="$(cpu_ticks "$pid")" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}')
-				rss=$(hwm_kib "$pid")
-			fi
-			stop_ftpgate
-			echo "{\"gateway\":\"$gw\",\"name\":\"$label\",\"cpu_s\":$cpu,\"peak_rss_kib\":$rss,\"result\":$res}" >>"$RESULTS"
-			echo "  $gw $label: $res"
+			[ "$gw" = ftpgate ] && NS=ftpgbnat-gw start_ftpgate
+			measure "$gw" "$label" $from --server "$to" --mode "$mode"
 		done
 		order=$(echo "$order" | awk '{print $2, $1}')
 	done

@@ -28,38 +28,7 @@ down() {
 	rm -rf "$DIR"
 }
 
-vsftpd_conf() { # $1 = namespace, $2 = instance name, then extra settings
-	local ns=$1 name=$2
-	shift 2
-	cat <<EOF
-listen=NO
-listen_ipv6=YES
-background=NO
-anonymous_enable=YES
-local_enable=NO
-write_enable=NO
-anon_root=$DIR/ftproot
-no_anon_password=YES
-pasv_enable=YES
-pasv_min_port=40000
-pasv_max_port=40999
-port_enable=YES
-connect_from_port_20=NO
-connect_timeout=3
-data_connection_timeout=10
-accept_timeout=10
-seccomp_sandbox=NO
-isolate_network=NO
-isolate=NO
-secure_chroot_dir=$DIR/empty
-xferlog_enable=NO
-dual_log_enable=NO
-vsftpd_log_file=$DIR/vsftpd-$name.log
-max_clients=0
-max_per_ip=0
-EOF
-	printf '%s\n' "$@"
-}
+. "$HERE/vsftpd.sh"
 
 up() {
 	down
@@ -97,13 +66,13 @@ up() {
 	# run slowed the next gateway down. A cap keeps runs independent.
 	nsx "$S" sysctl -qw net.ipv4.tcp_max_tw_buckets=4096
 	for ns in $S $G; do
-		vsftpd_conf "$ns" "$ns" >"$DIR/vsftpd-$ns.conf"
+		vsftpd_conf "$ns" >"$DIR/vsftpd-$ns.conf"
 		nsx "$ns" vsftpd "$DIR/vsftpd-$ns.conf" >"$DIR/vsftpd-$ns.out" 2>&1 &
 		echo $! >"$DIR/vsftpd-$ns.pid"
 	done
 	# A second server on port 2131 that refuses every PORT (550): the
 	# hostile tests need a refusal ftpgate itself would not make.
-	vsftpd_conf "$S" "$S-2131" listen_port=2131 port_enable=NO >"$DIR/vsftpd-$S-2131.conf"
+	vsftpd_conf "$S-2131" listen_port=2131 port_enable=NO >"$DIR/vsftpd-$S-2131.conf"
 	nsx "$S" vsftpd "$DIR/vsftpd-$S-2131.conf" >"$DIR/vsftpd-$S-2131.out" 2>&1 &
 	echo $! >"$DIR/vsftpd-$S-2131.pid"
 	ruleset ftpgate

@@ -34,38 +34,7 @@ down() {
 	rm -rf "$DIR"
 }
 
-vsftpd_conf() { # $1 = name, then extra settings
-	local name=$1
-	shift
-	cat <<EOF
-listen=NO
-listen_ipv6=YES
-background=NO
-anonymous_enable=YES
-local_enable=NO
-write_enable=NO
-anon_root=$DIR/ftproot
-no_anon_password=YES
-pasv_enable=YES
-pasv_min_port=40000
-pasv_max_port=40999
-port_enable=YES
-connect_from_port_20=NO
-connect_timeout=5
-data_connection_timeout=10
-accept_timeout=10
-seccomp_sandbox=NO
-isolate_network=NO
-isolate=NO
-secure_chroot_dir=$DIR/empty
-xferlog_enable=NO
-dual_log_enable=NO
-vsftpd_log_file=$DIR/vsftpd-$name.log
-max_clients=0
-max_per_ip=0
-EOF
-	printf '%s\n' "$@"
-}
+. "$HERE/vsftpd.sh"
 
 serve() { # $1 = namespace, $2 = name, $3 = port, then extra settings
 	local ns=$1 name=$2 port=$3
