@@ -3,10 +3,10 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,13 +16,12 @@ import (
 )
 
 func cmdAnalyze(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("analyze", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("analyze")
 	var tf trackerFlags
 	tf.register(fs, "error")
 	format := fs.String("format", "json", "output: json (one object per line per data channel) or text (a table)")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, `Usage: ftpgate analyze [flags] FILE
+	help := func(w io.Writer) {
+		fmt.Fprintf(w, `Usage: ftpgate analyze [flags] FILE
 
 Reads a pcap or pcapng capture (Ethernet, Linux cooked, DLT_NULL or raw IP)
 through the same reassembly, parser and policy as 'ftpgate run', with a
@@ -34,11 +33,18 @@ table with --format text. Logs go to standard error.
 
 Flags:
 `)
-		fs.PrintDefaults()
+		fmt.Fprint(w, fs.FlagUsages())
 	}
-	_, cfg, err := tf.parse(fs, args, 1, stderr)
+	_, cfg, err := tf.parse(fs, args, help, stdout, stderr)
 	if err != nil {
 		return err
+	}
+	switch fs.NArg() {
+	case 1:
+	case 0:
+		return usagef("no capture file given")
+	default:
+		return usagef("one capture file at a time, got %d: %s", fs.NArg(), strings.Join(fs.Args(), " "))
 	}
 	if *format != "json" && *format != "text" {
 		return fmt.Errorf("--format %q: want json or text", *format)

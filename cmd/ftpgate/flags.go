@@ -1,13 +1,16 @@
 package main
 
 import (
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	flag "github.com/spf13/pflag"
 
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/rules"
@@ -24,6 +27,8 @@ func (p *portList) String() string {
 	return strings.Join(s, ",")
 }
 
+func (p *portList) Type() string { return "ports" }
+
 func (p *portList) Set(v string) error {
 	var out []uint16
 	for _, f := range strings.Split(v, ",") {
@@ -37,10 +42,13 @@ func (p *portList) Set(v string) error {
 	return nil
 }
 
-// mark is VALUE/MASK for the conntrack mark.
+// mark is VALUE/MASK for the conntrack mark. Without a mask, the mask is
+// the value's own bits: ftpgate claims no more of the mark than it sets.
 type mark struct{ value, mask uint32 }
 
 func (m *mark) String() string { return fmt.Sprintf("%#08x/%#08x", m.value, m.mask) }
+
+func (m *mark) Type() string { return "VALUE/MASK" }
 
 func (m *mark) Set(v string) error {
 	val, msk, ok := strings.Cut(v, "/")
@@ -48,7 +56,7 @@ func (m *mark) Set(v string) error {
 	if err != nil {
 		return fmt.Errorf("mark value %q: %v", val, err)
 	}
-	mask := uint64(0xffffffff)
+	mask := value
 	if ok {
 		if mask, err = strconv.ParseUint(msk, 0, 32); err != nil {
 			return fmt.Errorf("mark mask %q: %v", msk, err)
@@ -140,15 +148,11 @@ func (f *trackerFlags) config(log *slog.Logger) (conntrack.Config, error) {
 	}, nil
 }
 
-// parse parses args, requires nargs positional arguments, and builds the
-// logger and the tracker configuration both commands start from.
-func (f *trackerFlags) parse(fs *flag.FlagSet, args []string, nargs int, stderr io.Writer) (*slog.Logger, conntrack.Config, error) {
-	if err := fs.Parse(args); err != nil {
+// parse parses args and builds the logger and the tracker configuration
+// both commands start from.
+func (f *trackerFlags) parse(fs *flag.FlagSet, args []string, help func(io.Writer), stdout, stderr io.Writer) (*slog.Logger, conntrack.Config, error) {
+	if err := parseFlags(fs, args, help, stdout); err != nil {
 		return nil, conntrack.Config{}, err
-	}
-	if fs.NArg() != nargs {
-		fs.Usage()
-		return nil, conntrack.Config{}, errUsage
 	}
 	log, err := f.logger(stderr)
 	if err != nil {
@@ -157,3 +161,39 @@ func (f *trackerFlags) parse(fs *flag.FlagSet, args []string, nargs int, stderr 
 	cfg, err := f.config(log)
 	return log, cfg, err
 }
+
+// usageError is a mistake on the command line: main prints it in one line
+// with a pointer to --help, and exits 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// newFlagSet is a GNU-style flag set (flags before or after the
+// arguments, --name and --name=value) that prints nothing itself.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return fs
+}
+
+// parseFlags parses args. --help prints help to stdout and returns
+// flag.ErrHelp; a mistake becomes a usageError.
+func parseFlags(fs *flag.FlagSet, args []string, help func(io.Writer), stdout io.Writer) error {
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		help(stdout)
+		return flag.ErrHelp
+	}
+	return usageError{err}
+}
+
+// tableName is what ftpgate accepts as its table's name: what nft can
+// type without quoting.
+var tableName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,63}$`)

@@ -4,10 +4,11 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+
+	flag "github.com/spf13/pflag"
 )
 
 const usage = `ftpgate lets FTP through a default-drop nftables firewall: it watches the FTP
@@ -42,7 +43,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "run":
-		err = cmdRun(args[1:], stderr)
+		err = cmdRun(args[1:], stdout, stderr)
 	case "analyze":
 		err = cmdAnalyze(args[1:], stdout, stderr)
 	case "version", "--version":
@@ -53,16 +54,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ftpgate: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
+	var ue usageError
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
-	case errors.Is(err, errUsage):
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "ftpgate %s: %v\nsee 'ftpgate %s --help'\n", args[0], err, args[0])
 		return 2
 	}
 	fmt.Fprintf(stderr, "ftpgate %s: %v\n", args[0], err)
 	return 1
 }
 
-var errUsage = errors.New("usage")

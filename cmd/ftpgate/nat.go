@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"log/slog"
 	"math/bits"
@@ -12,12 +11,15 @@ import (
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/rules"
+	flag "github.com/spf13/pflag"
 )
 
 // portRange is LO-HI.
 type portRange [2]uint16
 
 func (r *portRange) String() string { return fmt.Sprintf("%d-%d", r[0], r[1]) }
+
+func (r *portRange) Type() string { return "LO-HI" }
 
 func (r *portRange) Set(v string) error {
 	lo, hi, ok := strings.Cut(v, "-")
@@ -34,6 +36,8 @@ func (r *portRange) Set(v string) error {
 type hexBit uint
 
 func (h *hexBit) String() string { return fmt.Sprintf("%#08x", uint(*h)) }
+
+func (h *hexBit) Type() string { return "bit" }
 
 func (h *hexBit) Set(v string) error {
 	n, err := strconv.ParseUint(v, 0, 32)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,11 +17,11 @@ import (
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/rules"
+	flag "github.com/spf13/pflag"
 )
 
-func cmdRun(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run")
 	var tf trackerFlags
 	tf.register(fs, "info")
 	ifaces := fs.String("interface", "", "with --capture passive: comma-separated `interfaces` to watch for FTP control traffic (default: all)")
@@ -36,8 +35,8 @@ func cmdRun(args []string, stderr io.Writer) error {
 	var nf natFlags
 	nf.register(fs)
 	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, `Usage: ftpgate run [flags]
+	help := func(w io.Writer) {
+		fmt.Fprintf(w, `Usage: ftpgate run [flags]
 
 Watches FTP control connections and opens one nftables pinhole per accepted
 data channel in its own table, 'inet %s', created with the owner flag so
@@ -96,11 +95,17 @@ connections arrive there. A restart of ftpgate ends proxied sessions.
 
 Flags:
 `, rules.DefaultTable)
-		fs.PrintDefaults()
+		fmt.Fprint(w, fs.FlagUsages())
 	}
-	log, cfg, err := tf.parse(fs, args, 0, stderr)
+	log, cfg, err := tf.parse(fs, args, help, stdout, stderr)
 	if err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("no arguments expected, got %q", strings.Join(fs.Args(), " "))
+	}
+	if !tableName.MatchString(*table) {
+		return usagef("--table %q: want a letter, then up to 63 letters, digits, _ or -", *table)
 	}
 	var names []string
 	if *ifaces != "" {
