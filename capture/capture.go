@@ -27,6 +27,9 @@ const (
 	Used
 	// Held is a packet the kernel holds until it is given a Verdict.
 	Held
+	// Admitted is the kernel's report, from after the admin's filter
+	// chains, of the first packet of a data connection ftpgate admitted.
+	Admitted
 	// Opened: a translated control connection reached the control
 	// proxy, and the proxy reached its server (Conn).
 	Opened

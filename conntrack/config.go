@@ -59,6 +59,12 @@ type Config struct {
 	// its data connection had started (see PinholeConsumed). 0 logs at
 	// once, as for capture files, where there are no such reports.
 	ReportWindow time.Duration
+	// ConfirmAdmitted: the kernel reports each admitted data connection
+	// again after the admin's filter chains (AdmittedReport), and a used
+	// pinhole whose connection is not reported within ConfirmWait
+	// (default 2s) is logged and counted as dropped by the ruleset.
+	ConfirmAdmitted bool
+	ConfirmWait     time.Duration
 	// CommitDelay is how long inline capture may leave pinhole changes
 	// uncommitted; see RunInline. Zero means DefaultCommitDelay; a
 	// negative value commits at once.
@@ -105,6 +111,9 @@ func (c *Config) setDefaults() {
 		c.ReorderWait = 0
 	case c.ReorderWait == 0:
 		c.ReorderWait = DefaultReorderWait
+	}
+	if c.ConfirmWait == 0 {
+		c.ConfirmWait = 2 * time.Second
 	}
 	if c.NATPorts == [2]uint16{} {
 		c.NATPorts = DefaultNATPorts
@@ -159,6 +168,8 @@ type Stats struct {
 	CopiesLost        uint64 // NFLOG socket overflows (inline copies lost)
 	BackendErrors     uint64
 	LogSuppressed     uint64 // log lines held back by the per-session limits
+	DataAdmitted      uint64 // data connections the admin's ruleset let through (reported after its chains)
+	AdmittedDropped   uint64 // used pinholes whose connection the admin's ruleset dropped
 	SessionsProxied   uint64 // control sessions that ran through the control proxy (NAT)
 	NATRewrites       uint64 // announcements rewritten for the far side of a NAT
 	NATMappings       uint64 // NAT mappings of data connections made

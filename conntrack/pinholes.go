@@ -20,9 +20,10 @@ type pinhole struct {
 	// fresh: no element of this key was in the kernel when it opened,
 	// so an add not yet committed can simply be cancelled.
 	fresh bool
-	// Set once closed while its log line waits for a usage report.
-	closeReason string
-	logBy       time.Time
+	// Set once closed: until when a late report of its use counts.
+	logBy time.Time
+	// Used, waiting for the ruleset's confirmation (see used).
+	usedAt, confirmBy time.Time
 	// NAT: the mappings of its data connection, and the public
 	// address:port they hold.
 	maps   []rules.Mapping
@@ -245,8 +246,7 @@ func (t *Tracker) AdmitHeldSYN(data []byte) HeldVerdict {
 		delete(t.pinholes, key)
 		t.dropFromSession(p)
 		t.stats.SYNsAdmitted++
-		t.stats.PinholesConsumed++
-		t.logClosed(p, "data connection started")
+		t.used(p, t.now)
 		return HeldAdmit
 	}
 	id := heldSYN{src: seg.src, dst: seg.dst, seq: seg.seq}
@@ -287,11 +287,11 @@ const (
 // retransmitted report, or one closed meanwhile) are ignored.
 func (t *Tracker) PinholeConsumed(key rules.Pinhole) {
 	if p, ok := t.closing[key]; ok {
-		// Closed for a session reason meanwhile, but it had been used:
-		// the report says why it really closed.
+		// Closed for a session reason meanwhile, but the kernel had let
+		// its connection start before the close reached it.
 		delete(t.closing, key)
 		t.stats.PinholesConsumed++
-		t.logClosed(p, "data connection started")
+		t.logUsedAfterClose(p)
 		return
 	}
 	p, ok := t.pinholes[key]
@@ -301,8 +301,62 @@ func (t *Tracker) PinholeConsumed(key rules.Pinhole) {
 	delete(t.pinholes, key)
 	t.dropFromSession(p)
 	t.unmap(p) // the connection has its NAT binding: the mapping is done
+	t.used(p, t.now)
+}
+
+// used records that p's data connection started: the kernel used the
+// pinhole, or ftpgate admitted a held SYN with it. Where the admin's
+// ruleset confirms what it let through (Config.ConfirmAdmitted), the
+// close waits for that report, or for ConfirmWait.
+func (t *Tracker) used(p *pinhole, at time.Time) {
 	t.stats.PinholesConsumed++
-	t.logClosed(p, "data connection started")
+	if !t.cfg.ConfirmAdmitted {
+		t.logClosed(slog.LevelInfo, p, "data connection started", at)
+		return
+	}
+	if old, ok := t.admitted[p.key]; ok {
+		t.confirmed(old) // the same hole again: the first one got through, or nothing would follow
+	}
+	p.usedAt, p.confirmBy = at, t.now.Add(t.cfg.ConfirmWait)
+	t.admitted[p.key] = p
+}
+
+// AdmittedReport takes the kernel's report, from after the admin's
+// filter chains, of a data connection with ftpgate's mark (its first
+// packet's headers): the ruleset let it through.
+func (t *Tracker) AdmittedReport(data []byte) {
+	key, ok := synKey(data)
+	if !ok {
+		return
+	}
+	if p, ok := t.admitted[key]; ok {
+		t.confirmed(p)
+	}
+}
+
+func (t *Tracker) confirmed(p *pinhole) {
+	delete(t.admitted, p.key)
+	t.stats.DataAdmitted++
+	t.logClosed(slog.LevelInfo, p, "data connection started", p.usedAt)
+}
+
+// expireAdmitted closes, as dropped, the used pinholes whose connection
+// the admin's ruleset has not let through within ConfirmWait.
+func (t *Tracker) expireAdmitted(now time.Time, all bool) {
+	for k, p := range t.admitted {
+		if !all && now.Before(p.confirmBy) {
+			continue
+		}
+		delete(t.admitted, k)
+		if all && now.Before(p.confirmBy) {
+			t.logClosed(slog.LevelInfo, p, "data connection started (not yet seen past the ruleset when ftpgate stopped)", p.usedAt)
+			continue
+		}
+		t.stats.AdmittedDropped++
+		t.logClosed(slog.LevelWarn, p, "admitted but dropped by the ruleset", p.usedAt)
+		t.warnCap(3, "a data connection ftpgate admitted was dropped by your ruleset: is the accept line for ftpgate's ct mark in the chain, before its drop? (ftpgate run logs the line at start-up)",
+			"dropped_so_far", t.stats.AdmittedDropped)
+	}
 }
 
 // closeSessionPinholes closes every open pinhole of s.
@@ -320,15 +374,17 @@ func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
 	}
 	t.dropFromSession(p)
 	t.stats.PinholesClosed++
-	if t.cfg.ReportWindow > 0 {
-		p.closeReason, p.logBy = reason, t.now.Add(t.cfg.ReportWindow)
-		if old, ok := t.closing[key]; ok && old != p {
-			t.logClosed(old, old.closeReason)
-		}
-		t.closing[key] = p
-		return
+	at := t.now
+	if reason == "timeout" {
+		at = p.expires
 	}
-	t.logClosed(p, reason)
+	t.logClosed(slog.LevelInfo, p, reason, at)
+	if t.cfg.ReportWindow > 0 {
+		// The kernel may have used it before the close reached it; its
+		// report is still on the way.
+		p.logBy = t.now.Add(t.cfg.ReportWindow)
+		t.closing[key] = p
+	}
 }
 
 // removeFromBackend takes p's element out of the kernel: an add still
@@ -363,21 +419,30 @@ func (t *Tracker) unmap(p *pinhole) {
 	}
 }
 
-func (t *Tracker) logClosed(p *pinhole, reason string) {
-	if !t.log.Enabled(context.Background(), slog.LevelInfo) {
+// logClosed logs a close when it happens; at is when it did (the
+// kernel's use, or the timeout), which may be a little earlier.
+func (t *Tracker) logClosed(level slog.Level, p *pinhole, reason string, at time.Time) {
+	if !t.log.Enabled(context.Background(), level) {
 		return
 	}
-	t.log.Info("channel closed", "session", p.channel.Session, "command", p.channel.Command.String(),
-		"orig_h", p.key.Peer.String(), "resp_h", p.key.Addr.String(), "resp_p", p.key.Port, "reason", reason)
+	t.log.Log(context.Background(), level, "channel closed", "session", p.channel.Session, "command", p.channel.Command.String(),
+		"orig_h", p.key.Peer.String(), "resp_h", p.key.Addr.String(), "resp_p", p.key.Port, "reason", reason,
+		"at", at.UTC().Format(time.RFC3339Nano))
 }
 
-// logClosing writes the pending log lines of closed pinholes whose report
-// window has passed, or all of them.
-func (t *Tracker) logClosing(now time.Time, all bool) {
+func (t *Tracker) logUsedAfterClose(p *pinhole) {
+	if t.log.Enabled(context.Background(), slog.LevelInfo) {
+		t.log.Info("channel used", "session", p.channel.Session, "command", p.channel.Command.String(),
+			"orig_h", p.key.Peer.String(), "resp_h", p.key.Addr.String(), "resp_p", p.key.Port,
+			"reason", "its data connection had started before ftpgate closed it", "at", t.now.UTC().Format(time.RFC3339Nano))
+	}
+}
+
+// forgetClosing stops waiting for late reports of closed pinholes.
+func (t *Tracker) forgetClosing(now time.Time, all bool) {
 	for k, p := range t.closing {
 		if all || !now.Before(p.logBy) {
 			delete(t.closing, k)
-			t.logClosed(p, p.closeReason)
 		}
 	}
 }

@@ -42,7 +42,8 @@ func (t *Tracker) Expire(now time.Time) {
 			t.closePinhole(k, p, "timeout")
 		}
 	}
-	t.logClosing(now, false)
+	t.forgetClosing(now, false)
+	t.expireAdmitted(now, false)
 }
 
 // IsControl reports whether a raw IP packet is TCP to or from a control
@@ -152,7 +153,8 @@ func (t *Tracker) CloseAll(reason string) {
 	for k, p := range t.pinholes {
 		t.closePinhole(k, p, reason)
 	}
-	t.logClosing(t.now, true)
+	t.forgetClosing(t.now, true)
+	t.expireAdmitted(t.now, true)
 }
 
 // CommitPeers applies the queued changes of control session peers only:

@@ -38,9 +38,10 @@ type Tracker struct {
 	halfOpen  int
 	ended     map[connKey]time.Time // tombstones of ended control connections
 	pinholes  map[rules.Pinhole]*pinhole
-	closing   map[rules.Pinhole]*pinhole // closed in the kernel, log line pending
+	closing   map[rules.Pinhole]*pinhole // closed, a late report of their use may come
+	admitted  map[rules.Pinhole]*pinhole // used, waiting for the ruleset's confirmation
 	retried   map[heldSYN]time.Time
-	capWarned [3]time.Time
+	capWarned [4]time.Time
 	dirty     bool // backend changes queued since the last Commit
 	// peers counts the sessions of each pair of hosts, which the backend
 	// holds as one element while the count is above zero.
@@ -65,6 +66,7 @@ func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 		ended:    make(map[connKey]time.Time),
 		pinholes: make(map[rules.Pinhole]*pinhole),
 		closing:  make(map[rules.Pinhole]*pinhole),
+		admitted: make(map[rules.Pinhole]*pinhole),
 		retried:  make(map[heldSYN]time.Time),
 		peers:    make(map[rules.Peers]int),
 	}

@@ -19,3 +19,8 @@ const LogPrefixFlush = "ftpgate: flush"
 // reported: an IPv6 header with a few extension headers and the TCP
 // ports fit with room to spare.
 const consumedSnaplen = 128
+
+// LogPrefixAdmitted is the log prefix of the reports, taken after the
+// admin's filter chains, of data connections that carry ftpgate's mark:
+// the admin's ruleset let them through (see confirmRules).
+const LogPrefixAdmitted = "ftpgate: admitted"

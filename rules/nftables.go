@@ -177,6 +177,7 @@ func (n *Nftables) queueBase() error {
 			n.conn.AddRule(r)
 		}
 	}
+	n.queueConfirm()
 	if n.cfg.NAT != nil {
 		if err := n.queueNAT(); err != nil {
 			return fmt.Errorf("adding the NAT sets: %w", err)

@@ -16,6 +16,8 @@ func classifyLog(prefix []byte) (capture.Kind, bool) {
 		return capture.Copy, true
 	case rules.LogPrefixUsed:
 		return capture.Used, true
+	case rules.LogPrefixAdmitted:
+		return capture.Admitted, true
 	}
 	return 0, false // the flush records carry nothing
 }
@@ -39,6 +41,8 @@ func (d *daemonLoop) Handle(p *capture.Packet) {
 		d.t.HandlePacket(p.Data, p.Link, p.Time)
 	case capture.Used:
 		d.t.UsedReport(p.Data)
+	case capture.Admitted:
+		d.t.AdmittedReport(p.Data)
 	case capture.Opened:
 		d.t.OpenProxied(p.Conn.ID, translation(p.Conn), p.Time)
 	case capture.Line:

@@ -245,11 +245,14 @@ Flags:
 	}
 
 	cfg.ReportWindow = 2 * time.Second
+	cfg.ConfirmAdmitted = true
+	line := fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value)
+	warnRuleset(fw, line, log)
 	tr := conntrack.NewTracker(cfg, fw)
 	log.Info("ftpgate running", "version", version, "capture", captureDesc,
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
 		"table", "inet "+*table, "mark", m.String(),
-		"ruleset_line", fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value),
+		"ruleset_line", line,
 		"nat", natDesc(natOn, nf))
 	err = capture.Run(ctx, &daemonLoop{t: tr, log: logged}, sources...)
 	tr.CloseAll("daemon stopping")
@@ -263,8 +266,23 @@ Flags:
 		"gap_bytes", st.GapBytes, "sessions_refused", st.SessionsRefused, "backend_errors", st.BackendErrors,
 		"syns_held", st.SYNsHeld, "syns_admitted", st.SYNsAdmitted, "adds_cancelled", st.AddsCancelled, "copy_overflows", st.CopiesLost,
 		"log_datagrams", datagrams, "log_records", records,
+		"data_admitted", st.DataAdmitted, "admitted_dropped", st.AdmittedDropped,
 		"sessions_proxied", st.SessionsProxied, "nat_rewrites", st.NATRewrites, "nat_mappings", st.NATMappings)
 	return err
+}
+
+// warnRuleset warns about every filter chain of the admin's that will drop
+// what ftpgate admits.
+func warnRuleset(fw *rules.Nftables, line string, log *slog.Logger) {
+	problems, err := fw.CheckRuleset()
+	if err != nil {
+		log.Warn("could not check the ruleset for the accept line", "error", err)
+		return
+	}
+	for _, p := range problems {
+		log.Warn("your ruleset will drop the data connections ftpgate admits: add the accept line before the drop",
+			"chain", fmt.Sprintf("%s %s %s", p.Family, p.Table, p.Chain), "hook", p.Hook, "drops_by", p.Drop, "add", line)
+	}
 }
 
 func natDesc(on bool, nf natFlags) string {
