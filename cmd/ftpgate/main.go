@@ -67,4 +67,3 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "ftpgate %s: %v\n", args[0], err)
 	return 1
 }
-
