@@ -22,6 +22,8 @@ type pinhole struct {
 	fresh bool
 	// Set once closed: until when a late report of its use counts.
 	logBy time.Time
+	// committed: its add has reached the kernel.
+	committed bool
 	// Used, waiting for the ruleset's confirmation (see used).
 	usedAt, confirmBy time.Time
 	// NAT: the mappings of its data connection, and the public
@@ -133,6 +135,7 @@ func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan) 
 		p.expires = t.now.Add(t.cfg.PinholeTimeout)
 	}
 	t.pinholes[key] = p
+	t.uncommitted = append(t.uncommitted, p)
 	s.pinholes = append(s.pinholes, p)
 	ch.Verdict = VerdictOpen
 	ch.Reason = acceptReason(ch)
@@ -161,6 +164,7 @@ func (t *Tracker) refuse(s *Session, ch Channel, reason string) {
 	ch.Verdict = VerdictRefuse
 	ch.Reason = reason
 	t.stats.ChannelsRefused++
+	t.stats.RefusedBy[refusalKind(reason)]++
 	if t.log.Enabled(context.Background(), slog.LevelWarn) {
 		if ok, held := s.limiter.allow(logRefused, t.now); ok {
 			attrs := channelAttrs(ch)
@@ -422,6 +426,7 @@ func (t *Tracker) unmap(p *pinhole) {
 // logClosed logs a close when it happens; at is when it did (the
 // kernel's use, or the timeout), which may be a little earlier.
 func (t *Tracker) logClosed(level slog.Level, p *pinhole, reason string, at time.Time) {
+	t.stats.ClosedBy[closeKind(reason)]++
 	if !t.log.Enabled(context.Background(), level) {
 		return
 	}

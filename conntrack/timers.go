@@ -186,6 +186,12 @@ func (t *Tracker) Commit() error {
 	err := t.fw.Commit()
 	if err != nil {
 		t.stats.BackendErrors++
+		return err
 	}
-	return err
+	for _, p := range t.uncommitted {
+		p.committed = true
+	}
+	clear(t.uncommitted)
+	t.uncommitted = t.uncommitted[:0]
+	return nil
 }

@@ -40,6 +40,8 @@ type Tracker struct {
 	pinholes  map[rules.Pinhole]*pinhole
 	closing   map[rules.Pinhole]*pinhole // closed, a late report of their use may come
 	admitted  map[rules.Pinhole]*pinhole // used, waiting for the ruleset's confirmation
+	// uncommitted: pinholes added since the last Commit.
+	uncommitted []*pinhole
 	retried   map[heldSYN]time.Time
 	capWarned [4]time.Time
 	dirty     bool // backend changes queued since the last Commit

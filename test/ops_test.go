@@ -1,7 +1,13 @@
 package test
 
 import (
+	"bufio"
+	"context"
+	"encoding/json"
 	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -47,5 +53,74 @@ func TestRulesetWithLineIsQuiet(t *testing.T) {
 	d.waitLog(t, 5*time.Second, "channel closed", "reason", "data connection started")
 	if w := d.find("your ruleset will drop the data connections ftpgate admits: add the accept line before the drop"); len(w) != 0 {
 		t.Errorf("warned about a ruleset that has the line: %v", w)
+	}
+}
+
+// TestStatusDuringSession: `ftpgate status` shows a live session, its
+// open pinhole (with whether it reached the kernel: at once with no
+// commit delay, not yet with a long one) and the counters, as JSON and
+// as text.
+func TestStatusDuringSession(t *testing.T) {
+	for _, delay := range []string{"0s", "1m"} {
+		t.Run(delay, func(t *testing.T) { testStatusDuringSession(t, delay, delay == "0s") })
+	}
+}
+
+func testStatusDuringSession(t *testing.T, delay string, committed bool) {
+	needLab(t)
+	setRuleset(t, "ftpgate")
+	sock := filepath.Join(t.TempDir(), "status.sock")
+	startFtpgate(t, "--status-socket", sock, "--commit-delay", delay)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	hold := inNS(ctx, "client", "python3", "ftpclient.py", "hold", server4, "PASV", "4")
+	out, err := hold.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Wait()
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	var h [6]int
+	if i := strings.IndexByte(line, '('); i < 0 {
+		t.Fatalf("PASV reply %q", line)
+	} else {
+		fmt.Sscanf(line[i:], "(%d,%d,%d,%d,%d,%d)", &h[0], &h[1], &h[2], &h[3], &h[4], &h[5])
+	}
+	port := h[4]<<8 | h[5]
+
+	b, err := exec.Command(bin, "status", "--socket", sock, "--format", "json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ftpgate status: %v\n%s", err, b)
+	}
+	var st struct {
+		Sessions []struct {
+			Client, Server, State string
+		}
+		Pinholes []struct {
+			Peer, Addr string
+			Committed  bool
+		}
+		Counters map[string]any `json:"counters"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	if len(st.Sessions) != 1 || !strings.HasPrefix(st.Sessions[0].Client, "192.0.2.10:") || st.Sessions[0].Server != server4+":21" || st.Sessions[0].State != "clear" {
+		t.Errorf("sessions %+v", st.Sessions)
+	}
+	want := fmt.Sprintf("%s:%d", server4, port)
+	if len(st.Pinholes) != 1 || st.Pinholes[0].Peer != "192.0.2.10" || st.Pinholes[0].Addr != want || st.Pinholes[0].Committed != committed {
+		t.Errorf("pinholes %+v, want 192.0.2.10 -> %s, committed %v", st.Pinholes, want, committed)
+	}
+	if fmt.Sprint(st.Counters["channels_opened"]) != "1" || fmt.Sprint(st.Counters["sessions_started"]) != "1" {
+		t.Errorf("counters %v", st.Counters)
+	}
+	text, err := exec.Command(bin, "status", "--socket", sock).CombinedOutput()
+	inKernel := map[bool]string{true: "PINHOLES: 1 (1 in the kernel)", false: "PINHOLES: 1 (0 in the kernel)"}[committed]
+	if err != nil || !strings.Contains(string(text), inKernel) || !strings.Contains(string(text), want) {
+		t.Errorf("text status (%v):\n%s", err, text)
 	}
 }

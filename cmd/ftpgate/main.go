@@ -18,6 +18,7 @@ was negotiated (peer, address, port), then closes it again.
 
 Usage:
   ftpgate run [flags]            watch live traffic and program nftables (root)
+  ftpgate status [flags]         show the running daemon's sessions, pinholes and counters
   ftpgate analyze [flags] FILE   list the data channels announced in a pcap/pcapng
   ftpgate version                print the version
 
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(args[1:], stdout, stderr)
 	case "analyze":
 		err = cmdAnalyze(args[1:], stdout, stderr)
+	case "status":
+		err = cmdStatus(args[1:], stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "ftpgate", version)
 	case "help", "-h", "-help", "--help":

@@ -34,6 +34,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	commitDelay := fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
 	var nf natFlags
 	nf.register(fs)
+	statusSocket := fs.String("status-socket", DefaultStatusSocket, "unix socket `path` on which ftpgate status is answered (mode 0600: root only); empty: none")
 	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
 	help := func(w io.Writer) {
 		fmt.Fprintf(w, `Usage: ftpgate run [flags]
@@ -249,6 +250,19 @@ Flags:
 	line := fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value)
 	warnRuleset(fw, line, log)
 	tr := conntrack.NewTracker(cfg, fw)
+	calls, err := capture.NewCalls()
+	if err != nil {
+		return err
+	}
+	defer calls.Close()
+	sources = append(sources, calls)
+	if *statusSocket != "" {
+		ss, err := startStatus(*statusSocket, calls, func() any { return daemonStatus{Version: version, Status: tr.Status()} }, log)
+		if err != nil {
+			return err
+		}
+		defer ss.Close()
+	}
 	log.Info("ftpgate running", "version", version, "capture", captureDesc,
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
 		"table", "inet "+*table, "mark", m.String(),
