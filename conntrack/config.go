@@ -179,5 +179,5 @@ type Stats struct {
 	Proxied           int    `json:"proxied"`
 	// By kind (CloseReasons, RefusalReasons).
 	ClosedBy  [len(CloseReasons)]uint64   `json:"-"`
-	RefusedBy [len(RefusalReasons)]uint64 `json:"-"`          // now: sessions through the control proxy
+	RefusedBy [len(RefusalReasons)]uint64 `json:"-"` // now: sessions through the control proxy
 }

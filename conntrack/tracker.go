@@ -29,22 +29,22 @@ import (
 // goroutine feeds it packets and calls Commit and Expire.
 type Tracker struct {
 	env
-	fw        rules.Backend
-	policy    Policy
-	controls  map[uint16]bool
-	sessions  map[connKey]*Session
-	proxied   map[uint64]*Session // sessions of the control proxy, by its id
-	nat       natPorts
-	halfOpen  int
-	ended     map[connKey]time.Time // tombstones of ended control connections
-	pinholes  map[rules.Pinhole]*pinhole
-	closing   map[rules.Pinhole]*pinhole // closed, a late report of their use may come
-	admitted  map[rules.Pinhole]*pinhole // used, waiting for the ruleset's confirmation
+	fw       rules.Backend
+	policy   Policy
+	controls map[uint16]bool
+	sessions map[connKey]*Session
+	proxied  map[uint64]*Session // sessions of the control proxy, by its id
+	nat      natPorts
+	halfOpen int
+	ended    map[connKey]time.Time // tombstones of ended control connections
+	pinholes map[rules.Pinhole]*pinhole
+	closing  map[rules.Pinhole]*pinhole // closed, a late report of their use may come
+	admitted map[rules.Pinhole]*pinhole // used, waiting for the ruleset's confirmation
 	// uncommitted: pinholes added since the last Commit.
 	uncommitted []*pinhole
-	retried   map[heldSYN]time.Time
-	capWarned [4]time.Time
-	dirty     bool // backend changes queued since the last Commit
+	retried     map[heldSYN]time.Time
+	capWarned   [4]time.Time
+	dirty       bool // backend changes queued since the last Commit
 	// peers counts the sessions of each pair of hosts, which the backend
 	// holds as one element while the count is above zero.
 	peers map[rules.Peers]int
