@@ -124,3 +124,71 @@ func testStatusDuringSession(t *testing.T, delay string, committed bool) {
 		t.Errorf("text status (%v):\n%s", err, text)
 	}
 }
+
+// TestMetricsDuringTransfers scrapes /metrics over HTTP around real
+// transfers and checks the values move as they must.
+func TestMetricsDuringTransfers(t *testing.T) {
+	needLab(t)
+	setRuleset(t, "ftpgate")
+	startFtpgate(t, "--metrics-listen", "127.0.0.1:9121")
+	scrape := func() map[string]float64 {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := inNS(ctx, "gw", "curl", "-sS", "http://127.0.0.1:9121/metrics").CombinedOutput()
+		if err != nil {
+			t.Fatalf("scraping: %v\n%s", err, out)
+		}
+		m := map[string]float64{}
+		for _, l := range strings.Split(string(out), "\n") {
+			if l == "" || strings.HasPrefix(l, "#") {
+				continue
+			}
+			i := strings.LastIndexByte(l, ' ')
+			var v float64
+			fmt.Sscan(l[i+1:], &v)
+			m[l[:i]] = v
+		}
+		return m
+	}
+	before := scrape()
+	for _, x := range []transfer{
+		curl("curl PASV", "ftp://"+server4+"/file.bin", "--ftp-pasv", "--disable-epsv"),
+		curl("curl PORT", "ftp://"+server4+"/file.bin", "--ftp-port", "-", "--disable-eprt"),
+	} {
+		if err := x.run(t); err != nil {
+			t.Fatalf("%s: %v", x.name, err)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // the snapshot is published at the next tick
+	after := scrape()
+	for name, want := range map[string]float64{
+		"ftpgate_pinholes_opened_total":                  2,
+		"ftpgate_data_connections_admitted_total":        2,
+		`ftpgate_pinholes_closed_total{reason="used"}`:   2,
+		"ftpgate_sessions_started_total":                 2,
+		`ftpgate_channels_refused_total{reason="other"}`: 0,
+	} {
+		if got := after[name] - before[name]; got != want {
+			t.Errorf("%s grew by %v, want %v", name, got, want)
+		}
+	}
+	if !hasPrefixKey(after, "ftpgate_build_info{") {
+		t.Error("no ftpgate_build_info")
+	}
+	if after["ftpgate_commit_duration_seconds_count"] <= before["ftpgate_commit_duration_seconds_count"] {
+		t.Error("no commit was timed")
+	}
+	if _, ok := after["ftpgate_held_syn_wait_seconds_count"]; !ok {
+		t.Error("no held SYN histogram")
+	}
+}
+
+func hasPrefixKey(m map[string]float64, p string) bool {
+	for k := range m {
+		if strings.HasPrefix(k, p) {
+			return true
+		}
+	}
+	return false
+}

@@ -3,6 +3,8 @@ package main
 import (
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/rules"
@@ -33,6 +35,9 @@ type daemonLoop struct {
 	// proxiedLine: a line of the control proxy was handled; what it
 	// opened must be in the kernel before the line goes on.
 	proxiedLine bool
+	// heldAt: when the held data SYNs of this round were read.
+	heldAt   []time.Time
+	heldWait prometheus.Observer
 }
 
 func (d *daemonLoop) Handle(p *capture.Packet) {
@@ -56,6 +61,7 @@ func (d *daemonLoop) Handle(p *capture.Packet) {
 			d.heldControl = true
 			return
 		}
+		d.heldAt = append(d.heldAt, p.Time)
 		switch d.t.AdmitHeldSYN(p.Data) {
 		case conntrack.HeldAdmit:
 			p.Verdict = capture.Admit
@@ -67,6 +73,15 @@ func (d *daemonLoop) Handle(p *capture.Packet) {
 
 func (d *daemonLoop) Tick(now time.Time) time.Time {
 	d.t.CopiesLost(d.log.Lost())
+	defer func() {
+		// Their verdicts go out right after Tick.
+		for _, at := range d.heldAt {
+			if d.heldWait != nil {
+				d.heldWait.Observe(time.Since(at).Seconds())
+			}
+		}
+		d.heldAt = d.heldAt[:0]
+	}()
 	if d.proxiedLine {
 		d.proxiedLine = false
 		// No commit delay: the far side may connect the moment it reads

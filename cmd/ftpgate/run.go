@@ -34,6 +34,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	commitDelay := fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
 	var nf natFlags
 	nf.register(fs)
+	metricsListen := fs.String("metrics-listen", "", "`address` (host:port) on which to serve Prometheus metrics at /metrics; empty: off")
 	statusSocket := fs.String("status-socket", DefaultStatusSocket, "unix socket `path` on which ftpgate status is answered (mode 0600: root only); empty: none")
 	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
 	help := func(w io.Writer) {
@@ -249,7 +250,14 @@ Flags:
 	cfg.ConfirmAdmitted = true
 	line := fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value)
 	warnRuleset(fw, line, log)
-	tr := conntrack.NewTracker(cfg, fw)
+	var tr *conntrack.Tracker
+	met := newMetrics(func() conntrack.Stats { return tr.Snapshot() })
+	tr = conntrack.NewTracker(cfg, timedBackend{fw, met.commitTime})
+	if *metricsListen != "" {
+		if err := met.serve(ctx, *metricsListen, log); err != nil {
+			return err
+		}
+	}
 	calls, err := capture.NewCalls()
 	if err != nil {
 		return err
@@ -268,7 +276,7 @@ Flags:
 		"table", "inet "+*table, "mark", m.String(),
 		"ruleset_line", line,
 		"nat", natDesc(natOn, nf))
-	err = capture.Run(ctx, &daemonLoop{t: tr, log: logged}, sources...)
+	err = capture.Run(ctx, &daemonLoop{t: tr, log: logged, heldWait: met.heldWait}, sources...)
 	tr.CloseAll("daemon stopping")
 	if cerr := tr.Commit(); err == nil {
 		err = cerr
