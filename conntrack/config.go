@@ -73,6 +73,10 @@ type Config struct {
 	// addresses for announcements it rewrites on proxied sessions.
 	// Zero: DefaultNATPorts.
 	NATPorts [2]uint16
+	// Servers, if any, are the only FTP servers ftpgate serves, each with
+	// its own policy (see ServerPolicy); announcements on sessions to
+	// others are refused.
+	Servers []ServerPolicy
 	Logger   *slog.Logger
 	// OnChannel, if set, receives every announced channel with its verdict.
 	OnChannel func(Channel)

@@ -39,11 +39,15 @@ func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
 		t.decideNAT(s, ch)
 		return
 	}
-	if reason := t.policy.Check(ch, announcer); reason != "" {
-		t.refuse(s, ch, reason)
+	why, pol, timeout := t.serverPolicy(s, ch)
+	if why == "" {
+		why = pol.Check(ch, announcer)
+	}
+	if why != "" {
+		t.refuse(s, ch, why)
 		return
 	}
-	t.open(s, ch, ch.Pinhole(), natPlan{})
+	t.open(s, ch, ch.Pinhole(), natPlan{}, timeout)
 }
 
 // decideNAT decides an announcement on a session of the control proxy:
@@ -55,7 +59,11 @@ func (t *Tracker) decideNAT(s *Session, ch Channel) {
 	if ch.Passive {
 		own = []netip.Addr{tr.Server.Addr(), tr.ServerSeen.Addr()}
 	}
-	if reason := t.policy.Check(ch, own...); reason != "" {
+	why, pol, timeout := t.serverPolicy(s, ch)
+	if why == "" {
+		why = pol.Check(ch, own...)
+	}
+	if reason := why; reason != "" {
 		ch.Seen = tr.ClientSeen
 		if ch.Passive {
 			ch.Seen = tr.ServerSeen
@@ -84,14 +92,14 @@ func (t *Tracker) decideNAT(s *Session, ch Channel) {
 			ch.Sent = plan.public
 		}
 	}
-	if p := t.open(s, ch, plan.pinhole, plan); p == nil && plan.send.IsValid() {
+	if p := t.open(s, ch, plan.pinhole, plan, timeout); p == nil && plan.send.IsValid() {
 		s.nat.rewrite = nil // refused after all: the far side gets the line as it was
 	}
 }
 
 // open opens the pinhole key for ch, with the NAT mappings of plan, or
 // refuses ch when a cap or the backend says no.
-func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan) *pinhole {
+func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan, timeout time.Duration) *pinhole {
 	old, replaced := t.pinholes[key]
 	if replaced {
 		// The same hole again (a server reusing its passive port): it
@@ -110,19 +118,19 @@ func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan) 
 	}
 	t.dirty = true
 	for _, m := range plan.maps {
-		if err := t.fw.AddMapping(m, t.cfg.PinholeTimeout); err != nil {
+		if err := t.fw.AddMapping(m, timeout); err != nil {
 			t.stats.BackendErrors++
 			t.refuse(s, ch, "firewall backend: "+err.Error())
 			return nil
 		}
 	}
-	if err := t.fw.AddPinhole(key, t.cfg.PinholeTimeout); err != nil {
+	if err := t.fw.AddPinhole(key, timeout); err != nil {
 		t.stats.BackendErrors++
 		t.refuse(s, ch, "firewall backend: "+err.Error())
 		return nil
 	}
 	_, closing := t.closing[key]
-	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(t.cfg.PinholeTimeout), fresh: !replaced && !closing,
+	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(timeout), fresh: !replaced && !closing,
 		maps: plan.maps, public: plan.public}
 	if p.public.IsValid() {
 		t.nat.hold(p.public)
@@ -132,7 +140,7 @@ func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan) 
 		t.stats.NATRewrites++
 	}
 	if t.now.After(ch.Time) {
-		p.expires = t.now.Add(t.cfg.PinholeTimeout)
+		p.expires = t.now.Add(timeout)
 	}
 	t.pinholes[key] = p
 	t.uncommitted = append(t.uncommitted, p)

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -191,4 +193,46 @@ func hasPrefixKey(m map[string]float64, p string) bool {
 		}
 	}
 	return false
+}
+
+// TestConfigReload: a SIGHUP applies a changed per-server policy to the
+// next transfer; a broken file on reload keeps the running configuration.
+func TestConfigReload(t *testing.T) {
+	needLab(t)
+	setRuleset(t, "ftpgate")
+	conf := filepath.Join(t.TempDir(), "ftpgate.toml")
+	write := func(text string) {
+		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("[[server]]\naddress = \"" + server4 + "\"\nactive = true\n")
+	d := startFtpgate(t, "--config", conf)
+	port := curl("curl PORT", "ftp://"+server4+"/file.bin", "--ftp-port", "-", "--disable-eprt")
+	if err := port.run(t); err != nil {
+		t.Fatalf("active mode allowed by the file: %v", err)
+	}
+	write("[[server]]\naddress = \"" + server4 + "\"\nactive = false\n")
+	_ = d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(t, 5*time.Second, "configuration reloaded", "changed", "server (1 entries)")
+	if err := port.run(t); err == nil {
+		t.Error("active mode still worked after the reload refused it")
+	}
+	d.waitLog(t, 5*time.Second, "channel refused", "reason", "active mode is not allowed to server "+server4+":21 (its [[server]] entry "+server4+"/32)")
+
+	write("[[server]]\naddress = \"" + server4 + "\"\nactive = maybe\n")
+	_ = d.cmd.Process.Signal(syscall.SIGHUP)
+	r := d.waitLog(t, 5*time.Second, "configuration not reloaded: the running one stays")
+	if !strings.Contains(fmt.Sprint(r["error"]), conf+":3:") {
+		t.Errorf("the error does not name the line: %v", r["error"])
+	}
+	if err := curl("curl PASV", "ftp://"+server4+"/file.bin", "--ftp-pasv", "--disable-epsv").run(t); err != nil {
+		t.Errorf("passive mode after a broken reload: %v", err)
+	}
+	if err := port.run(t); err == nil {
+		t.Error("the broken file changed the running policy")
+	}
+	if d.cmd.ProcessState != nil {
+		t.Fatal("SIGHUP ended the daemon")
+	}
 }

@@ -84,6 +84,7 @@ type trackerFlags struct {
 	maxLine        int
 	logFormat      string
 	logLevel       string
+	level          slog.LevelVar // the logger's, changed by a reload
 }
 
 func (f *trackerFlags) register(fs *flag.FlagSet, defaultLevel string) {
@@ -107,7 +108,8 @@ func (f *trackerFlags) logger(w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	f.level.Set(level)
+	opts := &slog.HandlerOptions{Level: &f.level}
 	switch f.logFormat {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -20,23 +22,64 @@ import (
 	flag "github.com/spf13/pflag"
 )
 
-func cmdRun(args []string, stdout, stderr io.Writer) error {
+// runVars are run's flags. They are defined afresh for each parse: a
+// reload parses the command line and the file again into new ones.
+type runVars struct {
+	fs                                                                      *flag.FlagSet
+	tf                                                                      trackerFlags
+	nf                                                                      natFlags
+	m                                                                       mark
+	ifaces, table, capture, cpuProfile, metricsListen, statusSocket, config *string
+	queueNum, nflogGroup                                                    *uint
+	commitDelay                                                             *time.Duration
+}
+
+func newRunVars() *runVars {
 	fs := newFlagSet("run")
-	var tf trackerFlags
-	tf.register(fs, "info")
-	ifaces := fs.String("interface", "", "with --capture passive: comma-separated `interfaces` to watch for FTP control traffic (default: all)")
-	m := mark{value: 0x01000000, mask: 0x01000000}
-	fs.Var(&m, "mark", "conntrack mark `VALUE/MASK` set on the first packet of each admitted data connection")
-	table := fs.String("table", rules.DefaultTable, "`name` of the inet table ftpgate owns")
-	capture_ := fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFLOG copies, and NFQUEUE holds any data SYN that beats its pinhole, so none is dropped) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
-	queueNum := fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535): new control connections and early data SYNs wait there")
-	cpuProfile := fs.String("cpu-profile", "", "write a Go CPU profile to `file` until ftpgate stops (for performance work)")
-	commitDelay := fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
-	var nf natFlags
-	nf.register(fs)
-	metricsListen := fs.String("metrics-listen", "", "`address` (host:port) on which to serve Prometheus metrics at /metrics; empty: off")
-	statusSocket := fs.String("status-socket", DefaultStatusSocket, "unix socket `path` on which ftpgate status is answered (mode 0600: root only); empty: none")
-	nflogGroup := fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
+	rv := &runVars{fs: fs, m: mark{value: 0x01000000, mask: 0x01000000}}
+	rv.config = fs.String("config", DefaultConfigFile, "TOML configuration `file`: its keys are these flags' names, flags given here override it, and [[server]] tables scope ftpgate to some servers; read if it exists (SIGHUP reads it again)")
+	rv.tf.register(fs, "info")
+	rv.ifaces = fs.String("interface", "", "with --capture passive: comma-separated `interfaces` to watch for FTP control traffic (default: all)")
+	fs.Var(&rv.m, "mark", "conntrack mark `VALUE/MASK` set on the first packet of each admitted data connection")
+	rv.table = fs.String("table", rules.DefaultTable, "`name` of the inet table ftpgate owns")
+	rv.capture = fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFLOG copies, and NFQUEUE holds any data SYN that beats its pinhole, so none is dropped) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
+	rv.queueNum = fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535): new control connections and early data SYNs wait there")
+	rv.cpuProfile = fs.String("cpu-profile", "", "write a Go CPU profile to `file` until ftpgate stops (for performance work)")
+	rv.commitDelay = fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
+	rv.nf.register(fs)
+	rv.metricsListen = fs.String("metrics-listen", "", "`address` (host:port) on which to serve Prometheus metrics at /metrics; empty: off")
+	rv.statusSocket = fs.String("status-socket", DefaultStatusSocket, "unix socket `path` on which ftpgate status is answered (mode 0600: root only); empty: none")
+	rv.nflogGroup = fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
+	return rv
+}
+
+// load parses the command line, then the configuration file for what
+// the command line left unset.
+func (rv *runVars) load(args []string, help func(io.Writer), stdout io.Writer) ([]conntrack.ServerPolicy, error) {
+	if err := parseFlags(rv.fs, args, help, stdout); err != nil {
+		return nil, err
+	}
+	if rv.fs.NArg() > 0 {
+		return nil, usagef("no arguments expected, got %q", strings.Join(rv.fs.Args(), " "))
+	}
+	if *rv.config == "" {
+		return nil, nil
+	}
+	servers, err := applyConfigFile(rv.fs, *rv.config)
+	if errors.Is(err, os.ErrNotExist) && !rv.fs.Changed("config") {
+		return nil, nil // no file at the default place: flags alone
+	}
+	if err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	return servers, nil
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	rv := newRunVars()
+	fs, tf, nf := rv.fs, &rv.tf, &rv.nf
+	ifaces, table, capture_, queueNum, cpuProfile, commitDelay := rv.ifaces, rv.table, rv.capture, rv.queueNum, rv.cpuProfile, rv.commitDelay
+	metricsListen, statusSocket, nflogGroup := rv.metricsListen, rv.statusSocket, rv.nflogGroup
 	help := func(w io.Writer) {
 		fmt.Fprintf(w, `Usage: ftpgate run [flags]
 
@@ -99,13 +142,20 @@ Flags:
 `, rules.DefaultTable)
 		fmt.Fprint(w, fs.FlagUsages())
 	}
-	log, cfg, err := tf.parse(fs, args, help, stdout, stderr)
+	servers, err := rv.load(args, help, stdout)
 	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usagef("no arguments expected, got %q", strings.Join(fs.Args(), " "))
+	m := rv.m
+	log, err := tf.logger(stderr)
+	if err != nil {
+		return err
 	}
+	cfg, err := tf.config(log)
+	if err != nil {
+		return err
+	}
+	cfg.Servers = servers
 	if !tableName.MatchString(*table) {
 		return usagef("--table %q: want a letter, then up to 63 letters, digits, _ or -", *table)
 	}
@@ -275,7 +325,9 @@ Flags:
 		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
 		"table", "inet "+*table, "mark", m.String(),
 		"ruleset_line", line,
-		"nat", natDesc(natOn, nf))
+		"nat", natDesc(natOn, *nf))
+	stopReload := reloadOnHUP(ctx, rv, args, servers, tr, calls, log)
+	defer stopReload()
 	err = capture.Run(ctx, &daemonLoop{t: tr, log: logged, heldWait: met.heldWait}, sources...)
 	tr.CloseAll("daemon stopping")
 	if cerr := tr.Commit(); err == nil {
@@ -305,6 +357,87 @@ func warnRuleset(fw *rules.Nftables, line string, log *slog.Logger) {
 		log.Warn("your ruleset will drop the data connections ftpgate admits: add the accept line before the drop",
 			"chain", fmt.Sprintf("%s %s %s", p.Family, p.Table, p.Chain), "hook", p.Hook, "drops_by", p.Drop, "add", line)
 	}
+}
+
+// reloadOnHUP reads the command line and the configuration file again on
+// each SIGHUP and applies what can change in a running daemon (liveKeys);
+// a change of anything else is logged as waiting for the next start. A
+// file that does not load leaves the running configuration as it is.
+func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conntrack.ServerPolicy,
+	tr *conntrack.Tracker, calls *capture.Calls, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	running := flagValues(rv.fs)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			next := newRunVars()
+			ns, err := next.load(args, func(io.Writer) {}, io.Discard)
+			var cfg conntrack.Config
+			if err == nil {
+				cfg, err = next.tf.config(log)
+			}
+			var level slog.Level
+			if err == nil {
+				err = level.UnmarshalText([]byte(next.tf.logLevel))
+			}
+			if err != nil {
+				log.Error("configuration not reloaded: the running one stays", "file", *rv.config, "error", err)
+				continue
+			}
+			values := flagValues(next.fs)
+			var live []string
+			for _, name := range sortedKeys(values) {
+				if running[name] == values[name] {
+					continue
+				}
+				if !liveKeys[name] {
+					log.Warn("changed in the configuration; takes effect at the next start", "key", name,
+						"running", running[name], "configured", values[name])
+					continue
+				}
+				live = append(live, name+"="+values[name])
+				running[name] = values[name]
+			}
+			if !reflect.DeepEqual(ns, servers) {
+				live = append(live, fmt.Sprintf("server (%d entries)", len(ns)))
+				servers = ns
+			}
+			re := conntrack.Reconfigurable{MinDataPort: cfg.MinDataPort, PinholeTimeout: cfg.PinholeTimeout,
+				IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: cfg.HandshakeTimeout,
+				MaxPinholesPerSession: cfg.MaxPinholesPerSession, Servers: ns}
+			done := make(chan struct{})
+			calls.Do(func() { tr.Reconfigure(re); close(done) })
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return
+			}
+			rv.tf.level.Set(level)
+			log.Info("configuration reloaded", "file", *rv.config, "changed", strings.Join(live, " "))
+		}
+	}()
+	return func() { signal.Stop(hup) }
+}
+
+// flagValues are the values of every flag, as text.
+func flagValues(fs *flag.FlagSet) map[string]string {
+	m := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { m[f.Name] = f.Value.String() })
+	return m
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 func natDesc(on bool, nf natFlags) string {
