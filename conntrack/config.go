@@ -77,7 +77,7 @@ type Config struct {
 	// its own policy (see ServerPolicy); announcements on sessions to
 	// others are refused.
 	Servers []ServerPolicy
-	Logger   *slog.Logger
+	Logger  *slog.Logger
 	// OnChannel, if set, receives every announced channel with its verdict.
 	OnChannel func(Channel)
 }
