@@ -71,6 +71,8 @@ type ruleParams struct {
 	ports  []uint16
 	// NAT only:
 	nat *natParams
+	// ifaces, if set, scopes inline capture to the interfaces in it.
+	ifaces *nftables.Set
 }
 
 func comment(s string) []byte { return userdata.AppendString(nil, userdata.TypeComment, s) }
@@ -197,6 +199,9 @@ func dataChainRules(c hookChain, p ruleParams, chain *nftables.Chain) []*nftable
 		rule("first packet of an announced FTP data connection: mark it, close the pinhole", consumeExprs(p, false)),
 		rule("first packet of an announced FTP data connection: mark it, close the pinhole", consumeExprs(p, true)))
 	if p.inline {
+		if p.ifaces != nil {
+			rules = append(rules, rule("not on an interface ftpgate watches: not held", outOfScope(c, p)))
+		}
 		rules = append(rules,
 			rule("data SYN between FTP peers without a pinhole yet: wait for ftpgate", holdExprs(p, false)),
 			rule("data SYN between FTP peers without a pinhole yet: wait for ftpgate", holdExprs(p, true)))
@@ -303,6 +308,28 @@ func holdExprs(p ruleParams, v6 bool) []expr.Any {
 		})
 }
 
+// outOfScope returns for packets on no interface ftpgate watches:
+//
+//	iifname != @ftp_interfaces oifname != @ftp_interfaces return   # forward
+//	iifname != @ftp_interfaces return                              # input
+//	oifname != @ftp_interfaces return                              # output
+func outOfScope(c hookChain, p ruleParams) []expr.Any {
+	not := func(key expr.MetaKey) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: key, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: p.ifaces.Name, SetID: p.ifaces.ID, Invert: true},
+		}
+	}
+	var e []expr.Any
+	if c.hook != nftables.ChainHookOutput {
+		e = append(e, not(expr.MetaKeyIIFNAME)...)
+	}
+	if c.hook != nftables.ChainHookInput {
+		e = append(e, not(expr.MetaKeyOIFNAME)...)
+	}
+	return append(e, ret)
+}
+
 // copyChainRules send FTP control traffic to the inspect chain:
 //
 //	tcp dport PORT jump inspect_ftp_control   (and tcp sport PORT, per port)
@@ -312,6 +339,9 @@ func copyChainRules(c hookChain, p ruleParams, chain *nftables.Chain) []*nftable
 		target = inspectLocalChain
 	}
 	var rules []*nftables.Rule
+	if p.ifaces != nil {
+		rules = append(rules, &nftables.Rule{Table: p.table, Chain: chain, UserData: comment("not on an interface ftpgate watches: not copied"), Exprs: outOfScope(c, p)})
+	}
 	if p.nat != nil && c.hook != nftables.ChainHookForward {
 		rules = append(rules, &nftables.Rule{Table: p.table, Chain: chain, Exprs: proxiedSkipExprs(p)})
 	}

@@ -224,3 +224,10 @@ func TestGoldenNAT(t *testing.T) {
 	}
 	golden(t, "nat-commit", r.msgs)
 }
+
+func TestGoldenInlineInterfaces(t *testing.T) {
+	r := newRecorder(t)
+	r.cfg.Interfaces = []string{"lan0", "wan0"}
+	r.queueInline([]uint16{21}, DefaultLogGroup, xtQueue(2121))
+	golden(t, "inline-interfaces", r.flush(t))
+}

@@ -21,6 +21,8 @@ const (
 	SetV6        = "ftp_data_pinholes_v6"
 	PeersV4      = "ftp_control_peers_v4"
 	PeersV6      = "ftp_control_peers_v6"
+	// InterfacesSet holds the interfaces of --interface (inline).
+	InterfacesSet = "ftp_interfaces"
 )
 
 // Config says how the nftables backend sets itself up.
@@ -34,6 +36,9 @@ type Config struct {
 	// LogGroup, if not 0, adds `log group N` to the consuming rules so
 	// that a ConsumedListener learns when each pinhole was used.
 	LogGroup uint16
+	// Interfaces, if set, scopes inline capture to them: control traffic
+	// on other interfaces is not copied, and data SYNs there not held.
+	Interfaces []string
 	// NAT, if set, adds the NAT maps and the control proxy's rules.
 	NAT    *NATConfig
 	Logger *slog.Logger

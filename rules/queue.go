@@ -91,6 +91,17 @@ func (n *Nftables) addInlineRules(ports []uint16, logGroup uint16, queue expr.An
 func (n *Nftables) queueInline(ports []uint16, logGroup uint16, queue expr.Any) {
 	p := n.params()
 	p.inline, p.queue, p.ports, p.logGroup = true, queue, ports, logGroup
+	if len(n.cfg.Interfaces) > 0 {
+		p.ifaces = &nftables.Set{ID: 11, Table: n.table, Name: InterfacesSet, KeyType: nftables.TypeIFName,
+			Comment: "the interfaces whose FTP control traffic ftpgate copies and whose early data SYNs it holds (--interface)"}
+		elems := make([]nftables.SetElement, len(n.cfg.Interfaces))
+		for i, name := range n.cfg.Interfaces {
+			k := make([]byte, 16) // IFNAMSIZ, zero-padded
+			copy(k, name)
+			elems[i] = nftables.SetElement{Key: k}
+		}
+		_ = n.conn.AddSet(p.ifaces, elems)
+	}
 	inspect := n.conn.AddChain(&nftables.Chain{Name: inspectChain, Table: n.table})
 	local := n.conn.AddChain(&nftables.Chain{Name: inspectLocalChain, Table: n.table})
 	for _, r := range slices.Concat(inspectRules(false, p, inspect), inspectRules(true, p, local)) {

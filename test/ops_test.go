@@ -236,3 +236,30 @@ func TestConfigReload(t *testing.T) {
 		t.Fatal("SIGHUP ended the daemon")
 	}
 }
+
+// TestInlineInterfaceScoping: --interface scopes inline capture. Watching
+// the client's side, transfers work; watching only an interface that
+// carries none of the control traffic, nothing is copied and the data
+// connections are dropped.
+func TestInlineInterfaceScoping(t *testing.T) {
+	needLab(t)
+	setRuleset(t, "ftpgate")
+	pasv := curl("curl PASV", "ftp://"+server4+"/file.bin", "--ftp-pasv", "--disable-epsv")
+	port := curl("curl PORT", "ftp://"+server4+"/file.bin", "--ftp-port", "-", "--disable-eprt")
+	d := startFtpgate(t, "--interface", lab+"-g0")
+	for _, x := range []transfer{pasv, port} {
+		if err := x.run(t); err != nil {
+			t.Errorf("%s watching the client's interface: %v", x.name, err)
+		}
+	}
+	d.stop(t)
+	d = startFtpgate(t, "--interface", "lo")
+	for _, x := range []transfer{pasv, port} {
+		if err := x.run(t); err == nil {
+			t.Errorf("%s worked though ftpgate watched only lo", x.name)
+		}
+	}
+	if n := len(d.find("session start")); n != 0 {
+		t.Errorf("%d sessions seen on an interface that carries none", n)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"reflect"
@@ -39,7 +40,7 @@ func newRunVars() *runVars {
 	rv := &runVars{fs: fs, m: mark{value: 0x01000000, mask: 0x01000000}}
 	rv.config = fs.String("config", DefaultConfigFile, "TOML configuration `file`: its keys are these flags' names, flags given here override it, and [[server]] tables scope ftpgate to some servers; read if it exists (SIGHUP reads it again)")
 	rv.tf.register(fs, "info")
-	rv.ifaces = fs.String("interface", "", "with --capture passive: comma-separated `interfaces` to watch for FTP control traffic (default: all)")
+	rv.ifaces = fs.String("interface", "", "comma-separated `interfaces` whose FTP control traffic ftpgate watches (default: all): inline, control traffic in or out of them is copied and early data SYNs on them held; passive, the interfaces to capture on")
 	fs.Var(&rv.m, "mark", "conntrack mark `VALUE/MASK` set on the first packet of each admitted data connection")
 	rv.table = fs.String("table", rules.DefaultTable, "`name` of the inet table ftpgate owns")
 	rv.capture = fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFLOG copies, and NFQUEUE holds any data SYN that beats its pinhole, so none is dropped) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
@@ -215,6 +216,9 @@ Flags:
 	if natOn {
 		rcfg.NAT = nf.rules(cfg.ControlPorts)
 	}
+	if *capture_ == "inline" {
+		rcfg.Interfaces = names
+	}
 	fw, err := rules.Open(rcfg)
 	if err != nil {
 		if errors.Is(err, rules.ErrNoNftables) {
@@ -256,8 +260,12 @@ Flags:
 		cfg.CommitDelay = -1 // the client races the pinhole: no time to lose
 		captureDesc = "passive (AF_PACKET copy; a fast client's data SYN can race the pinhole)"
 	case "inline":
-		if len(names) > 0 {
-			return fmt.Errorf("--interface applies to --capture passive; inline capture inspects all FTP control traffic this host forwards, receives or sends")
+		for _, name := range names {
+			if _, err := net.InterfaceByName(name); err != nil {
+				// Matched by name in the kernel: it works once the
+				// interface exists (a PPP or VPN link that comes later).
+				log.Warn("--interface names an interface that does not exist now", "interface", name)
+			}
 		}
 		if *queueNum > 65535 {
 			return fmt.Errorf("--queue %d: want 0-65535", *queueNum)
