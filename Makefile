@@ -7,10 +7,32 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 TOOLS := vsftpd:vsftpd nft:nftables curl:curl lftp:lftp ip:iproute2 tcpdump:tcpdump \
          python3:python3 setpriv:util-linux ss:iproute2
 
-.PHONY: build test unit demo bench fuzz deps clean
+.PHONY: build test unit demo bench fuzz deps clean install uninstall
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/ftpgate
+
+# install puts the binary, the man page, the systemd unit and (if there is
+# none yet) the configuration in place; DESTDIR stages them elsewhere.
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= /etc/systemd/system
+SYSCONFDIR ?= /etc
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/ftpgate
+	install -d $(DESTDIR)$(MANDIR)/man8
+	$(BIN) manpage > $(DESTDIR)$(MANDIR)/man8/ftpgate.8
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|@SBINDIR@|$(SBINDIR)|' dist/ftpgate.service > $(DESTDIR)$(UNITDIR)/ftpgate.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/ftpgate.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/ftpgate/ftpgate.toml ]; then \
+	  echo "kept $(DESTDIR)$(SYSCONFDIR)/ftpgate/ftpgate.toml"; \
+	else install -D -m 0644 dist/ftpgate.toml $(DESTDIR)$(SYSCONFDIR)/ftpgate/ftpgate.toml; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/ftpgate $(DESTDIR)$(MANDIR)/man8/ftpgate.8 $(DESTDIR)$(UNITDIR)/ftpgate.service
 
 # deps installs the system packages that are missing (apt-get, as root).
 deps:

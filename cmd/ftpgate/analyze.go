@@ -13,28 +13,29 @@ import (
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/rules"
+	flag "github.com/spf13/pflag"
 )
 
+// analyzeVars are analyze's flags.
+type analyzeVars struct {
+	fs     *flag.FlagSet
+	tf     trackerFlags
+	format *string
+}
+
+func newAnalyzeVars() *analyzeVars {
+	av := &analyzeVars{fs: newFlagSet("analyze")}
+	av.tf.register(av.fs, "error")
+	av.format = av.fs.String("format", "json", "output: json (one object per line per data channel) or text (a table)")
+	return av
+}
+
+func analyzeFlags() *flag.FlagSet { return newAnalyzeVars().fs }
+
 func cmdAnalyze(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("analyze")
-	var tf trackerFlags
-	tf.register(fs, "error")
-	format := fs.String("format", "json", "output: json (one object per line per data channel) or text (a table)")
-	help := func(w io.Writer) {
-		fmt.Fprintf(w, `Usage: ftpgate analyze [flags] FILE
-
-Reads a pcap or pcapng capture (Ethernet, Linux cooked, DLT_NULL or raw IP)
-through the same reassembly, parser and policy as 'ftpgate run', with a
-dry-run firewall, and prints every announced data channel with the verdict
-the daemon would have given: one JSON object per line (fields after Zeek's
-ftp data_channel: ts, session, command, passive, orig_h, resp_h, resp_p,
-verdict, reason, plus client and server of the control connection), or a
-table with --format text. Logs go to standard error.
-
-Flags:
-`)
-		fmt.Fprint(w, fs.FlagUsages())
-	}
+	av := newAnalyzeVars()
+	fs, tf, format := av.fs, &av.tf, av.format
+	help := func(w io.Writer) { writeHelp(w, analyzeCommand, fs) }
 	_, cfg, err := tf.parse(fs, args, help, stdout, stderr)
 	if err != nil {
 		return err
@@ -111,3 +112,14 @@ func replay(tr *conntrack.Tracker, src capture.Source) error {
 	tr.CloseAll("end of capture")
 	return tr.Commit()
 }
+
+// analyzeDescription is analyze's help, and its part of the man page.
+const analyzeDescription = `Reads a pcap or pcapng capture (Ethernet, Linux cooked, DLT_NULL or raw IP)
+through the same reassembly, parser and policy as 'ftpgate run', with a
+dry-run firewall, and prints every announced data channel with the verdict
+the daemon would have given: one JSON object per line (fields after Zeek's
+ftp data_channel: ts, session, command, passive, orig_h, resp_h, resp_p,
+verdict, reason, plus client and server of the control connection), or a
+table with --format text. Logs go to standard error.
+
+`

@@ -22,7 +22,7 @@ Usage:
   ftpgate analyze [flags] FILE   list the data channels announced in a pcap/pcapng
   ftpgate version                print the version
 
-Run 'ftpgate COMMAND -h' for the flags of a command.
+Run 'ftpgate COMMAND --help' for the flags of a command; 'man ftpgate' has it all.
 
 Your ruleset needs one line, before its drop, to admit what ftpgate marks:
 
@@ -49,6 +49,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdAnalyze(args[1:], stdout, stderr)
 	case "status":
 		err = cmdStatus(args[1:], stdout)
+	case "manpage":
+		err = cmdManpage(stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "ftpgate", version)
 	case "help", "-h", "-help", "--help":

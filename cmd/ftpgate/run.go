@@ -81,68 +81,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	fs, tf, nf := rv.fs, &rv.tf, &rv.nf
 	ifaces, table, capture_, queueNum, cpuProfile, commitDelay := rv.ifaces, rv.table, rv.capture, rv.queueNum, rv.cpuProfile, rv.commitDelay
 	metricsListen, statusSocket, nflogGroup := rv.metricsListen, rv.statusSocket, rv.nflogGroup
-	help := func(w io.Writer) {
-		fmt.Fprintf(w, `Usage: ftpgate run [flags]
-
-Watches FTP control connections and opens one nftables pinhole per accepted
-data channel in its own table, 'inet %s', created with the owner flag so
-that the kernel removes it even if ftpgate is killed.
-
-With --capture inline (the default) the kernel copies FTP control segments
-to ftpgate (NFLOG) without delaying them, and holds (NFQUEUE: the nft queue
-statement, or the xtables NFQUEUE target where the kernel lacks it) only
-two kinds of packet: the SYN of a new control connection, until ftpgate
-knows the session's hosts, and a data SYN between those hosts that arrives
-before its pinhole. ftpgate then reads every copy logged before it (the
-announcement among them), uses up the pinhole and sends the SYN back
-through its chain, so a client that connects the instant it reads a 227
-reply waits a fraction of a millisecond, not a retransmission. If ftpgate dies the queue
-is bypassed and the table vanishes: control traffic keeps flowing.
---capture passive watches a copy (AF_PACKET with a kernel filter for the
-control ports) for mirror/SPAN ports and labs; there a fast client's first
-data SYN can beat the pinhole and is retransmitted about a second later.
-
-A pinhole admits one TCP connection from the peer that will connect to the
-announced address and port. Its first packet gets the conntrack mark; add
-this line to your ruleset before its drop (with your --mark):
-
-  ct mark & 0x01000000 == 0x01000000 accept
-
-A pinhole closes when its connection starts, when the session's next data
-command supersedes it, when the control session ends (FIN, RST, idle), after
---pinhole-timeout, and when ftpgate stops (SIGINT/SIGTERM: exit 0).
-
-Only what the endpoints really exchanged counts: inline, ftpgate copies
-only control segments that conntrack validated (checksum, window) for an
-established connection, that came in on the interface the route back to
-their source uses, and that your ruleset let through; everywhere it checks
-checksums and windows again and follows both directions in the order the
-hosts saw them. A reply pairs only with a command the server had
-acknowledged when it wrote the reply; the greeting pairs with nothing.
-
-Refused (and logged with the reason): PORT/EPRT/LPRT the server did not
-accept with 2xx; 227/228/229 replies to no PASV/EPSV/LPSV; announced
-addresses other than the announcing side's control address; ports below
---min-data-port; active mode while pairing is uncertain, and for the rest
-of a session that lost bytes; anything past a cap. After an accepted AUTH
-TLS/SSL the session is not parsed until TLS really ends after CCC.
-
-On a NAT gateway (--nat on, the default with inline capture), a control
-connection your own NAT rules translate (masquerade, dnat) has its first SYN
-dropped after all of your rules accepted it; the client's retry (about a
-second later) goes to ftpgate's control proxy (tproxy, and a policy routing
-rule ftpgate adds), which connects to the server from the client's address.
-It rewrites announcements that carry an address the far side cannot reach
-(PORT/EPRT of a masqueraded client, 227 of a server behind a port forward),
-to the public address and a port from --nat-ports, and maps each data
-connection in the kernel (DNAT, and SNAT where needed) before the far side
-sees the line. Add the ruleset line to your input chain too: proxied control
-connections arrive there. A restart of ftpgate ends proxied sessions.
-
-Flags:
-`, rules.DefaultTable)
-		fmt.Fprint(w, fs.FlagUsages())
-	}
+	help := func(w io.Writer) { writeHelp(w, runCommand, fs) }
 	servers, err := rv.load(args, help, stdout)
 	if err != nil {
 		return err
@@ -486,3 +425,61 @@ func warnConntrackLax(log *slog.Logger) {
 		log.Warn("net.netfilter.nf_conntrack_tcp_be_liberal is 1: conntrack accepts TCP segments outside the window, which ftpgate then copies; set it to 0")
 	}
 }
+
+// runDescription is run's help, and its part of the man page.
+const runDescription = `Watches FTP control connections and opens one nftables pinhole per accepted
+data channel in its own table, 'inet ftpgate', created with the owner flag so
+that the kernel removes it even if ftpgate is killed.
+
+With --capture inline (the default) the kernel copies FTP control segments
+to ftpgate (NFLOG) without delaying them, and holds (NFQUEUE: the nft queue
+statement, or the xtables NFQUEUE target where the kernel lacks it) only
+two kinds of packet: the SYN of a new control connection, until ftpgate
+knows the session's hosts, and a data SYN between those hosts that arrives
+before its pinhole. ftpgate then reads every copy logged before it (the
+announcement among them), uses up the pinhole and sends the SYN back
+through its chain, so a client that connects the instant it reads a 227
+reply waits a fraction of a millisecond, not a retransmission. If ftpgate dies the queue
+is bypassed and the table vanishes: control traffic keeps flowing.
+--capture passive watches a copy (AF_PACKET with a kernel filter for the
+control ports) for mirror/SPAN ports and labs; there a fast client's first
+data SYN can beat the pinhole and is retransmitted about a second later.
+
+A pinhole admits one TCP connection from the peer that will connect to the
+announced address and port. Its first packet gets the conntrack mark; add
+this line to your ruleset before its drop (with your --mark):
+
+  ct mark & 0x01000000 == 0x01000000 accept
+
+A pinhole closes when its connection starts, when the session's next data
+command supersedes it, when the control session ends (FIN, RST, idle), after
+--pinhole-timeout, and when ftpgate stops (SIGINT/SIGTERM: exit 0).
+
+Only what the endpoints really exchanged counts: inline, ftpgate copies
+only control segments that conntrack validated (checksum, window) for an
+established connection, that came in on the interface the route back to
+their source uses, and that your ruleset let through; everywhere it checks
+checksums and windows again and follows both directions in the order the
+hosts saw them. A reply pairs only with a command the server had
+acknowledged when it wrote the reply; the greeting pairs with nothing.
+
+Refused (and logged with the reason): PORT/EPRT/LPRT the server did not
+accept with 2xx; 227/228/229 replies to no PASV/EPSV/LPSV; announced
+addresses other than the announcing side's control address; ports below
+--min-data-port; active mode while pairing is uncertain, and for the rest
+of a session that lost bytes; anything past a cap. After an accepted AUTH
+TLS/SSL the session is not parsed until TLS really ends after CCC.
+
+On a NAT gateway (--nat on, the default with inline capture), a control
+connection your own NAT rules translate (masquerade, dnat) has its first SYN
+dropped after all of your rules accepted it; the client's retry (about a
+second later) goes to ftpgate's control proxy (tproxy, and a policy routing
+rule ftpgate adds), which connects to the server from the client's address.
+It rewrites announcements that carry an address the far side cannot reach
+(PORT/EPRT of a masqueraded client, 227 of a server behind a port forward),
+to the public address and a port from --nat-ports, and maps each data
+connection in the kernel (DNAT, and SNAT where needed) before the far side
+sees the line. Add the ruleset line to your input chain too: proxied control
+connections arrive there. A restart of ftpgate ends proxied sessions.
+
+`

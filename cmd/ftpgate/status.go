@@ -17,6 +17,7 @@ import (
 
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
+	flag "github.com/spf13/pflag"
 )
 
 // DefaultStatusSocket is where `ftpgate run` answers `ftpgate status`.
@@ -89,25 +90,21 @@ type daemonStatus struct {
 	conntrack.Status
 }
 
+func statusFlags() *flag.FlagSet {
+	fs, _, _ := newStatusFlags()
+	return fs
+}
+
+func newStatusFlags() (fs *flag.FlagSet, socket, format *string) {
+	fs = newFlagSet("status")
+	socket = fs.String("socket", DefaultStatusSocket, "`path` of the running daemon's status socket (run --status-socket)")
+	format = fs.String("format", "text", "text or json")
+	return fs, socket, format
+}
+
 func cmdStatus(args []string, stdout io.Writer) error {
-	fs := newFlagSet("status")
-	socket := fs.String("socket", DefaultStatusSocket, "`path` of the running daemon's status socket (run --status-socket)")
-	format := fs.String("format", "text", "text or json")
-	help := func(w io.Writer) {
-		fmt.Fprint(w, `Usage: ftpgate status [flags]
-
-Asks the running daemon, over its status socket, what it holds now: every
-control session (client, server, age, state: half-open, clear, encrypted
-or nat, and whether it was picked up mid-stream), every open pinhole with
-its key, its expiry and whether it has been committed to the kernel yet
-(nft list shows only those that have; within --commit-delay a pinhole
-lives in ftpgate alone, and most are used there), and every counter.
-The socket is root's alone by default.
-
-Flags:
-`)
-		fmt.Fprint(w, fs.FlagUsages())
-	}
+	fs, socket, format := newStatusFlags()
+	help := func(w io.Writer) { writeHelp(w, statusCommand, fs) }
 	if err := parseFlags(fs, args, help, stdout); err != nil {
 		return err
 	}
@@ -206,3 +203,14 @@ func writeStatus(w io.Writer, st daemonStatus) {
 func secs(s conntrack.Seconds) string {
 	return time.Duration(float64(s) * float64(time.Second)).Round(100 * time.Millisecond).String()
 }
+
+// statusDescription is status's help, and its part of the man page.
+const statusDescription = `Asks the running daemon, over its status socket, what it holds now: every
+control session (client, server, age, state: half-open, clear, encrypted
+or nat, and whether it was picked up mid-stream), every open pinhole with
+its key, its expiry and whether it has been committed to the kernel yet
+(nft list shows only those that have; within --commit-delay a pinhole
+lives in ftpgate alone, and most are used there), and every counter.
+The socket is root's alone by default.
+
+`
