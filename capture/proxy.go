@@ -50,6 +50,9 @@ type ProxyConfig struct {
 	// MaxLine is the longest line handed over; a longer one is handed
 	// over in pieces of MaxLine.
 	MaxLine int
+	// RawPorts are server ports whose connections are relayed unread
+	// from the first byte (implicit FTPS).
+	RawPorts []uint16
 	Log     *slog.Logger
 }
 
@@ -240,6 +243,9 @@ func (p *Proxy) open(client *net.TCPConn) {
 	p.conns[c.info.ID] = c
 	p.mu.Unlock()
 	p.accepted.Add(1)
+	if slices.Contains(p.cfg.RawPorts, local.Port()) {
+		c.raw.Store(true)
+	}
 	p.push(&proxyEvent{pkt: Packet{Kind: Opened, Conn: &c.info}})
 	p.wg.Add(2)
 	go p.relay(c, false)

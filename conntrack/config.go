@@ -77,7 +77,19 @@ type Config struct {
 	// its own policy (see ServerPolicy); announcements on sessions to
 	// others are refused.
 	Servers []ServerPolicy
-	Logger  *slog.Logger
+	// FTPS: the passive ranges of servers, opened to one client while
+	// its session is encrypted (see Tracker.openScoped); the control ports
+	// of implicit FTPS (default 990); whether implicit FTPS servers may
+	// connect back from port 989 (active mode); the caps on open ranges.
+	FTPSRanges         []FTPSRange
+	ImplicitPorts      []uint16
+	ImplicitActive     bool
+	MaxScopedPerClient int
+	MaxScoped          int
+	// OnEncrypted, if set, receives a record of every session that went
+	// encrypted, at its end (ftpgate analyze).
+	OnEncrypted func(EncryptedSession)
+	Logger      *slog.Logger
 	// OnChannel, if set, receives every announced channel with its verdict.
 	OnChannel func(Channel)
 }
@@ -115,6 +127,15 @@ func (c *Config) setDefaults() {
 		c.ReorderWait = 0
 	case c.ReorderWait == 0:
 		c.ReorderWait = DefaultReorderWait
+	}
+	if c.ImplicitPorts == nil {
+		c.ImplicitPorts = []uint16{990}
+	}
+	if c.MaxScopedPerClient == 0 {
+		c.MaxScopedPerClient = DefaultMaxScopedPerClient
+	}
+	if c.MaxScoped == 0 {
+		c.MaxScoped = DefaultMaxScoped
 	}
 	if c.ConfirmWait == 0 {
 		c.ConfirmWait = 2 * time.Second
@@ -177,10 +198,13 @@ type Stats struct {
 	SessionsProxied   uint64 `json:"sessions_proxied"` // control sessions that ran through the control proxy (NAT)
 	NATRewrites       uint64 `json:"nat_rewrites"`     // announcements rewritten for the far side of a NAT
 	NATMappings       uint64 `json:"nat_mappings"`     // NAT mappings of data connections made
+	ScopedOpened      uint64 `json:"scoped_opened"`    // FTPS scoped ranges opened
+	ScopedRefused     uint64 `json:"scoped_refused"`   // encrypted sessions that got none (no range configured, a cap)
 	SessionsTracked   int    `json:"sessions_tracked"` // now, half-open ones included
 	HalfOpen          int    `json:"half_open"`        // now: control connections that have carried no FTP yet
 	PinholesOpen      int    `json:"pinholes_open"`    // now
 	Proxied           int    `json:"proxied"`
+	Scoped            int    `json:"scoped"` // now: FTPS scoped ranges open
 	// By kind (CloseReasons, RefusalReasons).
 	ClosedBy  [len(CloseReasons)]uint64   `json:"-"`
 	RefusedBy [len(RefusalReasons)]uint64 `json:"-"` // now: sessions through the control proxy

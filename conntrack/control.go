@@ -18,6 +18,10 @@ func (s *Session) bytes(d int, seq uint32, data []byte, ack uint32, now time.Tim
 	for len(data) > 0 && !s.ended {
 		if s.enc.on && !s.enc.clear[d] {
 			clear, ok := s.tls[d].walk(data)
+			if s.implicit && d == fromServer && s.tls[d].appData {
+				// The handshake is done: the server sends application data.
+				s.host.openScoped(s, "implicit FTPS: the TLS handshake completed")
+			}
 			if !ok {
 				return
 			}
@@ -74,6 +78,8 @@ func (s *Session) leaveTLS(d int, clear []byte) bool {
 	}
 	if s.enc.clear[fromClient] && s.enc.clear[fromServer] {
 		s.enc = encryption{}
+		s.cccAt = s.env.now
+		s.host.closeScoped(s, "the session left TLS (CCC): exact pinholes again")
 		s.env.log.Info("session back in clear text after TLS (CCC), parsing again", "session", s.ID)
 	}
 	return true
@@ -89,6 +95,8 @@ func (s *Session) enterTLS() {
 	}
 	s.reply.inMulti = false
 	s.pair.dropPending(s, "sent after AUTH, when the session became encrypted")
+	s.authAt = s.env.now
+	s.host.openScoped(s, "AUTH accepted: the announcements are inside TLS")
 	s.env.log.Info("session encrypted: AUTH accepted, no longer parsed until TLS ends after an accepted CCC",
 		"session", s.ID)
 }
@@ -305,4 +313,6 @@ func (s *Session) end(reason string) {
 	s.lines = [2]lineSplitter{}
 	s.h = [2]half{}
 	s.host.closeSessionPinholes(s, reason)
+	s.host.closeScoped(s, reason)
+	s.host.encryptedRecord(s)
 }

@@ -174,6 +174,12 @@ func (t *Tracker) OpenProxied(id uint64, tr Translation, now time.Time) {
 	t.log.Info("session start", "session", s.ID, "client", tr.Client.String(), "server", tr.Server.String(),
 		"proxied", true, "client_seen_as", tr.ClientSeen.Addr().String(), "server_seen_as", tr.ServerSeen.String(),
 		"translated", tr.Translated())
+	if t.isImplicit(tr.Server.Port()) {
+		// The proxy relays implicit FTPS unread from the first byte.
+		s.implicit = true
+		s.enc = encryption{on: true}
+		t.openScoped(s, "implicit FTPS through the control proxy")
+	}
 }
 
 // ProxiedLine takes one whole line the control proxy read on session id

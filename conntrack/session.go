@@ -37,6 +37,11 @@ type Session struct {
 	// announcements before the server sees them, since what the server
 	// sees may be rewritten.
 	nat *natSession
+	// FTPS: the scoped range while encrypted; implicit FTPS (encrypted
+	// from the first byte); when AUTH was accepted and CCC left TLS.
+	scoped        *scopedState
+	implicit      bool
+	authAt, cccAt time.Time
 }
 
 // host is what a Session needs from the Tracker that runs it: where its
@@ -47,6 +52,9 @@ type host interface {
 	closeSessionPinholes(s *Session, reason string)
 	establish(s *Session)
 	endSession(s *Session, reason string)
+	openScoped(s *Session, why string)
+	closeScoped(s *Session, reason string)
+	encryptedRecord(s *Session)
 }
 
 // env is what the sessions of one tracker share with it: the settings,

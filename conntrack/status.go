@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ type Status struct {
 	Time     time.Time       `json:"time"`
 	Sessions []SessionStatus `json:"sessions"`
 	Pinholes []PinholeStatus `json:"pinholes"`
+	Scoped   []ScopedStatus  `json:"scoped_ranges"`
 	Stats    Stats           `json:"counters"`
 	// The counters of Stats.ClosedBy and RefusedBy, by name.
 	ClosedBy  map[string]uint64 `json:"pinholes_closed_by"`
@@ -50,6 +52,18 @@ type PinholeStatus struct {
 	Public netip.AddrPort `json:"public,omitzero"`
 }
 
+// ScopedStatus is an FTPS session's scoped range.
+type ScopedStatus struct {
+	Session string     `json:"session"`
+	Client  netip.Addr `json:"client"`
+	Server  netip.Addr `json:"server"`
+	Ports   string     `json:"ports"`
+	Public  netip.Addr `json:"public,omitzero"`
+	// Active: implicit FTPS's server may connect back from port 989.
+	Active bool      `json:"active_from_989,omitempty"`
+	Since  time.Time `json:"since"`
+}
+
 // Seconds is a duration that JSON shows in seconds.
 type Seconds float64
 
@@ -64,6 +78,11 @@ func (t *Tracker) Status() Status {
 		st.RefusedBy[RefusalReasons[i]] = n
 	}
 	add := func(s *Session) {
+		if sc := s.scoped; sc != nil {
+			r := sc.ranges[0]
+			st.Scoped = append(st.Scoped, ScopedStatus{Session: s.ID, Client: r.Client, Server: r.Server,
+				Ports: fmt.Sprintf("%d-%d", r.Lo, r.Hi), Public: r.Public, Active: len(sc.ranges) > 1, Since: sc.opened})
+		}
 		ss := SessionStatus{ID: s.ID, Client: s.Client, Server: s.Server,
 			Age: Seconds(t.now.Sub(s.Start).Seconds()), Idle: Seconds(t.now.Sub(s.Last).Seconds()),
 			PickedUp: s.pickedUp, Pinholes: len(s.pinholes)}

@@ -18,6 +18,7 @@ type tlsWalker struct {
 	lastType  byte // type and length of the latest record
 	lastLen   int
 	opaque    bool // not TLS that ftpgate can follow: never clear again
+	appData   bool // an application data record was seen: the handshake is over
 }
 
 // TLS record content types (RFC 8446 section 5.1).
@@ -62,6 +63,7 @@ func (w *tlsWalker) walk(data []byte) (clear []byte, ok bool) {
 		w.records++
 		w.handshake = true
 		w.lastType, w.lastLen = w.hdr[0], int(w.hdr[3])<<8|int(w.hdr[4])
+		w.appData = w.appData || w.lastType == tlsApplicationData
 		w.remain = w.lastLen
 	}
 	return nil, false

@@ -34,12 +34,15 @@ type Tracker struct {
 	controls map[uint16]bool
 	sessions map[connKey]*Session
 	proxied  map[uint64]*Session // sessions of the control proxy, by its id
-	nat      natPorts
-	halfOpen int
-	ended    map[connKey]time.Time // tombstones of ended control connections
-	pinholes map[rules.Pinhole]*pinhole
-	closing  map[rules.Pinhole]*pinhole // closed, a late report of their use may come
-	admitted map[rules.Pinhole]*pinhole // used, waiting for the ruleset's confirmation
+	// FTPS scoped ranges open, per client and in all.
+	scopedByClient map[netip.Addr]int
+	scopedOpen     int
+	nat            natPorts
+	halfOpen       int
+	ended          map[connKey]time.Time // tombstones of ended control connections
+	pinholes       map[rules.Pinhole]*pinhole
+	closing        map[rules.Pinhole]*pinhole // closed, a late report of their use may come
+	admitted       map[rules.Pinhole]*pinhole // used, waiting for the ruleset's confirmation
 	// uncommitted: pinholes added since the last Commit.
 	uncommitted []*pinhole
 	retried     map[heldSYN]time.Time
@@ -58,19 +61,20 @@ type Tracker struct {
 func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 	cfg.setDefaults()
 	t := &Tracker{
-		env:      env{cfg: cfg, log: cfg.Logger},
-		fw:       fw,
-		policy:   Policy{MinDataPort: cfg.MinDataPort},
-		controls: make(map[uint16]bool),
-		sessions: make(map[connKey]*Session),
-		proxied:  make(map[uint64]*Session),
-		nat:      natPorts{lo: cfg.NATPorts[0], hi: cfg.NATPorts[1], used: make(map[netip.AddrPort]int)},
-		ended:    make(map[connKey]time.Time),
-		pinholes: make(map[rules.Pinhole]*pinhole),
-		closing:  make(map[rules.Pinhole]*pinhole),
-		admitted: make(map[rules.Pinhole]*pinhole),
-		retried:  make(map[heldSYN]time.Time),
-		peers:    make(map[rules.Peers]int),
+		env:            env{cfg: cfg, log: cfg.Logger},
+		fw:             fw,
+		policy:         Policy{MinDataPort: cfg.MinDataPort},
+		controls:       make(map[uint16]bool),
+		sessions:       make(map[connKey]*Session),
+		proxied:        make(map[uint64]*Session),
+		scopedByClient: make(map[netip.Addr]int),
+		nat:            natPorts{lo: cfg.NATPorts[0], hi: cfg.NATPorts[1], used: make(map[netip.AddrPort]int)},
+		ended:          make(map[connKey]time.Time),
+		pinholes:       make(map[rules.Pinhole]*pinhole),
+		closing:        make(map[rules.Pinhole]*pinhole),
+		admitted:       make(map[rules.Pinhole]*pinhole),
+		retried:        make(map[heldSYN]time.Time),
+		peers:          make(map[rules.Peers]int),
 	}
 	for _, p := range cfg.ControlPorts {
 		t.controls[p] = true
@@ -84,6 +88,7 @@ func (t *Tracker) Stats() Stats {
 	s.SessionsTracked = len(t.sessions)
 	s.HalfOpen = t.halfOpen
 	s.PinholesOpen = len(t.pinholes)
+	s.Scoped = t.scopedOpen
 	s.Proxied = len(t.proxied)
 	for _, x := range t.sessions {
 		s.LogSuppressed += uint64(x.limiter.suppressed)
@@ -235,6 +240,10 @@ func (t *Tracker) newSession(client, server netip.AddrPort, syn bool) *Session {
 	}
 	s.lines[fromClient].lineStart = looksLikeCommand
 	s.lines[fromServer].lineStart = looksLikeReply
+	if t.isImplicit(server.Port()) {
+		s.implicit = true
+		s.enc = encryption{on: true}
+	}
 	t.sessions[makeConnKey(client, server)] = s
 	pp := rules.Peers{Client: client.Addr(), Server: server.Addr()}
 	if t.peers[pp]++; t.peers[pp] == 1 {

@@ -65,6 +65,8 @@ type ruleParams struct {
 	logGroup       uint16 // 0: no reports of used pinholes
 	set4, set6     *nftables.Set
 	peers4, peers6 *nftables.Set
+	// FTPS scoped ranges (nil in tests that build no such sets).
+	scoped4, scoped6, active4, active6 *nftables.Set
 	// Inline capture only:
 	inline bool
 	queue  expr.Any // the queue statement or target
@@ -198,6 +200,13 @@ func dataChainRules(c hookChain, p ruleParams, chain *nftables.Chain) []*nftable
 	rules = append(rules,
 		rule("first packet of an announced FTP data connection: mark it, close the pinhole", consumeExprs(p, false)),
 		rule("first packet of an announced FTP data connection: mark it, close the pinhole", consumeExprs(p, true)))
+	if p.scoped4 != nil {
+		for _, v6 := range []bool{false, true} {
+			rules = append(rules,
+				rule("data connection of an encrypted FTP session (FTPS): within its scoped range", scopedExprs(p, v6, false)),
+				rule("active-mode data connection of an implicit FTPS session: within its scope", scopedExprs(p, v6, true)))
+		}
+	}
 	if p.inline {
 		if p.ifaces != nil {
 			rules = append(rules, rule("not on an interface ftpgate watches: not held", outOfScope(c, p)))

@@ -55,6 +55,8 @@ type Nftables struct {
 	peers6 *nftables.Set
 	// NAT only:
 	proxy4, proxy6, dnat4, dnat6, snat4, snat6 *nftables.Set
+	// FTPS:
+	scoped4, scoped6, active4, active6, sdnat4, sdnat6 *nftables.Set
 	opQueue
 	log *slog.Logger
 }
@@ -156,6 +158,7 @@ func (n *Nftables) initSets() {
 	if n.cfg.NAT != nil {
 		n.initNATSets()
 	}
+	n.initScopedSets()
 }
 
 // queueBase queues what every capture needs: the peers sets and the
@@ -169,6 +172,9 @@ func (n *Nftables) queueBase() error {
 		if err := n.conn.AddSet(s, nil); err != nil {
 			return fmt.Errorf("adding set %s: %w", s.Name, err)
 		}
+	}
+	if err := n.queueScopedSets(); err != nil {
+		return err
 	}
 	for _, c := range dataChains {
 		chain := n.conn.AddChain(&nftables.Chain{
@@ -209,6 +215,7 @@ func (n *Nftables) params() ruleParams {
 	p := ruleParams{
 		table: n.table, mark: n.cfg.Mark, mask: n.cfg.MarkMask, logGroup: n.cfg.LogGroup,
 		set4: n.set4, set6: n.set6, peers4: n.peers4, peers6: n.peers6,
+		scoped4: n.scoped4, scoped6: n.scoped6, active4: n.active4, active6: n.active6,
 	}
 	if n.cfg.NAT != nil {
 		p.nat = &natParams{cfg: *n.cfg.NAT, proxy4: n.proxy4, proxy6: n.proxy6,
@@ -253,6 +260,9 @@ func (n *Nftables) setFor(p Pinhole) *nftables.Set {
 func (n *Nftables) queue(o op) error {
 	if o.m.Peer.IsValid() {
 		return n.queueMapping(o)
+	}
+	if o.scoped != nil {
+		return n.queueScoped(o)
 	}
 	var s *nftables.Set
 	var keys [][]byte

@@ -70,6 +70,10 @@ type Backend interface {
 	AddMapping(m Mapping, timeout time.Duration) error
 	// DelMapping queues the removal of the mapping. Idempotent.
 	DelMapping(m Mapping) error
+	// AddScoped queues an FTPS session's scoped range. Idempotent.
+	AddScoped(r ScopedRange) error
+	// DelScoped queues its removal. Idempotent.
+	DelScoped(r ScopedRange) error
 	// CancelAdd drops a queued, not yet committed AddPinhole of p and
 	// reports whether there was one: a pinhole used before it was ever
 	// committed then costs the kernel nothing.
@@ -104,6 +108,7 @@ type op struct {
 	p       Pinhole
 	peers   Peers   // set instead of p for a change of the peers sets
 	m       Mapping // set instead of p for a change of the NAT maps
+	scoped  *ScopedRange
 	add     bool
 	timeout time.Duration
 }
@@ -114,6 +119,8 @@ func (o op) String() string {
 		return "control session peers " + o.peers.String()
 	case o.m.Peer.IsValid():
 		return "NAT mapping " + o.m.String()
+	case o.scoped != nil:
+		return "scoped range " + o.scoped.String()
 	}
 	return "pinhole " + o.p.String()
 }
@@ -144,6 +151,7 @@ type DryRun struct {
 	Open    map[Pinhole]time.Duration // currently added, with their timeout
 	Peers   map[Peers]bool            // control session peers currently added
 	Maps    map[Mapping]time.Duration // NAT mappings currently added
+	Scoped  map[ScopedRange]bool      // FTPS scoped ranges currently added
 	Adds    int                       // AddPinhole calls committed
 	Dels    int                       // DelPinhole calls committed
 	Commits int
@@ -152,7 +160,7 @@ type DryRun struct {
 
 // NewDryRun returns an empty DryRun backend.
 func NewDryRun() *DryRun {
-	return &DryRun{Open: make(map[Pinhole]time.Duration), Peers: make(map[Peers]bool), Maps: make(map[Mapping]time.Duration)}
+	return &DryRun{Open: make(map[Pinhole]time.Duration), Peers: make(map[Peers]bool), Maps: make(map[Mapping]time.Duration), Scoped: make(map[ScopedRange]bool)}
 }
 
 // opQueue holds the changes a backend has not committed yet. Both
@@ -228,6 +236,14 @@ func (d *DryRun) commit(ops []op) error {
 		return nil
 	}
 	for _, op := range ops {
+		if op.scoped != nil {
+			if op.add {
+				d.Scoped[*op.scoped] = true
+			} else {
+				delete(d.Scoped, *op.scoped)
+			}
+			continue
+		}
 		if op.m.Peer.IsValid() {
 			if op.add {
 				d.Maps[op.m] = op.timeout

@@ -65,12 +65,23 @@ func cmdAnalyze(args []string, stdout, stderr io.Writer) error {
 		}
 		channels = append(channels, c)
 	}
+	var encrypted []conntrack.EncryptedSession
+	cfg.OnEncrypted = func(e conntrack.EncryptedSession) {
+		if *format == "json" {
+			_ = enc.Encode(encryptedRecord(e))
+			return
+		}
+		encrypted = append(encrypted, e)
+	}
 	tr := conntrack.NewTracker(cfg, rules.NewDryRun())
 	if err := replay(tr, src); err != nil {
 		return err
 	}
 	if *format == "text" {
 		writeTable(stdout, channels)
+		if len(encrypted) > 0 {
+			writeEncrypted(stdout, encrypted)
+		}
 	}
 	return nil
 }
@@ -123,3 +134,51 @@ verdict, reason, plus client and server of the control connection), or a
 table with --format text. Logs go to standard error.
 
 `
+
+// encryptedJSON is analyze's record of a session that went encrypted:
+// from then on a helper sees no announcement.
+type encryptedJSON struct {
+	TS      string `json:"ts"`
+	Session string `json:"session"`
+	Record  string `json:"record"` // "encrypted"
+	TLS     string `json:"tls"`    // explicit (AUTH) or implicit (port 990)
+	AuthAt  string `json:"auth_at,omitempty"`
+	CCCAt   string `json:"ccc_at,omitempty"`
+	End     string `json:"end"`
+	Client  string `json:"client"`
+	Server  string `json:"server"`
+}
+
+func encryptedRecord(e conntrack.EncryptedSession) encryptedJSON {
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339Nano)
+	}
+	mode := "explicit"
+	if e.Implicit {
+		mode = "implicit"
+	}
+	return encryptedJSON{TS: ts(e.Start), Session: e.Session, Record: "encrypted", TLS: mode, AuthAt: ts(e.AuthAt),
+		CCCAt: ts(e.CCCAt), End: ts(e.End), Client: e.Client.String(), Server: e.Server.String()}
+}
+
+func writeEncrypted(w io.Writer, es []conntrack.EncryptedSession) {
+	fmt.Fprintln(w, "\nENCRYPTED SESSIONS (no announcement visible while encrypted)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SESSION\tTLS\tCLIENT\tSERVER\tAUTH AT\tCCC AT")
+	for _, e := range es {
+		r := encryptedRecord(e)
+		cc := r.CCCAt
+		if cc == "" {
+			cc = "-"
+		}
+		au := r.AuthAt
+		if au == "" {
+			au = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Session, r.TLS, r.Client, r.Server, au, cc)
+	}
+	tw.Flush()
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -26,6 +27,29 @@ type record struct {
 	Reason  string `json:"reason"`
 	Client  string `json:"client"`
 	Server  string `json:"server"`
+	Record  string `json:"record"`
+}
+
+// analyzeRecords returns the session records (encrypted sessions).
+func analyzeRecords(t *testing.T, file string) []map[string]string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"analyze", file}, &stdout, &stderr); code != 0 {
+		t.Fatalf("ftpgate analyze %s: exit %d\n%s", file, code, stderr.String())
+	}
+	var out []map[string]string
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil && m["record"] != nil {
+			r := map[string]string{}
+			for k, v := range m {
+				r[k] = fmt.Sprint(v)
+			}
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func analyze(t *testing.T, file string, extra ...string) []record {
@@ -41,6 +65,9 @@ func analyze(t *testing.T, file string, extra ...string) []record {
 		var r record
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatalf("output line %q: %v", sc.Text(), err)
+		}
+		if r.Record != "" {
+			continue // a session record (encrypted), not a channel
 		}
 		out = append(out, r)
 	}

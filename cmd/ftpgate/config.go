@@ -33,19 +33,19 @@ var liveKeys = map[string]bool{
 // are the flags' names; [[server]] tables scope ftpgate to some servers
 // (serverKeys). An unknown key, or a value its flag refuses, is an error
 // that names the line.
-func applyConfigFile(fs *flag.FlagSet, path string) ([]conntrack.ServerPolicy, error) {
+func applyConfigFile(fs *flag.FlagSet, path string) ([]conntrack.ServerPolicy, []conntrack.FTPSRange, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var doc map[string]any
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
 			line, col := de.Position()
-			return nil, fmt.Errorf("%s:%d:%d: %s", path, line, col, de.Error())
+			return nil, nil, fmt.Errorf("%s:%d:%d: %s", path, line, col, de.Error())
 		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	keys := make([]string, 0, len(doc))
 	for k := range doc {
@@ -53,17 +53,18 @@ func applyConfigFile(fs *flag.FlagSet, path string) ([]conntrack.ServerPolicy, e
 	}
 	sort.Slice(keys, func(i, j int) bool { return keyLine(data, -1, keys[i]) < keyLine(data, -1, keys[j]) })
 	var servers []conntrack.ServerPolicy
+	var ranges []conntrack.FTPSRange
 	for _, k := range keys {
 		v := doc[k]
 		if k == "server" {
-			if servers, err = parseServers(data, path, v); err != nil {
-				return nil, err
+			if servers, ranges, err = parseServers(data, path, v); err != nil {
+				return nil, nil, err
 			}
 			continue
 		}
 		f := fs.Lookup(k)
 		if f == nil || k == "config" {
-			return nil, fmt.Errorf("%s:%d: unknown key %q (the keys are the flags of ftpgate run, and [[server]] tables)", path, keyLine(data, -1, k), k)
+			return nil, nil, fmt.Errorf("%s:%d: unknown key %q (the keys are the flags of ftpgate run, and [[server]] tables)", path, keyLine(data, -1, k), k)
 		}
 		if f.Changed {
 			continue // the command line wins
@@ -73,31 +74,33 @@ func applyConfigFile(fs *flag.FlagSet, path string) ([]conntrack.ServerPolicy, e
 			err = fs.Set(k, s)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %s: %v", path, keyLine(data, -1, k), k, err)
+			return nil, nil, fmt.Errorf("%s:%d: %s: %v", path, keyLine(data, -1, k), k, err)
 		}
 	}
-	return servers, nil
+	return servers, ranges, nil
 }
 
 // serverKeys are the keys of a [[server]] table.
 var serverKeys = map[string]string{
-	"address":         "the server's address, or a prefix of servers (198.51.100.20, 2001:db8:2::/64)",
-	"control-ports":   "its control ports (default: all of control-ports)",
-	"min-data-port":   "refuse announced data ports below this for it",
-	"active":          "false refuses active mode (PORT, EPRT, LPRT) to it",
-	"pinhole-timeout": "the lifetime of its pinholes",
+	"address":            "the server's address, or a prefix of servers (198.51.100.20, 2001:db8:2::/64)",
+	"control-ports":      "its control ports (default: all of control-ports)",
+	"min-data-port":      "refuse announced data ports below this for it",
+	"active":             "false refuses active mode (PORT, EPRT, LPRT) to it",
+	"pinhole-timeout":    "the lifetime of its pinholes",
+	"ftps-passive-ports": "its passive range, LO-HI, opened to the client of an encrypted session while it lives",
 }
 
-func parseServers(data []byte, path string, v any) ([]conntrack.ServerPolicy, error) {
+func parseServers(data []byte, path string, v any) ([]conntrack.ServerPolicy, []conntrack.FTPSRange, error) {
 	list, ok := v.([]any)
 	if !ok {
-		return nil, fmt.Errorf("%s:%d: server: want [[server]] tables", path, keyLine(data, -1, "server"))
+		return nil, nil, fmt.Errorf("%s:%d: server: want [[server]] tables", path, keyLine(data, -1, "server"))
 	}
 	var out []conntrack.ServerPolicy
+	var ranges []conntrack.FTPSRange
 	for i, e := range list {
 		tbl, ok := e.(map[string]any)
 		if !ok {
-			return nil, fmt.Errorf("%s: server %d: want a table", path, i+1)
+			return nil, nil, fmt.Errorf("%s: server %d: want a table", path, i+1)
 		}
 		at := func(k string) string {
 			return fmt.Sprintf("%s:%d: server %d: %s", path, serverLine(data, i, k), i+1, k)
@@ -105,14 +108,14 @@ func parseServers(data []byte, path string, v any) ([]conntrack.ServerPolicy, er
 		var sp conntrack.ServerPolicy
 		addr, ok := tbl["address"].(string)
 		if !ok {
-			return nil, fmt.Errorf("%s:%d: server %d: address is required", path, serverLine(data, i, ""), i+1)
+			return nil, nil, fmt.Errorf("%s:%d: server %d: address is required", path, serverLine(data, i, ""), i+1)
 		}
 		if p, err := netip.ParsePrefix(addr); err == nil {
 			sp.Prefix = p.Masked()
 		} else if a, err := netip.ParseAddr(addr); err == nil {
 			sp.Prefix = netip.PrefixFrom(a, a.BitLen())
 		} else {
-			return nil, fmt.Errorf("%s: %q is neither an address nor a prefix", at("address"), addr)
+			return nil, nil, fmt.Errorf("%s: %q is neither an address nor a prefix", at("address"), addr)
 		}
 		for k, v := range tbl {
 			var err error
@@ -137,6 +140,16 @@ func parseServers(data []byte, path string, v any) ([]conntrack.ServerPolicy, er
 					err = fmt.Errorf("want true or false")
 				}
 				sp.NoActive = !b
+			case "ftps-passive-ports":
+				s, ok := v.(string)
+				if !ok {
+					err = fmt.Errorf(`want "LO-HI"`)
+				} else {
+					var lo, hi uint16
+					if lo, hi, err = parseRange(s); err == nil {
+						ranges = append(ranges, conntrack.FTPSRange{Server: sp.Prefix, Lo: lo, Hi: hi})
+					}
+				}
 			case "pinhole-timeout":
 				s, ok := v.(string)
 				if !ok {
@@ -150,15 +163,15 @@ func parseServers(data []byte, path string, v any) ([]conntrack.ServerPolicy, er
 					names = append(names, n)
 				}
 				sort.Strings(names)
-				return nil, fmt.Errorf("%s: unknown key (a server has %s)", at(k), strings.Join(names, ", "))
+				return nil, nil, fmt.Errorf("%s: unknown key (a server has %s)", at(k), strings.Join(names, ", "))
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s: %v", at(k), err)
+				return nil, nil, fmt.Errorf("%s: %v", at(k), err)
 			}
 		}
 		out = append(out, sp)
 	}
-	return out, nil
+	return out, ranges, nil
 }
 
 // flagValue turns a TOML value into the text its flag parses: arrays

@@ -39,7 +39,7 @@ min-data-port = 40000
 pinhole-timeout = "2m"
 `)
 	rv := newRunVars()
-	servers, err := rv.load([]string{"--config", p, "--min-data-port", "3000"}, nil, nil)
+	servers, _, err := rv.load([]string{"--config", p, "--min-data-port", "3000"}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,13 +70,13 @@ func TestConfigFileErrors(t *testing.T) {
 		{"config = \"/etc/other.toml\"\n", `:1: unknown key "config"`},
 	} {
 		p := writeConfig(t, tt.text)
-		_, err := newRunVars().load([]string{"--config", p}, nil, nil)
+		_, _, err := newRunVars().load([]string{"--config", p}, nil, nil)
 		if err == nil || !strings.Contains(err.Error(), p+tt.want) {
 			t.Errorf("%q: error %v, want %q", tt.text, err, p+tt.want)
 		}
 	}
 	// A file named on the command line must exist; the default one may not.
-	if _, err := newRunVars().load([]string{"--config", "/nonexistent/ftpgate.toml"}, nil, nil); err == nil {
+	if _, _, err := newRunVars().load([]string{"--config", "/nonexistent/ftpgate.toml"}, nil, nil); err == nil {
 		t.Error("a missing --config file is no error")
 	}
 }

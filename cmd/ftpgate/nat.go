@@ -106,13 +106,13 @@ func (f *natFlags) rules(ports []uint16) *rules.NATConfig {
 }
 
 // startProxy adds the proxy's routes and starts it.
-func (f *natFlags) startProxy(log *slog.Logger) (*capture.Proxy, *capture.ProxyRoutes, error) {
+func (f *natFlags) startProxy(rawPorts []uint16, log *slog.Logger) (*capture.Proxy, *capture.ProxyRoutes, error) {
 	maxConns := f.maxProxied
 	routes, err := capture.AddProxyRoutes(uint32(f.routeMark), f.table)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := capture.OpenProxy(capture.ProxyConfig{Port: uint16(f.proxyPort), SocketMark: uint32(f.socketMark), MaxConns: maxConns, Log: log})
+	p, err := capture.OpenProxy(capture.ProxyConfig{Port: uint16(f.proxyPort), SocketMark: uint32(f.socketMark), MaxConns: maxConns, RawPorts: rawPorts, Log: log})
 	if err != nil {
 		routes.Close()
 		return nil, nil, err

@@ -29,6 +29,7 @@ type runVars struct {
 	fs                                                                      *flag.FlagSet
 	tf                                                                      trackerFlags
 	nf                                                                      natFlags
+	ff                                                                      ftpsFlags
 	m                                                                       mark
 	ifaces, table, capture, cpuProfile, metricsListen, statusSocket, config *string
 	queueNum, nflogGroup                                                    *uint
@@ -48,6 +49,7 @@ func newRunVars() *runVars {
 	rv.cpuProfile = fs.String("cpu-profile", "", "write a Go CPU profile to `file` until ftpgate stops (for performance work)")
 	rv.commitDelay = fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
 	rv.nf.register(fs)
+	rv.ff.register(fs)
 	rv.metricsListen = fs.String("metrics-listen", "", "`address` (host:port) on which to serve Prometheus metrics at /metrics; empty: off")
 	rv.statusSocket = fs.String("status-socket", DefaultStatusSocket, "unix socket `path` on which ftpgate status is answered (mode 0600: root only); empty: none")
 	rv.nflogGroup = fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
@@ -56,24 +58,24 @@ func newRunVars() *runVars {
 
 // load parses the command line, then the configuration file for what
 // the command line left unset.
-func (rv *runVars) load(args []string, help func(io.Writer), stdout io.Writer) ([]conntrack.ServerPolicy, error) {
+func (rv *runVars) load(args []string, help func(io.Writer), stdout io.Writer) ([]conntrack.ServerPolicy, []conntrack.FTPSRange, error) {
 	if err := parseFlags(rv.fs, args, help, stdout); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if rv.fs.NArg() > 0 {
-		return nil, usagef("no arguments expected, got %q", strings.Join(rv.fs.Args(), " "))
+		return nil, nil, usagef("no arguments expected, got %q", strings.Join(rv.fs.Args(), " "))
 	}
 	if *rv.config == "" {
-		return nil, nil
+		return nil, nil, nil
 	}
-	servers, err := applyConfigFile(rv.fs, *rv.config)
+	servers, ranges, err := applyConfigFile(rv.fs, *rv.config)
 	if errors.Is(err, os.ErrNotExist) && !rv.fs.Changed("config") {
-		return nil, nil // no file at the default place: flags alone
+		return nil, nil, nil // no file at the default place: flags alone
 	}
 	if err != nil {
-		return nil, fmt.Errorf("configuration: %w", err)
+		return nil, nil, fmt.Errorf("configuration: %w", err)
 	}
-	return servers, nil
+	return servers, ranges, nil
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) error {
@@ -82,7 +84,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	ifaces, table, capture_, queueNum, cpuProfile, commitDelay := rv.ifaces, rv.table, rv.capture, rv.queueNum, rv.cpuProfile, rv.commitDelay
 	metricsListen, statusSocket, nflogGroup := rv.metricsListen, rv.statusSocket, rv.nflogGroup
 	help := func(w io.Writer) { writeHelp(w, runCommand, fs) }
-	servers, err := rv.load(args, help, stdout)
+	servers, serverFTPSRanges, err := rv.load(args, help, stdout)
 	if err != nil {
 		return err
 	}
@@ -96,6 +98,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	cfg.Servers = servers
+	if err := rv.ff.apply(&cfg); err != nil {
+		return err
+	}
+	cfg.FTPSRanges = append(cfg.FTPSRanges, serverFTPSRanges...)
 	if !tableName.MatchString(*table) {
 		return usagef("--table %q: want a letter, then up to 63 letters, digits, _ or -", *table)
 	}
@@ -227,7 +233,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		}
 		sources = append(sources, src)
 		if natOn {
-			proxy, routes, err := nf.startProxy(log)
+			proxy, routes, err := nf.startProxy(cfg.ImplicitPorts, log)
 			if err != nil {
 				return fmt.Errorf("starting the control proxy for NAT (--nat off runs without it): %w", err)
 			}
@@ -323,7 +329,7 @@ func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conn
 			case <-hup:
 			}
 			next := newRunVars()
-			ns, err := next.load(args, func(io.Writer) {}, io.Discard)
+			ns, _, err := next.load(args, func(io.Writer) {}, io.Discard)
 			var cfg conntrack.Config
 			if err == nil {
 				cfg, err = next.tf.config(log)
