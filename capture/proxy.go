@@ -53,7 +53,7 @@ type ProxyConfig struct {
 	// RawPorts are server ports whose connections are relayed unread
 	// from the first byte (implicit FTPS).
 	RawPorts []uint16
-	Log     *slog.Logger
+	Log      *slog.Logger
 }
 
 // Proxy is the control proxy: it terminates translated control
