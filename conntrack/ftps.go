@@ -96,13 +96,20 @@ func (t *Tracker) openScoped(s *Session, why string) {
 		ranges = append(ranges, rules.ScopedRange{Client: client, Server: s.Server.Addr(), Active: true})
 	}
 	for _, x := range ranges {
+		// Sessions of one client to one server share the element: it
+		// goes when the last of them leaves TLS or ends.
+		if t.scopedRefs[x]++; t.scopedRefs[x] > 1 {
+			continue
+		}
 		t.dirty = true
 		if err := t.fw.AddScoped(x); err != nil {
 			t.stats.BackendErrors++
 			t.log.Error("opening scoped range", "range", x.String(), "error", err)
-			return
 		}
 	}
+	// No commit delay: the client's first data connection follows one
+	// round trip away, and a held SYN cannot be admitted from a range.
+	t.urgent = true
 	s.scoped = &scopedState{ranges: ranges, opened: t.now}
 	t.scopedByClient[client]++
 	t.scopedOpen++
@@ -126,7 +133,12 @@ func (t *Tracker) closeScoped(s *Session, reason string) {
 		return
 	}
 	s.scoped = nil
+	t.urgent = true // closed in the kernel before the next data connection
 	for _, x := range sc.ranges {
+		if t.scopedRefs[x]--; t.scopedRefs[x] > 0 {
+			continue
+		}
+		delete(t.scopedRefs, x)
 		t.dirty = true
 		if err := t.fw.DelScoped(x); err != nil {
 			t.stats.BackendErrors++

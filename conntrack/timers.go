@@ -91,9 +91,13 @@ func (t *Tracker) Tick(now time.Time) time.Time {
 	switch {
 	case !t.dirty:
 		t.dirtySince = time.Time{}
+	case t.urgent:
+		// A scoped range changed: no commit delay (see openScoped).
+		t.dirtySince = now.Add(-t.cfg.CommitDelay)
 	case t.dirtySince.IsZero():
 		t.dirtySince = now
 	}
+	t.urgent = false
 	if !t.dirtySince.IsZero() && !now.Before(t.dirtySince.Add(t.cfg.CommitDelay)) {
 		t.dirtySince = time.Time{}
 		if err := t.Commit(); err != nil {

@@ -37,12 +37,15 @@ type Tracker struct {
 	// FTPS scoped ranges open, per client and in all.
 	scopedByClient map[netip.Addr]int
 	scopedOpen     int
-	nat            natPorts
-	halfOpen       int
-	ended          map[connKey]time.Time // tombstones of ended control connections
-	pinholes       map[rules.Pinhole]*pinhole
-	closing        map[rules.Pinhole]*pinhole // closed, a late report of their use may come
-	admitted       map[rules.Pinhole]*pinhole // used, waiting for the ruleset's confirmation
+	scopedRefs     map[rules.ScopedRange]int // sessions holding each element
+	// urgent: what is queued must not wait for the commit delay.
+	urgent   bool
+	nat      natPorts
+	halfOpen int
+	ended    map[connKey]time.Time // tombstones of ended control connections
+	pinholes map[rules.Pinhole]*pinhole
+	closing  map[rules.Pinhole]*pinhole // closed, a late report of their use may come
+	admitted map[rules.Pinhole]*pinhole // used, waiting for the ruleset's confirmation
 	// uncommitted: pinholes added since the last Commit.
 	uncommitted []*pinhole
 	retried     map[heldSYN]time.Time
@@ -68,6 +71,7 @@ func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 		sessions:       make(map[connKey]*Session),
 		proxied:        make(map[uint64]*Session),
 		scopedByClient: make(map[netip.Addr]int),
+		scopedRefs:     make(map[rules.ScopedRange]int),
 		nat:            natPorts{lo: cfg.NATPorts[0], hi: cfg.NATPorts[1], used: make(map[netip.AddrPort]int)},
 		ended:          make(map[connKey]time.Time),
 		pinholes:       make(map[rules.Pinhole]*pinhole),

@@ -13,12 +13,18 @@
                                         new data connection; prints how many succeeded
   ftpclient.py holdmany HOST N SECS     N sessions at once, each sends PASV and prints
                                         "port P" for it, then all wait SECS and QUIT
+  ftpclient.py tlsget HOST FILE OUT     download FILE over explicit FTPS (AUTH TLS,
+                                        PROT P, passive), certificate not checked
+  ftpclient.py tlsload HOST FILE N      N such transfers on one session
+  ftpclient.py tlshold HOST SECS        log in over FTPS, send PASV (inside TLS), print
+                                        the reply, keep the session SECS seconds
 
 Exit status 0 on success, 1 on failure.
 """
 import ftplib
 import os
 import socket
+import ssl
 import sys
 import time
 
@@ -127,6 +133,47 @@ def holdmany(host, n, secs):
         ftp.quit()
 
 
+def tls_connect(host, timeout=10):
+    host, port = split_host(host)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ftp = ftplib.FTP_TLS(context=ctx, timeout=timeout)
+    ftp.connect(host, port)
+    ftp.auth()
+    ftp.login()
+    ftp.prot_p()
+    return ftp
+
+
+def tlsget(host, name, out):
+    ftp = tls_connect(host)
+    with open(out, "wb") as f:
+        ftp.retrbinary("RETR " + name, f.write)
+    ftp.quit()
+
+
+def tlsload(host, name, n):
+    ftp = tls_connect(host)
+    ok = 0
+    for _ in range(int(n)):
+        try:
+            ftp.retrbinary("RETR " + name, lambda b: None)
+            ok += 1
+        except (ftplib.Error, OSError) as e:
+            print("transfer failed:", e, file=sys.stderr)
+    ftp.quit()
+    print(ok)
+    return ok == int(n)
+
+
+def tlshold(host, secs):
+    ftp = tls_connect(host)
+    print(ftp.sendcmd("PASV"), flush=True)
+    time.sleep(float(secs))
+    ftp.quit()
+
+
 def main(argv):
     if len(argv) < 2:
         raise SystemExit(__doc__)
@@ -142,6 +189,12 @@ def main(argv):
             return 0 if load(*args) else 1
         elif cmd == "holdmany":
             holdmany(*args)
+        elif cmd == "tlsget":
+            tlsget(*args)
+        elif cmd == "tlsload":
+            return 0 if tlsload(*args) else 1
+        elif cmd == "tlshold":
+            tlshold(*args)
         else:
             raise SystemExit(__doc__)
     except (ftplib.Error, OSError) as e:

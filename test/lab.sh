@@ -70,6 +70,27 @@ up() {
 		nsx "$ns" vsftpd "$DIR/vsftpd-$ns.conf" >"$DIR/vsftpd-$ns.out" 2>&1 &
 		echo $! >"$DIR/vsftpd-$ns.pid"
 	done
+	# FTPS servers, on a passive range of their own (41000-41999): vsftpd
+	# with explicit TLS (AUTH TLS) on 2141 and implicit TLS on 990, and a
+	# scripted server that also offers CCC on 2142, with a certificate
+	# made here.
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$DIR/ftps.key" -out "$DIR/ftps.crt" \
+		-days 2 -subj "/CN=198.51.100.20" >/dev/null 2>&1
+	chmod 600 "$DIR/ftps.key"
+	tls="ssl_enable=YES allow_anon_ssl=YES force_anon_logins_ssl=YES force_anon_data_ssl=YES
+rsa_cert_file=$DIR/ftps.crt rsa_private_key_file=$DIR/ftps.key require_ssl_reuse=NO ssl_ciphers=HIGH
+pasv_min_port=41000 pasv_max_port=41999"
+	# shellcheck disable=SC2086
+	vsftpd_conf "$S-2141" listen_port=2141 $tls >"$DIR/vsftpd-$S-2141.conf"
+	# shellcheck disable=SC2086
+	vsftpd_conf "$S-990" listen_port=990 implicit_ssl=YES $tls >"$DIR/vsftpd-$S-990.conf"
+	for p in 2141 990; do
+		nsx "$S" vsftpd "$DIR/vsftpd-$S-$p.conf" >"$DIR/vsftpd-$S-$p.out" 2>&1 &
+		echo $! >"$DIR/vsftpd-$S-$p.pid"
+	done
+	nsx "$S" python3 "$HERE/ftpsserver.py" 198.51.100.20 2142 "$DIR/ftps.crt" "$DIR/ftps.key" "$DIR/ftproot" 41000 41999 \
+		>"$DIR/ftpsserver.out" 2>&1 &
+	echo $! >"$DIR/vsftpd-ftpsserver.pid"
 	# A second server on port 2131 that refuses every PORT (550): the
 	# hostile tests need a refusal ftpgate itself would not make.
 	vsftpd_conf "$S-2131" listen_port=2131 port_enable=NO >"$DIR/vsftpd-$S-2131.conf"
@@ -105,7 +126,7 @@ ruleset() {
 		;;
 	kernel)
 		helpobj='ct helper ftp-standard { type "ftp" protocol tcp; }'
-		helper='tcp dport 21 ct state new ct helper set "ftp-standard"'
+		helper='tcp dport { 21, 2141, 2142, 990 } ct state new ct helper set "ftp-standard"'
 		admit='ct state related accept'
 		;;
 	none) ;;
@@ -124,7 +145,7 @@ table inet filter {
 		$loose
 		ct state established,related accept
 		$admit
-		tcp dport { 21, 2131, 2132 } ct state new accept
+		tcp dport { 21, 2131, 2132, 2141, 2142, 990 } ct state new accept
 		icmp type echo-request accept
 		icmpv6 type echo-request accept
 		tcp flags syn / syn,ack counter name dropped_syn

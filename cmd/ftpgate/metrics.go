@@ -61,6 +61,9 @@ var snapshotMetrics = []metricDef{
 	{"ftpgate_backend_errors_total", "nftables operations that failed.", false, u(func(s conntrack.Stats) uint64 { return s.BackendErrors })},
 	{"ftpgate_nat_rewrites_total", "Announcements rewritten for the far side of a NAT.", false, u(func(s conntrack.Stats) uint64 { return s.NATRewrites })},
 	{"ftpgate_nat_mappings_total", "NAT mappings of data connections made.", false, u(func(s conntrack.Stats) uint64 { return s.NATMappings })},
+	{"ftpgate_scoped_ranges_open", "FTPS scoped ranges open now (one per encrypted session).", true, func(s conntrack.Stats) float64 { return float64(s.Scoped) }},
+	{"ftpgate_scoped_ranges_opened_total", "FTPS scoped ranges opened.", false, u(func(s conntrack.Stats) uint64 { return s.ScopedOpened })},
+	{"ftpgate_scoped_ranges_refused_total", "Encrypted sessions that got no scoped range (none configured, a cap).", false, u(func(s conntrack.Stats) uint64 { return s.ScopedRefused })},
 }
 
 type snapshotCollector struct {

@@ -174,6 +174,21 @@ func writeStatus(w io.Writer, st daemonStatus) {
 				secs(conntrack.Seconds(p.Expires.Sub(st.Time).Seconds())), p.Committed, pub)
 		}
 	}
+	if len(st.Scoped) > 0 {
+		fmt.Fprintf(tw, "\nSCOPED RANGES (FTPS): %d\n", len(st.Scoped))
+		fmt.Fprintln(tw, "SESSION\tCLIENT\tSERVER\tPORTS\tSINCE\tPUBLIC")
+		for _, r := range st.Scoped {
+			pub := "-"
+			if r.Public.IsValid() {
+				pub = r.Public.String()
+			}
+			ports := r.Ports
+			if r.Active {
+				ports += " (+ from 989)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Session, r.Client, r.Server, ports, r.Since.UTC().Format(time.TimeOnly), pub)
+		}
+	}
 	fmt.Fprintln(tw, "\nCOUNTERS")
 	v := reflect.ValueOf(st.Stats)
 	for i := range v.NumField() {
