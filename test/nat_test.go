@@ -223,7 +223,7 @@ func natKernelState(t *testing.T) []string {
 	t.Helper()
 	var out []string
 	for _, obj := range []string{"set ftp_data_pinholes_v4", "set ftp_data_pinholes_v6", "map ftp_data_dnat_v4",
-		"map ftp_data_dnat_v6", "map ftp_data_snat_v4", "map ftp_data_snat_v6"} {
+		"map ftp_data_dnat_v6", "map ftp_data_snat_v4", "map ftp_data_snat_v6", "set ftps_ranges_v4", "map ftps_dnat_v4"} {
 		kind, name, _ := strings.Cut(obj, " ")
 		text := natNft(t, "list", kind, "inet", "ftpgate", name)
 		if i := strings.Index(text, "elements = {"); i >= 0 {
@@ -388,4 +388,26 @@ func TestNATKill9LeavesNothing(t *testing.T) {
 	if errs := runAll(t, natTransfers()[:2]); len(names(errs, false)) > 0 {
 		t.Errorf("after the restart: %v", errs)
 	}
+}
+
+// TestNATFTPS: a DMZ FTPS server behind the port forward, announcing the
+// public address inside TLS: its encrypted session's scoped range is
+// mapped to it, for that client only.
+func TestNATFTPS(t *testing.T) {
+	needNATLab(t)
+	x := in("inet", curl("internet curl explicit FTPS to the DMZ", "ftp://"+public4+":2141/file.bin", "--ssl-reqd", "--insecure"))
+	setNATRuleset(t, "kernel")
+	if err := x.run(t); err == nil {
+		t.Error("FTPS through the port forward worked with the kernel helper")
+	}
+	setNATRuleset(t, "ftpgate")
+	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122,2141", "--ftps-passive-ports", "198.51.100.2=41000-41999")
+	if err := x.run(t); err != nil {
+		t.Fatalf("FTPS through the port forward: %v", err)
+	}
+	r := d.waitLog(t, 5*time.Second, "scoped range open", "ports", "41000-41999")
+	if fmt.Sprint(r["public"]) != public4 {
+		t.Errorf("scoped range not mapped from the public address: %v", r)
+	}
+	waitNATClean(t, 10*time.Second)
 }

@@ -91,6 +91,14 @@ up() {
 	serve "$D" dmz-2121 2121
 	# vsftpd announces 0,0,0,0 for pasv_address on an IPv6 socket: IPv4 only.
 	serve "$D" dmz-2122 2122 pasv_address=203.0.113.1 listen=YES listen_ipv6=NO
+	# An FTPS server behind the port forward, announcing the public
+	# address (inside TLS), on a passive range of its own.
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$DIR/ftps.key" -out "$DIR/ftps.crt" \
+		-days 2 -subj "/CN=203.0.113.1" >/dev/null 2>&1
+	chmod 600 "$DIR/ftps.key"
+	serve "$D" dmz-2141 2141 pasv_address=203.0.113.1 listen=YES listen_ipv6=NO ssl_enable=YES allow_anon_ssl=YES \
+		force_anon_logins_ssl=YES force_anon_data_ssl=YES rsa_cert_file="$DIR/ftps.crt" rsa_private_key_file="$DIR/ftps.key" \
+		require_ssl_reuse=NO ssl_ciphers=HIGH pasv_min_port=41000 pasv_max_port=41999
 	ruleset ftpgate
 }
 
@@ -115,7 +123,7 @@ flush ruleset
 table inet nat {
 	chain dstnat {
 		type nat hook prerouting priority dstnat;
-		iifname "wan" ip daddr 203.0.113.1 tcp dport { 21, 2121, 2122 } dnat ip to 198.51.100.2
+		iifname "wan" ip daddr 203.0.113.1 tcp dport { 21, 2121, 2122, 2141 } dnat ip to 198.51.100.2
 		iifname "wan" ip6 daddr 2001:db8:3::1 tcp dport { 21, 2121, 2122 } dnat ip6 to 2001:db8:2::2
 	}
 	chain srcnat {
@@ -133,7 +141,7 @@ table inet filter {
 		type filter hook forward priority filter; policy drop;
 		ct state established accept
 		$admit
-		tcp dport { 21, 2121, 2122 } ct state new accept
+		tcp dport { 21, 2121, 2122, 2141 } ct state new accept
 		meta l4proto { icmp, ipv6-icmp } accept
 		tcp flags syn / syn,ack counter name dropped_syn
 	}
