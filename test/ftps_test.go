@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -181,4 +182,95 @@ func TestFTPSCCC(t *testing.T) {
 		t.Errorf("%d exact pinholes after CCC, want 2", n)
 	}
 	d.waitLog(t, 5*time.Second, "channel closed", "reason", "data connection started")
+}
+
+// TestFTPSLoad: many concurrent FTPS sessions from several client hosts
+// (FTPS_LOAD_HOSTS hosts, two sessions each, FTPS_LOAD_TRANSFERS
+// transfers per session; 8 and 10 by default) through ftpgate: none
+// fails, no data SYN is dropped, and every scoped range is gone after.
+func TestFTPSLoad(t *testing.T) {
+	needLab(t)
+	setRuleset(t, "ftpgate")
+	hosts, transfers := envInt("FTPS_LOAD_HOSTS", 8), envInt("FTPS_LOAD_TRANSFERS", 10)
+	var addrs []string
+	for i := range hosts {
+		a := fmt.Sprintf("192.0.2.%d", 100+i)
+		if out, err := exec.Command("ip", "-n", ns("client"), "addr", "replace", a+"/24", "dev", lab+"-c0").CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v %s", a, err, out)
+		}
+		addrs = append(addrs, a)
+		defer exec.Command("ip", "-n", ns("client"), "addr", "del", a+"/24", "dev", lab+"-c0").Run()
+	}
+	sock := t.TempDir() + "/status.sock"
+	d := startFtpgate(t, append(ftpsArgs, "--status-socket", sock)...)
+	before := droppedSYNs(t, "dropped_syn")
+	start := time.Now()
+	type result struct {
+		ok  int
+		err error
+	}
+	results := make(chan result, 2*hosts)
+	for _, a := range addrs {
+		for range 2 {
+			go func() {
+				// ftplib binds the control connection to the host's address.
+				script := fmt.Sprintf(`import ftplib,ssl,sys
+ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE
+f=ftplib.FTP_TLS(context=ctx, timeout=20, source_address=(%q,0)); f.connect(%q,2141); f.auth(); f.login(); f.prot_p()
+ok=0
+for _ in range(%d):
+    try:
+        f.retrbinary("RETR file.bin", lambda b: None); ok+=1
+    except Exception as e:
+        print("failed", e, file=sys.stderr)
+f.quit(); print(ok)`, a, server4, transfers)
+				ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+				defer cancel()
+				out, err := inNS(ctx, "client", "python3", "-c", script).CombinedOutput()
+				var n int
+				fmt.Sscan(lastLine(string(out)), &n)
+				if err != nil {
+					err = fmt.Errorf("%v: %s", err, out)
+				}
+				results <- result{n, err}
+			}()
+		}
+	}
+	total := 0
+	for range 2 * hosts {
+		r := <-results
+		if r.err != nil {
+			t.Error(r.err)
+		}
+		total += r.ok
+	}
+	elapsed := time.Since(start)
+	want := 2 * hosts * transfers
+	if total != want {
+		t.Errorf("%d of %d FTPS transfers succeeded", total, want)
+	}
+	if after := droppedSYNs(t, "dropped_syn"); after != before {
+		t.Errorf("the gateway dropped %d SYNs under the load", after-before)
+	}
+	opened := len(d.find("scoped range open"))
+	t.Logf("%d FTPS sessions from %d hosts, %d transfers in %v (%.0f/s); %d scoped ranges opened",
+		2*hosts, hosts, total, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds(), opened)
+	if opened != 2*hosts {
+		t.Errorf("%d scoped ranges opened for %d sessions", opened, 2*hosts)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for scopedElements(t) != "" && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if left := scopedElements(t); left != "" {
+		t.Errorf("left after the load: %s", left)
+	}
+}
+
+func envInt(name string, def int) int {
+	var n int
+	if _, err := fmt.Sscan(os.Getenv(name), &n); err == nil && n > 0 {
+		return n
+	}
+	return def
 }
