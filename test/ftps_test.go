@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -188,9 +189,18 @@ func TestFTPSCCC(t *testing.T) {
 // (FTPS_LOAD_HOSTS hosts, two sessions each, FTPS_LOAD_TRANSFERS
 // transfers per session; 8 and 10 by default) through ftpgate: none
 // fails, no data SYN is dropped, and every scoped range is gone after.
+// With FTPS_LOAD_STATIC=1 the same load runs without ftpgate through a
+// ruleset that opens the passive range to everyone, the comparison in
+// docs/PERFORMANCE.md.
 func TestFTPSLoad(t *testing.T) {
 	needLab(t)
-	setRuleset(t, "ftpgate")
+	static := os.Getenv("FTPS_LOAD_STATIC") == "1"
+	if static {
+		setRuleset(t, "ftps-static")
+		defer setRuleset(t, "ftpgate")
+	} else {
+		setRuleset(t, "ftpgate")
+	}
 	hosts, transfers := envInt("FTPS_LOAD_HOSTS", 8), envInt("FTPS_LOAD_TRANSFERS", 10)
 	var addrs []string
 	for i := range hosts {
@@ -201,8 +211,10 @@ func TestFTPSLoad(t *testing.T) {
 		addrs = append(addrs, a)
 		defer exec.Command("ip", "-n", ns("client"), "addr", "del", a+"/24", "dev", lab+"-c0").Run()
 	}
-	sock := t.TempDir() + "/status.sock"
-	d := startFtpgate(t, append(ftpsArgs, "--status-socket", sock)...)
+	var d *daemon
+	if !static {
+		d = startFtpgate(t, append(ftpsArgs, "--status-socket", t.TempDir()+"/status.sock")...)
+	}
 	before := droppedSYNs(t, "dropped_syn")
 	start := time.Now()
 	type result struct {
@@ -252,9 +264,14 @@ f.quit(); print(ok)`, a, server4, transfers)
 	if after := droppedSYNs(t, "dropped_syn"); after != before {
 		t.Errorf("the gateway dropped %d SYNs under the load", after-before)
 	}
+	t.Logf("%d FTPS sessions from %d hosts, %d transfers in %v (%.0f/s)",
+		2*hosts, hosts, total, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds())
+	if static {
+		return
+	}
+	t.Logf("ftpgate: %s", processCost(d.cmd.Process.Pid))
 	opened := len(d.find("scoped range open"))
-	t.Logf("%d FTPS sessions from %d hosts, %d transfers in %v (%.0f/s); %d scoped ranges opened",
-		2*hosts, hosts, total, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds(), opened)
+	t.Logf("%d scoped ranges opened", opened)
 	if opened != 2*hosts {
 		t.Errorf("%d scoped ranges opened for %d sessions", opened, 2*hosts)
 	}
@@ -265,6 +282,26 @@ f.quit(); print(ok)`, a, server4, transfers)
 	if left := scopedElements(t); left != "" {
 		t.Errorf("left after the load: %s", left)
 	}
+}
+
+// processCost reads a process's CPU time and peak resident memory.
+func processCost(pid int) string {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return err.Error()
+	}
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+	var ut, st float64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	hwm := ""
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "VmHWM:") {
+			hwm = strings.TrimSpace(l[6:])
+		}
+	}
+	return fmt.Sprintf("CPU %.2f s (user %.2f, system %.2f), peak RSS %s", (ut+st)/100, ut/100, st/100, hwm)
 }
 
 func envInt(name string, def int) int {

@@ -129,8 +129,13 @@ ruleset() {
 		helper='tcp dport { 21, 2141, 2142, 990 } ct state new ct helper set "ftp-standard"'
 		admit='ct state related accept'
 		;;
+	ftps-static)
+		# What an admin does without a helper that sees FTPS: the
+		# server's whole passive range open to everyone, permanently.
+		loose='tcp dport 41000-41999 ct state new accept'
+		;;
 	none) ;;
-	*) echo "ruleset: want ftpgate, loose, kernel or none" >&2; exit 2 ;;
+	*) echo "ruleset: want ftpgate, loose, kernel, ftps-static or none" >&2; exit 2 ;;
 	esac
 	nsx "$G" nft -f - <<EOF
 flush ruleset
@@ -171,5 +176,5 @@ down) down ;;
 ruleset) ruleset "${2:-ftpgate}" ;;
 ns) case ${2:-} in client) echo "$C" ;; gw | gateway) echo "$G" ;; server) echo "$S" ;; *) exit 2 ;; esac ;;
 dir) echo "$DIR" ;;
-*) echo "usage: $0 up | down | ruleset ftpgate|loose|kernel|none | ns client|gw|server | dir" >&2; exit 2 ;;
+*) echo "usage: $0 up | down | ruleset ftpgate|loose|kernel|ftps-static|none | ns client|gw|server | dir" >&2; exit 2 ;;
 esac
