@@ -5,7 +5,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 # command:package pairs the tests and the demo need.
 TOOLS := vsftpd:vsftpd nft:nftables curl:curl lftp:lftp ip:iproute2 tcpdump:tcpdump \
-         python3:python3 setpriv:util-linux ss:iproute2
+         python3:python3 setpriv:util-linux ss:iproute2 chromium:chromium
 
 .PHONY: build test unit demo bench fuzz deps clean install uninstall
 

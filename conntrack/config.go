@@ -92,6 +92,16 @@ type Config struct {
 	Logger      *slog.Logger
 	// OnChannel, if set, receives every announced channel with its verdict.
 	OnChannel func(Channel)
+	// OnLine, OnChannelClosed and OnSessionEnd, if set, receive the rest
+	// of each session's story, for reports (observe.go).
+	OnLine          func(ControlLine)
+	OnChannelClosed func(ChannelClosed)
+	OnSessionEnd    func(SessionEnd)
+	// ConsumeOnSYN makes a data SYN the tracker sees use its pinhole, as
+	// the kernel's rule would: for analyze, where no kernel does. Each
+	// such SYN goes to OnDataSYN.
+	ConsumeOnSYN bool
+	OnDataSYN    func(DataSYN)
 }
 
 func (c *Config) setDefaults() {

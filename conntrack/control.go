@@ -2,6 +2,7 @@ package conntrack
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ftpgate/ftpgate/parser"
@@ -121,6 +122,7 @@ func (s *Session) gap(d int) {
 }
 
 func (s *Session) clientLine(l line) {
+	s.observeLine(false, l.text)
 	cmd, err := parser.ParseCommand(l.text)
 	if cmd.Verb.IsData() {
 		// A new data command supersedes every pinhole not yet used.
@@ -144,6 +146,7 @@ func (s *Session) clientLine(l line) {
 }
 
 func (s *Session) serverLine(l line) {
+	s.observeLine(true, l.text)
 	rl := parser.ParseReplyLine(l.text)
 	r := &s.reply
 	if r.inMulti {
@@ -197,6 +200,26 @@ func (s *Session) scanReply(text []byte) {
 
 // passiveVerbs are the commands whose reply announces an address.
 var passiveVerbs = map[int]parser.Verb{227: parser.VerbPASV, 228: parser.VerbLPSV, 229: parser.VerbEPSV}
+
+// commandWords names a command in a reason, for people: no internal
+// names.
+func commandWords(c pendingCommand) string {
+	switch {
+	case c.verb == parser.VerbOther:
+		return "a command that asks for no data connection"
+	case c.verb == parser.VerbEPSV && c.cmd.All:
+		return "EPSV ALL"
+	}
+	return verbWords(c.verb)
+}
+
+// verbWords is a verb with its article: "a PASV", "an EPSV".
+func verbWords(v parser.Verb) string {
+	if n := v.String(); strings.IndexByte("AEIOLFHMNRSX", n[0]) >= 0 {
+		return "an " + n
+	}
+	return "a " + v.String()
+}
 
 // finalLine handles the last line of a reply.
 func (s *Session) finalLine(code int) {
@@ -291,8 +314,8 @@ func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, s
 		// Only a PASV asks for a 227. The server sent one nobody asked
 		// for, or ftpgate has miscounted; either way the next replies
 		// cannot be trusted to answer the next commands.
-		s.host.refuse(s, ch, fmt.Sprintf("%d reply answers %s, not %s", code, cmd.verb, verb))
-		s.pair.outOfStep(s, fmt.Sprintf("a %d reply answered %s", code, cmd.verb))
+		s.host.refuse(s, ch, fmt.Sprintf("%d reply answers %s, not %s", code, commandWords(cmd), verbWords(verb)))
+		s.pair.outOfStep(s, fmt.Sprintf("a %d reply answered %s", code, commandWords(cmd)))
 	default:
 		s.host.decide(s, ch, s.Server.Addr())
 	}
@@ -315,4 +338,5 @@ func (s *Session) end(reason string) {
 	s.host.closeSessionPinholes(s, reason)
 	s.host.closeScoped(s, reason)
 	s.host.encryptedRecord(s)
+	s.observeEnd(reason)
 }

@@ -435,6 +435,7 @@ func (t *Tracker) unmap(p *pinhole) {
 // kernel's use, or the timeout), which may be a little earlier.
 func (t *Tracker) logClosed(level slog.Level, p *pinhole, reason string, at time.Time) {
 	t.stats.ClosedBy[closeKind(reason)]++
+	t.observeClosed(p, reason, at)
 	if !t.log.Enabled(context.Background(), level) {
 		return
 	}
@@ -444,10 +445,11 @@ func (t *Tracker) logClosed(level slog.Level, p *pinhole, reason string, at time
 }
 
 func (t *Tracker) logUsedAfterClose(p *pinhole) {
+	t.observeClosed(p, reasonUsedAfterClose, t.now)
 	if t.log.Enabled(context.Background(), slog.LevelInfo) {
 		t.log.Info("channel used", "session", p.channel.Session, "command", p.channel.Command.String(),
 			"orig_h", p.key.Peer.String(), "resp_h", p.key.Addr.String(), "resp_p", p.key.Port,
-			"reason", "its data connection had started before ftpgate closed it", "at", t.now.UTC().Format(time.RFC3339Nano))
+			"reason", reasonUsedAfterClose, "at", t.now.UTC().Format(time.RFC3339Nano))
 	}
 }
 

@@ -44,9 +44,9 @@ func TestRefusals(t *testing.T) {
 		{"227 without PASV", [][2]string{{"s", "227 Entering Passive Mode (198,51,100,20,200,1)"}},
 			"227 reply without a PASV from the client"},
 		{"227 answering something else", [][2]string{{"c", "NOOP"}, {"s", "227 Entering Passive Mode (198,51,100,20,200,1)"}},
-			"227 reply answers OTHER, not PASV"},
+			"227 reply answers a command that asks for no data connection, not a PASV"},
 		{"229 to EPSV ALL", [][2]string{{"c", "EPSV ALL"}, {"s", "229 Entering Extended Passive Mode (|||50000|)"}},
-			"229 reply answers EPSV, not EPSV"},
+			"229 reply answers EPSV ALL, not an EPSV"},
 		{"227 to a low port", [][2]string{{"c", "PASV"}, {"s", "227 Entering Passive Mode (198,51,100,20,0,22)"}},
 			"announced port 22 is below the minimum data port 1024"},
 	}

@@ -139,6 +139,9 @@ func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ts time.Time) 
 	}
 	if !t.controls[seg.src.Port()] && !t.controls[seg.dst.Port()] {
 		t.stats.NotControl++
+		if t.cfg.ConsumeOnSYN {
+			t.consumeOnSYN(seg)
+		}
 		return
 	}
 	key := makeConnKey(seg.src, seg.dst)

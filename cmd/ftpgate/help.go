@@ -18,7 +18,7 @@ type command struct {
 var (
 	runCommand     = command{"run", "ftpgate run [flags]", runDescription, func() *flag.FlagSet { return newRunVars().fs }}
 	statusCommand  = command{"status", "ftpgate status [flags]", statusDescription, statusFlags}
-	analyzeCommand = command{"analyze", "ftpgate analyze [flags] FILE", analyzeDescription, analyzeFlags}
+	analyzeCommand = command{"analyze", "ftpgate analyze [flags] CAPTURE...", analyzeDescription, analyzeFlags}
 	commands       = []command{runCommand, statusCommand, analyzeCommand}
 )
 
