@@ -2,130 +2,22 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/log"
-	"github.com/chromedp/cdproto/network"
-	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/ftpgate/ftpgate/internal/browsertest"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 )
-
-// browser is a headless Chromium driven over the DevTools protocol,
-// recording what a page logs as an error and every request it makes.
-type browser struct {
-	ctx      context.Context
-	mu       sync.Mutex
-	errors   []string
-	requests []string
-}
-
-// chromium is Debian's Chromium; make test installs it.
-const chromium = "/usr/bin/chromium"
-
-func newBrowser(t *testing.T) *browser {
-	t.Helper()
-	path := os.Getenv("CHROMIUM")
-	if path == "" {
-		path = chromium
-	}
-	if _, err := exec.LookPath(path); err != nil {
-		t.Skipf("skipping: no Chromium at %s (make test installs Debian's chromium; CHROMIUM names another)", path)
-	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1000, 900))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancel := chromedp.NewContext(actx)
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	t.Cleanup(func() { cancelTimeout(); cancel(); cancelAlloc() })
-	b := &browser{ctx: ctx}
-	err := chromedp.Listen(ctx, func(ev any) {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		switch ev := ev.(type) {
-		case *runtime.EventExceptionThrown:
-			b.errors = append(b.errors, "exception: "+ev.ExceptionDetails.Text)
-		case *runtime.EventConsoleAPICalled:
-			if ev.Type == runtime.ConsoleAPICalledTypeError || ev.Type == runtime.ConsoleAPICalledTypeWarning {
-				b.errors = append(b.errors, fmt.Sprintf("console.%s", ev.Type))
-			}
-		case *log.EventEntryAdded:
-			if ev.Entry.Level == log.EntryLevelError || ev.Entry.Level == log.EntryLevelWarning {
-				b.errors = append(b.errors, "log: "+ev.Entry.Text)
-			}
-		case *network.EventRequestWillBeSent:
-			b.requests = append(b.requests, ev.Request.URL)
-		}
-	})
-	if err != nil {
-		t.Fatalf("starting Chromium: %v", err)
-	}
-	return b
-}
-
-// open loads a file and returns how long it took to its load event.
-func (b *browser) open(t *testing.T, file string) time.Duration {
-	t.Helper()
-	b.mu.Lock()
-	b.errors, b.requests = nil, nil
-	b.mu.Unlock()
-	abs, _ := filepath.Abs(file)
-	start := time.Now()
-	if err := chromedp.Do(b.ctx, chromedp.Navigate("file://"+abs)); err != nil {
-		t.Fatalf("loading %s: %v", file, err)
-	}
-	return time.Since(start)
-}
-
-// eval runs a JavaScript expression on the page.
-func eval[T any](t *testing.T, b *browser, js string) T {
-	t.Helper()
-	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](js))
-	if err != nil {
-		t.Fatalf("%s: %v", js, err)
-	}
-	return v
-}
-
-func (b *browser) count(t *testing.T, selector string) int {
-	t.Helper()
-	return eval[int](t, b, fmt.Sprintf("document.querySelectorAll(%q).length", selector))
-}
-
-func (b *browser) text(t *testing.T, selector string) string {
-	t.Helper()
-	return eval[string](t, b, fmt.Sprintf("(document.querySelector(%q)||{}).textContent||''", selector))
-}
-
-// clean fails the test for any error the page logged and any request
-// beyond the page itself: the report must need nothing from outside.
-func (b *browser) clean(t *testing.T, file string) {
-	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, e := range b.errors {
-		t.Errorf("%s: the page logged %s", file, e)
-	}
-	for _, r := range b.requests {
-		if !strings.HasSuffix(r, filepath.Base(file)) {
-			t.Errorf("%s: the page requested %s", file, r)
-		}
-	}
-}
 
 // analyzeHTML writes the report of captures and returns its path and
 // analyze's JSON records.
@@ -182,14 +74,14 @@ func TestReportSelfContained(t *testing.T) {
 // per announcement, the data arrows in the direction the data went, a
 // refusal with its reason, no errors, nothing fetched.
 func TestReportInBrowser(t *testing.T) {
-	b := newBrowser(t)
+	b := browsertest.New(t)
 	captures, _ := filepath.Glob(filepath.Join("testdata", "*.pcap"))
 	shared, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "ftp-captures", "*.pcap*"))
 	for _, c := range append(captures, shared...) {
 		t.Run(filepath.Base(c), func(t *testing.T) {
 			file, recs := analyzeHTML(t, c)
-			b.open(t, file)
-			b.clean(t, file)
+			b.Open(t, file)
+			b.Clean(t, file)
 			sessions, channels, refused := map[string]bool{}, 0, 0
 			for _, r := range recs {
 				sessions[r["session"].(string)] = true
@@ -200,16 +92,16 @@ func TestReportInBrowser(t *testing.T) {
 					}
 				}
 			}
-			if got := b.count(t, "details.session"); got < len(sessions) {
+			if got := b.Count(t, "details.session"); got < len(sessions) {
 				t.Errorf("%d sessions drawn, want at least the %d with a record", got, len(sessions))
 			}
-			if got, _ := strconv.Atoi(b.text(t, "#n-channels")); got != channels {
+			if got, _ := strconv.Atoi(b.Text(t, "#n-channels")); got != channels {
 				t.Errorf("summary: %d channels, analyze reported %d", got, channels)
 			}
-			if got := b.count(t, "g.decision"); got != channels {
+			if got := b.Count(t, "g.decision"); got != channels {
 				t.Errorf("%d decisions drawn, want %d", got, channels)
 			}
-			if got := b.count(t, "g.decision.refused[data-reason]"); got != refused {
+			if got := b.Count(t, "g.decision.refused[data-reason]"); got != refused {
 				t.Errorf("%d refusals drawn with a reason, want %d", got, refused)
 			}
 		})
@@ -228,40 +120,40 @@ func TestReportManySessions(t *testing.T) {
 	if len(recs) != n {
 		t.Fatalf("analyze reported %d channels, want %d", len(recs), n)
 	}
-	b := newBrowser(t)
-	took := b.open(t, file)
+	b := browsertest.New(t)
+	took := b.Open(t, file)
 	t.Logf("%d-session report: %d KiB, loaded in %v", n, fileSize(t, file)/1024, took.Round(time.Millisecond))
 	if took > 2*time.Second {
 		t.Errorf("the %d-session report took %v to load, want under 2 s", n, took)
 	}
-	b.clean(t, file)
+	b.Clean(t, file)
 	for sel, want := range map[string]string{"#n-sessions": "1000", "#n-channels": "1000", "#n-passive": "500", "#n-active": "500",
 		"#n-refused": "250", "#n-started": "500", "#n-dropped": "250", "#n-unused": "250"} {
-		if got := b.text(t, sel); got != want {
+		if got := b.Text(t, sel); got != want {
 			t.Errorf("summary %s = %q, want %q", sel, got, want)
 		}
 	}
-	if got := b.count(t, "details.session"); got != n {
+	if got := b.Count(t, "details.session"); got != n {
 		t.Errorf("%d sessions on the page, want %d", got, n)
 	}
 	// Passive: the client connects to the server; active: the server
 	// connects back to the client.
-	if got := b.count(t, "details.mode-passive g.data-conn.started[data-direction=client-to-server]"); got != 250 {
+	if got := b.Count(t, "details.mode-passive g.data-conn.started[data-direction=client-to-server]"); got != 250 {
 		t.Errorf("%d passive data connections drawn client to server, want 250", got)
 	}
-	if got := b.count(t, "details.mode-passive g.data-conn[data-direction=server-to-client]"); got != 0 {
+	if got := b.Count(t, "details.mode-passive g.data-conn[data-direction=server-to-client]"); got != 0 {
 		t.Errorf("%d passive data connections drawn server to client", got)
 	}
-	if got := b.count(t, "details.mode-active g.data-conn.started[data-direction=server-to-client]"); got != 250 {
+	if got := b.Count(t, "details.mode-active g.data-conn.started[data-direction=server-to-client]"); got != 250 {
 		t.Errorf("%d active data connections drawn server to client, want 250", got)
 	}
-	if got := b.count(t, "details.mode-active g.data-conn.dropped[data-direction=server-to-client]"); got != 250 {
+	if got := b.Count(t, "details.mode-active g.data-conn.dropped[data-direction=server-to-client]"); got != 250 {
 		t.Errorf("%d dropped bounce connections drawn, want 250", got)
 	}
-	if got := eval[int](t, b, `[...document.querySelectorAll('g.data-conn.dropped')].filter(g => g.textContent.includes('2 SYNs')).length`); got != 250 {
+	if got := browsertest.Eval[int](t, b, `[...document.querySelectorAll('g.data-conn.dropped')].filter(g => g.textContent.includes('2 SYNs')).length`); got != 250 {
 		t.Errorf("%d dropped connections counted with their retransmission, want 250", got)
 	}
-	reason := eval[string](t, b, `document.querySelector('g.decision.refused').getAttribute('data-reason')`)
+	reason := browsertest.Eval[string](t, b, `document.querySelector('g.decision.refused').getAttribute('data-reason')`)
 	if !strings.Contains(reason, "announced address 203.0.113.5") && !strings.Contains(reason, "203.0.113.5") {
 		t.Errorf("refusal reason %q does not say what was announced", reason)
 	}
@@ -271,30 +163,30 @@ func TestReportManySessions(t *testing.T) {
 	}
 	// One page of 50 is shown at a time; next shows the second.
 	const visibleSessions = `[...document.querySelectorAll('details.session')].filter(e => e.offsetParent !== null).length`
-	visible := eval[int](t, b, visibleSessions)
+	visible := browsertest.Eval[int](t, b, visibleSessions)
 	if visible != 50 {
 		t.Errorf("%d sessions visible on the first page, want 50", visible)
 	}
-	if err := chromedp.Do(b.ctx, chromedp.Click(chromedp.CSS("#next"))); err != nil {
+	if err := chromedp.Do(b.Ctx, chromedp.Click(chromedp.CSS("#next"))); err != nil {
 		t.Fatal(err)
 	}
-	if got := b.text(t, "#pageno"); got != "page 2 of 20" {
+	if got := b.Text(t, "#pageno"); got != "page 2 of 20" {
 		t.Errorf("after next: %q", got)
 	}
-	first := eval[string](t, b, `[...document.querySelectorAll('details.session')].find(e => e.offsetParent !== null).dataset.session`)
+	first := browsertest.Eval[string](t, b, `[...document.querySelectorAll('details.session')].find(e => e.offsetParent !== null).dataset.session`)
 	if first == "" || first == recs[0]["session"] {
 		t.Errorf("page 2 starts with %q", first)
 	}
 	// The filter shows the active sessions of every page.
-	if err := chromedp.Do(b.ctx, chromedp.SetValue(chromedp.CSS("#filter"), "active")); err != nil {
+	if err := chromedp.Do(b.Ctx, chromedp.SetValue(chromedp.CSS("#filter"), "active")); err != nil {
 		t.Fatal(err)
 	}
-	eval[bool](t, b, `document.getElementById('filter').dispatchEvent(new Event('change'))`)
-	visible = eval[int](t, b, visibleSessions)
+	browsertest.Eval[bool](t, b, `document.getElementById('filter').dispatchEvent(new Event('change'))`)
+	visible = browsertest.Eval[int](t, b, visibleSessions)
 	if visible != 500 {
 		t.Errorf("%d sessions shown by the active filter, want 500", visible)
 	}
-	b.clean(t, file)
+	b.Clean(t, file)
 }
 
 func fileSize(t *testing.T, f string) int64 {

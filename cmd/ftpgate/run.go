@@ -32,6 +32,7 @@ type runVars struct {
 	ff                                                                      ftpsFlags
 	m                                                                       mark
 	ifaces, table, capture, cpuProfile, metricsListen, statusSocket, config *string
+	reportDir                                                               *string
 	queueNum, nflogGroup                                                    *uint
 	commitDelay                                                             *time.Duration
 }
@@ -52,6 +53,7 @@ func newRunVars() *runVars {
 	rv.ff.register(fs)
 	rv.metricsListen = fs.String("metrics-listen", "", "`address` (host:port) on which to serve Prometheus metrics at /metrics; empty: off")
 	rv.statusSocket = fs.String("status-socket", DefaultStatusSocket, "unix socket `path` on which ftpgate status is answered (mode 0600: root only); empty: none")
+	rv.reportDir = fs.String("report", "", "`directory` in which to keep index.html, a report of what ftpgate sees and decides (a sequence diagram per session, as analyze --html draws them), rewritten every 2 s; for labs and classes. Passwords are not shown. Empty: off")
 	rv.nflogGroup = fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
 	return rv
 }
@@ -253,6 +255,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	cfg.ConfirmAdmitted = true
 	line := fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value)
 	warnRuleset(fw, line, log)
+	if *rv.reportDir != "" {
+		finish, err := startReport(ctx, *rv.reportDir, &cfg, log)
+		if err != nil {
+			return err
+		}
+		defer finish()
+	}
 	var tr *conntrack.Tracker
 	met := newMetrics(func() conntrack.Stats { return tr.Snapshot() })
 	tr = conntrack.NewTracker(cfg, timedBackend{fw, met.commitTime})
