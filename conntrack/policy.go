@@ -32,7 +32,12 @@ func (p Policy) Check(ch Channel, announcer ...netip.Addr) string {
 				ch.RespH, side, announcer[0], announcer[1])
 		}
 		reason := fmt.Sprintf("announced address %s is not the %s's control address %s", ch.RespH, side, announcer[0])
-		if natSuspected(ch.RespH, announcer[0]) {
+		if sameNetwork(ch.RespH, announcer[0]) {
+			// A NAT's inside and outside addresses are on different
+			// networks: a neighbour of the announcer is the target of a
+			// bounce.
+			reason += ": it names another host on the same network (an FTP bounce)"
+		} else if natSuspected(ch.RespH, announcer[0]) {
 			// The commonest cause by far: a host behind NAT writes its own
 			// address, which the far side cannot reach. (A bounce attack
 			// looks the same on the wire; either way it stays closed.)
@@ -44,6 +49,20 @@ func (p Policy) Check(ch Channel, announcer ...netip.Addr) string {
 		return fmt.Sprintf("announced port %d is below the minimum data port %d", ch.RespP, p.MinDataPort)
 	}
 	return ""
+}
+
+// sameNetwork reports whether two addresses share a /24 (IPv4) or a /64
+// (IPv6).
+func sameNetwork(a, b netip.Addr) bool {
+	if a.Is4() != b.Is4() || !a.IsValid() || !b.IsValid() {
+		return false
+	}
+	bits := 64
+	if a.Is4() {
+		bits = 24
+	}
+	pa, _ := a.Prefix(bits)
+	return pa.Contains(b)
 }
 
 // natSuspected reports whether an announced address that differs from

@@ -31,6 +31,8 @@ func TestRefusals(t *testing.T) {
 	}{
 		{"bounce: PORT to a third host", [][2]string{{"c", "PORT 203,0,113,5,200,1"}, {"s", "200 ok"}},
 			"announced address 203.0.113.5 is not the client's control address 192.0.2.10"},
+		{"bounce: PORT to the client's neighbour", [][2]string{{"c", "PORT 192,0,2,11,31,144"}, {"s", "200 ok"}},
+			"announced address 192.0.2.11 is not the client's control address 192.0.2.10: it names another host on the same network (an FTP bounce)"},
 		{"bounce: PORT to the server itself", [][2]string{{"c", "PORT 198,51,100,20,0,25"}, {"s", "200 ok"}},
 			"announced address 198.51.100.20 is not the client's control address"},
 		{"EPRT for another family", [][2]string{{"c", "EPRT |2|2001:db8::10|40000|"}, {"s", "200 ok"}},

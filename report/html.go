@@ -301,11 +301,11 @@ func drawDecision(b *strings.Builder, e event, y int) {
 	}
 	text := "refuses " + target + ": " + c.Reason
 	shown := text
-	if len(shown) > 110 {
-		shown = shown[:107] + "…"
+	if len(shown) > 125 {
+		shown = shown[:122] + "…"
 	}
 	fmt.Fprintf(b, `<g class="decision refused" data-target="%s" data-reason="%s"><title>%s</title><rect x="%d" y="%d" width="%d" height="26" rx="4"/><text x="%d" y="%d" text-anchor="middle">%s</text></g>`,
-		esc(target), esc(c.Reason), esc(text), xClient-100, y+4, xServer-xClient+200, xFirewall, y+21, esc(shown))
+		esc(target), esc(c.Reason), esc(text), xClient-58, y+4, xServer-xClient+116, xFirewall, y+21, esc(shown))
 }
 
 // drawData draws the data connection in the direction it went: from
@@ -386,7 +386,7 @@ g.announce text{font-weight:700}
 text.announced{fill:#7a3fb3}
 g.decision.opened rect{fill:#e6f4ea;stroke:#2e7d32}
 g.decision.refused rect{fill:#fdecee;stroke:#b00020}
-g.decision.refused text{fill:#b00020;font-weight:600}
+g.decision.refused text{fill:#b00020;font-weight:600;font-size:11px}
 g.data-conn line{stroke-width:3.5;stroke-dasharray:10 5}
 g.data-conn.mode-passive line{stroke:#1f5fbf}g.data-conn.mode-active line{stroke:#b35900}
 g.data-conn text{paint-order:stroke;stroke:#fff;stroke-width:4px;font-weight:600}

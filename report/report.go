@@ -68,6 +68,7 @@ type session struct {
 	id             string
 	client, server netip.AddrPort
 	start, end     time.Time
+	last           time.Time // of its latest event
 	endReason      string
 	events         []event
 	more           int // events not kept
@@ -202,6 +203,9 @@ func (r *Report) add(s *session, e event) bool {
 	if e.time.After(r.sum.last) {
 		r.sum.last = e.time
 	}
+	if e.time.After(s.last) {
+		s.last = e.time
+	}
 	n, limit := &s.others, 4*r.opt.MaxEvents
 	if e.kind == evLine {
 		n, limit = &s.lines, r.opt.MaxEvents
@@ -268,7 +272,9 @@ func (r *Report) Channel(c conntrack.Channel) {
 		}
 		s.refused++
 	}
-	r.add(s, event{kind: evDecision, time: c.Time, ch: c})
+	// Drawn when it was taken: an active-mode channel is announced by
+	// the command but decided at the server's reply.
+	r.add(s, event{kind: evDecision, time: later(c.Time, s.last), ch: c})
 	if len(r.byData) < 4*r.opt.MaxSessions {
 		r.byData[dataKey{c.OrigH, netip.AddrPortFrom(c.RespH, c.RespP)}] = &expected{s: s, ch: c}
 	}
@@ -351,6 +357,13 @@ func (r *Report) SessionEnd(e conntrack.SessionEnd) {
 	s := r.sessionFor(e.Session, e.Client, e.Server, e.Start)
 	s.start, s.end, s.endReason, s.ended = e.Start, e.End, e.Reason, true
 	r.add(s, event{kind: evEnd, time: e.End, text: e.Reason})
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // Changed reports whether anything was observed since the last write.
