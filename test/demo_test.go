@@ -37,10 +37,10 @@ func TestDemo(t *testing.T) {
 	}
 	with, rest, _ := strings.Cut(with, "4. What ftpgate")
 	for _, mode := range []string{"passive mode (the client connects)", "active mode (the server connects back)"} {
-		if n := regexp.MustCompile(regexp.QuoteMeta(mode) + `.*FAIL  \w`).FindAllString(without, -1); len(n) < 3 {
+		if n := regexp.MustCompile(regexp.QuoteMeta(mode)+`.*FAIL  \w`).FindAllString(without, -1); len(n) < 3 {
 			t.Errorf("without ftpgate: %d failed transfers in %s explained, want 3:\n%s", len(n), mode, without)
 		}
-		if n := regexp.MustCompile(regexp.QuoteMeta(mode) + `.*ok    262144 bytes`).FindAllString(with, -1); len(n) < 3 {
+		if n := regexp.MustCompile(regexp.QuoteMeta(mode)+`.*ok    262144 bytes`).FindAllString(with, -1); len(n) < 3 {
 			t.Errorf("with ftpgate: %d transfers in %s, want 3:\n%s", len(n), mode, with)
 		}
 	}
