@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -264,10 +265,19 @@ func TestAnalyzeTextFormat(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	out := stdout.String()
-	for _, want := range []string{"COMMAND", "PASV", "passive", "198.51.100.20:40687", "PORT", "active", "192.0.2.10:34877", "open"} {
+	for _, want := range []string{"CLIENT", "SERVER", "COMMAND", "PASV", "passive (client connects)", "198.51.100.20:40687", "PORT",
+		"active (server connects)", "192.0.2.10:34877", "would open", "192.0.2.10:37332  198.51.100.20:21"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text output lacks %q:\n%s", want, out)
 		}
+	}
+	// An encrypted session is a row of its own.
+	stdout.Reset()
+	if code := run([]string{"analyze", "--format", "text", filepath.Join("testdata", "crafted-auth-tls.pcap")}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if !regexp.MustCompile(`AUTH +encrypted +- +- +hidden +the control channel is encrypted \(explicit FTPS\)`).MatchString(stdout.String()) {
+		t.Errorf("no row for the encrypted session:\n%s", stdout.String())
 	}
 }
 

@@ -95,6 +95,19 @@ func (f *flow) close() {
 // crafted are the captures TestAnalyzeCraftedCaptures checks, and how to
 // write each.
 var crafted = map[string]func(f *flow){
+	// A passive transfer in clear text, then AUTH TLS and a TLS
+	// handshake: the report draws the encrypted stretch.
+	"crafted-auth-tls.pcap": func(f *flow) {
+		f.handshake()
+		f.send(false, "220 (vsFTPd 3.0.3)\r\n", false)
+		f.exchange("USER anonymous", "230 Login successful.")
+		f.exchange("PASV", "227 Entering Passive Mode (198,51,100,20,156,65).")
+		f.exchange("AUTH TLS", "234 Proceed with negotiation.")
+		f.send(true, "\x16\x03\x01\x00\x04\x01\x00\x00\x00", false)
+		f.send(false, "\x16\x03\x03\x00\x04\x02\x00\x00\x00", false)
+		f.send(true, "\x17\x03\x03\x00\x08PBSZ 0\r\n", false)
+		f.close()
+	},
 	// Picked up mid-session, at a segment that starts a line, both ways.
 	"crafted-pickup-line-boundary.pcap": func(f *flow) {
 		f.exchange("PASV", "227 Entering Passive Mode (198,51,100,20,156,65).")

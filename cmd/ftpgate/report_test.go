@@ -82,9 +82,12 @@ func TestReportInBrowser(t *testing.T) {
 			file, recs := analyzeHTML(t, c)
 			b.Open(t, file)
 			b.Clean(t, file)
-			sessions, channels, refused := map[string]bool{}, 0, 0
+			sessions, channels, refused, encrypted := map[string]bool{}, 0, 0, 0
 			for _, r := range recs {
 				sessions[r["session"].(string)] = true
+				if r["record"] == "encrypted" {
+					encrypted++
+				}
 				if r["record"] == nil {
 					channels++
 					if r["verdict"] == "refuse" {
@@ -103,6 +106,9 @@ func TestReportInBrowser(t *testing.T) {
 			}
 			if got := b.Count(t, "g.decision.refused[data-reason]"); got != refused {
 				t.Errorf("%d refusals drawn with a reason, want %d", got, refused)
+			}
+			if got := b.Count(t, "details.session[data-encrypted=true] rect.tls-band"); got != encrypted {
+				t.Errorf("%d encrypted stretches drawn, want %d", got, encrypted)
 			}
 		})
 	}
