@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"html"
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -67,7 +68,7 @@ func (r *Report) writeSummary(b *strings.Builder) {
 	b.WriteString("</table>")
 	if len(s.byCommand) > 0 {
 		b.WriteString(`<table class="counts" id="by-command"><tr><th>command</th><th>mode</th><th>channels</th></tr>`)
-		for _, c := range sortedKeys(s.byCommand) {
+		for _, c := range slices.Sorted(maps.Keys(s.byCommand)) {
 			mode := "active"
 			if c == "PASV" || c == "EPSV" || c == "LPSV" {
 				mode = "passive"
@@ -78,7 +79,7 @@ func (r *Report) writeSummary(b *strings.Builder) {
 	}
 	if len(s.refusedBy) > 0 {
 		b.WriteString(`<table class="counts" id="refusals"><tr><th>refused because</th><th>times</th></tr>`)
-		reasons := sortedKeys(s.refusedBy)
+		reasons := slices.Sorted(maps.Keys(s.refusedBy))
 		slices.SortStableFunc(reasons, func(x, y string) int { return s.refusedBy[y] - s.refusedBy[x] })
 		for _, reason := range reasons {
 			fmt.Fprintf(b, `<tr><td class="reason">%s</td><td>%d</td></tr>`, esc(reason), s.refusedBy[reason])
@@ -333,15 +334,6 @@ func drawData(b *strings.Builder, s *session, e event, y int) {
 	}
 	fmt.Fprintf(b, `<g class="data-conn dropped mode-%s" data-direction="%s" data-mode="%s" data-target="%s"><line x1="%d" x2="%d" y1="%d" y2="%d"/><path class="x" d="M%d %d l12 12 m0 -12 l-12 12"/><text x="%d" y="%d" text-anchor="middle">%s tries %s: dropped by the firewall%s</text></g>`,
 		mode, dir, mode, esc(target), fromX, xFirewall, y+24, y+24, xFirewall-6, y+18, xFirewall, y+13, esc(e.from.Addr().String()), esc(target), tries)
-}
-
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 func esc(s string) string { return html.EscapeString(s) }

@@ -154,16 +154,22 @@ var crafted = map[string]func(f *flow){
 	},
 }
 
-func writeCrafted(t *testing.T, name string, body func(*flow)) {
-	out, err := os.Create(filepath.Join("testdata", name))
+// createCapture creates an Ethernet pcap file, for the caller to close.
+func createCapture(t *testing.T, path string) (*pcapgo.Writer, *os.File) {
+	out, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer out.Close()
 	w := pcapgo.NewWriter(out)
 	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
 		t.Fatal(err)
 	}
+	return w, out
+}
+
+func writeCrafted(t *testing.T, name string, body func(*flow)) {
+	w, out := createCapture(t, filepath.Join("testdata", name))
+	defer out.Close()
 	body(&flow{t: t, w: w, client: netip.MustParseAddrPort("192.0.2.10:40123"), server: netip.MustParseAddrPort("198.51.100.20:21"),
 		cseq: 1000, sseq: 900000, ts: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)})
 }

@@ -15,8 +15,6 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/ftpgate/ftpgate/internal/browsertest"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 )
 
 // analyzeHTML writes the report of captures and returns its path and
@@ -217,15 +215,8 @@ func mustRead(t *testing.T, f string) []byte {
 // host) the server accepts, refused by ftpgate, whose connection is
 // attempted twice; passive (EPSV) never used.
 func writeManySessions(t *testing.T, path string, n int) {
-	out, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, out := createCapture(t, path)
 	defer out.Close()
-	w := pcapgo.NewWriter(out)
-	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
-		t.Fatal(err)
-	}
 	ts := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	syn := func(from, to netip.AddrPort) {
 		d := &flow{t: t, w: w, client: from, server: to, ts: ts}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
@@ -353,7 +354,7 @@ func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conn
 			}
 			values := flagValues(next.fs)
 			var live []string
-			for _, name := range sortedKeys(values) {
+			for _, name := range slices.Sorted(maps.Keys(values)) {
 				if running[name] == values[name] {
 					continue
 				}
@@ -391,15 +392,6 @@ func flagValues(fs *flag.FlagSet) map[string]string {
 	m := map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) { m[f.Name] = f.Value.String() })
 	return m
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 func natDesc(on bool, nf natFlags) string {
