@@ -489,4 +489,10 @@ connection in the kernel (DNAT, and SNAT where needed) before the far side
 sees the line. Add the ruleset line to your input chain too: proxied control
 connections arrive there. A restart of ftpgate ends proxied sessions.
 
+Logs: one line per session start and end, and per channel opened, refused
+or closed. In a channel's line, orig_h is the host that will open the data
+connection (the client in passive mode, the server in active mode) and
+resp_h:resp_p where it will connect: "orig_h may connect to resp_h:resp_p,
+once". --report DIR draws the same as a page for people.
+
 `
