@@ -51,9 +51,9 @@ test: deps
 	PATH=$$PATH:/usr/sbin:/sbin $(GO) test -count=1 -timeout 30m ./...
 
 unit:
-	$(GO) test -count=1 ./parser ./conntrack ./capture ./cmd/...
+	$(GO) test -count=1 ./parser ./conntrack ./capture ./report ./cmd/...
 
-# demo shows the main job on the lab: real transfers in every mode through a
+# demo shows the main job on the lab, for a student: real transfers in both modes through a
 # default-drop gateway, what was negotiated, opened and closed.
 demo: build deps
 	PATH=$$PATH:/usr/sbin:/sbin FTPGATE=$(CURDIR)/$(BIN) test/demo.sh

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ftpgate/ftpgate/conntrack"
 )
@@ -252,7 +253,12 @@ func rowHeight(e event) int {
 			return 40
 		}
 		return 24
-	case evDecision, evDataStarted, evDataDropped, evTLSStart, evTLSEnd:
+	case evDecision:
+		if e.ch.Verdict != conntrack.VerdictOpen {
+			return refusedHeight(e)
+		}
+		return 36
+	case evDataStarted, evDataDropped, evTLSStart, evTLSEnd:
 		return 36
 	}
 	return 28
@@ -267,10 +273,7 @@ func drawLine(b *strings.Builder, s *session, e event, y int) {
 	if e.announces.IsValid() {
 		cls += " announce"
 	}
-	shown := e.text
-	if len(shown) > 70 {
-		shown = shown[:67] + "…"
-	}
+	shown := truncate(e.text, 70)
 	fmt.Fprintf(b, `<g class="%s"><title>%s</title><line x1="%d" x2="%d" y1="%d" y2="%d" marker-end="url(#arrow)"/><text x="%d" y="%d" text-anchor="middle">%s</text>`,
 		cls, esc(e.text), x1, x2, y+18, y+18, xFirewall, y+13, esc(shown))
 	if e.announces.IsValid() {
@@ -300,13 +303,50 @@ func drawDecision(b *strings.Builder, e event, y int) {
 			esc(target), xClient-40, y+4, xServer-xClient+80, xFirewall, y+21, esc(text))
 		return
 	}
-	text := "refuses " + target + ": " + c.Reason
-	shown := text
-	if len(shown) > 125 {
-		shown = shown[:122] + "…"
+	text := refusalText(c)
+	first, second := splitLine(truncate(text, 220), 110)
+	fmt.Fprintf(b, `<g class="decision refused" data-target="%s" data-reason="%s"><title>%s</title><rect x="%d" y="%d" width="%d" height="%d" rx="4"/><text x="%d" y="%d" text-anchor="middle">%s</text>`,
+		esc(target), esc(c.Reason), esc(text), xClient-58, y+4, xServer-xClient+116, refusedHeight(e)-10, xFirewall, y+19, esc(first))
+	if second != "" {
+		fmt.Fprintf(b, `<text x="%d" y="%d" text-anchor="middle">%s</text>`, xFirewall, y+34, esc(second))
 	}
-	fmt.Fprintf(b, `<g class="decision refused" data-target="%s" data-reason="%s"><title>%s</title><rect x="%d" y="%d" width="%d" height="26" rx="4"/><text x="%d" y="%d" text-anchor="middle">%s</text></g>`,
-		esc(target), esc(c.Reason), esc(text), xClient-58, y+4, xServer-xClient+116, xFirewall, y+21, esc(shown))
+	b.WriteString("</g>")
+}
+
+// refusedHeight is the row of a refusal: two lines of text when long.
+func refusedHeight(e event) int {
+	if _, second := splitLine(truncate(refusalText(e.ch), 220), 110); second != "" {
+		return 50
+	}
+	return 36
+}
+
+func refusalText(c conntrack.Channel) string {
+	return "refuses " + netip.AddrPortFrom(c.RespH, c.RespP).String() + ": " + c.Reason
+}
+
+// truncate shortens s to at most n bytes, on a character boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+// splitLine breaks s in two at a space near its middle when it is longer
+// than n bytes.
+func splitLine(s string, n int) (string, string) {
+	if len(s) <= n {
+		return s, ""
+	}
+	mid := len(s) / 2
+	if i := strings.LastIndexByte(s[:mid+10], ' '); i > 0 {
+		return s[:i], s[i+1:]
+	}
+	return s, ""
 }
 
 // drawData draws the data connection in the direction it went: from

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/parser"
@@ -138,4 +139,16 @@ func FuzzReportLine(f *testing.F) {
 			t.Errorf("the line %q puts %q on the page", text, tag)
 		}
 	})
+}
+
+func TestTruncateKeepsCharacters(t *testing.T) {
+	s := strings.Repeat("é", 50)
+	for n := range 100 {
+		if got := truncate(s, n); !utf8.ValidString(got) || len(got) > n+len("…") {
+			t.Fatalf("truncate(%d) = %q", n, got)
+		}
+	}
+	if a, b := splitLine(strings.Repeat("word ", 40), 110); b == "" || len(a) > 110 {
+		t.Errorf("splitLine: %q / %q", a, b)
+	}
 }
