@@ -24,11 +24,36 @@ const (
 	headerH   = 58
 )
 
+// pageData is what one write of the report draws: a copy, so that drawing
+// does not hold the lock the tracker's hooks take.
+type pageData struct {
+	opt   Options
+	sum   summary
+	order []*session
+}
+
+// snapshot copies what a page needs. The caller holds r.mu.
+func (r *Report) snapshot() *pageData {
+	p := &pageData{opt: r.opt, sum: r.sum, order: make([]*session, len(r.order))}
+	p.sum.byMode, p.sum.byCommand, p.sum.refusedBy = maps.Clone(r.sum.byMode), maps.Clone(r.sum.byCommand), maps.Clone(r.sum.refusedBy)
+	for i, s := range r.order {
+		c := *s
+		c.events = slices.Clone(s.events)
+		p.order[i] = &c
+	}
+	return p
+}
+
 // WriteHTML writes the report: one page, no external resources.
 func (r *Report) WriteHTML(w io.Writer) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	p := r.snapshot()
 	r.changed = false
+	r.mu.Unlock()
+	return p.write(w)
+}
+
+func (r *pageData) write(w io.Writer) error {
 	var b strings.Builder
 	title := cmp.Or(r.opt.Title, "ftpgate: FTP sessions")
 	fmt.Fprintf(&b, `<!DOCTYPE html>
@@ -50,7 +75,7 @@ func (r *Report) WriteHTML(w io.Writer) error {
 	return err
 }
 
-func (r *Report) writeSummary(b *strings.Builder) {
+func (r *pageData) writeSummary(b *strings.Builder) {
 	s := &r.sum
 	b.WriteString(`<section id="summary"><h2>Summary</h2><table class="counts">`)
 	row := func(id, label string, n int) {
@@ -96,7 +121,7 @@ func (r *Report) writeSummary(b *strings.Builder) {
 	b.WriteString("</section>\n")
 }
 
-func (r *Report) writeSessions(b *strings.Builder) {
+func (r *pageData) writeSessions(b *strings.Builder) {
 	n := len(r.order)
 	pages := max(1, (n+r.opt.PageSize-1)/r.opt.PageSize)
 	fmt.Fprintf(b, `<section id="sessions" data-pages="%d"><h2>Sessions</h2>`, pages)
@@ -321,7 +346,7 @@ func refusedHeight(e event) int {
 	return 36
 }
 
-func refusalText(c conntrack.Channel) string {
+func refusalText(c *conntrack.Channel) string {
 	return "refuses " + netip.AddrPortFrom(c.RespH, c.RespP).String() + ": " + c.Reason
 }
 

@@ -33,6 +33,10 @@ type Options struct {
 	// PageSize is how many sessions one page of the report shows.
 	// Default 50.
 	PageSize int
+	// MaxTotalEvents bounds the events of all sessions together, and so
+	// the memory (a few hundred bytes each): beyond, the oldest sessions
+	// go. Default 100,000.
+	MaxTotalEvents int
 }
 
 // Report collects sessions. Its methods may be called from any
@@ -44,6 +48,7 @@ type Report struct {
 	order    []*session // by first observation
 	byData   map[dataKey]*expected
 	sum      summary
+	events   int // in all sessions
 	changed  bool
 	seq      int
 }
@@ -71,8 +76,9 @@ type session struct {
 	last           time.Time // of its latest event
 	endReason      string
 	events         []event
-	more           int // events not kept
-	lines, others  int // events kept, by kind
+	more           int       // events not kept
+	lines, others  int       // events kept, by kind
+	expects        []dataKey // its channels' entries in Report.byData
 	enc            *conntrack.EncryptedSession
 	active         int
 	passive        int
@@ -100,7 +106,7 @@ type event struct {
 	fromServer bool
 	text       string
 	announces  netip.AddrPort // a line's announcement, decoded
-	ch         conntrack.Channel
+	ch         *conntrack.Channel // decisions and data connections
 	wait       time.Duration // evDataStarted: since the pinhole opened
 	from       netip.AddrPort
 	tries      int // evDataDropped: SYNs seen
@@ -130,6 +136,9 @@ func New(o Options) *Report {
 	}
 	if o.PageSize <= 0 {
 		o.PageSize = 50
+	}
+	if o.MaxTotalEvents <= 0 {
+		o.MaxTotalEvents = 100_000
 	}
 	return &Report{opt: o, sessions: map[string]*session{}, byData: map[dataKey]*expected{},
 		sum: summary{byMode: map[string]int{}, byCommand: map[string]int{}, refusedBy: map[string]int{}}}
@@ -176,22 +185,39 @@ func (r *Report) evict() {
 	if len(r.order) < r.opt.MaxSessions {
 		return
 	}
-	victim := 0
+	r.evictOne(nil)
+}
+
+// evictOne drops the oldest ended session, else the oldest, never keep.
+// It reports whether it dropped one.
+func (r *Report) evictOne(keep *session) bool {
+	victim := -1
 	for i, s := range r.order {
+		if s == keep {
+			continue
+		}
+		if victim < 0 {
+			victim = i
+		}
 		if s.ended {
 			victim = i
 			break
 		}
 	}
+	if victim < 0 {
+		return false
+	}
 	s := r.order[victim]
 	r.order = append(r.order[:victim], r.order[victim+1:]...)
+	r.events -= len(s.events)
 	delete(r.sessions, s.id)
-	for k, e := range r.byData {
-		if e.s == s {
+	for _, k := range s.expects {
+		if e, ok := r.byData[k]; ok && e.s == s {
 			delete(r.byData, k)
 		}
 	}
 	r.sum.evicted++
+	return true
 }
 
 // add appends e to s's events, unless s has reached its bound; it
@@ -210,11 +236,17 @@ func (r *Report) add(s *session, e event) bool {
 	if e.kind == evLine {
 		n, limit = &s.lines, r.opt.MaxEvents
 	}
-	if *n >= limit {
+	for r.events >= r.opt.MaxTotalEvents {
+		if !r.evictOne(s) {
+			break
+		}
+	}
+	if *n >= limit || r.events >= r.opt.MaxTotalEvents {
 		s.more++
 		return false
 	}
 	*n++
+	r.events++
 	s.events = append(s.events, e)
 	return true
 }
@@ -274,9 +306,11 @@ func (r *Report) Channel(c conntrack.Channel) {
 	}
 	// Drawn when it was taken: an active-mode channel is announced by
 	// the command but decided at the server's reply.
-	r.add(s, event{kind: evDecision, time: later(c.Time, s.last), ch: c})
-	if len(r.byData) < 4*r.opt.MaxSessions {
-		r.byData[dataKey{c.OrigH, netip.AddrPortFrom(c.RespH, c.RespP)}] = &expected{s: s, ch: c}
+	r.add(s, event{kind: evDecision, time: later(c.Time, s.last), ch: &c})
+	if len(r.byData) < 4*r.opt.MaxSessions && len(s.expects) < r.opt.MaxEvents {
+		k := dataKey{c.OrigH, netip.AddrPortFrom(c.RespH, c.RespP)}
+		r.byData[k] = &expected{s: s, ch: c}
+		s.expects = append(s.expects, k)
 	}
 }
 
@@ -291,11 +325,11 @@ func (r *Report) ChannelClosed(c conntrack.ChannelClosed) {
 	}
 	if c.Started {
 		r.sum.started++
-		r.add(s, event{kind: evDataStarted, time: c.At, ch: c.Channel, wait: c.At.Sub(c.Channel.Time)})
+		r.add(s, event{kind: evDataStarted, time: c.At, ch: &c.Channel, wait: c.At.Sub(c.Channel.Time)})
 		return
 	}
 	r.sum.closedUnused++
-	r.add(s, event{kind: evClosedUnused, time: c.At, ch: c.Channel, text: c.Reason})
+	r.add(s, event{kind: evClosedUnused, time: c.At, ch: &c.Channel, text: c.Reason})
 }
 
 // DataSYN records a data connection attempt seen in a capture. Those
@@ -320,7 +354,7 @@ func (r *Report) DataSYN(d conntrack.DataSYN) {
 		return
 	}
 	r.sum.dropped++
-	if r.add(x.s, event{kind: evDataDropped, time: d.Time, ch: x.ch, from: d.From, tries: 1}) {
+	if r.add(x.s, event{kind: evDataDropped, time: d.Time, ch: &x.ch, from: d.From, tries: 1}) {
 		x.dropped = len(x.s.events)
 	}
 }

@@ -152,3 +152,86 @@ func TestTruncateKeepsCharacters(t *testing.T) {
 		t.Errorf("splitLine: %q / %q", a, b)
 	}
 }
+
+// fill gives r n sessions of a typical transfer each, numbered from
+// first.
+func fill(r *Report, first, n int) {
+	for i := first; i < first+n; i++ {
+		id := fmt.Sprintf("C%d", i)
+		for j, l := range []string{"220 (vsFTPd 3.0.3)", "USER anonymous", "230 Login successful.", "PASV",
+			"227 Entering Passive Mode (198,51,100,20,156,65).", "RETR file.bin", "150 Opening BINARY mode data connection.", "226 Transfer complete.", "QUIT", "221 Goodbye."} {
+			line(r, id, j, j%2 == 0, l)
+		}
+		ch := conntrack.Channel{Time: t0, Session: id, Command: parser.VerbPASV, Passive: true, OrigH: client.Addr(), RespH: server.Addr(),
+			RespP: 40001, Verdict: conntrack.VerdictOpen, Client: client, Server: server}
+		r.Channel(ch)
+		r.ChannelClosed(conntrack.ChannelClosed{Channel: ch, At: t0.Add(5 * time.Millisecond), Reason: "data connection started", Started: true})
+		r.SessionEnd(conntrack.SessionEnd{Session: id, Client: client, Server: server, Start: t0, End: t0.Add(time.Second), Reason: "control connection closed"})
+	}
+}
+
+// BenchmarkWriteHTML: the daemon's page at its bound (500 sessions),
+// written every 2 s while sessions come and go.
+func BenchmarkWriteHTML(b *testing.B) {
+	r := New(Options{MaxSessions: 500})
+	fill(r, 0, 500)
+	var buf bytes.Buffer
+	b.ReportAllocs()
+	for b.Loop() {
+		buf.Reset()
+		if err := r.WriteHTML(&buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(buf.Len())/1024, "KiB/page")
+}
+
+// BenchmarkSnapshot: how long a write holds the lock the tracker's hooks
+// take, at the daemon's bound.
+func BenchmarkSnapshot(b *testing.B) {
+	r := New(Options{MaxSessions: 500})
+	fill(r, 0, 500)
+	b.ReportAllocs()
+	for b.Loop() {
+		r.mu.Lock()
+		_ = r.snapshot()
+		r.mu.Unlock()
+	}
+}
+
+// BenchmarkObserveSession: what the report adds to the tracker's work
+// per session (its hooks run on the tracker's goroutine).
+func BenchmarkObserveSession(b *testing.B) {
+	r := New(Options{MaxSessions: 500})
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		fill(r, i, 1)
+		i++
+	}
+}
+
+// The events of all sessions together are bounded: the oldest sessions
+// go to make room, and are still counted.
+func TestTotalEventsBounded(t *testing.T) {
+	r := New(Options{MaxTotalEvents: 100})
+	fill(r, 0, 50)
+	total := 0
+	for _, s := range r.order {
+		total += len(s.events)
+	}
+	if total > 100 || total != r.events {
+		t.Errorf("%d events kept (counted %d), want at most 100", total, r.events)
+	}
+	if r.sum.sessions != 50 || r.sum.evicted != 50-len(r.order) || len(r.order) < 5 {
+		t.Errorf("%d sessions counted, %d kept, %d evicted", r.sum.sessions, len(r.order), r.sum.evicted)
+	}
+	// A single session beyond the budget keeps what fits.
+	r = New(Options{MaxTotalEvents: 10, MaxEvents: 1000})
+	for j := range 100 {
+		line(r, "C1", j, false, "NOOP")
+	}
+	if len(r.order[0].events) != 10 || r.order[0].more != 90 {
+		t.Errorf("one session: %d events kept, %d counted", len(r.order[0].events), r.order[0].more)
+	}
+}

@@ -16,6 +16,11 @@ import (
 // latest; older ones are only counted), which bounds its memory.
 const reportSessions = 500
 
+// reportEvents bounds the events the daemon's report holds in all
+// (150 bytes each, up to some 450 with a line or a channel: about
+// 22 MiB at most).
+const reportEvents = 50_000
+
 // reportEvery is how often the daemon's report is written, when
 // something happened.
 const reportEvery = 2 * time.Second
@@ -32,7 +37,7 @@ func startReport(ctx context.Context, dir string, cfg *conntrack.Config, log *sl
 	rep := report.New(report.Options{Title: "ftpgate on " + host,
 		Source: fmt.Sprintf("What ftpgate run saw and decided since %s UTC (the latest %d sessions; the page is rewritten every %v while ftpgate runs).",
 			time.Now().UTC().Format("2006-01-02 15:04:05"), reportSessions, reportEvery),
-		MaxSessions: reportSessions})
+		MaxSessions: reportSessions, MaxEvents: 200, MaxTotalEvents: reportEvents})
 	rep.Observe(cfg)
 	if err := rep.WriteFile(path); err != nil {
 		return nil, fmt.Errorf("--report: %w", err)
