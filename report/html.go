@@ -124,12 +124,20 @@ func (r *pageData) writeSummary(b *strings.Builder) {
 func (r *pageData) writeSessions(b *strings.Builder) {
 	n := len(r.order)
 	pages := max(1, (n+r.opt.PageSize-1)/r.opt.PageSize)
+	order := r.order
+	if r.opt.Live {
+		order = slices.Clone(order) // the newest first: a class watches its latest transfers
+		slices.Reverse(order)
+	}
 	fmt.Fprintf(b, `<section id="sessions" data-pages="%d"><h2>Sessions</h2>`, pages)
 	b.WriteString(`<nav class="controls"><label>show <select id="filter"><option value="all">all sessions</option>` +
 		`<option value="passive">passive mode</option><option value="active">active mode</option>` +
 		`<option value="refused">with a refusal</option><option value="encrypted">encrypted</option></select></label>`)
 	if pages > 1 {
 		fmt.Fprintf(b, ` <button id="prev" type="button">previous</button> <span id="pageno">page 1 of %d</span> <button id="next" type="button">next</button>`, pages)
+	}
+	if r.opt.Live {
+		b.WriteString(` <label><input type="checkbox" id="follow"> reload every 5 s</label> <span class="note">newest sessions first</span>`)
 	}
 	b.WriteString("</nav>\n")
 	if n == 0 {
@@ -141,7 +149,7 @@ func (r *pageData) writeSessions(b *strings.Builder) {
 			cls += " current"
 		}
 		fmt.Fprintf(b, `<div class="%s" data-page="%d">`+"\n", cls, p+1)
-		for _, s := range r.order[p*r.opt.PageSize : min(n, (p+1)*r.opt.PageSize)] {
+		for _, s := range order[p*r.opt.PageSize : min(n, (p+1)*r.opt.PageSize)] {
 			writeSession(b, s)
 		}
 		b.WriteString("</div>\n")
@@ -495,5 +503,13 @@ const script = `
     if(f.value!=='all'){ document.body.classList.add('filter-'+f.value); for(var i=0;i<pages.length;i++) pages[i].classList.add('current'); }
     else { for(var i=0;i<pages.length;i++) pages[i].classList.toggle('current', i===cur); }
   });
+  var fo=document.getElementById('follow');
+  if(fo){
+    try { fo.checked = sessionStorage.getItem('ftpgate-follow')==='1'; } catch(e) {}
+    var timer=null;
+    function follow(){ if(timer) clearInterval(timer); timer=null; if(fo.checked) timer=setInterval(function(){ location.reload(); },5000); }
+    fo.addEventListener('change',function(){ try { sessionStorage.setItem('ftpgate-follow', fo.checked?'1':'0'); } catch(e) {} follow(); });
+    follow();
+  }
 })();
 `

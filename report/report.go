@@ -33,6 +33,9 @@ type Options struct {
 	// PageSize is how many sessions one page of the report shows.
 	// Default 50.
 	PageSize int
+	// Live: the report of a running daemon, drawn newest session first,
+	// with a switch that reloads the page every 5 s.
+	Live bool
 	// MaxTotalEvents bounds the events of all sessions together, and so
 	// the memory (a few hundred bytes each): beyond, the oldest sessions
 	// go. Default 100,000.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/ftpgate/ftpgate/internal/browsertest"
 )
 
@@ -58,11 +59,27 @@ func TestRunReport(t *testing.T) {
 		if got := b.Text(t, "#n-opened"); got != "2" {
 			t.Errorf("%s: %s pinholes opened in the summary, want 2", when, got)
 		}
+		// Newest first: the bounce, last, is the first session drawn.
+		if got := browsertest.Eval[string](t, b, `document.querySelector('details.session').dataset.refused`); got != "1" {
+			t.Errorf("%s: the first session drawn is not the newest (the refused bounce)", when)
+		}
+		if b.Count(t, "input#follow[type=checkbox]") != 1 {
+			t.Errorf("%s: no switch to follow the page live", when)
+		}
 	}
 	check("while running")
 	d.stop(t)
 	d.waitLog(t, time.Second, "report written")
 	check("after the stop")
+	// Following the page reloads it every 5 s, and stays on.
+	browsertest.Eval[bool](t, b, `window.beforeReload = true`)
+	if err := chromedp.Do(b.Ctx, chromedp.Click(chromedp.CSS("#follow"))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(6 * time.Second)
+	if browsertest.Eval[bool](t, b, `window.beforeReload === true`) || !browsertest.Eval[bool](t, b, `document.getElementById('follow').checked`) {
+		t.Error("following the page did not reload it, or did not stay on")
+	}
 	if data, _ := os.ReadFile(page); strings.Contains(string(data), "PASS ") && !strings.Contains(string(data), "PASS ********") {
 		t.Error("the report shows a password")
 	}
