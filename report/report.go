@@ -108,9 +108,9 @@ type event struct {
 	seq        int
 	fromServer bool
 	text       string
-	announces  netip.AddrPort // a line's announcement, decoded
+	announces  netip.AddrPort     // a line's announcement, decoded
 	ch         *conntrack.Channel // decisions and data connections
-	wait       time.Duration // evDataStarted: since the pinhole opened
+	wait       time.Duration      // evDataStarted: since the pinhole opened
 	from       netip.AddrPort
 	tries      int // evDataDropped: SYNs seen
 }
