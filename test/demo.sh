@@ -104,7 +104,7 @@ transfers
 bold "3. With ftpgate on the gateway:  ftpgate run   (capturing the gateway's server side for the report)"
 ip netns exec $G tcpdump -q -s 400 -U -w "$PCAP" -i "$LAB-g1" tcp 2>/dev/null &
 dump=$!
-ip netns exec $G "$FTPGATE" run --log-format json --control-ports 21,2121 >"$LOG" 2>&1 &
+ip netns exec $G "$FTPGATE" run --log-format json --control-ports 21,2133 >"$LOG" 2>&1 &
 pid=$!
 for _ in $(seq 50); do grep -q '"ftpgate running"' "$LOG" && break; sleep 0.1; done
 grep -q '"ftpgate running"' "$LOG" && say "ftpgate is running: it reads every announcement and opens exactly that one connection"
@@ -132,8 +132,8 @@ victim=$!
 sleep 0.3
 drops() { ip netns exec $G nft list counter inet filter dropped_syn | sed -n 's/.*packets \([0-9]*\).*/\1/p'; }
 before=$(drops)
-say "This vsftpd (port 2121, port_promiscuous=YES, as old servers were) accepts any PORT:"
-ip netns exec $C python3 "$HERE/ftpclient.py" raw 198.51.100.20:2121 0 "PORT 192,0,2,11,31,144" "LIST" | sed 's/^/  server: /'
+say "This vsftpd (port 2133, port_promiscuous=YES, as old servers were) accepts any PORT:"
+ip netns exec $C python3 "$HERE/ftpclient.py" raw 198.51.100.20:2133 0 "PORT 192,0,2,11,31,144" "LIST" | sed 's/^/  server: /'
 sleep 0.3
 kill $victim 2>/dev/null; wait $victim 2>/dev/null || true
 line=$(decisions | grep REFUSED | grep 192.0.2.11 | tail -1)
@@ -156,10 +156,10 @@ kill "$dump" 2>/dev/null; wait "$dump" 2>/dev/null || true
 dump=""
 
 bold "8. The demo's own capture, read again by ftpgate analyze (who connects to whom)"
-"$FTPGATE" analyze --format text --control-ports 21,2121 "$PCAP" 2>/dev/null | sed 's/^/  /'
+"$FTPGATE" analyze --format text --control-ports 21,2133 "$PCAP" 2>/dev/null | sed 's/^/  /'
 say ""
 say "MODE says who connects: passive, the client; active, the server. CONNECTS FROM and TO"
 say "are that connection; VERDICT is what ftpgate decides (analyze opens nothing: 'would open')."
-"$FTPGATE" analyze --format json --control-ports 21,2121 --html "$REPORT" "$PCAP" >/dev/null 2>&1
+"$FTPGATE" analyze --format json --control-ports 21,2133 --html "$REPORT" "$PCAP" >/dev/null 2>&1
 bold "Done. The full log: $LOG   the capture: $PCAP"
 bold "The report of this demo, a diagram per session (open it in a browser): $REPORT"

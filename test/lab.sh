@@ -96,12 +96,12 @@ pasv_min_port=41000 pasv_max_port=41999"
 	vsftpd_conf "$S-2131" listen_port=2131 port_enable=NO >"$DIR/vsftpd-$S-2131.conf"
 	nsx "$S" vsftpd "$DIR/vsftpd-$S-2131.conf" >"$DIR/vsftpd-$S-2131.out" 2>&1 &
 	echo $! >"$DIR/vsftpd-$S-2131.pid"
-	# And one on 2121 that accepts a PORT to any address
+	# And one on 2133 that accepts a PORT to any address
 	# (port_promiscuous=YES), as old servers did: the demo shows
 	# ftpgate, not the server, refusing a bounce.
-	vsftpd_conf "$S-2121" listen_port=2121 port_promiscuous=YES >"$DIR/vsftpd-$S-2121.conf"
-	nsx "$S" vsftpd "$DIR/vsftpd-$S-2121.conf" >"$DIR/vsftpd-$S-2121.out" 2>&1 &
-	echo $! >"$DIR/vsftpd-$S-2121.pid"
+	vsftpd_conf "$S-2133" listen_port=2133 port_promiscuous=YES >"$DIR/vsftpd-$S-2133.conf"
+	nsx "$S" vsftpd "$DIR/vsftpd-$S-2133.conf" >"$DIR/vsftpd-$S-2133.out" 2>&1 &
+	echo $! >"$DIR/vsftpd-$S-2133.pid"
 	ruleset ftpgate
 	# Wait for both FTP servers to listen.
 	for ns in $S $G; do
@@ -156,7 +156,7 @@ table inet filter {
 		$loose
 		ct state established,related accept
 		$admit
-		tcp dport { 21, 2121, 2131, 2132, 2141, 2142, 990 } ct state new accept
+		tcp dport { 21, 2131, 2132, 2133, 2141, 2142, 990 } ct state new accept
 		icmp type echo-request accept
 		icmpv6 type echo-request accept
 		tcp flags syn / syn,ack counter name dropped_syn
