@@ -15,7 +15,9 @@
                                         "port P" for it, then all wait SECS and QUIT
   ftpclient.py tlsget HOST FILE OUT     download FILE over explicit FTPS (AUTH TLS,
                                         PROT P, passive), certificate not checked
-  ftpclient.py tlsload HOST FILE N      N such transfers on one session
+  ftpclient.py tlsload HOST FILE N [SRC]
+                                        N such transfers on one session (from
+                                        address SRC)
   ftpclient.py tlshold HOST SECS        log in over FTPS, send PASV (inside TLS), print
                                         the reply, keep the session SECS seconds
 
@@ -105,9 +107,8 @@ def raw(host, secs, lines):
     ftp.quit()
 
 
-def load(host, mode, name, n):
-    ftp = connect(host, timeout=10)
-    set_mode(ftp, mode)
+def retr_many(ftp, name, n):
+    """N downloads of NAME on one session; prints how many succeeded."""
     ok = 0
     for _ in range(int(n)):
         try:
@@ -118,6 +119,12 @@ def load(host, mode, name, n):
     ftp.quit()
     print(ok)
     return ok == int(n)
+
+
+def load(host, mode, name, n):
+    ftp = connect(host, timeout=10)
+    set_mode(ftp, mode)
+    return retr_many(ftp, name, n)
 
 
 def holdmany(host, n, secs):
@@ -133,12 +140,12 @@ def holdmany(host, n, secs):
         ftp.quit()
 
 
-def tls_connect(host, timeout=10):
+def tls_connect(host, timeout=10, src=None):
     host, port = split_host(host)
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    ftp = ftplib.FTP_TLS(context=ctx, timeout=timeout)
+    ftp = ftplib.FTP_TLS(context=ctx, timeout=timeout, source_address=(src, 0) if src else None)
     ftp.connect(host, port)
     ftp.auth()
     ftp.login()
@@ -153,18 +160,8 @@ def tlsget(host, name, out):
     ftp.quit()
 
 
-def tlsload(host, name, n):
-    ftp = tls_connect(host)
-    ok = 0
-    for _ in range(int(n)):
-        try:
-            ftp.retrbinary("RETR " + name, lambda b: None)
-            ok += 1
-        except (ftplib.Error, OSError) as e:
-            print("transfer failed:", e, file=sys.stderr)
-    ftp.quit()
-    print(ok)
-    return ok == int(n)
+def tlsload(host, name, n, src=None):
+    return retr_many(tls_connect(host, timeout=20, src=src), name, n)
 
 
 def tlshold(host, secs):

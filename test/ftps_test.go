@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -225,20 +226,12 @@ func TestFTPSLoad(t *testing.T) {
 	for _, a := range addrs {
 		for range 2 {
 			go func() {
-				// ftplib binds the control connection to the host's address.
-				script := fmt.Sprintf(`import ftplib,ssl,sys
-ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE
-f=ftplib.FTP_TLS(context=ctx, timeout=20, source_address=(%q,0)); f.connect(%q,2141); f.auth(); f.login(); f.prot_p()
-ok=0
-for _ in range(%d):
-    try:
-        f.retrbinary("RETR file.bin", lambda b: None); ok+=1
-    except Exception as e:
-        print("failed", e, file=sys.stderr)
-f.quit(); print(ok)`, a, server4, transfers)
 				ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 				defer cancel()
-				out, err := inNS(ctx, "client", "python3", "-c", script).CombinedOutput()
+				// From the host's address: ftplib binds the control
+				// connection to it, and the data connections follow.
+				out, err := inNS(ctx, "client", "python3", "ftpclient.py", "tlsload", server4+":2141", "file.bin",
+					strconv.Itoa(transfers), a).CombinedOutput()
 				var n int
 				fmt.Sscan(lastLine(string(out)), &n)
 				if err != nil {
