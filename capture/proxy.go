@@ -67,13 +67,12 @@ type Proxy struct {
 	cfg       ProxyConfig
 	listeners []net.Listener
 	ct        *netlink.Conn
-	wake      int
+	events    *handoff[*proxyEvent] // to the loop
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 
 	mu        sync.Mutex
-	pending   []*proxyEvent
 	delivered []*proxyEvent
 	conns     map[uint64]*proxyConn
 	nextID    uint64
@@ -120,17 +119,17 @@ func OpenProxy(cfg ProxyConfig) (*Proxy, error) {
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 10000
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	events, err := newHandoff[*proxyEvent]()
 	if err != nil {
-		return nil, fmt.Errorf("creating eventfd: %w", err)
+		return nil, err
 	}
 	ct, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
-		unix.Close(wake)
+		events.Close()
 		return nil, fmt.Errorf("opening a ctnetlink socket (to learn source NAT): %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Proxy{cfg: cfg, ct: ct, wake: wake, ctx: ctx, cancel: cancel, conns: map[uint64]*proxyConn{}}
+	p := &Proxy{cfg: cfg, ct: ct, events: events, ctx: ctx, cancel: cancel, conns: map[uint64]*proxyConn{}}
 	lc := net.ListenConfig{Control: p.control}
 	for _, addr := range []string{"127.0.0.1", "::1"} {
 		network := "tcp4"
@@ -454,25 +453,16 @@ func (p *Proxy) finish(c *proxyConn, reason string) {
 
 func (p *Proxy) push(ev *proxyEvent) {
 	ev.pkt.Time = time.Now()
-	p.mu.Lock()
-	p.pending = append(p.pending, ev)
-	p.mu.Unlock()
-	_, _ = unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	p.events.Push(ev)
 }
 
 // Fd becomes readable when the proxy has something for the loop.
-func (p *Proxy) Fd() int { return p.wake }
+func (p *Proxy) Fd() int { return p.events.Fd() }
 
 // Read hands over what happened since the last Read: connections opened,
 // lines read (Held: each waits for Release), connections closed.
 func (p *Proxy) Read(fn func(*Packet)) error {
-	var b [8]byte
-	_, _ = unix.Read(p.wake, b[:])
-	p.mu.Lock()
-	evs := p.pending
-	p.pending = nil
-	p.mu.Unlock()
-	for _, ev := range evs {
+	for _, ev := range p.events.Take() {
 		if ev.pkt.Kind == Line {
 			p.delivered = append(p.delivered, ev)
 		}
@@ -530,5 +520,5 @@ func (p *Proxy) Close() error {
 	}
 	p.wg.Wait()
 	p.ct.Close()
-	return unix.Close(p.wake)
+	return p.events.Close()
 }
