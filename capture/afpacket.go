@@ -139,11 +139,7 @@ func OpenAFPacket(iface string, ports []uint16, log *slog.Logger) (*AFPacketSour
 		unix.Close(fd)
 		return nil, fmt.Errorf("%s on %s: %w", what, ifaceName(iface), err)
 	}
-	prog := make([]unix.SockFilter, len(filter))
-	for i, ins := range filter {
-		prog[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
-	}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}); err != nil {
+	if err := attachFilter(fd, filter); err != nil {
 		return fail("attaching the control-port filter", err)
 	}
 	// A ring that overflows costs reassembly gaps: 8 MiB of control
@@ -155,6 +151,27 @@ func OpenAFPacket(iface string, ports []uint16, log *slog.Logger) (*AFPacketSour
 		return fail("binding AF_PACKET capture", err)
 	}
 	return &AFPacketSource{fd: fd, iface: iface, buf: make([]byte, 1<<20)}, nil
+}
+
+func attachFilter(fd int, filter []bpf.RawInstruction) error {
+	prog := make([]unix.SockFilter, len(filter))
+	for i, ins := range filter {
+		prog[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
+	}
+	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+}
+
+// SetPorts replaces the control-port filter (a reload): the kernel
+// swaps it at once.
+func (s *AFPacketSource) SetPorts(ports []uint16) error {
+	filter, err := ControlPortFilter(ports)
+	if err == nil {
+		err = attachFilter(s.fd, filter)
+	}
+	if err != nil {
+		return fmt.Errorf("capture on %s: changing the control-port filter: %w", ifaceName(s.iface), err)
+	}
+	return nil
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

@@ -33,10 +33,13 @@ const (
 	// Opened: a translated control connection reached the control
 	// proxy, and the proxy reached its server (Conn).
 	Opened
-	// Line is a whole line the control proxy read (Data, with its line
-	// end). Like Held, it waits: what the handler puts in Out (or, if
-	// Out is nil, Data) goes on when its source is released.
-	Line
+	// Bytes are what the control proxy read from one side (Data; Ack,
+	// how much of the other side it had sent on). Like Held, they wait:
+	// what the handler puts in Out goes on when the source is released,
+	// and Through says how much of this side has gone on in all.
+	Bytes
+	// EOF: one side of a proxied connection closed.
+	EOF
 	// Closed: a proxied connection ended; Data says why.
 	Closed
 )
@@ -65,18 +68,16 @@ type Packet struct {
 	// Verdict is set by whoever handles a Held packet.
 	Verdict Verdict
 
-	// The control proxy's packets (Opened, Line, Closed):
+	// The control proxy's packets (Opened, Bytes, EOF, Closed):
 	Conn       *ProxiedConn
-	FromServer bool // a Line the server sent
-	// Forwarded: a Line the proxy has sent on already, as it was (it
-	// cannot change what is relayed); Out and Raw are not read.
-	Forwarded bool
-	// Out is set by whoever handles a Line: what to send on instead.
-	Out []byte
-	// Raw is set by whoever handles a Line when, after it, neither
-	// direction carries lines any more (TLS begins): the proxy then
-	// relays bytes as they come.
-	Raw bool
+	FromServer bool   // bytes the server sent
+	Ack        uint32 // Bytes: of the other side, what the proxy had sent on when it read them
+	// Out, Through and Close are set by whoever handles Bytes: what to
+	// send on, how much of this side has gone on in all, and whether the
+	// connection must close instead.
+	Out     []byte
+	Through uint32
+	Close   bool
 }
 
 // LinkTypeRawIP is the link type of sources that deliver packets from

@@ -1,7 +1,6 @@
 package capture
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +16,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpgate/ftpgate/internal/source"
 )
 
 // ProxiedConn is one control connection through the control proxy, with
@@ -42,27 +42,23 @@ type ProxyConfig struct {
 	// SocketMark is set on every socket of the proxy (SO_MARK), so that
 	// ftpgate's chains know their packets.
 	SocketMark uint32
-	// MaxConns bounds the connections proxied at once; more are closed
-	// at once.
-	MaxConns int
+	// MaxConns bounds the connections proxied at once, those still
+	// connecting to their server included; MaxPerSource bounds those of
+	// one source (an address, an IPv6 /64). More are closed at once.
+	MaxConns, MaxPerSource int
 	// ConnectTimeout bounds the connection to the server.
 	ConnectTimeout time.Duration
-	// MaxLine is the longest line handed over; a longer one is handed
-	// over in pieces of MaxLine.
-	MaxLine int
-	// RawPorts are server ports whose connections are relayed unread
-	// from the first byte (implicit FTPS).
-	RawPorts []uint16
-	Log      *slog.Logger
+	Log            *slog.Logger
 }
 
 // Proxy is the control proxy: it terminates translated control
-// connections, connects to their servers from the client's own address
-// (IP_TRANSPARENT), and hands every line of either direction to the loop
-// as a Held packet of kind Line, sending on what the handler puts in Out
-// once the packet is released, after the loop's Tick has committed what
-// the line made ftpgate open. A connection that opens, and one that
-// ends, are packets of kind Opened and Closed.
+// connections and connects to their servers from the client's own
+// address (IP_TRANSPARENT). It decides nothing: every chunk of bytes it
+// reads, either way, goes to the loop as a packet of kind Bytes, and what
+// the handler puts in Out goes on once the packet is released, after the
+// loop's Tick has committed what the bytes made ftpgate open. A
+// connection that opens, a side that closes, and a connection that ends
+// are packets of kinds Opened, EOF and Closed.
 type Proxy struct {
 	cfg       ProxyConfig
 	listeners []net.Listener
@@ -75,34 +71,43 @@ type Proxy struct {
 	mu        sync.Mutex
 	delivered []*proxyEvent
 	conns     map[uint64]*proxyConn
-	nextID    uint64
-	accepted  atomic.Uint64
-	refused   atomic.Uint64
+	// connecting counts connections accepted whose server connection is
+	// still being made: they count against the caps like the others.
+	connecting int
+	bySource   source.Shares
+	nextID     uint64
+	accepted   atomic.Uint64
+	refused    atomic.Uint64
 }
 
 // proxyEvent is one thing the proxy hands to the loop.
 type proxyEvent struct {
 	pkt     Packet
-	verdict chan proxyVerdict // Line only
+	verdict chan proxyVerdict // Bytes only
 }
 
 type proxyVerdict struct {
-	out    []byte
-	raw    bool
-	closed bool
+	out     []byte
+	through uint32
+	closed  bool
 }
 
 type proxyConn struct {
 	info   ProxiedConn
+	source netip.Prefix
 	client *net.TCPConn
 	server *net.TCPConn
-	raw    atomic.Bool // relay bytes, no longer lines (TLS)
-	// holding, per direction (0 client, 1 server): the handler is
-	// holding lines back (a multi-line reply); every line waits.
-	holding [2]bool
+	// through, per direction (0 client, 1 server): how many bytes read
+	// from that side have gone on, as the handler said; the other
+	// direction's reads carry it as their Ack.
+	through [2]atomic.Uint32
 	ended   atomic.Int32
 	reason  atomic.Pointer[string]
 }
+
+// proxyReadSize is what one read takes: control traffic is small, and
+// the handler frames lines across reads itself.
+const proxyReadSize = 4096
 
 // OpenProxy starts listening. It fails if the port is taken or the
 // process may not use IP_TRANSPARENT (CAP_NET_ADMIN).
@@ -110,14 +115,14 @@ func OpenProxy(cfg ProxyConfig) (*Proxy, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.MaxLine <= 0 {
-		cfg.MaxLine = 4096
-	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 10 * time.Second
 	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 10000
+	}
+	if cfg.MaxPerSource <= 0 {
+		cfg.MaxPerSource = cfg.MaxConns
 	}
 	events, err := newHandoff[*proxyEvent]()
 	if err != nil {
@@ -129,7 +134,7 @@ func OpenProxy(cfg ProxyConfig) (*Proxy, error) {
 		return nil, fmt.Errorf("opening a ctnetlink socket (to learn source NAT): %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Proxy{cfg: cfg, ct: ct, events: events, ctx: ctx, cancel: cancel, conns: map[uint64]*proxyConn{}}
+	p := &Proxy{cfg: cfg, ct: ct, events: events, ctx: ctx, cancel: cancel, conns: map[uint64]*proxyConn{}, bySource: source.Shares{}}
 	lc := net.ListenConfig{Control: p.control}
 	for _, addr := range []string{"127.0.0.1", "::1"} {
 		network := "tcp4"
@@ -192,6 +197,22 @@ func (p *Proxy) acceptLoop(ln net.Listener) {
 	}
 }
 
+// reserve takes a place for a connection of src under both caps, or says
+// which one is full.
+func (p *Proxy) reserve(src netip.Prefix) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case len(p.conns)+p.connecting >= p.cfg.MaxConns:
+		return "full"
+	case p.bySource[src] >= p.cfg.MaxPerSource:
+		return "this source's share is taken"
+	}
+	p.connecting++
+	p.bySource.Add(src)
+	return ""
+}
+
 // open connects a client's connection to its server.
 func (p *Proxy) open(client *net.TCPConn) {
 	defer p.wg.Done()
@@ -204,14 +225,20 @@ func (p *Proxy) open(client *net.TCPConn) {
 		client.Close()
 		return
 	}
-	p.mu.Lock()
-	full := len(p.conns) >= p.cfg.MaxConns
-	p.mu.Unlock()
-	if full {
+	src := source.Of(peer.Addr())
+	if why := p.reserve(src); why != "" {
 		p.refused.Add(1)
-		p.cfg.Log.Warn("control proxy full: connection closed", "client", peer.String(), "server", local.String(), "max", p.cfg.MaxConns)
+		p.cfg.Log.Warn("control proxy: connection closed, "+why, "client", peer.String(), "server", local.String(),
+			"max", p.cfg.MaxConns, "max_per_source", p.cfg.MaxPerSource, "source", src.String())
+		client.SetLinger(0)
 		client.Close()
 		return
+	}
+	unreserve := func() {
+		p.mu.Lock()
+		p.connecting--
+		p.bySource.Remove(src)
+		p.mu.Unlock()
 	}
 	seen := local
 	if od, err := originalDst(client); err == nil {
@@ -219,6 +246,7 @@ func (p *Proxy) open(client *net.TCPConn) {
 	}
 	server, err := p.dial(peer.Addr(), local)
 	if err != nil {
+		unreserve()
 		p.cfg.Log.Warn("control proxy: cannot reach the server; client's connection closed",
 			"client", peer.String(), "server", local.String(), "error", err)
 		client.SetLinger(0)
@@ -234,17 +262,15 @@ func (p *Proxy) open(client *net.TCPConn) {
 		p.cfg.Log.Warn("control proxy: no source NAT learnt", "client", peer.String(), "server", local.String(), "error", err)
 	}
 	p.mu.Lock()
+	p.connecting--
 	p.nextID++
 	c := &proxyConn{
 		info:   ProxiedConn{ID: p.nextID, Client: peer, Server: local, ServerSeen: seen, ClientSeen: clientSeen},
-		client: client, server: server,
+		source: src, client: client, server: server,
 	}
 	p.conns[c.info.ID] = c
 	p.mu.Unlock()
 	p.accepted.Add(1)
-	if slices.Contains(p.cfg.RawPorts, local.Port()) {
-		c.raw.Store(true)
-	}
 	p.push(&proxyEvent{pkt: Packet{Kind: Opened, Conn: &c.info}})
 	p.wg.Add(2)
 	go p.relay(c, false)
@@ -302,84 +328,39 @@ func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), port), nil
 }
 
-// relay carries one direction, line by line until the connection turns
-// raw.
+// relay carries one direction: each read goes to the loop, and what the
+// loop says goes on.
 func (p *Proxy) relay(c *proxyConn, fromServer bool) {
 	defer p.wg.Done()
 	src, dst := c.client, c.server
+	d := 0
 	if fromServer {
-		src, dst = c.server, c.client
+		src, dst, d = c.server, c.client, 1
 	}
-	// Control lines are short: the buffer starts small and grows to
-	// MaxLine only for a long one, so that an idle session costs little.
-	buf := make([]byte, 0, 256)
 	why := "closed by the client"
 	if fromServer {
 		why = "closed by the server"
 	}
+	buf := make([]byte, proxyReadSize)
 	for {
-		if c.raw.Load() {
-			if len(buf) > 0 {
-				if _, err := dst.Write(buf); err != nil {
-					why = "write failed: " + err.Error()
-					break
-				}
+		n, err := src.Read(buf)
+		if n > 0 {
+			v := p.submit(c, fromServer, buf[:n], c.through[1-d].Load())
+			if v.closed {
+				p.finish(c, "ended by ftpgate")
+				return
 			}
-			if _, err := io.Copy(dst, src); err != nil {
-				why = "relay failed: " + err.Error()
-			}
-			break
-		}
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, min(2*cap(buf), p.cfg.MaxLine)-len(buf))
-		}
-		n, err := src.Read(buf[len(buf):min(cap(buf), p.cfg.MaxLine)])
-		buf = buf[:len(buf)+n]
-		for !c.raw.Load() {
-			end := indexNewline(buf)
-			if end < 0 && len(buf) < p.cfg.MaxLine {
-				break
-			}
-			if end < 0 {
-				end = len(buf)
-			}
-			d := 0
-			if fromServer {
-				d = 1
-			}
-			if !c.holding[d] && !mayChange(buf[:end], fromServer) {
-				// Handed over for the record, sent on at once: only
-				// announcements and the start of TLS wait for the loop.
-				p.push(&proxyEvent{pkt: Packet{Kind: Line, Conn: &c.info, FromServer: fromServer, Forwarded: true,
-					Data: append([]byte(nil), buf[:end]...)}})
-				if _, werr := dst.Write(buf[:end]); werr != nil {
+			if len(v.out) > 0 {
+				if _, werr := dst.Write(v.out); werr != nil {
 					p.finish(c, "write failed: "+werr.Error())
 					return
 				}
-				buf = append(buf[:0], buf[end:]...)
-				continue
 			}
-			v := p.submit(c, fromServer, buf[:end])
-			c.holding[d] = v.out != nil && len(v.out) == 0
-			if v.closed {
-				p.finish(c, "ftpgate is stopping")
-				return
-			}
-			if v.raw {
-				c.raw.Store(true)
-			}
-			if _, werr := dst.Write(v.out); werr != nil {
-				p.finish(c, "write failed: "+werr.Error())
-				return
-			}
-			buf = append(buf[:0], buf[end:]...)
+			c.through[d].Store(v.through)
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				why = "read failed: " + err.Error()
-			}
-			if len(buf) > 0 {
-				_, _ = dst.Write(buf) // an unfinished last line goes on as it is
 			}
 			break
 		}
@@ -387,44 +368,17 @@ func (p *Proxy) relay(c *proxyConn, fromServer bool) {
 	_ = dst.CloseWrite()
 	if c.ended.Add(1) == 2 {
 		p.finish(c, why)
+		return
+	}
+	if p.ctx.Err() == nil {
+		p.push(&proxyEvent{pkt: Packet{Kind: EOF, Conn: &c.info, FromServer: fromServer}})
 	}
 }
 
-// mayChange reports whether what the proxy sends on for a line may
-// differ from the line, or change how the connection is relayed: an
-// active-mode command, a reply that announces an address, a 234 (TLS
-// begins). Every other line goes on at once.
-func mayChange(line []byte, fromServer bool) bool {
-	if fromServer {
-		return len(line) >= 3 && line[0] == '2' && (string(line[1:3]) == "27" || string(line[1:3]) == "28" ||
-			string(line[1:3]) == "29" || string(line[1:3]) == "34")
-	}
-	for len(line) > 0 && line[0] == ' ' {
-		line = line[1:]
-	}
-	if len(line) < 4 {
-		return false
-	}
-	switch v := string(bytes.ToUpper(line[:4])); v {
-	case "PORT", "EPRT", "LPRT":
-		return true
-	}
-	return false
-}
-
-func indexNewline(b []byte) int {
-	for i, x := range b {
-		if x == '\n' {
-			return i + 1
-		}
-	}
-	return -1
-}
-
-// submit hands a line to the loop and waits for what to send on.
-func (p *Proxy) submit(c *proxyConn, fromServer bool, line []byte) proxyVerdict {
+// submit hands bytes to the loop and waits for what to send on.
+func (p *Proxy) submit(c *proxyConn, fromServer bool, data []byte, ack uint32) proxyVerdict {
 	ev := &proxyEvent{
-		pkt:     Packet{Kind: Line, Conn: &c.info, FromServer: fromServer, Data: append([]byte(nil), line...)},
+		pkt:     Packet{Kind: Bytes, Conn: &c.info, FromServer: fromServer, Data: append([]byte(nil), data...), Ack: ack},
 		verdict: make(chan proxyVerdict, 1),
 	}
 	p.push(ev)
@@ -438,16 +392,36 @@ func (p *Proxy) submit(c *proxyConn, fromServer bool, line []byte) proxyVerdict 
 
 // finish closes a connection once and tells the loop.
 func (p *Proxy) finish(c *proxyConn, reason string) {
-	if !c.reason.CompareAndSwap(nil, &reason) {
+	if !p.drop(c, reason) {
 		return
+	}
+	if p.ctx.Err() == nil {
+		p.push(&proxyEvent{pkt: Packet{Kind: Closed, Conn: &c.info, Data: []byte(reason)}})
+	}
+}
+
+// drop closes a connection's sockets and forgets it, once.
+func (p *Proxy) drop(c *proxyConn, reason string) bool {
+	if !c.reason.CompareAndSwap(nil, &reason) {
+		return false
 	}
 	c.client.Close()
 	c.server.Close()
 	p.mu.Lock()
 	delete(p.conns, c.info.ID)
+	p.bySource.Remove(c.source)
 	p.mu.Unlock()
-	if p.ctx.Err() == nil {
-		p.push(&proxyEvent{pkt: Packet{Kind: Closed, Conn: &c.info, Data: []byte(reason)}})
+	return true
+}
+
+// CloseConn closes a proxied connection whose session the handler ended
+// (a timeout); it tells the loop nothing more.
+func (p *Proxy) CloseConn(id uint64) {
+	p.mu.Lock()
+	c := p.conns[id]
+	p.mu.Unlock()
+	if c != nil {
+		p.drop(c, "ended by ftpgate")
 	}
 }
 
@@ -460,10 +434,10 @@ func (p *Proxy) push(ev *proxyEvent) {
 func (p *Proxy) Fd() int { return p.events.Fd() }
 
 // Read hands over what happened since the last Read: connections opened,
-// lines read (Held: each waits for Release), connections closed.
+// bytes read (each waits for Release), sides and connections closed.
 func (p *Proxy) Read(fn func(*Packet)) error {
 	for _, ev := range p.events.Take() {
-		if ev.pkt.Kind == Line {
+		if ev.pkt.Kind == Bytes {
 			p.delivered = append(p.delivered, ev)
 		}
 		fn(&ev.pkt)
@@ -471,18 +445,11 @@ func (p *Proxy) Read(fn func(*Packet)) error {
 	return nil
 }
 
-// Release sends on every line of the last Read: Out if the handler set
-// it, else the line as it was read.
+// Release sends on what the handler said for every chunk of the last
+// Read.
 func (p *Proxy) Release() error {
 	for _, ev := range p.delivered {
-		if ev.verdict == nil {
-			continue // Forwarded already
-		}
-		out := ev.pkt.Out
-		if out == nil {
-			out = ev.pkt.Data
-		}
-		ev.verdict <- proxyVerdict{out: out, raw: ev.pkt.Raw}
+		ev.verdict <- proxyVerdict{out: ev.pkt.Out, through: ev.pkt.Through, closed: ev.pkt.Close}
 	}
 	clear(p.delivered)
 	p.delivered = p.delivered[:0]
@@ -500,6 +467,14 @@ func (p *Proxy) sharesProcessor() bool {
 // Counts returns how many connections were proxied, and how many were
 // closed because the proxy was full.
 func (p *Proxy) Counts() (accepted, refused uint64) { return p.accepted.Load(), p.refused.Load() }
+
+// Open is how many connections the proxy holds now, those still
+// connecting included.
+func (p *Proxy) Open() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns) + p.connecting
+}
 
 // Close stops listening and closes every proxied connection: their
 // sessions end with ftpgate.

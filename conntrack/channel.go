@@ -42,6 +42,7 @@ type Channel struct {
 	RespP   uint16      // the announced port
 	Verdict Verdict
 	Reason  string
+	Refusal RefusalKind    // for a refusal: its kind
 	Client  netip.AddrPort // control connection client
 	Server  netip.AddrPort // control connection server
 	// Through NAT (sessions of the control proxy): what the far side was

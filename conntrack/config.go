@@ -2,6 +2,7 @@ package conntrack
 
 import (
 	"log/slog"
+	"net/netip"
 	"time"
 )
 
@@ -36,16 +37,20 @@ const (
 // Config holds the tracker's limits and policy. Zero values take the
 // defaults named on each field.
 type Config struct {
-	ControlPorts          []uint16      // default [21]
-	MinDataPort           uint16        // default 1024
-	PinholeTimeout        time.Duration // default 60s
-	IdleTimeout           time.Duration // control session idle limit, default 30m
-	HandshakeTimeout      time.Duration // default DefaultHandshakeTimeout
-	MaxSessions           int           // tracked control sessions that carried FTP, default 65536
-	MaxHalfOpen           int           // default DefaultMaxHalfOpen
-	MaxPinholesPerSession int           // default 4
-	MaxPinholes           int           // in all, default 65536
-	MaxLineLength         int           // bytes without the line end, default 2048
+	ControlPorts     []uint16      // default [21]
+	MinDataPort      uint16        // default 1024
+	PinholeTimeout   time.Duration // default 60s
+	IdleTimeout      time.Duration // control session idle limit, default 30m
+	HandshakeTimeout time.Duration // default DefaultHandshakeTimeout
+	MaxSessions      int           // tracked control sessions that carried FTP, default 65536
+	MaxHalfOpen      int           // default DefaultMaxHalfOpen
+	// Each client's share (per address, per /64 for IPv6) of
+	// MaxSessions and MaxHalfOpen; default a sixteenth, at least 4.
+	MaxSessionsPerClient  int
+	MaxHalfOpenPerClient  int
+	MaxPinholesPerSession int // default 4
+	MaxPinholes           int // in all, default 65536
+	MaxLineLength         int // bytes without the line end, default 2048
 	// Inline says the packets are the kernel's copies of segments its
 	// conntrack validated, in the order the kernel handled them: bytes
 	// one side acknowledged but ftpgate never saw are then lost at once,
@@ -79,13 +84,25 @@ type Config struct {
 	Servers []ServerPolicy
 	// FTPS: the passive ranges of servers, opened to one client while
 	// its session is encrypted (see Tracker.openScoped); the control ports
-	// of implicit FTPS (default 990); whether implicit FTPS servers may
-	// connect back from port 989 (active mode); the caps on open ranges.
+	// of implicit FTPS (default 990); the ports of clients that implicit
+	// FTPS servers may connect to from port 989 (active mode); the caps on
+	// open ranges (per client: per address, per /64 for IPv6).
 	FTPSRanges         []FTPSRange
 	ImplicitPorts      []uint16
-	ImplicitActive     bool
+	ActiveRanges       []ActiveRange
 	MaxScopedPerClient int
 	MaxScoped          int
+	// LocalSockets, if set, answers for announcements made from this
+	// host's own sockets (see Tracker.checkLocal). The daemon sets it;
+	// analyze, which sees no host, does not.
+	LocalSockets LocalSockets
+	// PublicPortInUse, if set, reports public address:ports that NAT
+	// must not hand out: the gateway listens there, or the admin's own
+	// rules forward them.
+	PublicPortInUse func(netip.AddrPort) bool
+	// OnProxiedEnd, if set, is told of a proxied session the tracker
+	// ended itself (a timeout): the control proxy closes its connection.
+	OnProxiedEnd func(id uint64)
 	// OnEncrypted, if set, receives a record of every session that went
 	// encrypted, at its end (ftpgate analyze).
 	OnEncrypted func(EncryptedSession)
@@ -122,6 +139,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxHalfOpen == 0 {
 		c.MaxHalfOpen = DefaultMaxHalfOpen
+	}
+	if c.MaxSessionsPerClient == 0 {
+		c.MaxSessionsPerClient = DefaultShare(c.MaxSessions)
+	}
+	if c.MaxHalfOpenPerClient == 0 {
+		c.MaxHalfOpenPerClient = DefaultShare(c.MaxHalfOpen)
 	}
 	if c.MaxPinholesPerSession == 0 {
 		c.MaxPinholesPerSession = 4
@@ -162,6 +185,23 @@ func (c *Config) setDefaults() {
 	case c.CommitDelay < 0:
 		c.CommitDelay = 0
 	}
+}
+
+// DefaultShare is the share of a cap one client may hold unless told
+// otherwise: a sixteenth, at least 4.
+func DefaultShare(limit int) int { return max(4, limit/16) }
+
+// LocalSockets answers what the tracker must know of this host's own
+// sockets.
+type LocalSockets interface {
+	// IsLocal reports whether the address is one of this host's.
+	IsLocal(netip.Addr) bool
+	// Owner returns the user owning this host's socket of the connection
+	// local <-> remote.
+	Owner(local, remote netip.AddrPort) (uid uint32, ok bool)
+	// Listener returns the user owning the listening socket of this host
+	// that a connection from remote to local would reach.
+	Listener(local, remote netip.AddrPort) (uid uint32, ok bool)
 }
 
 // DefaultNATPorts lies above Linux's default ephemeral range
@@ -210,12 +250,15 @@ type Stats struct {
 	NATMappings       uint64 `json:"nat_mappings"`     // NAT mappings of data connections made
 	ScopedOpened      uint64 `json:"scoped_opened"`    // FTPS scoped ranges opened
 	ScopedRefused     uint64 `json:"scoped_refused"`   // encrypted sessions that got none (no range configured, a cap)
+	NotReplyStart     uint64 `json:"not_reply_start"`  // server lines that look like replies where the server started none (after a bare LF, an echo)
+	UnsolicitedAuth   uint64 `json:"unsolicited_auth"` // 234 replies that answered no AUTH: not taken as encryption
 	SessionsTracked   int    `json:"sessions_tracked"` // now, half-open ones included
 	HalfOpen          int    `json:"half_open"`        // now: control connections that have carried no FTP yet
 	PinholesOpen      int    `json:"pinholes_open"`    // now
 	Proxied           int    `json:"proxied"`
 	Scoped            int    `json:"scoped"` // now: FTPS scoped ranges open
 	// By kind (CloseReasons, RefusalReasons).
-	ClosedBy  [len(CloseReasons)]uint64   `json:"-"`
-	RefusedBy [len(RefusalReasons)]uint64 `json:"-"` // now: sessions through the control proxy
+	ClosedBy       [closeKinds]uint64   `json:"-"`
+	RefusedBy      [refusalKinds]uint64 `json:"-"`
+	ScopedClosedBy [closeKinds]uint64   `json:"-"`
 }

@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"time"
@@ -14,40 +15,124 @@ type encryption struct {
 	clear [2]bool // per direction: back in clear text after a close_notify
 }
 
+// eolMode is how a server ends its lines, learnt from its first one.
+type eolMode uint8
+
+const (
+	eolUnknown eolMode = iota
+	// eolCRLF: CR LF, as RFC 959 asks. A bare LF in a reply is then
+	// text inside the line (a server echoing a client's argument), and
+	// what follows it cannot start a reply.
+	eolCRLF
+	// eolLF: a server that ends lines with a bare LF. Every LF ends a
+	// line; a line that repeats what the client sent is not taken as a
+	// reply (see echoes).
+	eolLF
+)
+
 // bytes takes delivered bytes of direction d, in order.
 func (s *Session) bytes(d int, seq uint32, data []byte, ack uint32, now time.Time) {
 	for len(data) > 0 && !s.ended {
 		if s.enc.on && !s.enc.clear[d] {
-			clear, ok := s.tls[d].walk(data)
-			if s.implicit && d == fromServer && s.tls[d].appData {
-				// The handshake is done: the server sends application data.
-				s.host.openScoped(s, "implicit FTPS: the TLS handshake completed")
+			clear, ok := s.tls[d].walk(data, ack)
+			s.tlsProgress()
+			n := len(data)
+			if ok {
+				n -= len(clear)
 			}
-			if !ok {
+			s.passOn(d, data[:n])
+			if !ok || s.ended {
 				return
 			}
-			seq += uint32(len(data) - len(clear))
+			seq += uint32(n)
 			data = clear
 			if !s.leaveTLS(d, data) {
+				s.passOn(d, data)
 				return
 			}
 		}
-		var tooLong int
-		data, seq, tooLong = s.lines[d].feed(data, seq, ack, func(l line) bool {
-			s.env.stats.Lines++
-			if d == fromClient {
-				s.clientLine(l)
-			} else {
-				s.serverLine(l)
-			}
+		data, seq = s.lines[d].feed(data, seq, ack, func(l line) bool {
+			s.line(d, l)
 			return !s.enc.on || s.enc.clear[d] // stop splitting where TLS begins
 		})
-		if tooLong > 0 {
-			s.env.stats.LinesTooLong += uint64(tooLong)
-			s.logf(logTooLong, levelWarn, "control line too long, dropped unparsed", "session", s.ID,
-				"from", dirName(d), "limit", s.lines[d].max)
+	}
+}
+
+// passOn hands bytes that are not lines (TLS records) to the control
+// proxy's output, for a session of the proxy.
+func (s *Session) passOn(d int, b []byte) {
+	if s.nat != nil {
+		s.nat.send(d, b)
+	}
+}
+
+// line takes one framed line of direction d.
+func (s *Session) line(d int, l line) {
+	switch {
+	case l.blanks > 0:
+		s.env.stats.Lines += uint64(l.blanks)
+		s.blankLines(d, l)
+	case l.tooLong:
+		s.env.stats.LinesTooLong++
+		s.logf(logTooLong, levelWarn, "control line too long, dropped unparsed", "session", s.ID,
+			"from", dirName(d), "limit", s.lines[d].max)
+		s.lineTooLong(d, l)
+	case d == fromClient:
+		s.env.stats.Lines++
+		s.clientLine(l)
+	default:
+		s.env.stats.Lines++
+		s.serverLine(l)
+	}
+	if s.nat != nil {
+		s.nat.lineDone(d, l, d == fromServer && s.reply.inMulti && verbForCode[s.reply.code].IsPassive(), 4*s.env.cfg.MaxLineLength)
+	}
+}
+
+// blankLines takes a run of empty lines. A client's are commands to a
+// server (most answer each with 500), so they count for pairing, as one
+// run; a server's are nothing.
+func (s *Session) blankLines(d int, l line) {
+	if d == fromServer {
+		s.noteServerEOL(l)
+		return
+	}
+	first := uint32(1)
+	if l.text[0] == '\r' {
+		first = 2
+	}
+	if !l.crlf {
+		s.pair.uncertain(s, "commands ended by a bare LF: servers differ on whether that ends a command")
+	}
+	s.pair.pushBlanks(s, l.blanks, l.start+first, l.end, s.env.now)
+}
+
+// lineTooLong takes a line longer than --max-line. It was dropped
+// unparsed, and how its receiver framed it is unknown (as one line, cut
+// in pieces, or refused), so the count of commands and replies is too.
+func (s *Session) lineTooLong(d int, l line) {
+	if d == fromServer {
+		s.noteServerEOL(l)
+		s.reply.inMulti = false
+		s.pair.uncertain(s, "a reply line longer than --max-line")
+		return
+	}
+	s.pair.uncertain(s, "a command longer than --max-line")
+	// The server answers it (or its pieces): a placeholder keeps a PASV
+	// that follows pairable.
+	s.pair.push(s, pendingCommand{verb: parser.VerbOther, time: s.env.now, end: l.end})
+}
+
+// noteServerEOL learns how the server ends its lines from its first
+// framed one, and whether the next line can start a reply.
+func (s *Session) noteServerEOL(l line) {
+	if s.srvEOL == eolUnknown && l.framed {
+		s.srvEOL = eolLF
+		if l.crlf {
+			s.srvEOL = eolCRLF
 		}
 	}
+	s.srvContinues = s.srvEOL == eolCRLF && !l.crlf
 }
 
 // leaveTLS decides whether the clear text that follows a direction's
@@ -65,11 +150,12 @@ func (s *Session) leaveTLS(d int, clear []byte) bool {
 	}
 	if !look(clear) {
 		s.tls[d].opaque = true
+		s.tlsProgress()
 		return false
 	}
 	first := !s.enc.clear[fromClient] && !s.enc.clear[fromServer]
 	s.enc.clear[d] = true
-	s.lines[d].buf = s.lines[d].buf[:0]
+	s.lines[d].reset()
 	if d == fromServer {
 		s.reply.inMulti = false
 	}
@@ -80,7 +166,7 @@ func (s *Session) leaveTLS(d int, clear []byte) bool {
 	if s.enc.clear[fromClient] && s.enc.clear[fromServer] {
 		s.enc = encryption{}
 		s.cccAt = s.env.now
-		s.host.closeScoped(s, "the session left TLS (CCC): exact pinholes again")
+		s.host.closeScoped(s, closedCCC, "the session left TLS (CCC): exact pinholes again")
 		s.env.log.Info("session back in clear text after TLS (CCC), parsing again", "session", s.ID)
 	}
 	return true
@@ -88,18 +174,37 @@ func (s *Session) leaveTLS(d int, clear []byte) bool {
 
 // enterTLS is called when the server accepts AUTH (234).
 func (s *Session) enterTLS() {
-	s.enc = encryption{on: true}
-	s.tls = [2]tlsWalker{}
+	s.startTLS()
+	s.scopeTried, s.tlsDone = false, false
 	for d := range s.lines {
-		s.lines[d].buf = s.lines[d].buf[:0]
-		s.lines[d].discarding, s.lines[d].unframed = false, false
+		s.lines[d].reset()
 	}
 	s.reply.inMulti = false
-	s.pair.dropPending(s, "sent after AUTH, when the session became encrypted")
+	s.pair.dropPending(s, refusedEncrypted, "sent after AUTH, when the session became encrypted")
 	s.authAt = s.env.now
-	s.host.openScoped(s, "AUTH accepted: the announcements are inside TLS")
+	s.host.openScoped(s, "AUTH accepted: the announcements are inside TLS", false)
 	s.env.log.Info("session encrypted: AUTH accepted, no longer parsed until TLS ends after an accepted CCC",
 		"session", s.ID)
+}
+
+// startTLS makes the session encrypted from the next byte on.
+func (s *Session) startTLS() {
+	s.enc = encryption{on: true}
+	s.tls = [2]tlsWalker{{hello: tlsClientHello}, {hello: tlsServerHello}}
+}
+
+// tlsProgress follows an encrypted session's TLS: its scoped range opens
+// once the handshake has completed in both directions (implicit FTPS),
+// and closes as soon as either side is found not to speak TLS.
+func (s *Session) tlsProgress() {
+	switch {
+	case !s.enc.on:
+	case s.tls[fromClient].opaque || s.tls[fromServer].opaque:
+		s.host.closeScoped(s, closedNotTLS, "the session does not speak TLS")
+	case !s.tlsDone && s.tls[fromClient].helloOK && s.tls[fromServer].helloOK && s.tls[fromServer].answered:
+		s.tlsDone = true
+		s.host.openScoped(s, "the TLS handshake completed", true)
+	}
 }
 
 // pickUp starts a direction whose beginning ftpgate did not see.
@@ -118,15 +223,18 @@ func (s *Session) gap(d int) {
 	}
 	if d == fromServer {
 		s.reply.inMulti = false
+		s.srvContinues = false
 	}
 }
 
 func (s *Session) clientLine(l line) {
 	s.observeLine(false, l.text)
+	s.noteEcho(l.text)
 	cmd, err := parser.ParseCommand(l.text)
 	if cmd.Verb.IsData() {
 		// A new data command supersedes every pinhole not yet used.
-		s.host.closeSessionPinholes(s, "superseded by a new data command")
+		s.host.closeSessionPinholes(s, closedSuperseded, "superseded by a new data command")
+		s.pair.supersedePlanned(s)
 	}
 	if err != nil {
 		s.env.stats.Malformed++
@@ -135,17 +243,75 @@ func (s *Session) clientLine(l line) {
 	if !s.pair.inStep && s.quietPoint(l) {
 		s.pair.backInStep(s)
 	}
+	if !l.crlf {
+		// Before the command is queued: a PASV ended so still pairs with
+		// its 227, and an active-mode command never opens.
+		s.pair.uncertain(s, "a command ended by a bare LF: servers differ on whether that ends a command")
+	}
 	pc := pendingCommand{verb: cmd.Verb, cmd: cmd, valid: err == nil, time: s.env.now, end: l.end}
-	if s.nat != nil && pc.verb.IsActive() && pc.valid {
-		// What the server will connect to must be mapped, and the command
-		// perhaps rewritten, before it reaches the server.
+	if s.nat != nil && pc.undecided() {
+		// What the server will connect to must be rewritten before it
+		// reaches the server; it is mapped once the server accepts it.
 		pc.decided = true
-		s.host.decide(s, s.activeChannel(cmd, s.env.now), s.Client.Addr())
+		if s.pair.inStep {
+			pc.plan = s.host.planActive(s, s.activeChannel(cmd, s.env.now))
+		} else {
+			s.host.refuse(s, s.activeChannel(cmd, s.env.now), refusedPairingUncertain, "pairing of replies with commands is uncertain: "+s.pair.why)
+		}
 	}
 	s.pair.push(s, pc)
 }
 
+// maxEchoes bounds the client lines kept to recognise echoes.
+const (
+	maxEchoes   = 4
+	echoPrefix  = 64
+	minEchoSize = 4
+)
+
+// noteEcho keeps, for a server that ends lines with a bare LF, the
+// pieces of a client line that look like a reply (after a CR, a NUL or
+// at its start): a server that echoes the client's argument would send
+// them back as lines of their own.
+func (s *Session) noteEcho(text []byte) {
+	if s.srvEOL == eolCRLF {
+		return
+	}
+	for len(text) > 0 {
+		if looksLikeReply(text) {
+			e := text[:min(len(text), echoPrefix)]
+			if i := bytes.IndexAny(e, "\r\x00"); i >= 0 {
+				e = e[:i]
+			}
+			if len(e) >= minEchoSize {
+				s.echoes[s.echoNext%maxEchoes] = append(s.echoes[s.echoNext%maxEchoes][:0], e...)
+				s.echoNext++
+			}
+		}
+		i := bytes.IndexAny(text, "\r\x00")
+		if i < 0 {
+			return
+		}
+		text = text[i+1:]
+	}
+}
+
+// echoed reports whether a server line begins like a piece of a client
+// line that looked like a reply.
+func (s *Session) echoed(text []byte) bool {
+	for i := range min(s.echoNext, maxEchoes) {
+		e := s.echoes[i]
+		n := min(len(e), len(text))
+		if n >= minEchoSize && bytes.Equal(e[:n], text[:n]) {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *Session) serverLine(l line) {
+	cont := s.srvContinues
+	s.noteServerEOL(l)
 	s.observeLine(true, l.text)
 	rl := parser.ParseReplyLine(l.text)
 	r := &s.reply
@@ -159,8 +325,22 @@ func (s *Session) serverLine(l line) {
 		s.scanReply(l.text)
 		return
 	}
-	if rl.Code == 0 {
+	switch {
+	case rl.Code == 0:
 		return // not a reply line; nothing to pair it with
+	case cont:
+		// After a bare LF from a server that ends its lines with CR LF:
+		// the rest of a line whose reply has ended, not a reply of its
+		// own (an echo of the client's argument, say).
+		s.env.stats.NotReplyStart++
+		s.logf(logMalformed, levelInfo, "line after a bare LF inside a reply ignored: the server ends its lines with CR LF, so it starts no reply",
+			"session", s.ID, "code", rl.Code)
+		return
+	case s.srvEOL != eolCRLF && s.echoed(l.text):
+		s.env.stats.NotReplyStart++
+		s.logf(logMalformed, levelWarn, "server line repeats what the client sent: an echo, not taken as a reply",
+			"session", s.ID, "code", rl.Code)
+		return
 	}
 	r.code, r.ack = rl.Code, l.ack
 	r.found, r.err = false, nil
@@ -198,13 +378,16 @@ func (s *Session) scanReply(text []byte) {
 	}
 }
 
-// passiveVerbs are the commands whose reply announces an address.
-var passiveVerbs = map[int]parser.Verb{227: parser.VerbPASV, 228: parser.VerbLPSV, 229: parser.VerbEPSV}
+// verbForCode names, for the reply codes only one command asks for, that
+// command: a 227 answers a PASV or nothing, a 234 an AUTH or nothing.
+var verbForCode = map[int]parser.Verb{227: parser.VerbPASV, 228: parser.VerbLPSV, 229: parser.VerbEPSV, 234: parser.VerbAUTH}
 
 // commandWords names a command in a reason, for people: no internal
 // names.
 func commandWords(c pendingCommand) string {
 	switch {
+	case c.blank:
+		return "an empty line"
 	case c.verb == parser.VerbOther:
 		return "a command that asks for no data connection"
 	case c.verb == parser.VerbEPSV && c.cmd.All:
@@ -227,34 +410,33 @@ func (s *Session) finalLine(code int) {
 		return // preliminary: the command still waits for its final reply
 	}
 	s.reply.atFinal = true
-	// These reply codes mean one thing whatever they pair with: the
-	// session is now encrypted, or over.
-	switch code {
-	case 234:
-		defer s.enterTLS()
-	case 221:
-		defer s.host.closeSessionPinholes(s, "session quit")
+	if code == 221 {
+		// The session is over, whatever the 221 pairs with.
+		defer s.host.closeSessionPinholes(s, closedQuit, "session quit")
 	}
 	if s.pair.greeting {
 		s.pair.greeting = false // RFC 959: a connection opens with a reply to no command
 		return
 	}
-	passive := passiveVerbs[code]
-	cmd, status := s.pair.answer(s, s.reply.ack, passive)
-	if passive != parser.VerbOther {
-		s.passiveReply(code, passive, cmd, status)
+	want := verbForCode[code]
+	cmd, status := s.pair.answer(s, s.reply.ack, want)
+	switch {
+	case code == 234:
+		s.authReply(cmd, status)
 		return
-	}
-	if status != answered {
+	case want != parser.VerbOther:
+		s.passiveReply(code, want, cmd, status)
+		return
+	case status != answered:
 		return
 	}
 	switch {
 	case cmd.count > 0:
-		// A command past maxPending; its announcement was refused.
+		// A command past maxPending, or an empty line.
+	case cmd.plan != nil:
+		s.host.plannedReply(s, cmd, code)
 	case cmd.decided:
-		if code >= 300 {
-			s.host.closeSessionPinholes(s, fmt.Sprintf("server refused %s with %d", cmd.verb, code))
-		}
+		// Refused when it was sent (a proxied session).
 	case cmd.verb.IsActive() && cmd.valid:
 		ch := s.activeChannel(cmd.cmd, cmd.time)
 		switch {
@@ -265,15 +447,35 @@ func (s *Session) finalLine(code int) {
 				// they see the client at: behind NAT, its own.
 				reason = fmt.Sprintf("NAT suspected: announced address %s is not the client's control address %s, and the %s", ch.RespH, c, reason)
 			}
-			s.host.refuse(s, ch, reason)
+			s.host.refuse(s, ch, refusedByServer, reason)
 		case s.pair.distrusted != "":
-			s.host.refuse(s, ch, "active mode refused on this session: "+s.pair.distrusted)
+			s.host.refuse(s, ch, refusedActiveDistrusted, "active mode refused on this session: "+s.pair.distrusted)
 		default:
 			s.host.decide(s, ch, s.Client.Addr())
 		}
 	case cmd.verb == parser.VerbEPSV && cmd.cmd.All:
 		s.epsvAll = true
 	}
+}
+
+// authReply takes a 234: the session is encrypted from here on only if
+// the 234 answers an AUTH the server received.
+func (s *Session) authReply(cmd pendingCommand, status answerStatus) {
+	if status == answered && cmd.count == 0 && cmd.verb == parser.VerbAUTH {
+		s.enterTLS()
+		return
+	}
+	what := "no command"
+	switch status {
+	case uncertain:
+		what = "no AUTH ftpgate can pair it with (" + s.pair.why + ")"
+	case answered:
+		what = commandWords(cmd)
+		s.pair.outOfStep(s, "a 234 reply answered "+what)
+	}
+	s.env.stats.UnsolicitedAuth++
+	s.logf(logMalformed, levelWarn, "234 reply that answers no AUTH: the session is not taken as encrypted",
+		"session", s.ID, "answers", what)
 }
 
 // activeChannel builds the record of an active-mode announcement: the
@@ -305,16 +507,16 @@ func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, s
 	}
 	switch {
 	case status == unsolicited:
-		s.host.refuse(s, ch, fmt.Sprintf("%d reply without a %s from the client", code, verb))
+		s.host.refuse(s, ch, refusedUnsolicited, fmt.Sprintf("%d reply without a %s from the client", code, verb))
 	case status == uncertain:
-		s.host.refuse(s, ch, "pairing of replies with commands is uncertain: "+s.pair.why)
-	case cmd.count > 0:
-		s.host.refuse(s, ch, fmt.Sprintf("%d reply answers a command past the %d that ftpgate keeps", code, maxPending))
-	case cmd.verb != verb || (verb == parser.VerbEPSV && cmd.cmd.All):
+		s.host.refuse(s, ch, refusedPairingUncertain, "pairing of replies with commands is uncertain: "+s.pair.why)
+	case cmd.count > 0 && !cmd.blank:
+		s.host.refuse(s, ch, refusedTooManyCommands, fmt.Sprintf("%d reply answers a command past the %d that ftpgate keeps", code, maxPending))
+	case cmd.verb != verb || (verb == parser.VerbEPSV && cmd.cmd.All) || cmd.blank:
 		// Only a PASV asks for a 227. The server sent one nobody asked
 		// for, or ftpgate has miscounted; either way the next replies
 		// cannot be trusted to answer the next commands.
-		s.host.refuse(s, ch, fmt.Sprintf("%d reply answers %s, not %s", code, commandWords(cmd), verbWords(verb)))
+		s.host.refuse(s, ch, refusedUnsolicited, fmt.Sprintf("%d reply answers %s, not %s", code, commandWords(cmd), verbWords(verb)))
 		s.pair.outOfStep(s, fmt.Sprintf("a %d reply answered %s", code, commandWords(cmd)))
 	default:
 		s.host.decide(s, ch, s.Server.Addr())
@@ -322,21 +524,19 @@ func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, s
 }
 
 // end is called once when the control connection is gone.
-func (s *Session) end(reason string) {
+func (s *Session) end(kind CloseKind, reason string) {
 	if s.ended {
 		return
 	}
 	s.ended = true
 	for _, c := range s.pair.pending {
-		if c.undecided() {
-			s.host.refuse(s, s.activeChannel(c.cmd, c.time), "no reply from the server before the session ended")
-		}
+		s.pair.drop(s, c, refusedNoReply, "no reply from the server before the session ended")
 	}
 	s.pair.pending = nil
 	s.lines = [2]lineSplitter{}
 	s.h = [2]half{}
-	s.host.closeSessionPinholes(s, reason)
-	s.host.closeScoped(s, reason)
+	s.host.closeSessionPinholes(s, kind, reason)
+	s.host.closeScoped(s, kind, reason)
 	s.host.encryptedRecord(s)
 	s.observeEnd(reason)
 }

@@ -17,21 +17,39 @@ type line struct {
 	// was taken on the strength of how it looks: its real start may lie
 	// in bytes ftpgate never saw.
 	framed bool
+	// crlf: it ended with CR LF, as RFC 959 says every line does; false:
+	// with a bare LF.
+	crlf bool
+	// tooLong: longer than the limit, dropped whole; text is nil.
+	tooLong bool
+	// blanks > 0: this stands for a run of that many empty lines, whose
+	// bytes are text (crlf is the last one's ending). A flood of empty
+	// lines costs one call, not one per line.
+	blanks int
 }
 
 // lineSplitter cuts one direction's byte stream into lines wherever they
 // fall: several per segment, or one over several segments. It keeps at
 // most max bytes of an unfinished line (plus a CR); a longer line is
-// dropped whole and counted, and splitting resumes after its end.
+// dropped whole, reported as tooLong at its end, and splitting resumes
+// after it. No part of a line that is too long is ever parsed.
 type lineSplitter struct {
-	buf        []byte
-	max        int
-	discarding bool // inside a line that is being dropped
+	buf []byte
+	max int
+	// discarding: inside a line that is too long; skipping: inside bytes
+	// after a pickup or a gap that do not start like a line, up to the
+	// first LF.
+	discarding, skipping bool
+	lastCR               bool // the byte before the next one was a CR
 	// unframed: the next byte is not known to start a line (a pickup or
 	// a gap). lineStart says whether bytes look like the start of a
 	// line of this direction.
 	unframed  bool
 	lineStart func([]byte) bool
+	// pass, if set, receives every byte that leaves the splitter other
+	// than in a line it emits: the bytes of a line too long, and those
+	// skipped. The control proxy sends them on as they are.
+	pass func([]byte)
 	// The line being collected: where it began and whether it was framed.
 	start, ack uint32
 	framed     bool
@@ -43,75 +61,132 @@ type lineSplitter struct {
 // are they skipped up to the first LF.
 func (l *lineSplitter) resync() {
 	l.buf = l.buf[:0]
-	l.discarding = false
+	l.discarding, l.skipping, l.lastCR = false, false, false
 	l.unframed = true
 }
 
+// reset forgets any partial line at a point known to be a line start
+// (TLS begins or ends).
+func (l *lineSplitter) reset() {
+	l.buf = l.buf[:0]
+	l.discarding, l.skipping, l.unframed, l.lastCR = false, false, false, false
+}
+
 // empty reports whether no partial line is buffered.
-func (l *lineSplitter) empty() bool { return len(l.buf) == 0 && !l.discarding && !l.unframed }
+func (l *lineSplitter) empty() bool {
+	return len(l.buf) == 0 && !l.discarding && !l.skipping && !l.unframed
+}
+
+// held is how many bytes of an unfinished line the splitter holds.
+func (l *lineSplitter) held() int { return len(l.buf) }
+
+func (l *lineSplitter) passOn(b []byte) {
+	if l.pass != nil && len(b) > 0 {
+		l.pass(b)
+	}
+}
+
+// blankRun measures the run of empty lines ("\n" or "\r\n") at the start
+// of data: how many, how many bytes, and whether the last ended in CR LF.
+func blankRun(data []byte) (n, size int, crlf bool) {
+	for size < len(data) {
+		switch {
+		case data[size] == '\n':
+			size, crlf = size+1, false
+		case data[size] == '\r' && size+1 < len(data) && data[size+1] == '\n':
+			size, crlf = size+2, true
+		default:
+			return n, size, crlf
+		}
+		n++
+	}
+	return n, size, crlf
+}
 
 // feed hands each complete line of data, which starts at sequence number
-// seq and came in a segment acknowledging ack, to emit, and returns how
-// many over-long lines it dropped. emit may stop the splitting early by
-// returning false; the rest of data and its sequence number are then
-// returned unconsumed, as when the session switches to TLS mid-segment.
-func (l *lineSplitter) feed(data []byte, seq, ack uint32, emit func(line) bool) (rest []byte, restSeq uint32, tooLong int) {
+// seq and came in a segment acknowledging ack, to emit. emit may stop the
+// splitting early by returning false; the rest of data and its sequence
+// number are then returned unconsumed, as when the session switches to
+// TLS mid-segment.
+func (l *lineSplitter) feed(data []byte, seq, ack uint32, emit func(line) bool) (rest []byte, restSeq uint32) {
 	for len(data) > 0 {
-		if l.unframed {
+		switch {
+		case l.unframed:
 			l.unframed = false
 			if l.lineStart != nil && !l.lineStart(data) {
-				l.discarding = true
+				l.skipping = true
 			} else {
 				l.start, l.ack, l.framed = seq, ack, false
 			}
-		} else if len(l.buf) == 0 && !l.discarding {
+		case len(l.buf) == 0 && !l.discarding && !l.skipping:
 			l.start, l.ack, l.framed = seq, ack, true
+			if n, size, crlf := blankRun(data); n > 0 {
+				run := data[:size]
+				data, seq = data[size:], seq+uint32(size)
+				if !emit(line{text: run, blanks: n, crlf: crlf, start: l.start, end: seq, ack: ack, framed: true}) {
+					return data, seq
+				}
+				continue
+			}
 		}
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
-			if !l.discarding {
-				if len(l.buf)+len(data) > l.max+1 { // +1: a CR before the LF to come
-					tooLong++
-					l.buf = l.buf[:0]
-					l.discarding = true
-				} else {
-					l.buf = append(l.buf, data...)
-				}
+			switch {
+			case l.discarding || l.skipping:
+				l.passOn(data)
+			case len(l.buf)+len(data) > l.max+1: // +1: a CR before the LF to come
+				l.passOn(l.buf)
+				l.passOn(data)
+				l.buf = l.buf[:0]
+				l.discarding = true
+			default:
+				l.buf = append(l.buf, data...)
 			}
-			return nil, seq + uint32(len(data)), tooLong
+			l.lastCR = data[len(data)-1] == '\r'
+			return nil, seq + uint32(len(data))
 		}
 		chunk := data[:i]
+		crlf := i > 0 && chunk[i-1] == '\r' || i == 0 && l.lastCR
+		taken := data[:i+1]
 		data = data[i+1:]
 		seq += uint32(i + 1)
-		if l.discarding {
+		l.lastCR = false
+		if l.skipping {
+			l.skipping = false
+			l.passOn(taken)
+			continue
+		}
+		textLen := len(l.buf) + len(chunk)
+		if crlf {
+			textLen--
+		}
+		if l.discarding || textLen > l.max {
+			if !l.discarding {
+				l.passOn(l.buf) // held while it might still have fitted
+			}
 			l.discarding = false
+			l.buf = l.buf[:0]
+			l.passOn(taken)
+			if !emit(line{tooLong: true, crlf: crlf, start: l.start, end: seq, ack: l.ack, framed: l.framed}) {
+				return data, seq
+			}
 			continue
 		}
 		text := chunk
 		if len(l.buf) > 0 {
-			if len(l.buf)+len(chunk) > l.max+1 {
-				tooLong++
-				l.buf = l.buf[:0]
-				continue
-			}
 			l.buf = append(l.buf, chunk...)
 			text = l.buf
 		}
-		if n := len(text); n > 0 && text[n-1] == '\r' {
-			text = text[:n-1]
+		if crlf {
+			text = text[:len(text)-1]
 		}
-		if len(text) > l.max {
-			tooLong++
-			l.buf = l.buf[:0]
-			continue
-		}
-		ok := emit(line{text: text, start: l.start, end: seq, ack: l.ack, framed: l.framed})
+		ok := emit(line{text: text, crlf: crlf, start: l.start, end: seq, ack: l.ack, framed: l.framed})
 		l.buf = l.buf[:0]
 		if !ok {
-			return data, seq, tooLong
+			return data, seq
 		}
 	}
-	return nil, seq, tooLong
+	return nil, seq
 }
 
 // looksLikeCommand reports whether b starts like a client command: a verb

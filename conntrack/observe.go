@@ -2,7 +2,6 @@ package conntrack
 
 import (
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/ftpgate/ftpgate/rules"
@@ -25,6 +24,7 @@ type ControlLine struct {
 type ChannelClosed struct {
 	Channel Channel
 	At      time.Time
+	Kind    CloseKind
 	Reason  string
 	Started bool
 }
@@ -51,9 +51,9 @@ func (s *Session) observeEnd(reason string) {
 	}
 }
 
-func (t *Tracker) observeClosed(p *pinhole, reason string, at time.Time) {
+func (t *Tracker) observeClosed(p *pinhole, kind CloseKind, reason string, at time.Time) {
 	if f := t.cfg.OnChannelClosed; f != nil {
-		f(ChannelClosed{Channel: p.channel, At: at, Reason: reason, Started: strings.HasPrefix(reason, "data connection started") || reason == reasonUsedAfterClose})
+		f(ChannelClosed{Channel: p.channel, At: at, Kind: kind, Reason: reason, Started: kind == closedUsed})
 	}
 }
 

@@ -21,14 +21,19 @@ type pendingCommand struct {
 	valid bool // the command parsed without error
 	time  time.Time
 	end   uint32 // client sequence number after its LF
-	// count > 0 makes this a run of commands past maxPending, of which
-	// only the number, the end of the first (while firstKnown) and the
-	// end of the last are kept.
+	// count > 0 makes this a run of commands of which only the number,
+	// the end of the first (while firstKnown) and the end of the last
+	// are kept: commands past maxPending, or (blank) empty lines.
 	count      int
 	firstEnd   uint32
 	firstKnown bool
-	// decided: an active-mode command of a proxied session, whose
-	// channel was decided before the server saw it (see Session.nat).
+	blank      bool
+	// plan: an active-mode command of a proxied session, rewritten for
+	// the server with a public port that is mapped to the client only
+	// once the server accepts it (see Session.nat).
+	plan *natPlan
+	// decided: an active-mode command of a proxied session, planned or
+	// refused when the client sent it.
 	decided bool
 }
 
@@ -88,7 +93,22 @@ func (p *pairing) outOfStep(s *Session, why string) {
 	}
 	p.inStep = false
 	p.greeting = false
-	p.dropPending(s, "pairing of replies with commands is uncertain: "+why)
+	p.dropPending(s, refusedPairingUncertain, "pairing of replies with commands is uncertain: "+why)
+}
+
+// uncertain says the count of one command is in doubt (how its receiver
+// framed it is unknown): pairing is out of step, but the commands
+// waiting stay, so that a PASV among them still pairs with its 227, while
+// an active-mode command pairs with nothing.
+func (p *pairing) uncertain(s *Session, why string) {
+	if p.inStep {
+		s.logf(logOutOfStep, levelInfo, "pairing of replies with commands out of step; active mode refused until it is back in step",
+			"session", s.ID, "because", why)
+		p.why = why
+	} else if p.why == "" {
+		p.why = why
+	}
+	p.inStep = false
 }
 
 // distrust ends active mode for the rest of the session.
@@ -102,25 +122,47 @@ func (p *pairing) distrust(s *Session, why string) {
 
 // backInStep is called at a quiet point.
 func (p *pairing) backInStep(s *Session) {
-	p.dropPending(s, "pairing of replies with commands is uncertain: "+p.why)
+	p.dropPending(s, refusedPairingUncertain, "pairing of replies with commands is uncertain: "+p.why)
 	p.inStep, p.why = true, ""
 	s.logf(logOutOfStep, levelInfo, "pairing of replies with commands back in step", "session", s.ID)
 }
 
 // dropPending forgets every waiting command, refusing the announcements.
-func (p *pairing) dropPending(s *Session, reason string) {
+func (p *pairing) dropPending(s *Session, kind RefusalKind, reason string) {
 	for _, c := range p.pending {
-		if c.undecided() {
-			s.host.refuse(s, s.activeChannel(c.cmd, c.time), reason)
-		}
+		p.drop(s, c, kind, reason)
 	}
 	p.pending = p.pending[:0]
+}
+
+// drop forgets one waiting command: an announcement among them is
+// refused, and a public port planned for it is given back.
+func (p *pairing) drop(s *Session, c pendingCommand, kind RefusalKind, reason string) {
+	if c.plan != nil {
+		s.host.dropPlanned(s, c, kind, reason)
+		return
+	}
+	if c.undecided() {
+		s.host.refuse(s, s.activeChannel(c.cmd, c.time), kind, reason)
+	}
+}
+
+// supersedePlanned gives up the plans of active-mode commands still
+// waiting for their reply: a new data command supersedes them, as it
+// supersedes open pinholes.
+func (p *pairing) supersedePlanned(s *Session) {
+	for i := range p.pending {
+		if c := &p.pending[i]; c.plan != nil {
+			s.host.dropPlanned(s, *c, refusedSuperseded, "superseded by a new data command before the server answered")
+			c.plan, c.valid = nil, false
+		}
+	}
 }
 
 // push queues a command the server has yet to answer.
 func (p *pairing) push(s *Session, c pendingCommand) {
 	n := len(p.pending)
-	if n > 0 && p.pending[n-1].count > 0 {
+	if n > 0 && p.pending[n-1].count > 0 && !p.pending[n-1].blank {
 		run := &p.pending[n-1]
 		run.count++
 		run.end = c.end
@@ -131,16 +173,44 @@ func (p *pairing) push(s *Session, c pendingCommand) {
 		p.pending = append(p.pending, c)
 		return
 	}
-	s.env.stats.PendingOverflow++
-	s.logf(logPending, levelWarn, "too many commands without a reply; further ones are counted, not kept",
-		"session", s.ID, "limit", maxPending)
-	p.pending = append(p.pending, pendingCommand{verb: parser.VerbOther, count: 1, end: c.end, firstEnd: c.end, firstKnown: true, time: c.time})
+	p.overflow(s, c.end, c.end, c.time)
 	p.refuseUnkept(s, c)
 }
 
+// pushBlanks queues a run of n empty lines, the first ending at first
+// and the last at end: servers answer them like commands.
+func (p *pairing) pushBlanks(s *Session, n int, first, end uint32, now time.Time) {
+	k := len(p.pending)
+	if k > 0 && p.pending[k-1].count > 0 {
+		run := &p.pending[k-1]
+		run.count += n
+		run.end = end
+		return
+	}
+	if k < maxPending {
+		p.pending = append(p.pending, pendingCommand{verb: parser.VerbOther, count: n, blank: true,
+			firstEnd: first, firstKnown: true, end: end, time: now})
+		return
+	}
+	p.overflow(s, first, end, now)
+	p.pending[len(p.pending)-1].count = n
+}
+
+// overflow starts the run of commands past maxPending.
+func (p *pairing) overflow(s *Session, first, end uint32, now time.Time) {
+	s.env.stats.PendingOverflow++
+	s.logf(logPending, levelWarn, "too many commands without a reply; further ones are counted, not kept",
+		"session", s.ID, "limit", maxPending)
+	p.pending = append(p.pending, pendingCommand{verb: parser.VerbOther, count: 1, end: end, firstEnd: first, firstKnown: true, time: now})
+}
+
 func (p *pairing) refuseUnkept(s *Session, c pendingCommand) {
+	if c.plan != nil {
+		s.host.dropPlanned(s, c, refusedTooManyCommands, fmt.Sprintf("more than %d commands were waiting for a reply; this one was not kept", maxPending))
+		return
+	}
 	if c.undecided() {
-		s.host.refuse(s, s.activeChannel(c.cmd, c.time),
+		s.host.refuse(s, s.activeChannel(c.cmd, c.time), refusedTooManyCommands,
 			fmt.Sprintf("more than %d commands were waiting for a reply; this one was not kept", maxPending))
 	}
 }
@@ -155,18 +225,16 @@ const (
 )
 
 // answer pops the command a final reply answers. ack is the
-// acknowledgement number of the segment the reply began in, passive the
-// command a 227/228/229 needs (VerbOther for any other reply).
-func (p *pairing) answer(s *Session, ack uint32, passive parser.Verb) (pendingCommand, answerStatus) {
+// acknowledgement number of the segment the reply began in, want the
+// command a reply of this code needs (VerbOther: any).
+func (p *pairing) answer(s *Session, ack uint32, want parser.Verb) (pendingCommand, answerStatus) {
 	if !p.inStep {
-		if passive != parser.VerbOther {
+		if want != parser.VerbOther {
 			for i, c := range p.pending {
-				if c.count == 0 && c.verb == passive && !c.cmd.All && seqAtLeast(ack, c.end) {
+				if c.count == 0 && c.verb == want && !c.cmd.All && seqAtLeast(ack, c.end) {
 					// The commands before it were answered before it.
 					for _, b := range p.pending[:i] {
-						if b.undecided() {
-							s.host.refuse(s, s.activeChannel(b.cmd, b.time), "pairing of replies with commands is uncertain: "+p.why)
-						}
+						p.drop(s, b, refusedPairingUncertain, "pairing of replies with commands is uncertain: "+p.why)
 					}
 					p.pending = p.pending[:copy(p.pending, p.pending[i+1:])]
 					return c, answered
@@ -174,10 +242,7 @@ func (p *pairing) answer(s *Session, ack uint32, passive parser.Verb) (pendingCo
 			}
 		}
 		if len(p.pending) > 0 && p.fits(ack) {
-			c := p.pop()
-			if c.undecided() {
-				s.host.refuse(s, s.activeChannel(c.cmd, c.time), "pairing of replies with commands is uncertain: "+p.why)
-			}
+			p.drop(s, p.pop(), refusedPairingUncertain, "pairing of replies with commands is uncertain: "+p.why)
 		}
 		return pendingCommand{}, uncertain
 	}
@@ -187,7 +252,11 @@ func (p *pairing) answer(s *Session, ack uint32, passive parser.Verb) (pendingCo
 	front := &p.pending[0]
 	if front.count > 0 && !front.firstKnown && !seqAtLeast(ack, front.end) {
 		// Somewhere inside a run of commands whose ends are not kept.
-		p.outOfStep(s, "too many commands were waiting for a reply")
+		why := "too many commands were waiting for a reply"
+		if front.blank {
+			why = "replies to a run of empty lines cannot be told apart"
+		}
+		p.outOfStep(s, why)
 		return pendingCommand{}, uncertain
 	}
 	if !p.fits(ack) {
@@ -216,7 +285,7 @@ func (p *pairing) pop() pendingCommand {
 	if f.count > 1 {
 		f.count--
 		f.firstKnown = false // the next one ends somewhere up to f.end
-		return pendingCommand{verb: parser.VerbOther, count: 1}
+		return pendingCommand{verb: parser.VerbOther, count: 1, blank: f.blank}
 	}
 	c := *f
 	n := copy(p.pending, p.pending[1:])

@@ -2,6 +2,7 @@ package conntrack
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -39,62 +40,85 @@ func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
 		t.decideNAT(s, ch)
 		return
 	}
-	why, pol, timeout := t.serverPolicy(s, ch)
+	kind, why, pol, timeout := t.serverPolicy(s, ch)
 	if why == "" {
-		why = pol.Check(ch, announcer)
+		kind, why = pol.Check(ch, announcer)
+	}
+	if why == "" {
+		kind, why = t.checkLocal(s, ch)
 	}
 	if why != "" {
-		t.refuse(s, ch, why)
+		t.refuse(s, ch, kind, why)
 		return
 	}
 	t.open(s, ch, ch.Pinhole(), natPlan{}, timeout)
 }
 
-// decideNAT decides an announcement on a session of the control proxy:
-// the announced address must be the announcer's own on either side of
-// its control connection's translation.
+// checkLocal applies the rule for announcements made from this host's
+// own sockets (an FTP client or server on the gateway, seen on the
+// output path): the socket that would accept the data connection must be
+// a listening socket of the user who owns the announcing control
+// connection. Without it, any local user could hand an outside host a
+// pinhole to a service of another user, root's among them.
+func (t *Tracker) checkLocal(s *Session, ch Channel) (RefusalKind, string) {
+	ls := t.cfg.LocalSockets
+	if ls == nil {
+		return 0, ""
+	}
+	control, peer := s.Client, s.Server
+	if ch.Passive {
+		control, peer = s.Server, s.Client
+	}
+	if !ls.IsLocal(control.Addr()) {
+		return 0, ""
+	}
+	owner, ok := ls.Owner(control, peer)
+	if !ok {
+		return refusedLocalSocket, fmt.Sprintf("announced from this host, but ftpgate found no socket of this host for the control connection %s", control)
+	}
+	to := netip.AddrPortFrom(ch.RespH, ch.RespP)
+	listener, ok := ls.Listener(to, netip.AddrPortFrom(ch.OrigH, 0))
+	switch {
+	case !ok:
+		return refusedLocalSocket, fmt.Sprintf("announced port %s of this host has no listening socket", to)
+	case listener != owner:
+		return refusedLocalSocket, fmt.Sprintf("announced port %s of this host is a listening socket of uid %d, not of uid %d that owns the announcing control connection", to, listener, owner)
+	}
+	return 0, ""
+}
+
+// decideNAT decides a passive-mode announcement (a 227, 228 or 229) on a
+// session of the control proxy: the announced address must be the
+// server's own on either side of its control connection's translation.
 func (t *Tracker) decideNAT(s *Session, ch Channel) {
+	kind, why, pol, timeout := t.serverPolicy(s, ch)
+	if why == "" {
+		kind, why = t.checkNAT(s, ch, pol)
+	}
+	if why != "" {
+		t.refuse(s, ch, kind, why)
+		return
+	}
+	code := map[parser.Verb]int{parser.VerbPASV: 227, parser.VerbEPSV: 229, parser.VerbLPSV: 228}[ch.Command]
+	plan, kind, reason := t.planNAT(s, ch, code)
+	if reason != "" {
+		t.refuse(s, ch, kind, reason)
+		return
+	}
+	ch = plan.describe(ch)
+	if p := t.open(s, ch, plan.pinhole, plan, timeout); p != nil {
+		s.nat.rewrite = plan.line
+	}
+}
+
+// checkNAT is the policy check of an announcement on a proxied session.
+func (t *Tracker) checkNAT(s *Session, ch Channel, pol Policy) (RefusalKind, string) {
 	tr := s.nat.tr
 	own := []netip.Addr{tr.Client.Addr(), tr.ClientSeen.Addr()}
 	if ch.Passive {
 		own = []netip.Addr{tr.Server.Addr(), tr.ServerSeen.Addr()}
 	}
-	why, pol, timeout := t.serverPolicy(s, ch)
-	if why == "" {
-		why = pol.Check(ch, own...)
-	}
-	if reason := why; reason != "" {
-		ch.Seen = tr.ClientSeen
-		if ch.Passive {
-			ch.Seen = tr.ServerSeen
-		}
-		t.refuse(s, ch, reason)
-		return
-	}
-	code := map[parser.Verb]int{parser.VerbPASV: 227, parser.VerbEPSV: 229, parser.VerbLPSV: 228}[ch.Command]
-	plan, reason := t.planNAT(s, ch, code)
-	if reason != "" {
-		t.refuse(s, ch, reason)
-		return
-	}
-	if plan.send.IsValid() {
-		b, err := rewriteLine(ch.Command, code, plan.send)
-		if err != nil {
-			t.refuse(s, ch, "cannot rewrite the announcement for the far side of the NAT: "+err.Error())
-			return
-		}
-		s.nat.rewrite = b
-		ch.Sent = plan.send
-	}
-	if len(plan.maps) > 0 {
-		ch.MappedTo = netip.AddrPortFrom(plan.pinhole.Addr, plan.pinhole.Port)
-		if !plan.send.IsValid() && plan.public.IsValid() {
-			ch.Sent = plan.public
-		}
-	}
-	if p := t.open(s, ch, plan.pinhole, plan, timeout); p == nil && plan.send.IsValid() {
-		s.nat.rewrite = nil // refused after all: the far side gets the line as it was
-	}
+	return pol.Check(ch, own...)
 }
 
 // open opens the pinhole key for ch, with the NAT mappings of plan, or
@@ -110,33 +134,40 @@ func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan, 
 	}
 	switch {
 	case len(s.pinholes) >= t.cfg.MaxPinholesPerSession:
-		t.refuse(s, ch, "session has reached its pinhole cap")
+		t.nat.release(plan.public)
+		t.refuse(s, ch, refusedCap, "session has reached its pinhole cap")
 		return nil
 	case len(t.pinholes) >= t.cfg.MaxPinholes:
-		t.refuse(s, ch, "pinhole cap reached for the whole gateway")
+		t.nat.release(plan.public)
+		t.refuse(s, ch, refusedCap, "pinhole cap reached for the whole gateway")
 		return nil
 	}
 	t.dirty = true
-	for _, m := range plan.maps {
+	for i, m := range plan.maps {
 		if err := t.fw.AddMapping(m, timeout); err != nil {
 			t.stats.BackendErrors++
-			t.refuse(s, ch, "firewall backend: "+err.Error())
+			for _, done := range plan.maps[:i] {
+				_ = t.fw.DelMapping(done)
+			}
+			t.nat.release(plan.public)
+			t.refuse(s, ch, refusedBackend, "firewall backend: "+err.Error())
 			return nil
 		}
 	}
 	if err := t.fw.AddPinhole(key, timeout); err != nil {
 		t.stats.BackendErrors++
-		t.refuse(s, ch, "firewall backend: "+err.Error())
+		for _, m := range plan.maps {
+			_ = t.fw.DelMapping(m)
+		}
+		t.nat.release(plan.public)
+		t.refuse(s, ch, refusedBackend, "firewall backend: "+err.Error())
 		return nil
 	}
 	_, closing := t.closing[key]
 	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(timeout), fresh: !replaced && !closing,
 		maps: plan.maps, public: plan.public}
-	if p.public.IsValid() {
-		t.nat.hold(p.public)
-	}
 	t.stats.NATMappings += uint64(len(plan.maps))
-	if ch.Sent.IsValid() && s.nat != nil && s.nat.rewrite != nil {
+	if plan.line != nil {
 		t.stats.NATRewrites++
 	}
 	if t.now.After(ch.Time) {
@@ -147,9 +178,6 @@ func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan, 
 	s.pinholes = append(s.pinholes, p)
 	ch.Verdict = VerdictOpen
 	ch.Reason = acceptReason(ch)
-	if s.nat != nil && !ch.Passive {
-		ch.Reason = ch.Command.String() + " from the client, opened before the server saw it"
-	}
 	t.stats.ChannelsOpened++
 	t.logChannel(slog.LevelInfo, "channel open", ch)
 	if t.cfg.OnChannel != nil {
@@ -168,11 +196,12 @@ func acceptReason(ch Channel) string {
 // refuse records a channel that does not open. Every refusal reaches
 // OnChannel; the log lines of one session are rate-limited, since a peer
 // can make them as often as it likes.
-func (t *Tracker) refuse(s *Session, ch Channel, reason string) {
+func (t *Tracker) refuse(s *Session, ch Channel, kind RefusalKind, reason string) {
 	ch.Verdict = VerdictRefuse
 	ch.Reason = reason
+	ch.Refusal = kind
 	t.stats.ChannelsRefused++
-	t.stats.RefusedBy[refusalKind(reason)]++
+	t.stats.RefusedBy[kind]++
 	if t.log.Enabled(context.Background(), slog.LevelWarn) {
 		if ok, held := s.limiter.allow(logRefused, t.now); ok {
 			attrs := channelAttrs(ch)
@@ -323,7 +352,7 @@ func (t *Tracker) PinholeConsumed(key rules.Pinhole) {
 func (t *Tracker) used(p *pinhole, at time.Time) {
 	t.stats.PinholesConsumed++
 	if !t.cfg.ConfirmAdmitted {
-		t.logClosed(slog.LevelInfo, p, "data connection started", at)
+		t.logClosed(slog.LevelInfo, p, closedUsed, "data connection started", at)
 		return
 	}
 	if old, ok := t.admitted[p.key]; ok {
@@ -349,7 +378,7 @@ func (t *Tracker) AdmittedReport(data []byte) {
 func (t *Tracker) confirmed(p *pinhole) {
 	delete(t.admitted, p.key)
 	t.stats.DataAdmitted++
-	t.logClosed(slog.LevelInfo, p, "data connection started", p.usedAt)
+	t.logClosed(slog.LevelInfo, p, closedUsed, "data connection started", p.usedAt)
 }
 
 // expireAdmitted closes, as dropped, the used pinholes whose connection
@@ -361,25 +390,25 @@ func (t *Tracker) expireAdmitted(now time.Time, all bool) {
 		}
 		delete(t.admitted, k)
 		if all && now.Before(p.confirmBy) {
-			t.logClosed(slog.LevelInfo, p, "data connection started (not yet seen past the ruleset when ftpgate stopped)", p.usedAt)
+			t.logClosed(slog.LevelInfo, p, closedUsed, "data connection started (not yet seen past the ruleset when ftpgate stopped)", p.usedAt)
 			continue
 		}
 		t.stats.AdmittedDropped++
-		t.logClosed(slog.LevelWarn, p, "admitted but dropped by the ruleset", p.usedAt)
+		t.logClosed(slog.LevelWarn, p, closedDroppedByRuleset, "admitted but dropped by the ruleset", p.usedAt)
 		t.warnCap(3, "a data connection ftpgate admitted was dropped by your ruleset: is the accept line for ftpgate's ct mark in the chain, before its drop? (ftpgate run logs the line at start-up)",
 			"dropped_so_far", t.stats.AdmittedDropped)
 	}
 }
 
 // closeSessionPinholes closes every open pinhole of s.
-func (t *Tracker) closeSessionPinholes(s *Session, reason string) {
+func (t *Tracker) closeSessionPinholes(s *Session, kind CloseKind, reason string) {
 	for len(s.pinholes) > 0 {
 		p := s.pinholes[0]
-		t.closePinhole(p.key, p, reason)
+		t.closePinhole(p.key, p, kind, reason)
 	}
 }
 
-func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
+func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, kind CloseKind, reason string) {
 	if cur, ok := t.pinholes[key]; ok && cur == p {
 		delete(t.pinholes, key)
 		t.removeFromBackend(p)
@@ -387,10 +416,10 @@ func (t *Tracker) closePinhole(key rules.Pinhole, p *pinhole, reason string) {
 	t.dropFromSession(p)
 	t.stats.PinholesClosed++
 	at := t.now
-	if reason == "timeout" {
+	if kind == closedTimeout {
 		at = p.expires
 	}
-	t.logClosed(slog.LevelInfo, p, reason, at)
+	t.logClosed(slog.LevelInfo, p, kind, reason, at)
 	if t.cfg.ReportWindow > 0 {
 		// The kernel may have used it before the close reached it; its
 		// report is still on the way.
@@ -433,9 +462,9 @@ func (t *Tracker) unmap(p *pinhole) {
 
 // logClosed logs a close when it happens; at is when it did (the
 // kernel's use, or the timeout), which may be a little earlier.
-func (t *Tracker) logClosed(level slog.Level, p *pinhole, reason string, at time.Time) {
-	t.stats.ClosedBy[closeKind(reason)]++
-	t.observeClosed(p, reason, at)
+func (t *Tracker) logClosed(level slog.Level, p *pinhole, kind CloseKind, reason string, at time.Time) {
+	t.stats.ClosedBy[kind]++
+	t.observeClosed(p, kind, reason, at)
 	if !t.log.Enabled(context.Background(), level) {
 		return
 	}
@@ -445,7 +474,7 @@ func (t *Tracker) logClosed(level slog.Level, p *pinhole, reason string, at time
 }
 
 func (t *Tracker) logUsedAfterClose(p *pinhole) {
-	t.observeClosed(p, reasonUsedAfterClose, t.now)
+	t.observeClosed(p, closedUsed, reasonUsedAfterClose, t.now)
 	if t.log.Enabled(context.Background(), slog.LevelInfo) {
 		t.log.Info("channel used", "session", p.channel.Session, "command", p.channel.Command.String(),
 			"orig_h", p.key.Peer.String(), "resp_h", p.key.Addr.String(), "resp_p", p.key.Port,

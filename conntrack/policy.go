@@ -16,19 +16,19 @@ type Policy struct {
 }
 
 // Check returns "" when the announcement may open a pinhole, else the
-// reason for refusing it. announcer is the control-connection address of
+// kind of refusal and the reason. announcer is the control-connection address of
 // the side that wrote the announcement; through NAT, its addresses on
 // both sides of the translation. Requiring the announced address to be
 // the announcer's also settles its family: the connecting peer is the
 // other end of that same control connection.
-func (p Policy) Check(ch Channel, announcer ...netip.Addr) string {
+func (p Policy) Check(ch Channel, announcer ...netip.Addr) (RefusalKind, string) {
 	if !slices.Contains(announcer, ch.RespH) {
 		side := "client"
 		if ch.Passive {
 			side = "server"
 		}
 		if len(announcer) > 1 && announcer[0] != announcer[1] {
-			return fmt.Sprintf("announced address %s is the %s's address on neither side of the NAT (%s, %s)",
+			return refusedNotAnnouncer, fmt.Sprintf("announced address %s is the %s's address on neither side of the NAT (%s, %s)",
 				ch.RespH, side, announcer[0], announcer[1])
 		}
 		reason := fmt.Sprintf("announced address %s is not the %s's control address %s", ch.RespH, side, announcer[0])
@@ -43,12 +43,12 @@ func (p Policy) Check(ch Channel, announcer ...netip.Addr) string {
 			// looks the same on the wire; either way it stays closed.)
 			reason = "NAT suspected: " + reason
 		}
-		return reason
+		return refusedNotAnnouncer, reason
 	}
 	if ch.RespP < p.MinDataPort {
-		return fmt.Sprintf("announced port %d is below the minimum data port %d", ch.RespP, p.MinDataPort)
+		return refusedLowPort, fmt.Sprintf("announced port %d is below the minimum data port %d", ch.RespP, p.MinDataPort)
 	}
-	return ""
+	return 0, ""
 }
 
 // sameNetwork reports whether two addresses share a /24 (IPv4) or a /64

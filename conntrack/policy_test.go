@@ -28,29 +28,32 @@ func TestRefusals(t *testing.T) {
 		name   string
 		lines  [][2]string // {from "c" or "s", text}
 		reason string
+		kind   RefusalKind
 	}{
 		{"bounce: PORT to a third host", [][2]string{{"c", "PORT 203,0,113,5,200,1"}, {"s", "200 ok"}},
-			"announced address 203.0.113.5 is not the client's control address 192.0.2.10"},
+			"announced address 203.0.113.5 is not the client's control address 192.0.2.10", refusedNotAnnouncer},
 		{"bounce: PORT to the client's neighbour", [][2]string{{"c", "PORT 192,0,2,11,31,144"}, {"s", "200 ok"}},
-			"announced address 192.0.2.11 is not the client's control address 192.0.2.10: it names another host on the same network (an FTP bounce)"},
+			"announced address 192.0.2.11 is not the client's control address 192.0.2.10: it names another host on the same network (an FTP bounce)", refusedNotAnnouncer},
 		{"bounce: PORT to the server itself", [][2]string{{"c", "PORT 198,51,100,20,0,25"}, {"s", "200 ok"}},
-			"announced address 198.51.100.20 is not the client's control address"},
+			"announced address 198.51.100.20 is not the client's control address", refusedNotAnnouncer},
 		{"EPRT for another family", [][2]string{{"c", "EPRT |2|2001:db8::10|40000|"}, {"s", "200 ok"}},
-			"is not the client's control address"},
+			"is not the client's control address", refusedNotAnnouncer},
 		{"PORT to a privileged port", [][2]string{{"c", "PORT 192,0,2,10,0,80"}, {"s", "200 ok"}},
-			"announced port 80 is below the minimum data port 1024"},
+			"announced port 80 is below the minimum data port 1024", refusedLowPort},
 		{"PORT the server refused", [][2]string{{"c", "PORT 192,0,2,10,200,1"}, {"s", "500 Illegal PORT command."}},
-			"server refused PORT with 500"},
+			"server refused PORT with 500", refusedByServer},
 		{"227 to a third host", [][2]string{{"c", "PASV"}, {"s", "227 Entering Passive Mode (203,0,113,5,200,1)"}},
-			"announced address 203.0.113.5 is not the server's control address 198.51.100.20"},
+			"announced address 203.0.113.5 is not the server's control address 198.51.100.20", refusedNotAnnouncer},
 		{"227 without PASV", [][2]string{{"s", "227 Entering Passive Mode (198,51,100,20,200,1)"}},
-			"227 reply without a PASV from the client"},
+			"227 reply without a PASV from the client", refusedUnsolicited},
 		{"227 answering something else", [][2]string{{"c", "NOOP"}, {"s", "227 Entering Passive Mode (198,51,100,20,200,1)"}},
-			"227 reply answers a command that asks for no data connection, not a PASV"},
+			"227 reply answers a command that asks for no data connection, not a PASV", refusedUnsolicited},
 		{"229 to EPSV ALL", [][2]string{{"c", "EPSV ALL"}, {"s", "229 Entering Extended Passive Mode (|||50000|)"}},
-			"229 reply answers EPSV ALL, not an EPSV"},
+			"229 reply answers EPSV ALL, not an EPSV", refusedUnsolicited},
 		{"227 to a low port", [][2]string{{"c", "PASV"}, {"s", "227 Entering Passive Mode (198,51,100,20,0,22)"}},
-			"announced port 22 is below the minimum data port 1024"},
+			"announced port 22 is below the minimum data port 1024", refusedLowPort},
+		{"227 to an empty line", [][2]string{{"c", ""}, {"s", "227 Entering Passive Mode (198,51,100,20,200,1)"}},
+			"227 reply answers an empty line, not a PASV", refusedUnsolicited},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,6 +67,11 @@ func TestRefusals(t *testing.T) {
 			ch := h.lastChannel()
 			if ch.Verdict != VerdictRefuse || !strings.Contains(ch.Reason, tt.reason) {
 				t.Errorf("verdict %v %q, want refuse %q", ch.Verdict, ch.Reason, tt.reason)
+			}
+			// Counted by the kind the refusal was made with, not by
+			// what its text says.
+			if ch.Refusal != tt.kind || h.tr.stats.RefusedBy[tt.kind] != 1 {
+				t.Errorf("refused as %v (counted %v), want %v", ch.Refusal, h.tr.stats.RefusedBy, tt.kind)
 			}
 		})
 	}
@@ -117,7 +125,7 @@ func TestAuthTLSStopsParsingUntilCCC(t *testing.T) {
 	rec := func(typ byte, body string) string {
 		return string([]byte{typ, 3, 3, byte(len(body) >> 8), byte(len(body))}) + body
 	}
-	h.feed(c.send(true, rec(0x16, "hello\r\nPASV\r\n")), c.send(false, rec(0x16, "227 Entering Passive Mode (198,51,100,20,200,1)\r\n")))
+	h.feed(c.send(true, rec(0x16, "\x01hello\r\nPASV\r\n")), c.send(false, rec(0x16, "\x02227 Entering Passive Mode (198,51,100,20,200,1)\r\n")))
 	h.feed(c.send(true, rec(0x17, "PASV\r\n")+rec(0x17, "x")), c.send(false, rec(0x17, "227 Entering Passive Mode (198,51,100,20,200,2)\r\n")))
 	if len(h.channels) != 0 || len(h.open()) != 0 {
 		t.Fatalf("encrypted session parsed: %+v", h.channels)

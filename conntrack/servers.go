@@ -48,16 +48,16 @@ func (t *Tracker) serverFor(server netip.AddrPort) (*ServerPolicy, bool) {
 // serverPolicy applies the server's policy to an announcement: it returns
 // why the server refuses it (or ""), the policy to check it with, and the
 // pinhole timeout.
-func (t *Tracker) serverPolicy(s *Session, ch Channel) (string, Policy, time.Duration) {
+func (t *Tracker) serverPolicy(s *Session, ch Channel) (RefusalKind, string, Policy, time.Duration) {
 	pol, timeout := t.policy, t.cfg.PinholeTimeout
 	sp, served := t.serverFor(s.Server)
 	switch {
 	case !served:
-		return fmt.Sprintf("server %s is not one ftpgate serves (see the [[server]] entries of its configuration)", s.Server), pol, timeout
+		return refusedNotServed, fmt.Sprintf("server %s is not one ftpgate serves (see the [[server]] entries of its configuration)", s.Server), pol, timeout
 	case sp == nil:
-		return "", pol, timeout
+		return 0, "", pol, timeout
 	case sp.NoActive && !ch.Passive:
-		return fmt.Sprintf("active mode is not allowed to server %s (its [[server]] entry %s)", s.Server, sp), pol, timeout
+		return refusedNotServed, fmt.Sprintf("active mode is not allowed to server %s (its [[server]] entry %s)", s.Server, sp), pol, timeout
 	}
 	if sp.MinDataPort != 0 {
 		pol.MinDataPort = sp.MinDataPort
@@ -65,11 +65,11 @@ func (t *Tracker) serverPolicy(s *Session, ch Channel) (string, Policy, time.Dur
 	if sp.PinholeTimeout != 0 {
 		timeout = sp.PinholeTimeout
 	}
-	return "", pol, timeout
+	return 0, "", pol, timeout
 }
 
 // Reconfigurable is what a running tracker takes from a reloaded
-// configuration. Caps, ports and the capture are fixed at start.
+// configuration. Caps and the capture are fixed at start.
 type Reconfigurable struct {
 	MinDataPort           uint16
 	PinholeTimeout        time.Duration
@@ -77,11 +77,27 @@ type Reconfigurable struct {
 	HandshakeTimeout      time.Duration
 	MaxPinholesPerSession int
 	Servers               []ServerPolicy
+	ControlPorts          []uint16 // the implicit FTPS ports among them
+	ImplicitPorts         []uint16
+	FTPSRanges            []FTPSRange
+	ActiveRanges          []ActiveRange
 }
 
-// Reconfigure applies a reloaded configuration to announcements from now
-// on; pinholes already open keep their timeout.
-func (t *Tracker) Reconfigure(r Reconfigurable) {
+// ControlPorts are the control ports the tracker watches now.
+func (t *Tracker) ControlPorts() []uint16 { return t.cfg.ControlPorts }
+
+// Reconfigured says what a reload took away from live sessions.
+type Reconfigured struct {
+	SessionsEnded, PinholesClosed, RangesClosed int
+}
+
+// Reconfigure applies a reloaded configuration: to announcements from
+// now on, and at once to what is open. A pinhole or scoped range the new
+// configuration would not give (a server no longer served or no longer
+// allowed active mode, a range removed or changed, a minimum data port
+// raised) closes now; a session on a control port no longer configured
+// ends. Pinholes that stay keep their timeout.
+func (t *Tracker) Reconfigure(r Reconfigurable) Reconfigured {
 	t.cfg.MinDataPort = r.MinDataPort
 	t.policy.MinDataPort = r.MinDataPort
 	t.cfg.PinholeTimeout = r.PinholeTimeout
@@ -89,4 +105,59 @@ func (t *Tracker) Reconfigure(r Reconfigurable) {
 	t.cfg.HandshakeTimeout = r.HandshakeTimeout
 	t.cfg.MaxPinholesPerSession = r.MaxPinholesPerSession
 	t.cfg.Servers = slices.Clone(r.Servers)
+	t.cfg.FTPSRanges = slices.Clone(r.FTPSRanges)
+	t.cfg.ActiveRanges = slices.Clone(r.ActiveRanges)
+	if r.ControlPorts != nil {
+		t.cfg.ControlPorts = slices.Clone(r.ControlPorts)
+		t.cfg.ImplicitPorts = slices.Clone(r.ImplicitPorts)
+		clear(t.controls)
+		for _, p := range t.cfg.ControlPorts {
+			t.controls[p] = true
+		}
+	}
+	var done Reconfigured
+	for _, s := range t.sessions {
+		if !t.controls[s.Server.Port()] {
+			done.SessionsEnded++
+			t.endSession(s, closedReload, "its control port is no longer in the configuration")
+			continue
+		}
+		t.reconcile(s, &done)
+	}
+	for _, s := range t.proxied {
+		t.reconcile(s, &done)
+	}
+	return done
+}
+
+// reconcile closes what the configuration no longer gives session s.
+func (t *Tracker) reconcile(s *Session, done *Reconfigured) {
+	for _, p := range slices.Clone(s.pinholes) {
+		if why := t.disallows(s, p.channel); why != "" {
+			done.PinholesClosed++
+			t.closePinhole(p.key, p, closedReload, "the reloaded configuration no longer allows it: "+why)
+		}
+	}
+	if s.scoped != nil {
+		t.reconcileScoped(s)
+		if s.scoped == nil {
+			done.RangesClosed++
+		}
+	}
+}
+
+// disallows says why the configuration now would refuse an opened
+// channel, or "".
+func (t *Tracker) disallows(s *Session, ch Channel) string {
+	_, why, pol, _ := t.serverPolicy(s, ch)
+	switch {
+	case why != "":
+	case s.nat != nil:
+		_, why = t.checkNAT(s, ch, pol)
+	case ch.Passive:
+		_, why = pol.Check(ch, s.Server.Addr())
+	default:
+		_, why = pol.Check(ch, s.Client.Addr())
+	}
+	return why
 }

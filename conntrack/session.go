@@ -32,15 +32,27 @@ type Session struct {
 	epsvAll  bool
 	limiter  logLimiter
 	pinholes []*pinhole // open pinholes, oldest first
-	// nat is set for a session of the control proxy: it is fed whole
-	// lines (Tracker.ProxiedLine), not packets, and decides active-mode
-	// announcements before the server sees them, since what the server
-	// sees may be rewritten.
+	// How the server ends its lines (learnt from its first), and whether
+	// its last line ended in a bare LF although it ends lines with CR
+	// LF: the next line then continues a reply and starts none.
+	srvEOL       eolMode
+	srvContinues bool
+	// echoes: pieces of client lines that looked like replies, kept for
+	// a server that ends lines with a bare LF (see noteEcho).
+	echoes   [maxEchoes][]byte
+	echoNext int
+	// nat is set for a session of the control proxy: it is fed the
+	// proxy's bytes (Tracker.ProxiedBytes), not packets, and rewrites
+	// announcements before the far side sees them.
 	nat *natSession
-	// FTPS: the scoped range while encrypted; implicit FTPS (encrypted
-	// from the first byte); when AUTH was accepted and CCC left TLS.
+	// FTPS: the scoped range while encrypted; whether this stretch of
+	// TLS was given one or refused already; implicit FTPS (encrypted from
+	// the first byte); whether the TLS handshake completed; when AUTH was
+	// accepted and CCC left TLS.
 	scoped        *scopedState
+	scopeTried    bool
 	implicit      bool
+	tlsDone       bool
 	authAt, cccAt time.Time
 }
 
@@ -48,12 +60,15 @@ type Session struct {
 // channels and its end go.
 type host interface {
 	decide(s *Session, ch Channel, announcer netip.Addr)
-	refuse(s *Session, ch Channel, reason string)
-	closeSessionPinholes(s *Session, reason string)
+	refuse(s *Session, ch Channel, kind RefusalKind, reason string)
+	planActive(s *Session, ch Channel) *natPlan
+	plannedReply(s *Session, cmd pendingCommand, code int)
+	dropPlanned(s *Session, cmd pendingCommand, kind RefusalKind, reason string)
+	closeSessionPinholes(s *Session, kind CloseKind, reason string)
 	establish(s *Session)
-	endSession(s *Session, reason string)
-	openScoped(s *Session, why string)
-	closeScoped(s *Session, reason string)
+	endSession(s *Session, kind CloseKind, reason string)
+	openScoped(s *Session, why string, handshakeDone bool)
+	closeScoped(s *Session, kind CloseKind, reason string)
 	encryptedRecord(s *Session)
 }
 
@@ -73,7 +88,7 @@ func (s *Session) segment(d int, seg *segment, now time.Time) {
 	switch {
 	case seg.has(flagRST):
 		if s.resetAcceptable(d, seg) {
-			s.host.endSession(s, "control connection reset")
+			s.host.endSession(s, closedSessionClosed, "control connection reset")
 		} else {
 			s.env.stats.OutOfWindow++
 		}
@@ -416,7 +431,7 @@ func (s *Session) checkClosed(now time.Time) {
 	}
 	switch {
 	case closed == 2:
-		s.host.endSession(s, "control connection closed")
+		s.host.endSession(s, closedSessionClosed, "control connection closed")
 	case closed == 1 && s.closingAt.IsZero():
 		s.closingAt = now
 	}

@@ -18,15 +18,17 @@ func (t *Tracker) Expire(now time.Time) {
 		switch {
 		case !s.established && !now.Before(s.Start.Add(t.cfg.HandshakeTimeout)):
 			t.stats.HalfOpenExpired++
-			t.endSession(s, "no FTP within the handshake timeout")
+			t.endSession(s, closedSessionClosed, "no FTP within the handshake timeout")
 		case !now.Before(s.Last.Add(t.cfg.IdleTimeout)):
-			t.endSession(s, "control connection idle")
+			t.endSession(s, closedSessionIdle, "control connection idle")
 		case !s.closingAt.IsZero() && !now.Before(s.closingAt.Add(closeLinger)):
-			t.endSession(s, "control connection closed")
+			t.endSession(s, closedSessionClosed, "control connection closed")
 		default:
 			s.release(now)
+			t.expireScoped(s, now)
 		}
 	}
+	t.expireProxied(now)
 	for k, at := range t.ended {
 		if now.Sub(at) >= tombstoneFor {
 			delete(t.ended, k)
@@ -39,7 +41,7 @@ func (t *Tracker) Expire(now time.Time) {
 	}
 	for k, p := range t.pinholes {
 		if !now.Before(p.expires) {
-			t.closePinhole(k, p, "timeout")
+			t.closePinhole(k, p, closedTimeout, "timeout")
 		}
 	}
 	t.forgetClosing(now, false)
@@ -149,13 +151,13 @@ func (t *Tracker) CloseAll(reason string) {
 	}
 	t.draining = false
 	for _, s := range t.sessions {
-		t.endSession(s, reason)
+		t.endSession(s, closedStopping, reason)
 	}
 	for _, s := range t.proxied {
-		t.endProxied(s, reason)
+		t.endProxied(s, closedStopping, reason, false)
 	}
 	for k, p := range t.pinholes {
-		t.closePinhole(k, p, reason)
+		t.closePinhole(k, p, closedStopping, reason)
 	}
 	t.forgetClosing(t.now, true)
 	t.expireAdmitted(t.now, true)

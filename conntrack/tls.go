@@ -1,38 +1,69 @@
 package conntrack
 
-// tlsWalker follows the TLS record framing of one direction after AUTH
-// TLS was accepted, without decrypting anything: 5-byte headers (type,
-// version, length) and the lengths they announce. It reports clear text
-// only where a session that really spoke TLS really closed it (RFC 4217
-// CCC): after a handshake record started the stream, a record that can
-// only be a close_notify alert ended it, and the next byte does not start
-// a TLS record. Anything else is opaque for good: plaintext where a TLS
-// record was due proves nothing, since a peer can send whatever it likes
-// after AUTH, and the other side's TLS stack would have refused it.
+// tlsWalker follows the TLS record framing of one direction of an
+// encrypted session, without decrypting anything: 5-byte headers (type,
+// version, length) and the lengths they announce, and the type of the
+// first handshake message. From that it tells:
+//
+//   - whether the direction speaks TLS at all: its first record must be
+//     a handshake record carrying the hello this side sends (ClientHello
+//     from the client, ServerHello from the server), and every record
+//     must have a TLS header. Anything else is opaque for good: an echo
+//     service sends the client's ClientHello back, a fake sends a few
+//     bytes that only look like records, and neither becomes TLS later.
+//   - whether the handshake completed (the server's side, see answered).
+//   - whether it ended (closed): after a handshake, a record that can only
+//     be a close_notify, followed by what is not a TLS record (RFC 4217
+//     CCC). Plaintext where a record was due proves nothing: a peer can
+//     send whatever it likes after AUTH, and the other side's TLS stack
+//     would have refused it.
 type tlsWalker struct {
-	hdr       [5]byte
-	hdrLen    int
-	remain    int  // bytes of the current record body still to skip
-	records   int  // complete record headers seen
-	handshake bool // the first record was a handshake record
-	lastType  byte // type and length of the latest record
-	lastLen   int
-	opaque    bool // not TLS that ftpgate can follow: never clear again
-	appData   bool // an application data record was seen: the handshake is over
+	hdr      [5]byte
+	hdrLen   int
+	remain   int  // bytes of the current record body still to skip
+	records  int  // complete record headers seen
+	hello    byte // the hello this side must start with
+	helloOK  bool // its first record held that hello
+	lastType byte // type and length of the latest record
+	lastLen  int
+	opaque   bool // not TLS that ftpgate can follow: never clear again
+	// helloAck is the acknowledgement number of the segment the first
+	// record came in: how much of the other side this side had received
+	// when it sent its hello.
+	helloAck uint32
+	// answered: an application data record (not an encrypted alert) came
+	// in a segment that acknowledges more than helloAck. From a server,
+	// that is data sent after it received the client's reply to its
+	// hello: a server sends none unless the client finished the
+	// handshake (TLS 1.2: after the client's Finished; 1.3: the session
+	// tickets or the first reply, after the client's Finished; a wrong
+	// Finished draws an alert, whose size is excluded, and a close).
+	answered bool
 }
 
-// TLS record content types (RFC 8446 section 5.1).
+// TLS record content types (RFC 8446 section 5.1) and handshake types.
 const (
 	tlsAlert           = 21
 	tlsHandshake       = 22
 	tlsApplicationData = 23
+	tlsClientHello     = 1
+	tlsServerHello     = 2
 )
 
-// walk consumes data and returns what follows the end of TLS, if the
-// stream returned to clear text within data.
-func (w *tlsWalker) walk(data []byte) (clear []byte, ok bool) {
+// walk consumes data, which came in a segment acknowledging ack, and
+// returns what follows the end of TLS, if the stream returned to clear
+// text within data.
+func (w *tlsWalker) walk(data []byte, ack uint32) (clear []byte, ok bool) {
 	for len(data) > 0 && !w.opaque {
 		if w.remain > 0 {
+			if w.records == 1 && !w.helloOK && w.remain == w.lastLen {
+				// The first byte of the first record: the handshake type.
+				if data[0] != w.hello {
+					w.opaque = true
+					return nil, false
+				}
+				w.helloOK = true
+			}
 			n := min(w.remain, len(data))
 			w.remain -= n
 			data = data[n:]
@@ -52,22 +83,35 @@ func (w *tlsWalker) walk(data []byte) (clear []byte, ok bool) {
 			return nil, false
 		}
 		w.hdrLen = 0
+		typ, length := w.hdr[0], int(w.hdr[3])<<8|int(w.hdr[4])
 		if w.hdr[1] != 3 { // every SSLv3 and TLS record has major version 3
 			w.opaque = true
 			return nil, false
 		}
-		if w.records == 0 && w.hdr[0] != tlsHandshake {
-			w.opaque = true
+		if w.records == 0 {
+			if typ != tlsHandshake || length == 0 {
+				w.opaque = true
+				return nil, false
+			}
+			w.helloAck = ack
+		} else if !w.helloOK {
+			w.opaque = true // a record before the hello's first byte: impossible
 			return nil, false
 		}
+		if typ == tlsApplicationData && !alertSized(length) && seqAfter(ack, w.helloAck) {
+			w.answered = true
+		}
 		w.records++
-		w.handshake = true
-		w.lastType, w.lastLen = w.hdr[0], int(w.hdr[3])<<8|int(w.hdr[4])
-		w.appData = w.appData || w.lastType == tlsApplicationData
-		w.remain = w.lastLen
+		w.lastType, w.lastLen = typ, length
+		w.remain = length
 	}
 	return nil, false
 }
+
+// alertSized reports whether a TLS 1.3 application data record is
+// exactly the size of an encrypted alert: two bytes, the content type,
+// and a 16- or 8-byte tag.
+func alertSized(length int) bool { return length == 2+1+16 || length == 2+1+8 }
 
 // closed reports whether the latest record can only have been a
 // close_notify: an alert record (up to TLS 1.2), or, in TLS 1.3, where
@@ -75,14 +119,14 @@ func (w *tlsWalker) walk(data []byte) (clear []byte, ok bool) {
 // exactly two bytes and a content type (16- or 8-byte tag). Even the
 // shortest FTP line ("PWD\n") makes a longer record.
 func (w *tlsWalker) closed() bool {
-	if !w.handshake || w.records < 2 {
+	if !w.helloOK || w.records < 2 {
 		return false
 	}
 	switch w.lastType {
 	case tlsAlert:
 		return true
 	case tlsApplicationData:
-		return w.lastLen == 2+1+16 || w.lastLen == 2+1+8
+		return alertSized(w.lastLen)
 	}
 	return false
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/ftpgate/ftpgate/internal/source"
 	"github.com/ftpgate/ftpgate/rules"
 )
 
@@ -34,10 +35,16 @@ type Tracker struct {
 	controls map[uint16]bool
 	sessions map[connKey]*Session
 	proxied  map[uint64]*Session // sessions of the control proxy, by its id
-	// FTPS scoped ranges open, per client and in all.
-	scopedByClient map[netip.Addr]int
-	scopedOpen     int
-	scopedRefs     map[rules.ScopedRange]int // sessions holding each element
+	// Per-source shares of the session caps: established sessions and
+	// half-open ones.
+	bySource, halfOpenBySource source.Shares
+	// FTPS scoped ranges: the elements, shared by the sessions of one
+	// client to one server, and how many each source holds.
+	scoped struct {
+		elems    *refSet[rules.ScopedRange]
+		bySource source.Shares
+		open     int
+	}
 	// urgent: what is queued must not wait for the commit delay.
 	urgent   bool
 	nat      natPorts
@@ -49,11 +56,10 @@ type Tracker struct {
 	// uncommitted: pinholes added since the last Commit.
 	uncommitted []*pinhole
 	retried     map[heldSYN]time.Time
-	capWarned   [4]time.Time
+	capWarned   [5]time.Time
 	dirty       bool // backend changes queued since the last Commit
-	// peers counts the sessions of each pair of hosts, which the backend
-	// holds as one element while the count is above zero.
-	peers map[rules.Peers]int
+	// peers holds one element per pair of hosts with control sessions.
+	peers *refSet[rules.Peers]
 	seg   segment // decoded packet, reused
 	// Timers (Tick, Feed).
 	nextExpire, dirtySince, lastFeedExpire time.Time
@@ -64,22 +70,25 @@ type Tracker struct {
 func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 	cfg.setDefaults()
 	t := &Tracker{
-		env:            env{cfg: cfg, log: cfg.Logger},
-		fw:             fw,
-		policy:         Policy{MinDataPort: cfg.MinDataPort},
-		controls:       make(map[uint16]bool),
-		sessions:       make(map[connKey]*Session),
-		proxied:        make(map[uint64]*Session),
-		scopedByClient: make(map[netip.Addr]int),
-		scopedRefs:     make(map[rules.ScopedRange]int),
-		nat:            natPorts{lo: cfg.NATPorts[0], hi: cfg.NATPorts[1], used: make(map[netip.AddrPort]int)},
-		ended:          make(map[connKey]time.Time),
-		pinholes:       make(map[rules.Pinhole]*pinhole),
-		closing:        make(map[rules.Pinhole]*pinhole),
-		admitted:       make(map[rules.Pinhole]*pinhole),
-		retried:        make(map[heldSYN]time.Time),
-		peers:          make(map[rules.Peers]int),
+		env:              env{cfg: cfg, log: cfg.Logger},
+		fw:               fw,
+		policy:           Policy{MinDataPort: cfg.MinDataPort},
+		controls:         make(map[uint16]bool),
+		sessions:         make(map[connKey]*Session),
+		proxied:          make(map[uint64]*Session),
+		bySource:         source.Shares{},
+		halfOpenBySource: source.Shares{},
+		nat:              natPorts{lo: cfg.NATPorts[0], hi: cfg.NATPorts[1], used: make(map[netip.AddrPort]int), inUse: cfg.PublicPortInUse},
+		ended:            make(map[connKey]time.Time),
+		pinholes:         make(map[rules.Pinhole]*pinhole),
+		closing:          make(map[rules.Pinhole]*pinhole),
+		admitted:         make(map[rules.Pinhole]*pinhole),
+		retried:          make(map[heldSYN]time.Time),
 	}
+	changed := func() { t.dirty = true }
+	t.peers = newRefSet("control session peers", &t.env, changed, fw.AddPeers, fw.DelPeers)
+	t.scoped.elems = newRefSet("FTPS scoped range", &t.env, changed, fw.AddScoped, fw.DelScoped)
+	t.scoped.bySource = source.Shares{}
 	for _, p := range cfg.ControlPorts {
 		t.controls[p] = true
 	}
@@ -92,7 +101,7 @@ func (t *Tracker) Stats() Stats {
 	s.SessionsTracked = len(t.sessions)
 	s.HalfOpen = t.halfOpen
 	s.PinholesOpen = len(t.pinholes)
-	s.Scoped = t.scopedOpen
+	s.Scoped = t.scoped.open
 	s.Proxied = len(t.proxied)
 	for _, x := range t.sessions {
 		s.LogSuppressed += uint64(x.limiter.suppressed)
@@ -147,7 +156,7 @@ func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ts time.Time) 
 	key := makeConnKey(seg.src, seg.dst)
 	s := t.sessions[key]
 	if s != nil && seg.has(flagSYN) && !seg.has(flagACK) && !s.closingAt.IsZero() && seg.seq+1 != s.h[fromClient].next {
-		t.endSession(s, "control connection closed") // its ports are taken by a new one
+		t.endSession(s, closedSessionClosed, "control connection closed") // its ports are taken by a new one
 		s = nil
 	}
 	if s == nil {
@@ -174,26 +183,34 @@ func (t *Tracker) startSession(key connKey, seg *segment) *Session {
 	}
 	switch {
 	case syn:
-		if t.halfOpen >= t.cfg.MaxHalfOpen {
+		source := source.Of(seg.src.Addr())
+		switch {
+		case t.halfOpen >= t.cfg.MaxHalfOpen:
 			t.stats.HalfOpenRefused++
 			t.warnCap(1, "half-open cap reached, not tracking new control connections until they carry FTP",
 				"cap", t.cfg.MaxHalfOpen, "refused_so_far", t.stats.HalfOpenRefused)
+			return nil
+		case t.halfOpenBySource[source] >= t.cfg.MaxHalfOpenPerClient:
+			t.stats.HalfOpenRefused++
+			t.warnCap(4, "a client has reached its share of half-open control connections; its new ones are not tracked until they carry FTP",
+				"source", source.String(), "share", t.cfg.MaxHalfOpenPerClient, "refused_so_far", t.stats.HalfOpenRefused)
 			return nil
 		}
 		delete(t.ended, key)
 		s := t.newSession(seg.src, seg.dst, true)
 		s.halfOpen = true
 		t.halfOpen++
+		t.halfOpenBySource.Add(source)
 		return s
 	case len(seg.payload) > 0 && !seg.has(flagRST):
-		if t.established() >= t.cfg.MaxSessions {
-			t.refuseSession(key)
-			return nil
-		}
 		// The side on a control port is the server.
 		client, server := seg.src, seg.dst
 		if t.controls[seg.src.Port()] && !t.controls[seg.dst.Port()] {
 			client, server = seg.dst, seg.src
+		}
+		if !t.roomFor(client.Addr()) {
+			t.refuseSession(key)
+			return nil
 		}
 		delete(t.ended, key)
 		s := t.newSession(client, server, false)
@@ -204,13 +221,19 @@ func (t *Tracker) startSession(key connKey, seg *segment) *Session {
 	return nil
 }
 
+// roomFor reports whether a session of this client may be tracked: the
+// cap is not reached, nor the client's share of it.
+func (t *Tracker) roomFor(client netip.Addr) bool {
+	return t.established() < t.cfg.MaxSessions && t.bySource[source.Of(client)] < t.cfg.MaxSessionsPerClient
+}
+
 func (t *Tracker) established() int { return len(t.sessions) - t.halfOpen }
 
 func (t *Tracker) refuseSession(key connKey) {
 	t.stats.SessionsRefused++
 	t.tombstone(key)
-	t.warnCap(0, "session cap reached, not tracking new control sessions",
-		"cap", t.cfg.MaxSessions, "refused_so_far", t.stats.SessionsRefused)
+	t.warnCap(0, "session cap reached (for the gateway, or this client's share of it), not tracking new control sessions",
+		"cap", t.cfg.MaxSessions, "share_per_client", t.cfg.MaxSessionsPerClient, "refused_so_far", t.stats.SessionsRefused)
 }
 
 // warnCap logs that a cap was hit, at most every ten seconds per cap.
@@ -249,17 +272,10 @@ func (t *Tracker) newSession(client, server netip.AddrPort, syn bool) *Session {
 	s.lines[fromServer].lineStart = looksLikeReply
 	if t.isImplicit(server.Port()) {
 		s.implicit = true
-		s.enc = encryption{on: true}
+		s.startTLS()
 	}
 	t.sessions[makeConnKey(client, server)] = s
-	pp := rules.Peers{Client: client.Addr(), Server: server.Addr()}
-	if t.peers[pp]++; t.peers[pp] == 1 {
-		t.dirty = true
-		if err := t.fw.AddPeers(pp); err != nil {
-			t.stats.BackendErrors++
-			t.log.Error("adding control session peers", "peers", pp.String(), "error", err)
-		}
-	}
+	t.peers.hold(rules.Peers{Client: client.Addr(), Server: server.Addr()})
 	return s
 }
 
@@ -284,43 +300,39 @@ func (t *Tracker) establish(s *Session) {
 		return
 	}
 	if s.halfOpen {
-		if t.established() >= t.cfg.MaxSessions {
+		if !t.roomFor(s.Client.Addr()) {
 			t.refuseSession(makeConnKey(s.Client, s.Server))
-			t.endSession(s, "session cap reached")
+			t.endSession(s, closedOther, "session cap reached")
 			return
 		}
 		s.halfOpen = false
 		t.halfOpen--
+		t.halfOpenBySource.Remove(source.Of(s.Client.Addr()))
 	}
 	s.established = true
+	t.bySource.Add(source.Of(s.Client.Addr()))
 	t.stats.SessionsStarted++
 	t.log.Info("session start", "session", s.ID, "client", s.Client.String(), "server", s.Server.String(),
 		"picked_up", s.pickedUp)
 }
 
-func (t *Tracker) endSession(s *Session, reason string) {
+func (t *Tracker) endSession(s *Session, kind CloseKind, reason string) {
 	if s.ended {
 		return
 	}
-	s.end(reason)
+	s.end(kind, reason)
 	key := makeConnKey(s.Client, s.Server)
 	delete(t.sessions, key)
 	t.tombstone(key)
-	pp := rules.Peers{Client: s.Client.Addr(), Server: s.Server.Addr()}
-	if t.peers[pp]--; t.peers[pp] <= 0 {
-		delete(t.peers, pp)
-		t.dirty = true
-		if err := t.fw.DelPeers(pp); err != nil {
-			t.stats.BackendErrors++
-			t.log.Error("removing control session peers", "peers", pp.String(), "error", err)
-		}
-	}
+	t.peers.release(rules.Peers{Client: s.Client.Addr(), Server: s.Server.Addr()})
 	if s.halfOpen {
 		t.halfOpen--
+		t.halfOpenBySource.Remove(source.Of(s.Client.Addr()))
 	}
 	if !s.established {
 		return
 	}
+	t.bySource.Remove(source.Of(s.Client.Addr()))
 	t.stats.SessionsEnded++
 	attrs := []any{"session", s.ID, "reason", reason, "duration", s.Last.Sub(s.Start).Round(time.Millisecond).String()}
 	if s.limiter.suppressed > 0 {

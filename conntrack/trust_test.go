@@ -186,7 +186,7 @@ func TestClientLeavingTLSAloneIsNotClear(t *testing.T) {
 	rec := func(typ byte, body string) string {
 		return string([]byte{typ, 3, 3, byte(len(body) >> 8), byte(len(body))}) + body
 	}
-	h.feed(c.send(true, rec(0x16, "client hello")), c.send(false, rec(0x16, "server hello")))
+	h.feed(c.send(true, rec(0x16, "\x01client hello")), c.send(false, rec(0x16, "\x02server hello")))
 	h.feed(c.send(true, rec(0x15, "close")+"PORT 192,0,2,10,13,61\r\n"), c.send(false, rec(0x17, strings.Repeat("x", 40))))
 	h.feed(c.send(false, rec(0x17, "200 PORT command successful.......")))
 	if len(h.channels) != 0 {

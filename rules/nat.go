@@ -65,6 +65,12 @@ const (
 	DetectChainPriority = 101
 )
 
+// The chains of the control proxy, whose rules name the control ports.
+const (
+	natProxyChain  = "proxy_ftp_control"
+	natDetectChain = "detect_translated_ftp_control"
+)
+
 // proxyNextTimeout is how long a translated control connection's tuple
 // waits for the client to send its SYN again: Linux retries after 1, 3
 // and 7 seconds, others after 3 and 9.
@@ -137,8 +143,8 @@ func (n *Nftables) queueNAT() error {
 	}
 	add("nat_ftp_data_dnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, DNATChainPriority, natRules(false))
 	add("nat_ftp_data_snat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, SNATChainPriority, natRules(true))
-	add("proxy_ftp_control", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ProxyChainPriority, proxyRules)
-	add("detect_translated_ftp_control", nftables.ChainTypeFilter, nftables.ChainHookPostrouting, DetectChainPriority, detectRules)
+	add(natProxyChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ProxyChainPriority, proxyRules)
+	add(natDetectChain, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, DetectChainPriority, detectRules)
 	return nil
 }
 

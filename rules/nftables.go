@@ -57,6 +57,9 @@ type Nftables struct {
 	proxy4, proxy6, dnat4, dnat6, snat4, snat6 *nftables.Set
 	// FTPS:
 	scoped4, scoped6, active4, active6, sdnat4, sdnat6 *nftables.Set
+	// Inline capture: what its rules were built with, and the interfaces set.
+	inline *inlineParams
+	ifaces *nftables.Set
 	opQueue
 	log *slog.Logger
 }

@@ -96,12 +96,14 @@ func TestOpenCreatesReadableTable(t *testing.T) {
 
 	set ftps_active_v4 {
 		type ipv4_addr . ipv4_addr . inet_service
-		comment "implicit FTPS in active mode: server . client . 989, while the session lives"
+		flags interval
+		comment "implicit FTPS in active mode: server . client . the client's active ports, from port 989, while the session lives"
 	}
 
 	set ftps_active_v6 {
 		type ipv6_addr . ipv6_addr . inet_service
-		comment "implicit FTPS in active mode: server . client . 989, while the session lives"
+		flags interval
+		comment "implicit FTPS in active mode: server . client . the client's active ports, from port 989, while the session lives"
 	}
 
 	chain mark_ftp_data_forward {
@@ -112,9 +114,9 @@ func TestOpenCreatesReadableTable(t *testing.T) {
 		ct state new ip saddr . ip daddr . th dport @ftp_data_pinholes_v4 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v4 { ip saddr . ip daddr . th dport } counter packets 0 bytes 0 accept comment "first packet of an announced FTP data connection: mark it, close the pinhole"
 		ct state new ip6 saddr . ip6 daddr . th dport @ftp_data_pinholes_v6 ct mark set ct mark | 0x01000000 delete @ftp_data_pinholes_v6 { ip6 saddr . ip6 daddr . th dport } counter packets 0 bytes 0 accept comment "first packet of an announced FTP data connection: mark it, close the pinhole"
 		ct state new ip saddr . ip daddr . th dport @ftps_ranges_v4 ct mark set ct mark | 0x01000000 counter packets 0 bytes 0 accept comment "data connection of an encrypted FTP session (FTPS): within its scoped range"
-		ct state new ip saddr . ip daddr . th sport @ftps_active_v4 ct mark set ct mark | 0x01000000 counter packets 0 bytes 0 accept comment "active-mode data connection of an implicit FTPS session: within its scope"
+		ct state new th sport 989 ip saddr . ip daddr . th dport @ftps_active_v4 ct mark set ct mark | 0x01000000 counter packets 0 bytes 0 accept comment "active-mode data connection of an implicit FTPS session: within its scope"
 		ct state new ip6 saddr . ip6 daddr . th dport @ftps_ranges_v6 ct mark set ct mark | 0x01000000 counter packets 0 bytes 0 accept comment "data connection of an encrypted FTP session (FTPS): within its scoped range"
-		ct state new ip6 saddr . ip6 daddr . th sport @ftps_active_v6 ct mark set ct mark | 0x01000000 counter packets 0 bytes 0 accept comment "active-mode data connection of an implicit FTPS session: within its scope"
+		ct state new th sport 989 ip6 saddr . ip6 daddr . th dport @ftps_active_v6 ct mark set ct mark | 0x01000000 counter packets 0 bytes 0 accept comment "active-mode data connection of an implicit FTPS session: within its scope"
 	}
 `
 	// The input and output chains repeat the forward chain's rules.

@@ -72,6 +72,7 @@ const nfqFlagBypass = 0x01
 func (n *Nftables) AddInlineRules(num, logGroup uint16, ports []uint16) (QueueMode, error) {
 	nativeErr := n.addInlineRules(ports, logGroup, nftQueue(num))
 	if nativeErr == nil {
+		n.inline = &inlineParams{queue: nftQueue(num), logGroup: logGroup, ports: ports}
 		return QueueNative, nil
 	}
 	if err := n.addInlineRules(ports, logGroup, xtQueue(num)); err != nil {
@@ -79,7 +80,64 @@ func (n *Nftables) AddInlineRules(num, logGroup uint16, ports []uint16) (QueueMo
 		// (@ih needs Linux 5.16): say both.
 		return "", fmt.Errorf("%w: the kernel refused the inline rules with the nft queue statement (%v) and with the xtables NFQUEUE target (%v)", ErrNoNftables, nativeErr, err)
 	}
+	n.inline = &inlineParams{queue: xtQueue(num), logGroup: logGroup, ports: ports}
 	return QueueXtables, nil
+}
+
+// inlineParams are what the inline rules were built with.
+type inlineParams struct {
+	queue    expr.Any
+	logGroup uint16
+	ports    []uint16
+}
+
+// SetControlPorts changes, in one transaction, the control ports whose
+// traffic the inline rules copy and hold, and those the NAT rules hand
+// to the control proxy (a reload):
+//
+//	nft flush chain inet ftpgate copy_ftp_control_forward
+//	nft add rule inet ftpgate copy_ftp_control_forward tcp dport PORT jump inspect_ftp_control
+//	(and the other copy chains; the proxy and detect chains with NAT)
+func (n *Nftables) SetControlPorts(ports []uint16) error {
+	if n.inline != nil {
+		p := n.inlineRuleParams(ports)
+		for _, c := range copyChains {
+			chain := &nftables.Chain{Name: c.name, Table: n.table}
+			n.conn.FlushChain(chain)
+			for _, r := range copyChainRules(c, p, chain) {
+				n.conn.AddRule(r)
+			}
+		}
+	}
+	if n.cfg.NAT != nil {
+		n.cfg.NAT.Ports = ports
+		p := n.params()
+		for _, c := range []struct {
+			name  string
+			rules func(ruleParams, *nftables.Chain) []*nftables.Rule
+		}{{natProxyChain, proxyRules}, {natDetectChain, detectRules}} {
+			chain := &nftables.Chain{Name: c.name, Table: n.table}
+			n.conn.FlushChain(chain)
+			for _, r := range c.rules(p, chain) {
+				n.conn.AddRule(r)
+			}
+		}
+	}
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("changing the control ports to %v: %w", ports, err)
+	}
+	if n.inline != nil {
+		n.inline.ports = ports
+	}
+	return nil
+}
+
+// inlineRuleParams are the parameters of the inline rules.
+func (n *Nftables) inlineRuleParams(ports []uint16) ruleParams {
+	p := n.params()
+	p.inline, p.queue, p.ports, p.logGroup = true, n.inline.queue, ports, n.inline.logGroup
+	p.ifaces = n.ifaces
+	return p
 }
 
 func (n *Nftables) addInlineRules(ports []uint16, logGroup uint16, queue expr.Any) error {
@@ -94,6 +152,7 @@ func (n *Nftables) queueInline(ports []uint16, logGroup uint16, queue expr.Any) 
 	if len(n.cfg.Interfaces) > 0 {
 		p.ifaces = &nftables.Set{ID: 11, Table: n.table, Name: InterfacesSet, KeyType: nftables.TypeIFName,
 			Comment: "the interfaces whose FTP control traffic ftpgate copies and whose early data SYNs it holds (--interface)"}
+		n.ifaces = p.ifaces
 		elems := make([]nftables.SetElement, len(n.cfg.Interfaces))
 		for i, name := range n.cfg.Interfaces {
 			k := make([]byte, 16) // IFNAMSIZ, zero-padded

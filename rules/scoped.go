@@ -16,9 +16,10 @@ import (
 // Lo-Hi: the announcements are inside TLS, so the exact port is unknown,
 // but the range is open to this client and this server only, and only
 // while the session lives. With Active, it admits instead connections
-// from Server's port 989 (implicit FTPS's ftp-data) to Client. With
-// Public set (a server behind a port forward), connections to Public's
-// ports Lo-Hi are also mapped to Server.
+// from Server's port 989 (implicit FTPS's ftp-data) to Client's ports
+// Lo-Hi, the range its active mode listens on. With Public set (a server
+// behind a port forward), connections to Public's ports Lo-Hi are also
+// mapped to Server.
 type ScopedRange struct {
 	Client, Server netip.Addr
 	Lo, Hi         uint16
@@ -28,7 +29,7 @@ type ScopedRange struct {
 
 func (r ScopedRange) String() string {
 	if r.Active {
-		return fmt.Sprintf("%s:989 -> %s", r.Server, r.Client)
+		return fmt.Sprintf("%s:989 -> %s:%d-%d", r.Server, r.Client, r.Lo, r.Hi)
 	}
 	s := fmt.Sprintf("%s -> %s:%d-%d", r.Client, r.Server, r.Lo, r.Hi)
 	if r.Public.IsValid() {
@@ -44,7 +45,7 @@ func (r ScopedRange) Valid() bool {
 	if r.Public.IsValid() {
 		ok = ok && r.Public.Is4() == r.Client.Is4() && !r.Active
 	}
-	return ok && (r.Active || (r.Lo != 0 && r.Lo <= r.Hi))
+	return ok && r.Lo != 0 && r.Lo <= r.Hi
 }
 
 // ErrInvalidScoped is returned for a scoped range that mixes families or
@@ -52,8 +53,8 @@ func (r ScopedRange) Valid() bool {
 var ErrInvalidScoped = errors.New("invalid scoped range")
 
 // AddScoped queues `nft add element inet ftpgate ftps_ranges_v4 { CLIENT . SERVER . LO-HI }`
-// (ftps_active_v4 { SERVER . CLIENT . 989 } for Active; and the mapping in
-// ftps_dnat_v4 with Public).
+// (ftps_active_v4 { SERVER . CLIENT . LO-HI } for Active; and the mapping
+// in ftps_dnat_v4 with Public).
 func (q *opQueue) AddScoped(r ScopedRange) error { return q.enqueue(newScopedOp(r, true)) }
 
 // DelScoped queues its removal, idempotent like DelPinhole.
@@ -87,11 +88,11 @@ func (n *Nftables) initScopedSets() {
 			Concatenation: true, Interval: interval, Comment: comment}
 	}
 	const rc = "encrypted FTP sessions (FTPS): client . server . the server's passive ports, while the session lives"
-	const ac = "implicit FTPS in active mode: server . client . 989, while the session lives"
+	const ac = "implicit FTPS in active mode: server . client . the client's active ports, from port 989, while the session lives"
 	n.scoped4 = mk(ScopedV4, nftables.TypeIPAddr, 12, true, rc)
 	n.scoped6 = mk(ScopedV6, nftables.TypeIP6Addr, 13, true, rc)
-	n.active4 = mk(ScopedActiveV4, nftables.TypeIPAddr, 14, false, ac)
-	n.active6 = mk(ScopedActiveV6, nftables.TypeIP6Addr, 15, false, ac)
+	n.active4 = mk(ScopedActiveV4, nftables.TypeIPAddr, 14, true, ac)
+	n.active6 = mk(ScopedActiveV6, nftables.TypeIP6Addr, 15, true, ac)
 	if n.cfg.NAT != nil {
 		const dc = "FTPS through a port forward: client . public address . passive ports : server"
 		n.sdnat4 = mk(ScopedDNATV4, nftables.TypeIPAddr, 16, true, dc)
@@ -132,11 +133,13 @@ func (n *Nftables) queueScopedSets() error {
 //
 //	meta nfproto ipv4 ct state new ip saddr . ip daddr . tcp dport @ftps_ranges_v4 \
 //	  ct mark set ct mark & ~MASK | MARK counter accept
-//	meta nfproto ipv4 ct state new ip saddr . ip daddr . tcp sport @ftps_active_v4 \
+//	meta nfproto ipv4 ct state new tcp sport 989 ip saddr . ip daddr . tcp dport @ftps_active_v4 \
 //	  ct mark set ct mark & ~MASK | MARK counter accept
 //
 // Unlike a pinhole, the element is not consumed: a session opens a data
 // connection per transfer, and the element goes when the session ends.
+// Active mode is matched on both ports: from implicit FTPS's data port,
+// to the client's configured active range, never to any port of it.
 func scopedExprs(p ruleParams, v6, active bool) []expr.Any {
 	set, alen := p.scoped4, uint32(4)
 	if active {
@@ -148,13 +151,13 @@ func scopedExprs(p ruleParams, v6, active bool) []expr.Any {
 			set = p.active6
 		}
 	}
-	port := uint32(2)
+	var from989 []expr.Any
 	if active {
-		port = 0 // the server's source port, 989
+		from989 = portIs(0, ftpsDataPort)
 	}
 	const markReg = 4
-	return slices.Concat(nfproto(v6), ctState(expr.CtStateBitNEW, expr.CmpOpNeq), addrPair(v6), []expr.Any{
-		&expr.Payload{DestRegister: keyReg + 2*alen/4, Base: expr.PayloadBaseTransportHeader, Offset: port, Len: 2},
+	return slices.Concat(nfproto(v6), ctState(expr.CtStateBitNEW, expr.CmpOpNeq), from989, addrPair(v6), []expr.Any{
+		&expr.Payload{DestRegister: keyReg + 2*alen/4, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: keyReg, SetName: set.Name, SetID: set.ID},
 		&expr.Ct{Register: markReg, Key: expr.CtKeyMARK},
 		&expr.Bitwise{SourceRegister: markReg, DestRegister: markReg, Len: 4, Mask: ne32(^p.mask), Xor: ne32(p.mark)},
@@ -176,7 +179,7 @@ func (n *Nftables) queueScoped(o op) error {
 		if r.Client.Is6() {
 			set = n.active6
 		}
-		e = nftables.SetElement{Key: append(pair(r.Server, r.Client), pad(ftpsDataPort)...)}
+		e = nftables.SetElement{Key: append(pair(r.Server, r.Client), pad(r.Lo)...), KeyEnd: append(pair(r.Server, r.Client), pad(r.Hi)...)}
 	} else {
 		set = n.scoped4
 		if r.Client.Is6() {

@@ -26,6 +26,7 @@ const DefaultConfigFile = "/etc/ftpgate/ftpgate.toml"
 var liveKeys = map[string]bool{
 	"log-level": true, "min-data-port": true, "pinhole-timeout": true, "idle-timeout": true,
 	"handshake-timeout": true, "max-pinholes-per-session": true, "server": true,
+	"control-ports": true, "ftps-passive-ports": true, "ftps-implicit-ports": true, "ftps-active": true,
 }
 
 // applyConfigFile reads a TOML configuration and sets every flag it names

@@ -79,6 +79,8 @@ type trackerFlags struct {
 	handshake      time.Duration
 	maxSessions    int
 	maxHalfOpen    int
+	sessionsShare  int
+	halfOpenShare  int
 	maxPinholes    int
 	maxPerSession  int
 	maxLine        int
@@ -96,6 +98,8 @@ func (f *trackerFlags) register(fs *flag.FlagSet, defaultLevel string) {
 	fs.DurationVar(&f.handshake, "handshake-timeout", conntrack.DefaultHandshakeTimeout, "forget a control connection that has not carried FTP (the server's greeting) within this `duration` of its first packet: half-open connections cannot hold the session cap")
 	fs.IntVar(&f.maxSessions, "max-sessions", 65536, "track at most this many control sessions that carry FTP; new ones beyond are refused and logged")
 	fs.IntVar(&f.maxHalfOpen, "max-half-open", conntrack.DefaultMaxHalfOpen, "track at most this many control connections that have not carried FTP yet; they do not count against --max-sessions")
+	fs.IntVar(&f.sessionsShare, "max-sessions-per-client", 0, "at most this many of --max-sessions for one client (per address; per /64 for IPv6), so that no one source shuts the others out; 0: a sixteenth of --max-sessions, at least 4")
+	fs.IntVar(&f.halfOpenShare, "max-half-open-per-client", 0, "at most this many of --max-half-open for one client (per address; per /64 for IPv6); 0: a sixteenth of --max-half-open, at least 4")
 	fs.IntVar(&f.maxPinholes, "max-pinholes", 65536, "at most this many pinholes open in all; new ones beyond are refused and logged")
 	fs.IntVar(&f.maxPerSession, "max-pinholes-per-session", 4, "at most this many pinholes open per control session")
 	fs.IntVar(&f.maxLine, "max-line", 2048, "drop (and count) control lines longer than this many `bytes` (without the line end) unparsed")
@@ -129,6 +133,9 @@ func (f *trackerFlags) config(log *slog.Logger) (conntrack.Config, error) {
 			return conntrack.Config{}, fmt.Errorf("%s %d: must be positive", name, v)
 		}
 	}
+	if f.sessionsShare < 0 || f.halfOpenShare < 0 {
+		return conntrack.Config{}, fmt.Errorf("--max-sessions-per-client and --max-half-open-per-client: want 0 (a sixteenth of the cap) or more")
+	}
 	if f.pinholeTimeout < time.Second || f.idleTimeout < time.Second || f.handshake < time.Second {
 		return conntrack.Config{}, fmt.Errorf("--pinhole-timeout, --idle-timeout and --handshake-timeout must be at least 1s")
 	}
@@ -143,6 +150,8 @@ func (f *trackerFlags) config(log *slog.Logger) (conntrack.Config, error) {
 		HandshakeTimeout:      f.handshake,
 		MaxSessions:           f.maxSessions,
 		MaxHalfOpen:           f.maxHalfOpen,
+		MaxSessionsPerClient:  f.sessionsShare,
+		MaxHalfOpenPerClient:  f.halfOpenShare,
 		MaxPinholes:           f.maxPinholes,
 		MaxPinholesPerSession: f.maxPerSession,
 		MaxLineLength:         f.maxLine,

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -11,15 +12,21 @@ import (
 	"github.com/ftpgate/ftpgate/conntrack"
 )
 
-// ftpsRanges is ADDR=LO-HI[,ADDR=LO-HI...]: FTPS servers' passive ranges.
-type ftpsRanges []conntrack.FTPSRange
+// prefixRange is ADDR=LO-HI: a port range of an address or a prefix.
+type prefixRange struct {
+	prefix netip.Prefix
+	lo, hi uint16
+}
 
-func (r *ftpsRanges) Type() string { return "ADDR=LO-HI" }
+// prefixRanges is ADDR=LO-HI[,ADDR=LO-HI...].
+type prefixRanges []prefixRange
 
-func (r *ftpsRanges) String() string {
+func (r *prefixRanges) Type() string { return "ADDR=LO-HI" }
+
+func (r *prefixRanges) String() string {
 	parts := make([]string, len(*r))
 	for i, x := range *r {
-		parts[i] = fmt.Sprintf("%s=%d-%d", prefixText(x.Server), x.Lo, x.Hi)
+		parts[i] = fmt.Sprintf("%s=%d-%d", prefixText(x.prefix), x.lo, x.hi)
 	}
 	return strings.Join(parts, ",")
 }
@@ -31,8 +38,8 @@ func prefixText(p netip.Prefix) string {
 	return p.String()
 }
 
-func (r *ftpsRanges) Set(v string) error {
-	var out ftpsRanges
+func (r *prefixRanges) Set(v string) error {
+	var out prefixRanges
 	for _, item := range strings.Split(v, ",") {
 		item = strings.TrimSpace(item)
 		if item == "" {
@@ -50,10 +57,26 @@ func (r *ftpsRanges) Set(v string) error {
 		if err != nil {
 			return fmt.Errorf("%q: %v", item, err)
 		}
-		out = append(out, conntrack.FTPSRange{Server: p, Lo: lo, Hi: hi})
+		out = append(out, prefixRange{prefix: p, lo: lo, hi: hi})
 	}
 	*r = out
 	return nil
+}
+
+func (r prefixRanges) ftps() []conntrack.FTPSRange {
+	out := make([]conntrack.FTPSRange, len(r))
+	for i, x := range r {
+		out[i] = conntrack.FTPSRange{Server: x.prefix, Lo: x.lo, Hi: x.hi}
+	}
+	return out
+}
+
+func (r prefixRanges) active() []conntrack.ActiveRange {
+	out := make([]conntrack.ActiveRange, len(r))
+	for i, x := range r {
+		out[i] = conntrack.ActiveRange{Client: x.prefix, Lo: x.lo, Hi: x.hi}
+	}
+	return out
 }
 
 func parsePrefixOrAddr(s string) (netip.Prefix, error) {
@@ -98,9 +121,9 @@ func (p *optionalPorts) Set(v string) error {
 
 // ftpsFlags are run's flags for FTPS.
 type ftpsFlags struct {
-	ranges       ftpsRanges
+	ranges       prefixRanges
 	implicit     optionalPorts
-	active       bool
+	active       prefixRanges
 	maxPerClient int
 	max          int
 }
@@ -109,8 +132,8 @@ func (f *ftpsFlags) register(fs *flag.FlagSet) {
 	f.implicit = optionalPorts{portList{990}}
 	fs.Var(&f.ranges, "ftps-passive-ports", "FTPS servers' passive port ranges, `ADDR=LO-HI`[,...] (a prefix for several servers): while a session to such a server is encrypted, its client alone may connect to that range of that server, until the session ends")
 	fs.Var(&f.implicit, "ftps-implicit-ports", "control `ports` of implicit FTPS (encrypted from the first byte), or none")
-	fs.BoolVar(&f.active, "ftps-active", false, "let implicit FTPS servers connect back to their client from port 989 (active mode) while the session lives")
-	fs.IntVar(&f.maxPerClient, "max-scoped-per-client", conntrack.DefaultMaxScopedPerClient, "at most this many FTPS scoped ranges open per client address")
+	fs.Var(&f.active, "ftps-active", "FTPS clients' active-mode ports, `ADDR=LO-HI`[,...] (the range each client is configured to listen on; a prefix for several clients): while such a client's implicit FTPS session is encrypted, its server may connect from port 989 to those ports of that client, and to no other; default none (active FTPS is not opened)")
+	fs.IntVar(&f.maxPerClient, "max-scoped-per-client", conntrack.DefaultMaxScopedPerClient, "at most this many FTPS scoped ranges open per client (per address; per /64 for IPv6)")
 	fs.IntVar(&f.max, "max-scoped", conntrack.DefaultMaxScoped, "at most this many FTPS scoped ranges open in all")
 }
 
@@ -120,18 +143,21 @@ func (f *ftpsFlags) apply(cfg *conntrack.Config) error {
 	if f.maxPerClient <= 0 || f.max <= 0 {
 		return fmt.Errorf("--max-scoped-per-client and --max-scoped must be positive")
 	}
-	cfg.FTPSRanges = append(cfg.FTPSRanges, f.ranges...)
+	cfg.FTPSRanges = append(cfg.FTPSRanges, f.ranges.ftps()...)
 	cfg.ImplicitPorts = append([]uint16{}, f.implicit.portList...)
-	cfg.ImplicitActive = f.active
+	cfg.ActiveRanges = f.active.active()
 	cfg.MaxScopedPerClient, cfg.MaxScoped = f.maxPerClient, f.max
-	for _, p := range cfg.ImplicitPorts {
-		found := false
-		for _, c := range cfg.ControlPorts {
-			found = found || c == p
-		}
-		if !found {
-			cfg.ControlPorts = append(cfg.ControlPorts, p)
+	cfg.ControlPorts = withPorts(cfg.ControlPorts, cfg.ImplicitPorts)
+	return nil
+}
+
+// withPorts is ports with every one of more that it lacks.
+func withPorts(ports, more []uint16) []uint16 {
+	out := slices.Clone(ports)
+	for _, p := range more {
+		if !slices.Contains(out, p) {
+			out = append(out, p)
 		}
 	}
-	return nil
+	return out
 }

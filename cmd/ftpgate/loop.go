@@ -32,8 +32,8 @@ type daemonLoop struct {
 	// heldControl: a held control SYN was handled; its session's peers
 	// must be in the kernel before it goes on.
 	heldControl bool
-	// proxiedLine: a line of the control proxy was handled; what it
-	// opened must be in the kernel before the line goes on.
+	// proxiedLine: bytes of the control proxy were handled; what they
+	// opened must be in the kernel before they go on.
 	proxiedLine bool
 	// heldAt: when the held data SYNs of this round were read.
 	heldAt   []time.Time
@@ -50,9 +50,11 @@ func (d *daemonLoop) Handle(p *capture.Packet) {
 		d.t.AdmittedReport(p.Data)
 	case capture.Opened:
 		d.t.OpenProxied(p.Conn.ID, translation(p.Conn), p.Time)
-	case capture.Line:
-		p.Out, p.Raw = d.t.ProxiedLine(p.Conn.ID, p.FromServer, p.Forwarded, p.Data, p.Time)
-		d.proxiedLine = d.proxiedLine || !p.Forwarded
+	case capture.Bytes:
+		p.Out, p.Through, p.Close = d.t.ProxiedBytes(p.Conn.ID, p.FromServer, p.Data, p.Ack, p.Time)
+		d.proxiedLine = true
+	case capture.EOF:
+		d.t.ProxiedEOF(p.Conn.ID, p.FromServer, p.Time)
 	case capture.Closed:
 		d.t.CloseProxied(p.Conn.ID, string(p.Data), p.Time)
 	case capture.Held:

@@ -57,6 +57,7 @@ type natFlags struct {
 	socketMark hexBit
 	table      int
 	maxProxied int
+	perClient  int
 }
 
 func (f *natFlags) register(fs *flag.FlagSet) {
@@ -68,7 +69,8 @@ func (f *natFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.routeMark, "proxy-route-mark", "packet mark `bit` that routes the control proxy's connections to this host (a policy routing rule ftpgate adds)")
 	fs.Var(&f.socketMark, "proxy-socket-mark", "packet mark `bit` of the control proxy's own sockets")
 	fs.IntVar(&f.table, "proxy-route-table", 2121, "routing `table` (and rule priority) of the control proxy's local route")
-	fs.IntVar(&f.maxProxied, "max-proxied", 4096, "at most this many control sessions through the control proxy at once (each costs about 35 KiB); beyond, the client's connection is closed and logged")
+	fs.IntVar(&f.maxProxied, "max-proxied", 4096, "at most this many control sessions through the control proxy at once (each costs about 35 KiB), those still connecting to their server included; beyond, the client's connection is closed and logged")
+	fs.IntVar(&f.perClient, "max-proxied-per-client", 0, "at most this many of them from one client (per address; per /64 for IPv6), so that no one source takes the proxy; 0: a sixteenth of --max-proxied, at least 4")
 }
 
 // enabled checks the flags against the capture and the admit mark.
@@ -95,6 +97,8 @@ func (f *natFlags) enabled(inline bool, admit mark) (bool, error) {
 		return false, fmt.Errorf("--proxy-route-mark and --proxy-socket-mark must not share bits with --mark %s", admit.String())
 	case f.maxProxied <= 0:
 		return false, fmt.Errorf("--max-proxied %d: want 1 or more", f.maxProxied)
+	case f.perClient < 0:
+		return false, fmt.Errorf("--max-proxied-per-client %d: want 0 (a sixteenth of --max-proxied) or more", f.perClient)
 	case f.table <= 0 || (f.table >= 253 && f.table <= 255):
 		return false, fmt.Errorf("--proxy-route-table %d: want a table other than main, local and default", f.table)
 	}
@@ -105,14 +109,22 @@ func (f *natFlags) rules(ports []uint16) *rules.NATConfig {
 	return &rules.NATConfig{ProxyPort: uint16(f.proxyPort), RouteMark: uint32(f.routeMark), SocketMark: uint32(f.socketMark), Ports: ports}
 }
 
+// perClientShare is --max-proxied-per-client, its default worked out.
+func (f *natFlags) perClientShare() int {
+	if f.perClient == 0 {
+		return conntrack.DefaultShare(f.maxProxied)
+	}
+	return f.perClient
+}
+
 // startProxy adds the proxy's routes and starts it.
-func (f *natFlags) startProxy(rawPorts []uint16, log *slog.Logger) (*capture.Proxy, *capture.ProxyRoutes, error) {
-	maxConns := f.maxProxied
+func (f *natFlags) startProxy(log *slog.Logger) (*capture.Proxy, *capture.ProxyRoutes, error) {
 	routes, err := capture.AddProxyRoutes(uint32(f.routeMark), f.table)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := capture.OpenProxy(capture.ProxyConfig{Port: uint16(f.proxyPort), SocketMark: uint32(f.socketMark), MaxConns: maxConns, RawPorts: rawPorts, Log: log})
+	p, err := capture.OpenProxy(capture.ProxyConfig{Port: uint16(f.proxyPort), SocketMark: uint32(f.socketMark),
+		MaxConns: f.maxProxied, MaxPerSource: f.perClientShare(), Log: log})
 	if err != nil {
 		routes.Close()
 		return nil, nil, err

@@ -179,6 +179,19 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			log.Error("removing nftables table", "error", err)
 		}
 	}()
+	// Announcements made from this host's own sockets are checked
+	// against them (see conntrack.LocalSockets).
+	sockets, err := capture.OpenLocalSockets()
+	if err != nil {
+		return err
+	}
+	defer sockets.Close()
+	cfg.LocalSockets = sockets
+	if natOn {
+		pp := &publicPorts{fw: fw, sockets: sockets, log: log}
+		pp.warnOverlap(nf.ports)
+		cfg.PublicPortInUse = pp.inUse
+	}
 	// The group carries the reports of used pinholes in both captures,
 	// and the copies of control segments inline.
 	logged, err := capture.OpenLog(uint16(*nflogGroup), 0, classifyLog)
@@ -187,6 +200,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	defer logged.Close()
 	sources := []capture.Source{logged}
+	var passive []*capture.AFPacketSource
 	captureDesc := ""
 	switch *capture_ {
 	case "passive":
@@ -204,6 +218,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			}
 			defer src.Close()
 			sources = append(sources, src)
+			passive = append(passive, src)
 		}
 		cfg.CommitDelay = -1 // the client races the pinhole: no time to lose
 		captureDesc = "passive (AF_PACKET copy; a fast client's data SYN can race the pinhole)"
@@ -236,13 +251,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		}
 		sources = append(sources, src)
 		if natOn {
-			proxy, routes, err := nf.startProxy(cfg.ImplicitPorts, log)
+			proxy, routes, err := nf.startProxy(log)
 			if err != nil {
 				return fmt.Errorf("starting the control proxy for NAT (--nat off runs without it): %w", err)
 			}
 			defer routes.Close()
 			defer proxy.Close()
 			sources = append(sources, proxy)
+			cfg.OnProxiedEnd = proxy.CloseConn
 		}
 		cfg.Inline = true
 		warnConntrackLax(log)
@@ -289,7 +305,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		"table", "inet "+*table, "mark", m.String(),
 		"ruleset_line", line,
 		"nat", natDesc(natOn, *nf))
-	stopReload := reloadOnHUP(ctx, rv, args, servers, tr, calls, log)
+	stopReload := reloadOnHUP(ctx, rv, args, servers, serverFTPSRanges, reloadTargets{tr: tr, fw: fw, passive: passive}, calls, log)
 	defer stopReload()
 	err = capture.Run(ctx, &daemonLoop{t: tr, log: logged, heldWait: met.heldWait}, sources...)
 	tr.CloseAll("daemon stopping")
@@ -322,15 +338,26 @@ func warnRuleset(fw *rules.Nftables, line string, log *slog.Logger) {
 	}
 }
 
+// reloadTargets are what a reload changes: the tracker, and where the
+// control ports are: the kernel's rules and the passive capture filters.
+type reloadTargets struct {
+	tr      *conntrack.Tracker
+	fw      *rules.Nftables
+	passive []*capture.AFPacketSource
+}
+
 // reloadOnHUP reads the command line and the configuration file again on
-// each SIGHUP and applies what can change in a running daemon (liveKeys);
-// a change of anything else is logged as waiting for the next start. A
-// file that does not load leaves the running configuration as it is.
-func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conntrack.ServerPolicy,
-	tr *conntrack.Tracker, calls *capture.Calls, log *slog.Logger) (stop func()) {
+// each SIGHUP and applies what can change in a running daemon (liveKeys),
+// removals included: what the new configuration no longer gives closes
+// at once. A change of anything else is logged as waiting for the next
+// start. A file that does not load leaves the running configuration as
+// it is.
+func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conntrack.ServerPolicy, ranges []conntrack.FTPSRange,
+	to reloadTargets, calls *capture.Calls, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	running := flagValues(rv.fs)
+	ports := slices.Clone(to.tr.ControlPorts())
 	go func() {
 		for {
 			select {
@@ -339,10 +366,13 @@ func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conn
 			case <-hup:
 			}
 			next := newRunVars()
-			ns, _, err := next.load(args, func(io.Writer) {}, io.Discard)
+			ns, nranges, err := next.load(args, func(io.Writer) {}, io.Discard)
 			var cfg conntrack.Config
 			if err == nil {
 				cfg, err = next.tf.config(log)
+			}
+			if err == nil {
+				err = next.ff.apply(&cfg)
 			}
 			var level slog.Level
 			if err == nil {
@@ -352,6 +382,7 @@ func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conn
 				log.Error("configuration not reloaded: the running one stays", "file", *rv.config, "error", err)
 				continue
 			}
+			cfg.FTPSRanges = append(cfg.FTPSRanges, nranges...)
 			values := flagValues(next.fs)
 			var live []string
 			for _, name := range slices.Sorted(maps.Keys(values)) {
@@ -366,25 +397,61 @@ func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conn
 				live = append(live, name+"="+values[name])
 				running[name] = values[name]
 			}
-			if !reflect.DeepEqual(ns, servers) {
+			if !reflect.DeepEqual(ns, servers) || !reflect.DeepEqual(nranges, ranges) {
 				live = append(live, fmt.Sprintf("server (%d entries)", len(ns)))
-				servers = ns
+				servers, ranges = ns, nranges
 			}
 			re := conntrack.Reconfigurable{MinDataPort: cfg.MinDataPort, PinholeTimeout: cfg.PinholeTimeout,
 				IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: cfg.HandshakeTimeout,
-				MaxPinholesPerSession: cfg.MaxPinholesPerSession, Servers: ns}
-			done := make(chan struct{})
-			calls.Do(func() { tr.Reconfigure(re); close(done) })
+				MaxPinholesPerSession: cfg.MaxPinholesPerSession, Servers: ns,
+				FTPSRanges: cfg.FTPSRanges, ActiveRanges: cfg.ActiveRanges}
+			type result struct {
+				done conntrack.Reconfigured
+				err  error
+			}
+			res := make(chan result, 1)
+			calls.Do(func() {
+				var r result
+				if !slices.Equal(cfg.ControlPorts, ports) {
+					r.err = setControlPorts(to, cfg.ControlPorts)
+					if r.err == nil {
+						ports = slices.Clone(cfg.ControlPorts)
+						re.ControlPorts, re.ImplicitPorts = cfg.ControlPorts, cfg.ImplicitPorts
+					}
+				}
+				r.done = to.tr.Reconfigure(re)
+				res <- r
+			})
+			var r result
 			select {
-			case <-done:
+			case r = <-res:
 			case <-ctx.Done():
 				return
 			}
+			if r.err != nil {
+				pl := portList(ports)
+				log.Error("the control ports were not changed: the running ones stay", "running", pl.String(), "error", r.err)
+			}
 			rv.tf.level.Set(level)
-			log.Info("configuration reloaded", "file", *rv.config, "changed", strings.Join(live, " "))
+			log.Info("configuration reloaded", "file", *rv.config, "changed", strings.Join(live, " "),
+				"sessions_ended", r.done.SessionsEnded, "pinholes_closed", r.done.PinholesClosed, "scoped_ranges_closed", r.done.RangesClosed)
 		}
 	}()
 	return func() { signal.Stop(hup) }
+}
+
+// setControlPorts changes the control ports in the kernel: the inline
+// rules, or the passive capture filters.
+func setControlPorts(to reloadTargets, ports []uint16) error {
+	if err := to.fw.SetControlPorts(ports); err != nil {
+		return err
+	}
+	for _, src := range to.passive {
+		if err := src.SetPorts(ports); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // flagValues are the values of every flag, as text.
