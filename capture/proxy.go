@@ -350,13 +350,16 @@ func (p *Proxy) relay(c *proxyConn, fromServer bool) {
 				p.finish(c, "ended by ftpgate")
 				return
 			}
+			// Before the write: the other side may answer these bytes
+			// the moment they arrive, and its reply must find them
+			// counted.
+			c.through[d].Store(v.through)
 			if len(v.out) > 0 {
 				if _, werr := dst.Write(v.out); werr != nil {
 					p.finish(c, "write failed: "+werr.Error())
 					return
 				}
 			}
-			c.through[d].Store(v.through)
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) {

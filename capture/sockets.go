@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/mdlayher/netlink"
-	"github.com/vishvananda/netlink/nl"
 	vnl "github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 

@@ -203,7 +203,11 @@ func (s *Session) tlsProgress() {
 		s.host.closeScoped(s, closedNotTLS, "the session does not speak TLS")
 	case !s.tlsDone && s.tls[fromClient].helloOK && s.tls[fromServer].helloOK && s.tls[fromServer].answered:
 		s.tlsDone = true
-		s.host.openScoped(s, "the TLS handshake completed", true)
+		why := "the TLS handshake completed"
+		if s.implicit {
+			why = "implicit FTPS: the TLS handshake completed"
+		}
+		s.host.openScoped(s, why, true)
 	}
 }
 

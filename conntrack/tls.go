@@ -24,6 +24,9 @@ type tlsWalker struct {
 	records  int  // complete record headers seen
 	hello    byte // the hello this side must start with
 	helloOK  bool // its first record held that hello
+	// The handshake header of the first record, as it arrives.
+	helloHdr  [4]byte
+	helloHave int
 	lastType byte // type and length of the latest record
 	lastLen  int
 	opaque   bool // not TLS that ftpgate can follow: never clear again
@@ -50,19 +53,37 @@ const (
 	tlsServerHello     = 2
 )
 
+// Sizes no real TLS peer goes below: a ClientHello or ServerHello body
+// (version, 32-byte random, session id length, a cipher suite and a
+// compression method at least), and an encrypted record (a 16-byte tag
+// and a byte, TLS 1.3; more in 1.2).
+const (
+	minHelloLen   = 38
+	minDataRecord = 17
+)
+
 // walk consumes data, which came in a segment acknowledging ack, and
 // returns what follows the end of TLS, if the stream returned to clear
 // text within data.
 func (w *tlsWalker) walk(data []byte, ack uint32) (clear []byte, ok bool) {
 	for len(data) > 0 && !w.opaque {
 		if w.remain > 0 {
-			if w.records == 1 && !w.helloOK && w.remain == w.lastLen {
-				// The first byte of the first record: the handshake type.
-				if data[0] != w.hello {
-					w.opaque = true
+			if w.records == 1 && !w.helloOK {
+				// The first bytes of the first record: the handshake
+				// message's type and length.
+				n := copy(w.helloHdr[w.helloHave:], data[:min(len(data), w.remain)])
+				w.helloHave += n
+				if w.helloHave == len(w.helloHdr) {
+					length := int(w.helloHdr[1])<<16 | int(w.helloHdr[2])<<8 | int(w.helloHdr[3])
+					if w.helloHdr[0] != w.hello || length < minHelloLen {
+						w.opaque = true
+						return nil, false
+					}
+					w.helloOK = true
+				} else if w.remain == n {
+					w.opaque = true // a first record too short for a hello's header
 					return nil, false
 				}
-				w.helloOK = true
 			}
 			n := min(w.remain, len(data))
 			w.remain -= n
@@ -98,7 +119,7 @@ func (w *tlsWalker) walk(data []byte, ack uint32) (clear []byte, ok bool) {
 			w.opaque = true // a record before the hello's first byte: impossible
 			return nil, false
 		}
-		if typ == tlsApplicationData && !alertSized(length) && seqAfter(ack, w.helloAck) {
+		if typ == tlsApplicationData && length >= minDataRecord && !alertSized(length) && seqAfter(ack, w.helloAck) {
 			w.answered = true
 		}
 		w.records++
