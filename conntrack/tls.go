@@ -18,18 +18,18 @@ package conntrack
 //     send whatever it likes after AUTH, and the other side's TLS stack
 //     would have refused it.
 type tlsWalker struct {
-	hdr      [5]byte
-	hdrLen   int
-	remain   int  // bytes of the current record body still to skip
-	records  int  // complete record headers seen
-	hello    byte // the hello this side must start with
-	helloOK  bool // its first record held that hello
+	hdr     [5]byte
+	hdrLen  int
+	remain  int  // bytes of the current record body still to skip
+	records int  // complete record headers seen
+	hello   byte // the hello this side must start with
+	helloOK bool // its first record held that hello
 	// The handshake header of the first record, as it arrives.
 	helloHdr  [4]byte
 	helloHave int
-	lastType byte // type and length of the latest record
-	lastLen  int
-	opaque   bool // not TLS that ftpgate can follow: never clear again
+	lastType  byte // type and length of the latest record
+	lastLen   int
+	opaque    bool // not TLS that ftpgate can follow: never clear again
 	// helloAck is the acknowledgement number of the segment the first
 	// record came in: how much of the other side this side had received
 	// when it sent its hello.
