@@ -196,8 +196,8 @@ func DefaultShare(limit int) int { return max(4, limit/16) }
 type LocalSockets interface {
 	// IsLocal reports whether the address is one of this host's.
 	IsLocal(netip.Addr) bool
-	// Owner returns the user owning this host's socket of the connection
-	// local <-> remote.
+	// Owner returns the user owning this host's socket of the
+	// connection local <-> remote.
 	Owner(local, remote netip.AddrPort) (uid uint32, ok bool)
 	// Listener returns the user owning the listening socket of this host
 	// that a connection from remote to local would reach.

@@ -59,3 +59,30 @@ func TestLocalAnnouncerMustOwnTheListener(t *testing.T) {
 		t.Fatalf("a forwarded client's PORT was refused: %+v", h.lastChannel())
 	}
 }
+
+// TestLocalServerDroppingPrivileges: a server on the gateway that
+// accepted its control connection as root and answers PASV from a
+// session process of another user (vsftpd) announces that user's
+// listener: allowed, root's sockets choose for themselves.
+func TestLocalServerDroppingPrivileges(t *testing.T) {
+	gw := netip.MustParseAddr("192.0.2.1")
+	fs := fakeSockets{
+		local:     map[netip.Addr]bool{gw: true},
+		owners:    map[netip.AddrPort]uint32{netip.MustParseAddrPort("192.0.2.1:21"): 0, netip.MustParseAddrPort("192.0.2.1:2121"): 1000},
+		listeners: map[netip.AddrPort]uint32{netip.MustParseAddrPort("192.0.2.1:40000"): 65534, netip.MustParseAddrPort("192.0.2.1:40001"): 65534},
+	}
+	h := newHarness(t, Config{LocalSockets: fs, ControlPorts: []uint16{21, 2121}})
+	c := newConn(t, cli, "192.0.2.1:21")
+	h.feed(c.greeted()...)
+	h.feed(c.send(true, "PASV\r\n"), c.send(false, "227 Entering Passive Mode (192,0,2,1,156,64)\r\n"))
+	if !h.open()[pin("192.0.2.10", "192.0.2.1", 40000)] {
+		t.Fatalf("vsftpd's session user's listener refused: %+v", h.lastChannel())
+	}
+	// A server of user 1000 announcing a listener of user 65534.
+	u := newConn(t, cli, "192.0.2.1:2121")
+	h.feed(u.greeted()...)
+	h.feed(u.send(true, "PASV\r\n"), u.send(false, "227 Entering Passive Mode (192,0,2,1,156,65)\r\n"))
+	if h.lastChannel().Refusal != refusedLocalSocket {
+		t.Fatalf("a user's server announced another user's listener: %+v", h.lastChannel())
+	}
+}

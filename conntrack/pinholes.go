@@ -55,11 +55,13 @@ func (t *Tracker) decide(s *Session, ch Channel, announcer netip.Addr) {
 }
 
 // checkLocal applies the rule for announcements made from this host's
-// own sockets (an FTP client or server on the gateway, seen on the
-// output path): the socket that would accept the data connection must be
-// a listening socket of the user who owns the announcing control
-// connection. Without it, any local user could hand an outside host a
-// pinhole to a service of another user, root's among them.
+// own sockets (an FTP client or server on the gateway): the socket that
+// would accept the data connection must be a listening socket of the
+// user owning the announcing control connection, unless that user is
+// root. Without it, any local user could hand an outside host a pinhole
+// to another user's service, root's among them. A control connection of
+// root's is a system FTP server's or root's own client: vsftpd accepts
+// as root and listens for PASV in a session process of another user.
 func (t *Tracker) checkLocal(s *Session, ch Channel) (RefusalKind, string) {
 	ls := t.cfg.LocalSockets
 	if ls == nil {
@@ -81,7 +83,7 @@ func (t *Tracker) checkLocal(s *Session, ch Channel) (RefusalKind, string) {
 	switch {
 	case !ok:
 		return refusedLocalSocket, fmt.Sprintf("announced port %s of this host has no listening socket", to)
-	case listener != owner:
+	case listener != owner && owner != 0:
 		return refusedLocalSocket, fmt.Sprintf("announced port %s of this host is a listening socket of uid %d, not of uid %d that owns the announcing control connection", to, listener, owner)
 	}
 	return 0, ""

@@ -11,6 +11,10 @@
                                         session open SECS seconds, then QUIT
   ftpclient.py load HOST MODE FILE N    N transfers of FILE on one session, each on a
                                         new data connection; prints how many succeeded
+  ftpclient.py timedload HOST MODE FILE N
+                                        the same, and prints "ok K slowest MS": how many
+                                        succeeded and the slowest transfer, in ms
+  ftpclient.py idle HOST N SECS [SRC]   N sessions at once that log in and idle SECS
   ftpclient.py holdmany HOST N SECS     N sessions at once, each sends PASV and prints
                                         "port P" for it, then all wait SECS and QUIT
   ftpclient.py tlsget HOST FILE OUT     download FILE over explicit FTPS (AUTH TLS,
@@ -18,8 +22,13 @@
   ftpclient.py tlsload HOST FILE N [SRC]
                                         N such transfers on one session (from
                                         address SRC)
-  ftpclient.py tlshold HOST SECS        log in over FTPS, send PASV (inside TLS), print
+  ftpclient.py tlshold HOST SECS [SRC]  log in over FTPS (from address SRC), send PASV (inside TLS), print
                                         the reply, keep the session SECS seconds
+  ftpclient.py send HOST ITEM...        a raw TCP session: each ITEM is sent as it is
+                                        (Python escapes such as \r\n decoded), or is
+                                        @read (print what arrives within a second),
+                                        @sleep=SECS, or @src=ADDR (first: bind to ADDR);
+                                        prints "read: ..." per read
 
 Exit status 0 on success, 1 on failure.
 """
@@ -127,6 +136,35 @@ def load(host, mode, name, n):
     return retr_many(ftp, name, n)
 
 
+def timedload(host, mode, name, n):
+    ftp = connect(host, timeout=10)
+    set_mode(ftp, mode)
+    ok, slowest = 0, 0.0
+    for _ in range(int(n)):
+        start = time.monotonic()
+        try:
+            ftp.retrbinary("RETR " + name, lambda b: None)
+            ok += 1
+        except (ftplib.Error, OSError) as e:
+            print("transfer failed:", e, file=sys.stderr)
+        slowest = max(slowest, time.monotonic() - start)
+    ftp.quit()
+    print("ok", ok, "slowest", int(slowest * 1000))
+    return ok == int(n)
+
+
+def idle(host, n, secs, src=None):
+    sessions = []
+    for _ in range(int(n)):
+        h, port = split_host(host)
+        ftp = ftplib.FTP(timeout=10, source_address=(src, 0) if src else None)
+        ftp.connect(h, port)
+        ftp.login()
+        sessions.append(ftp)
+    print("ready", len(sessions), flush=True)
+    time.sleep(float(secs))
+
+
 def holdmany(host, n, secs):
     sessions = []
     for _ in range(int(n)):
@@ -164,11 +202,42 @@ def tlsload(host, name, n, src=None):
     return retr_many(tls_connect(host, timeout=20, src=src), name, n)
 
 
-def tlshold(host, secs):
-    ftp = tls_connect(host)
+def tlshold(host, secs, src=None):
+    ftp = tls_connect(host, src=src)
     print(ftp.sendcmd("PASV"), flush=True)
     time.sleep(float(secs))
     ftp.quit()
+
+
+def send(host, items):
+    src = None
+    if items and items[0].startswith("@src="):
+        src, items = items[0][5:], items[1:]
+    h, port = split_host(host)
+    fam = socket.AF_INET6 if ":" in h else socket.AF_INET
+    s = socket.socket(fam)
+    if src:
+        s.bind((src, 0))
+    s.settimeout(5)
+    s.connect((h, port))
+    for item in items:
+        if item == "@read":
+            s.settimeout(1)
+            got = b""
+            try:
+                while True:
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    got += data
+            except socket.timeout:
+                pass
+            print("read:", got.decode("latin-1").encode("unicode_escape").decode(), flush=True)
+        elif item.startswith("@sleep="):
+            time.sleep(float(item[7:]))
+        else:
+            s.sendall(item.encode("latin-1").decode("unicode_escape").encode("latin-1"))
+    s.close()
 
 
 def main(argv):
@@ -184,6 +253,10 @@ def main(argv):
             raw(args[0], args[1], args[2:])
         elif cmd == "load":
             return 0 if load(*args) else 1
+        elif cmd == "timedload":
+            return 0 if timedload(*args) else 1
+        elif cmd == "idle":
+            idle(*args)
         elif cmd == "holdmany":
             holdmany(*args)
         elif cmd == "tlsget":
@@ -192,6 +265,8 @@ def main(argv):
             return 0 if tlsload(*args) else 1
         elif cmd == "tlshold":
             tlshold(*args)
+        elif cmd == "send":
+            send(args[0], args[1:])
         else:
             raise SystemExit(__doc__)
     except (ftplib.Error, OSError) as e:

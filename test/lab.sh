@@ -123,6 +123,8 @@ pasv_min_port=41000 pasv_max_port=41999"
 #   none:    neither: FTP data connections must fail
 ruleset() {
 	local mode=${1:-ftpgate} admit="" helper="" helpobj="" loose=""
+	# The control ports of the hostile tests' scripted servers.
+	local hostile="2134, 2135, 2136, 2137, 2990"
 	case $mode in
 	ftpgate) admit='ct mark & 0x01000000 == 0x01000000 accept' ;;
 	loose)
@@ -156,7 +158,7 @@ table inet filter {
 		$loose
 		ct state established,related accept
 		$admit
-		tcp dport { 21, 2131, 2132, 2133, 2141, 2142, 990 } ct state new accept
+		tcp dport { 21, 2131, 2132, 2133, 2141, 2142, 990, $hostile } ct state new accept
 		icmp type echo-request accept
 		icmpv6 type echo-request accept
 		tcp flags syn / syn,ack counter name dropped_syn

@@ -11,7 +11,8 @@
 #   dmz   198.51.100.2    2001:db8:2::2   (servers: 21, 2121; 2122 with pasv_address)
 #
 # The gateway's NAT is written as an admin writes it: masquerade out of
-# wan, and a port forward of 21, 2121 and 2122 to the DMZ server.
+# wan, and a port forward of 21, 2121 and 2122 to the DMZ server (and of
+# the hostile tests' ports, and a DMZ service on 8080).
 #
 # Usage: natlab.sh up | down | ruleset ftpgate|kernel|none | ns NAME | dir
 set -euo pipefail
@@ -108,6 +109,9 @@ up() {
 #   none:    neither: FTP data connections must fail
 ruleset() {
 	local mode=${1:-ftpgate} admit="" helper="" helpobj=""
+	# The hostile tests' scripted servers in the DMZ, and a service of the
+	# DMZ's on 8080 that the admin forwards (its port must stay its own).
+	local hostile="2150, 2151, 2152, 2153, 2990, 8080"
 	case $mode in
 	ftpgate) admit='ct mark & 0x01000000 == 0x01000000 accept' ;;
 	kernel)
@@ -123,8 +127,8 @@ flush ruleset
 table inet nat {
 	chain dstnat {
 		type nat hook prerouting priority dstnat;
-		iifname "wan" ip daddr 203.0.113.1 tcp dport { 21, 2121, 2122, 2141 } dnat ip to 198.51.100.2
-		iifname "wan" ip6 daddr 2001:db8:3::1 tcp dport { 21, 2121, 2122 } dnat ip6 to 2001:db8:2::2
+		iifname "wan" ip daddr 203.0.113.1 tcp dport { 21, 2121, 2122, 2141, $hostile } dnat ip to 198.51.100.2
+		iifname "wan" ip6 daddr 2001:db8:3::1 tcp dport { 21, 2121, 2122, $hostile } dnat ip6 to 2001:db8:2::2
 	}
 	chain srcnat {
 		type nat hook postrouting priority srcnat;
@@ -141,7 +145,7 @@ table inet filter {
 		type filter hook forward priority filter; policy drop;
 		ct state established accept
 		$admit
-		tcp dport { 21, 2121, 2122, 2141 } ct state new accept
+		tcp dport { 21, 2121, 2122, 2141, $hostile } ct state new accept
 		meta l4proto { icmp, ipv6-icmp } accept
 		tcp flags syn / syn,ack counter name dropped_syn
 	}

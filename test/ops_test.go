@@ -263,3 +263,96 @@ func TestInlineInterfaceScoping(t *testing.T) {
 		t.Errorf("%d sessions seen on an interface that carries none", n)
 	}
 }
+
+// TestConfigReloadRemovesFTPSRange: taking a server's FTPS range out of
+// the file (the line, or the whole [[server]] entry) and sending SIGHUP
+// closes the range of a live session at once, with a log line, and the
+// next session gets none.
+func TestConfigReloadRemovesFTPSRange(t *testing.T) {
+	needLab(t)
+	setRuleset(t, "ftpgate")
+	for _, removal := range []string{"the line", "the entry"} {
+		t.Run(removal, func(t *testing.T) {
+			conf := filepath.Join(t.TempDir(), "ftpgate.toml")
+			write := func(text string) {
+				if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write("control-ports = [21, 2141]\n[[server]]\naddress = \"" + server4 + "\"\nftps-passive-ports = \"" + ftpsRange + "\"\n")
+			d := startFtpgate(t, "--config", conf)
+			serveBanner(t, ns("server"), server4, rangePort, "in the range")
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			hold := inNS(ctx, "client", "python3", "ftpclient.py", "tlshold", server4+":2141", "8")
+			if err := hold.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer hold.Wait()
+			d.waitLog(t, 5*time.Second, "scoped range open", "ports", ftpsRange)
+			if got := bannerFrom(ns("client"), "", server4, rangePort); got != "in the range" {
+				t.Fatalf("no range before the reload: %q", got)
+			}
+			if removal == "the line" {
+				write("control-ports = [21, 2141]\n[[server]]\naddress = \"" + server4 + "\"\n")
+			} else {
+				write("control-ports = [21, 2141]\n")
+			}
+			_ = d.cmd.Process.Signal(syscall.SIGHUP)
+			d.waitLog(t, 5*time.Second, "configuration reloaded", "scoped_ranges_closed", "1")
+			d.waitLog(t, time.Second, "scoped range closed", "kind", "reload")
+			time.Sleep(200 * time.Millisecond)
+			if got := bannerFrom(ns("client"), "", server4, rangePort); got != "" {
+				t.Errorf("the live session still reaches the range after the reload: %q", got)
+			}
+			if err := ftpsTransfers()[0].run(t); err == nil {
+				t.Errorf("a new FTPS session still worked through the removed range")
+			}
+		})
+	}
+}
+
+// TestConfigReloadControlPorts: a control port added on reload is
+// watched at once (inline rules replaced in the kernel), one removed is
+// no longer: its session ends and its pinholes close.
+func TestConfigReloadControlPorts(t *testing.T) {
+	needLab(t)
+	setRuleset(t, "ftpgate")
+	conf := filepath.Join(t.TempDir(), "ftpgate.toml")
+	write := func(text string) {
+		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("control-ports = [21]\n")
+	d := startFtpgate(t, "--config", conf)
+	passive2131 := curl("curl PASV on 2131", "ftp://"+server4+":2131/file.bin", "--ftp-pasv", "--disable-epsv")
+	if err := passive2131.run(t); err == nil {
+		t.Fatal("a transfer on 2131 worked before 2131 was a control port")
+	}
+	write("control-ports = [21, 2131]\n")
+	_ = d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(t, 5*time.Second, "configuration reloaded", "changed", "control-ports=21,2131")
+	if err := passive2131.run(t); err != nil {
+		t.Fatalf("after adding 2131 on reload: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	hold := inNS(ctx, "client", "python3", "ftpclient.py", "hold", server4+":2131", "PASV", "6")
+	out, err := hold.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Wait()
+	bufio.NewReader(out).ReadString('\n')
+	if p := waitPinholes(t, 1, 2*time.Second); len(p) != 1 {
+		t.Fatalf("pinholes %v", p)
+	}
+	write("control-ports = [21]\n")
+	_ = d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(t, 5*time.Second, "configuration reloaded", "sessions_ended", "1")
+	waitNoPinholes(t, 2*time.Second)
+}
