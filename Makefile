@@ -76,6 +76,7 @@ fuzz:
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzPacketPath$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzSessionOracle$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzProxiedLines$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzLineSplitter$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./report -run '^$$' -fuzz '^FuzzReportLine$$' -fuzztime $(FUZZTIME)
 
 clean:

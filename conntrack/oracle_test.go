@@ -3,6 +3,7 @@ package conntrack
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,8 @@ type model struct {
 	// Network effects pending for the next segment.
 	lose, dup, swap bool
 	held            []byte // a segment held back by swap
+	// authAccepted: the server answered an AUTH with 234.
+	authAccepted bool
 }
 
 func (m *model) next() (byte, bool) {
@@ -69,7 +72,7 @@ func (m *model) command(pick byte, n int) {
 	var b strings.Builder
 	for i := range n {
 		var cmd string
-		switch (int(pick) + i) % 9 {
+		switch (int(pick) + i) % 10 {
 		case 0:
 			cmd = "PASV"
 		case 1:
@@ -85,8 +88,10 @@ func (m *model) command(pick byte, n int) {
 			cmd = "TYPE I"
 		case 7:
 			cmd = "PORT x"
-		default:
+		case 8:
 			cmd = "RETR file"
+		default:
+			cmd = "AUTH TLS"
 		}
 		m.queue = append(m.queue, cmd)
 		b.WriteString(cmd + "\r\n")
@@ -128,6 +133,9 @@ func (m *model) reply(accept, prelim, multi bool) {
 		}
 		m.accepted[pin("198.51.100.20", "192.0.2.10", p)] = true
 		text = "200 PORT command successful.\r\n"
+	case verb == "AUTH":
+		m.authAccepted = true
+		text = "234 Proceed with negotiation.\r\n"
 	case verb == "RETR":
 		if prelim {
 			m.emit(m.c.send(false, "150 Opening BINARY mode data connection.\r\n"))
@@ -149,7 +157,7 @@ func (m *model) forge(fromClient bool) {
 		return
 	}
 	m.wire = append(m.wire, badSum(m.c.segment(false, m.c.sseq, m.c.cseq, "A",
-		[]byte(fmt.Sprintf("227 Entering Passive Mode (198,51,100,20,%d,%d).\r\n200 OK.\r\n", p>>8, p&0xff)))))
+		[]byte(fmt.Sprintf("227 Entering Passive Mode (198,51,100,20,%d,%d).\r\n234 Proceed.\r\n", p>>8, p&0xff)))))
 }
 
 func (m *model) run() {
@@ -196,7 +204,10 @@ func (m *model) run() {
 // model client and server that follow FTP, commands pipelined and
 // replies interleaved at random, over a network that loses, duplicates
 // and reorders ftpgate's copies and adds forged segments, and requires
-// that every channel ftpgate opens is one the server really accepted.
+// that every channel ftpgate opens is one the server really accepted,
+// and that an FTPS range opens only after the server accepted an AUTH,
+// and is gone once the handshake timeout has passed without TLS (the
+// model's endpoints never speak it).
 func FuzzSessionOracle(f *testing.F) {
 	f.Add([]byte{1, 0, 0, 3, 1, 3, 2, 3, 4, 3, 3})
 	f.Add([]byte{0, 2, 3, 3, 1, 3, 1, 3, 1, 3, 1, 6, 0, 0, 2, 3, 1, 0, 3, 3, 1})
@@ -213,11 +224,18 @@ func FuzzSessionOracle(f *testing.F) {
 			if ch.Verdict == VerdictOpen {
 				opened = append(opened, ch)
 			}
-		}}, rules.NewDryRun())
+		}, FTPSRanges: []FTPSRange{{Server: netip.MustParsePrefix("198.51.100.20/32"), Lo: 30000, Hi: 30099}}}, rules.NewDryRun())
 		ts := time.Unix(1700000000, 0)
 		for _, p := range m.wire {
 			ts = ts.Add(time.Millisecond)
 			tr.HandlePacket(p, layers.LinkTypeEthernet, ts)
+		}
+		if tr.Stats().ScopedOpened > 0 && !m.authAccepted {
+			t.Fatalf("an FTPS range opened though the server accepted no AUTH")
+		}
+		tr.Expire(ts.Add(DefaultHandshakeTimeout + time.Second))
+		if n := tr.Stats().Scoped; n != 0 {
+			t.Fatalf("%d FTPS ranges open past the handshake timeout of a session that never spoke TLS", n)
 		}
 		tr.CloseAll("end")
 		for _, ch := range opened {

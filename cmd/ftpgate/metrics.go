@@ -64,6 +64,8 @@ var snapshotMetrics = []metricDef{
 	{"ftpgate_scoped_ranges_open", "FTPS scoped ranges open now (one per encrypted session).", true, func(s conntrack.Stats) float64 { return float64(s.Scoped) }},
 	{"ftpgate_scoped_ranges_opened_total", "FTPS scoped ranges opened.", false, u(func(s conntrack.Stats) uint64 { return s.ScopedOpened })},
 	{"ftpgate_scoped_ranges_refused_total", "Encrypted sessions that got no scoped range (none configured, a cap).", false, u(func(s conntrack.Stats) uint64 { return s.ScopedRefused })},
+	{"ftpgate_lines_not_reply_start_total", "Server lines that looked like replies where the server started none (after a bare LF, an echo of the client), not taken as replies.", false, u(func(s conntrack.Stats) uint64 { return s.NotReplyStart })},
+	{"ftpgate_unsolicited_auth_total", "234 replies that answered no AUTH, not taken as TLS.", false, u(func(s conntrack.Stats) uint64 { return s.UnsolicitedAuth })},
 }
 
 type snapshotCollector struct {
@@ -71,6 +73,7 @@ type snapshotCollector struct {
 	descs   []*prometheus.Desc
 	closed  *prometheus.Desc
 	refused *prometheus.Desc
+	scoped  *prometheus.Desc
 }
 
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -79,6 +82,7 @@ func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	ch <- c.closed
 	ch <- c.refused
+	ch <- c.scoped
 }
 
 func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
@@ -96,6 +100,9 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	for i, n := range s.RefusedBy {
 		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(n), conntrack.RefusalReasons[i])
 	}
+	for i, n := range s.ScopedClosedBy {
+		ch <- prometheus.MustNewConstMetric(c.scoped, prometheus.CounterValue, float64(n), conntrack.CloseReasons[i])
+	}
 }
 
 func newMetrics(snap func() conntrack.Stats) *metrics {
@@ -103,6 +110,7 @@ func newMetrics(snap func() conntrack.Stats) *metrics {
 	c := &snapshotCollector{snap: snap,
 		closed:  prometheus.NewDesc("ftpgate_pinholes_closed_total", "Pinholes closed, by reason.", []string{"reason"}, nil),
 		refused: prometheus.NewDesc("ftpgate_channels_refused_total", "Announced data channels refused, by reason.", []string{"reason"}, nil),
+		scoped:  prometheus.NewDesc("ftpgate_scoped_ranges_closed_total", "FTPS scoped ranges closed, by reason.", []string{"reason"}, nil),
 	}
 	for _, m := range snapshotMetrics {
 		c.descs = append(c.descs, prometheus.NewDesc(m.name, m.help, nil, nil))

@@ -537,23 +537,33 @@ checksums and windows again and follows both directions in the order the
 hosts saw them. A reply pairs only with a command the server had
 acknowledged when it wrote the reply; the greeting pairs with nothing.
 
+Lines count only as their receiver frames them: one limit (--max-line) on
+every path, a line too long is dropped whole; a server that ends its lines
+with CR LF starts no reply after a bare LF (an echo of a client's argument),
+and a command ended by a bare LF leaves pairing uncertain.
+
 Refused (and logged with the reason): PORT/EPRT/LPRT the server did not
 accept with 2xx; 227/228/229 replies to no PASV/EPSV/LPSV; announced
 addresses other than the announcing side's control address; ports below
---min-data-port; active mode while pairing is uncertain, and for the rest
-of a session that lost bytes; anything past a cap. After an accepted AUTH
-TLS/SSL the session is not parsed until TLS really ends after CCC.
+--min-data-port; a port of this host that is not a listening socket of the
+user owning the announcing control connection (or of any user, for root's);
+active mode while pairing is uncertain, and for the rest of a session that
+lost bytes; anything past a cap or past a client's share of it (per
+address, per /64 for IPv6). After a 234 that answers an AUTH the session is
+not parsed until TLS really ends after CCC; its FTPS range (--ftps-passive-
+ports) closes unless the TLS handshake completes within --handshake-timeout.
 
 On a NAT gateway (--nat on, the default with inline capture), a control
 connection your own NAT rules translate (masquerade, dnat) has its first SYN
 dropped after all of your rules accepted it; the client's retry (about a
 second later) goes to ftpgate's control proxy (tproxy, and a policy routing
 rule ftpgate adds), which connects to the server from the client's address.
-It rewrites announcements that carry an address the far side cannot reach
-(PORT/EPRT of a masqueraded client, 227 of a server behind a port forward),
-to the public address and a port from --nat-ports, and maps each data
-connection in the kernel (DNAT, and SNAT where needed) before the far side
-sees the line. Add the ruleset line to your input chain too: proxied control
+It rewrites announcements whose address differs on the far side (PORT/EPRT
+of a masqueraded client, 227/229 of a server behind a port forward) to the
+public address and a port from --nat-ports (never the port announced, one
+this host listens on, or one your rules forward), and maps each data
+connection in the kernel (DNAT, and SNAT where needed): a 227/229's before
+the client sees it, a PORT/EPRT's once the server accepted it. Add the ruleset line to your input chain too: proxied control
 connections arrive there. A restart of ftpgate ends proxied sessions.
 
 Logs: one line per session start and end, and per channel opened, refused
