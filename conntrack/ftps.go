@@ -178,6 +178,22 @@ func (t *Tracker) openScoped(s *Session, why string, handshakeDone bool) {
 	}
 }
 
+// scopedCovers reports whether an open scoped range admits a connection
+// from src to dst (one that is not mapped through NAT: those are matched
+// after destination NAT, which their held SYN has not met yet).
+func (t *Tracker) scopedCovers(src, dst netip.AddrPort) bool {
+	for r := range t.scoped.elems.refs {
+		switch {
+		case r.Public.IsValid():
+		case r.Active && src.Port() == 989 && r.Server == src.Addr() && r.Client == dst.Addr() && r.Lo <= dst.Port() && dst.Port() <= r.Hi:
+			return true
+		case !r.Active && r.Client == src.Addr() && r.Server == dst.Addr() && r.Lo <= dst.Port() && dst.Port() <= r.Hi:
+			return true
+		}
+	}
+	return false
+}
+
 // closeScoped closes s's scoped range.
 func (t *Tracker) closeScoped(s *Session, kind CloseKind, reason string) {
 	sc := s.scoped

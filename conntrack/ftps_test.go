@@ -222,3 +222,23 @@ func TestScopedSharePerSlash64(t *testing.T) {
 		t.Errorf("another /64 got no range: %d open", n)
 	}
 }
+
+// TestHeldSYNAdmittedFromRange: a data SYN of an encrypted session that
+// the kernel held because its range was not committed yet is admitted
+// from the range ftpgate holds; one outside it, or from another client,
+// is not.
+func TestHeldSYNAdmittedFromRange(t *testing.T) {
+	h := ftpsHarness(t, Config{})
+	encrypted(t, h, "192.0.2.10:40001")
+	in := newConn(t, "192.0.2.10:50000", "198.51.100.20:41234")
+	out := newConn(t, "192.0.2.10:50001", "198.51.100.20:42000")
+	other := newConn(t, "192.0.2.11:50000", "198.51.100.20:41234")
+	for _, c := range []struct {
+		c    *conn
+		want HeldVerdict
+	}{{in, HeldAdmit}, {out, HeldPass}, {other, HeldPass}} {
+		if got := h.tr.AdmitHeldSYN(c.c.packet(true, c.c.cseq, "S", nil)[14:]); got != c.want {
+			t.Errorf("SYN %v -> %v: %v, want %v", c.c.client, c.c.server, got, c.want)
+		}
+	}
+}

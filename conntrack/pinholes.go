@@ -282,6 +282,12 @@ func (t *Tracker) AdmitHeldSYN(data []byte) HeldVerdict {
 	key := rules.Pinhole{Peer: seg.src.Addr(), Addr: seg.dst.Addr(), Port: seg.dst.Port()}
 	p, open := t.pinholes[key]
 	if !open {
+		if t.scopedCovers(seg.src, seg.dst) {
+			// An FTPS range that opened with the copies just read, not
+			// committed yet: it is not used up, so ftpgate may admit.
+			t.stats.SYNsAdmitted++
+			return HeldAdmit
+		}
 		return HeldPass
 	}
 	if p.fresh && t.fw.CancelAdd(key) {
