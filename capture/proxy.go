@@ -75,6 +75,7 @@ type Proxy struct {
 	// still being made: they count against the caps like the others.
 	connecting int
 	bySource   source.Shares
+	closed     bool // Close has begun: no connection is added
 	nextID     uint64
 	accepted   atomic.Uint64
 	refused    atomic.Uint64
@@ -263,6 +264,14 @@ func (p *Proxy) open(client *net.TCPConn) {
 	}
 	p.mu.Lock()
 	p.connecting--
+	if p.closed {
+		// Close took its list of connections while this one connected.
+		p.bySource.Remove(src)
+		p.mu.Unlock()
+		client.Close()
+		server.Close()
+		return
+	}
 	p.nextID++
 	c := &proxyConn{
 		info:   ProxiedConn{ID: p.nextID, Client: peer, Server: local, ServerSeen: seen, ClientSeen: clientSeen},
@@ -487,6 +496,7 @@ func (p *Proxy) Close() error {
 		ln.Close()
 	}
 	p.mu.Lock()
+	p.closed = true
 	conns := make([]*proxyConn, 0, len(p.conns))
 	for _, c := range p.conns {
 		conns = append(conns, c)

@@ -76,8 +76,10 @@ type Config struct {
 	CommitDelay time.Duration
 	// NATPorts is the range of ports ftpgate hands out on public
 	// addresses for announcements it rewrites on proxied sessions.
-	// Zero: DefaultNATPorts.
-	NATPorts [2]uint16
+	// Zero: DefaultNATPorts. NATPortsPerClient is one client's share of
+	// them (per address, per /64 for IPv6); zero: a sixteenth, at least 4.
+	NATPorts          [2]uint16
+	NATPortsPerClient int
 	// Servers, if any, are the only FTP servers ftpgate serves, each with
 	// its own policy (see ServerPolicy); announcements on sessions to
 	// others are refused.
@@ -175,6 +177,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.NATPorts == [2]uint16{} {
 		c.NATPorts = DefaultNATPorts
+	}
+	if c.NATPortsPerClient == 0 {
+		c.NATPortsPerClient = DefaultShare(int(c.NATPorts[1]) - int(c.NATPorts[0]) + 1)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -15,7 +15,10 @@ type encryption struct {
 	clear [2]bool // per direction: back in clear text after a close_notify
 }
 
-// eolMode is how a server ends its lines, learnt from its first one.
+// eolMode is how a server ends its lines, learnt from the last line of
+// its first reply (its greeting): inner lines of a multi-line banner may
+// come from a file written with bare LFs even where the server ends its
+// own lines with CR LF.
 type eolMode uint8
 
 const (
@@ -25,8 +28,9 @@ const (
 	// what follows it cannot start a reply.
 	eolCRLF
 	// eolLF: a server that ends lines with a bare LF. Every LF ends a
-	// line; a line that repeats what the client sent is not taken as a
-	// reply (see echoes).
+	// line, so an echo of a client's argument cannot be told from a
+	// reply: once the client has sent something that looks like a reply,
+	// nothing of the session opens (see noteReplyLike).
 	eolLF
 )
 
@@ -34,7 +38,8 @@ const (
 func (s *Session) bytes(d int, seq uint32, data []byte, ack uint32, now time.Time) {
 	for len(data) > 0 && !s.ended {
 		if s.enc.on && !s.enc.clear[d] {
-			clear, ok := s.tls[d].walk(data, ack)
+			clear, ok := s.tls[d].walk(data, seq, ack)
+			s.tlsRounds(d)
 			s.tlsProgress()
 			n := len(data)
 			if ok {
@@ -101,7 +106,7 @@ func (s *Session) blankLines(d int, l line) {
 	if l.text[0] == '\r' {
 		first = 2
 	}
-	if !l.crlf {
+	if !l.crlf || bytes.Count(l.text, []byte{'\n'}) != bytes.Count(l.text, []byte("\r\n")) {
 		s.pair.uncertain(s, "commands ended by a bare LF: servers differ on whether that ends a command")
 	}
 	s.pair.pushBlanks(s, l.blanks, l.start+first, l.end, s.env.now)
@@ -123,16 +128,23 @@ func (s *Session) lineTooLong(d int, l line) {
 	s.pair.push(s, pendingCommand{verb: parser.VerbOther, time: s.env.now, end: l.end})
 }
 
-// noteServerEOL learns how the server ends its lines from its first
-// framed one, and whether the next line can start a reply.
+// noteServerEOL notes whether the next server line can start a reply:
+// not after a bare LF from a server that ends its lines with CR LF.
 func (s *Session) noteServerEOL(l line) {
-	if s.srvEOL == eolUnknown && l.framed {
-		s.srvEOL = eolLF
-		if l.crlf {
-			s.srvEOL = eolCRLF
-		}
-	}
 	s.srvContinues = s.srvEOL == eolCRLF && !l.crlf
+}
+
+// learnServerEOL learns how the server ends its lines from the line that
+// ends its first reply.
+func (s *Session) learnServerEOL(l line) {
+	if s.srvEOL != eolUnknown || !l.framed {
+		return
+	}
+	s.srvEOL = eolLF
+	if l.crlf {
+		s.srvEOL = eolCRLF
+	}
+	s.echoRisk()
 }
 
 // leaveTLS decides whether the clear text that follows a direction's
@@ -191,6 +203,7 @@ func (s *Session) enterTLS() {
 func (s *Session) startTLS() {
 	s.enc = encryption{on: true}
 	s.tls = [2]tlsWalker{{hello: tlsClientHello}, {hello: tlsServerHello}}
+	s.tlsRound = tlsRoundState{}
 }
 
 // tlsProgress follows an encrypted session's TLS: its scoped range opens
@@ -201,13 +214,41 @@ func (s *Session) tlsProgress() {
 	case !s.enc.on:
 	case s.tls[fromClient].opaque || s.tls[fromServer].opaque:
 		s.host.closeScoped(s, closedNotTLS, "the session does not speak TLS")
-	case !s.tlsDone && s.tls[fromClient].helloOK && s.tls[fromServer].helloOK && s.tls[fromServer].answered:
+	case !s.tlsDone && s.tls[fromClient].helloOK && s.tls[fromServer].helloOK && s.tlsRound.rounds >= tlsRoundsNeeded:
 		s.tlsDone = true
 		why := "the TLS handshake completed"
 		if s.implicit {
 			why = "implicit FTPS: the TLS handshake completed"
 		}
 		s.host.openScoped(s, why, true)
+	}
+}
+
+// tlsRoundsNeeded is how many exchanges of application data a session
+// must make before its TLS handshake counts as completed.
+const tlsRoundsNeeded = 3
+
+// tlsRounds counts the exchanges of application data that follow the
+// hellos: the client sends a data record, and the server answers with
+// one in a segment that acknowledges it. Nothing is decrypted, so this
+// is how a completed handshake shows: an honest server sends data only
+// once the client's Finished checked out (a wrong one draws an alert,
+// whose size is not counted, and a close), and then answers each of the
+// client's commands. A client that throttles the server's first flight
+// with a small window can make that flight look like answers, one per
+// record it holds; three rounds need three records and come, for a real
+// FTPS client, with its login (USER, PASS, PBSZ), before any data
+// connection. See the README for what this proves and what it cannot.
+func (s *Session) tlsRounds(d int) {
+	r := &s.tlsRound
+	for _, rec := range s.tls[d].data {
+		switch {
+		case d == fromClient:
+			r.clientEnd, r.clientSent = rec.end, true
+		case r.clientSent && seqAtLeast(rec.ack, r.clientEnd):
+			r.rounds++
+			r.clientSent = false
+		}
 	}
 }
 
@@ -233,7 +274,7 @@ func (s *Session) gap(d int) {
 
 func (s *Session) clientLine(l line) {
 	s.observeLine(false, l.text)
-	s.noteEcho(l.text)
+	s.noteReplyLike(l.text)
 	cmd, err := parser.ParseCommand(l.text)
 	if cmd.Verb.IsData() {
 		// A new data command supersedes every pinhole not yet used.
@@ -253,7 +294,7 @@ func (s *Session) clientLine(l line) {
 		s.pair.uncertain(s, "a command ended by a bare LF: servers differ on whether that ends a command")
 	}
 	pc := pendingCommand{verb: cmd.Verb, cmd: cmd, valid: err == nil, time: s.env.now, end: l.end}
-	if s.nat != nil && pc.undecided() {
+	if s.nat != nil && pc.undecided() && s.pair.keeps() {
 		// What the server will connect to must be rewritten before it
 		// reaches the server; it is mapped once the server accepts it.
 		pc.decided = true
@@ -266,31 +307,15 @@ func (s *Session) clientLine(l line) {
 	s.pair.push(s, pc)
 }
 
-// maxEchoes bounds the client lines kept to recognise echoes.
-const (
-	maxEchoes   = 4
-	echoPrefix  = 64
-	minEchoSize = 4
-)
-
-// noteEcho keeps, for a server that ends lines with a bare LF, the
-// pieces of a client line that look like a reply (after a CR, a NUL or
-// at its start): a server that echoes the client's argument would send
-// them back as lines of their own.
-func (s *Session) noteEcho(text []byte) {
-	if s.srvEOL == eolCRLF {
-		return
-	}
-	for len(text) > 0 {
+// noteReplyLike notes a client line that holds what looks like a reply
+// line: at its start, or after a CR or a NUL, which some servers turn
+// into line ends when they echo an argument. No real client sends one.
+func (s *Session) noteReplyLike(text []byte) {
+	for !s.replyLike && len(text) > 0 {
 		if looksLikeReply(text) {
-			e := text[:min(len(text), echoPrefix)]
-			if i := bytes.IndexAny(e, "\r\x00"); i >= 0 {
-				e = e[:i]
-			}
-			if len(e) >= minEchoSize {
-				s.echoes[s.echoNext%maxEchoes] = append(s.echoes[s.echoNext%maxEchoes][:0], e...)
-				s.echoNext++
-			}
+			s.replyLike = true
+			s.echoRisk()
+			return
 		}
 		i := bytes.IndexAny(text, "\r\x00")
 		if i < 0 {
@@ -300,25 +325,29 @@ func (s *Session) noteEcho(text []byte) {
 	}
 }
 
-// echoed reports whether a server line begins like a piece of a client
-// line that looked like a reply.
-func (s *Session) echoed(text []byte) bool {
-	for i := range min(s.echoNext, maxEchoes) {
-		e := s.echoes[i]
-		n := min(len(e), len(text))
-		if n >= minEchoSize && bytes.Equal(e[:n], text[:n]) {
-			return true
-		}
+// echoRisk ends what the session may open when its server ends lines
+// with a bare LF (or has not said yet) and its client has sent text that
+// looks like a reply: the server may echo it, and an echo is then a line
+// like any reply.
+func (s *Session) echoRisk() {
+	if !s.replyLike || s.srvEOL == eolCRLF || s.echoed {
+		return
 	}
-	return false
+	s.echoed = true
+	why := "the client sent text that looks like a reply, and its server ends lines with a bare LF: an echo cannot be told from a reply"
+	s.env.stats.NotReplyStart++
+	s.pair.distrust(s, why)
 }
 
 func (s *Session) serverLine(l line) {
 	cont := s.srvContinues
-	s.noteServerEOL(l)
 	s.observeLine(true, l.text)
 	rl := parser.ParseReplyLine(l.text)
 	r := &s.reply
+	if !cont && rl.Code != 0 && !rl.More && (!r.inMulti || rl.Code == r.code) {
+		s.learnServerEOL(l) // this line ends a reply
+	}
+	s.noteServerEOL(l)
 	if r.inMulti {
 		if rl.Code == r.code && !rl.More {
 			s.scanReply(rl.Text)
@@ -338,11 +367,6 @@ func (s *Session) serverLine(l line) {
 		// own (an echo of the client's argument, say).
 		s.env.stats.NotReplyStart++
 		s.logf(logMalformed, levelInfo, "line after a bare LF inside a reply ignored: the server ends its lines with CR LF, so it starts no reply",
-			"session", s.ID, "code", rl.Code)
-		return
-	case s.srvEOL != eolCRLF && s.echoed(l.text):
-		s.env.stats.NotReplyStart++
-		s.logf(logMalformed, levelWarn, "server line repeats what the client sent: an echo, not taken as a reply",
 			"session", s.ID, "code", rl.Code)
 		return
 	}
@@ -424,6 +448,11 @@ func (s *Session) finalLine(code int) {
 	}
 	want := verbForCode[code]
 	cmd, status := s.pair.answer(s, s.reply.ack, want)
+	if cmd.plan != nil && want != parser.VerbOther {
+		// A planned PORT answered by a reply no PORT gets: given up.
+		s.host.dropPlanned(s, cmd, refusedUnsolicited, fmt.Sprintf("%s answered with %d", cmd.verb, code))
+		cmd.plan = nil
+	}
 	switch {
 	case code == 234:
 		s.authReply(cmd, status)
@@ -465,7 +494,7 @@ func (s *Session) finalLine(code int) {
 // authReply takes a 234: the session is encrypted from here on only if
 // the 234 answers an AUTH the server received.
 func (s *Session) authReply(cmd pendingCommand, status answerStatus) {
-	if status == answered && cmd.count == 0 && cmd.verb == parser.VerbAUTH {
+	if status == answered && cmd.count == 0 && cmd.verb == parser.VerbAUTH && !s.echoed {
 		s.enterTLS()
 		return
 	}
@@ -510,6 +539,8 @@ func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, s
 		ch.RespH, ch.RespP = s.Server.Addr(), r.port
 	}
 	switch {
+	case s.echoed:
+		s.host.refuse(s, ch, refusedPairingUncertain, "active and passive mode refused on this session: "+s.pair.distrusted)
 	case status == unsolicited:
 		s.host.refuse(s, ch, refusedUnsolicited, fmt.Sprintf("%d reply without a %s from the client", code, verb))
 	case status == uncertain:

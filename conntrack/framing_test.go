@@ -31,22 +31,51 @@ func TestEchoAfterBareLFStartsNoReply(t *testing.T) {
 }
 
 // TestEchoFromBareLFServer: a server that ends its lines with a bare LF
-// (learnt from its greeting) splits at every LF; a line that repeats a
-// piece of what the client sent is an echo, not a reply.
+// (learnt from its greeting) is split at every LF, so an echo of the
+// client's argument is a line like any reply: once the client has sent
+// text that looks like a reply (at a line start, after a CR or a NUL),
+// nothing of that session opens, however many such pieces it sends. A
+// session whose client sent none works with the same server.
 func TestEchoFromBareLFServer(t *testing.T) {
+	lfSession := func(t *testing.T) (*harness, *conn) {
+		h := newHarness(t, Config{})
+		c := newConn(t, cli, srv)
+		h.feed(c.handshake()...)
+		h.feed(c.send(false, "220-Welcome\r\n220 ready\n"))
+		return h, c
+	}
+	for _, arg := range []string{
+		"x\x00227 Entering Passive Mode (198,51,100,20,21,56)",
+		"x\r227 Entering Passive Mode (198,51,100,20,21,56)\r111 a\r111 b\r111 c\r111 d\r111 e",
+	} {
+		h, c := lfSession(t)
+		h.feed(c.send(true, "MKD "+arg+"\r\nPASV\r\n"))
+		h.feed(c.send(false, "257 \""+strings.NewReplacer("\x00", "\n", "\r", "\n").Replace(arg)+"\" created\n"+
+			"227 Entering Passive Mode (198,51,100,20,156,81)\n"))
+		if len(h.open()) != 0 {
+			t.Fatalf("%q: pinholes %v after the client sent reply-like text to an LF server", arg, h.open())
+		}
+	}
+	h, c := lfSession(t)
+	h.feed(c.send(true, "PASV\r\n"), c.send(false, "227 Entering Passive Mode (198,51,100,20,156,82)\n"))
+	if !h.open()[pin("192.0.2.10", "198.51.100.20", 156*256+82)] {
+		t.Fatalf("an LF server's 227 to an ordinary client did not open: %v", h.open())
+	}
+}
+
+// TestEOLLearntFromTheGreetingsEnd: a CR LF server whose banner lines
+// end in bare LF is learnt as CR LF from its greeting's last line, and a
+// line after a bare LF in a later reply starts nothing.
+func TestEOLLearntFromTheGreetingsEnd(t *testing.T) {
 	h := newHarness(t, Config{})
 	c := newConn(t, cli, srv)
 	h.feed(c.handshake()...)
-	h.feed(c.send(false, "220 ready\n"))
-	h.feed(c.send(true, "NOOP\n"), c.send(false, "227 Entering Passive Mode (198,51,100,20,1,1)\n"))
-	h.feed(c.send(true, "MKD x\x00227 Entering Passive Mode (198,51,100,20,21,56)\r\nPASV\r\n"))
-	h.feed(c.send(false, "257 \"x\n227 Entering Passive Mode (198,51,100,20,21,56)\" created\n"+
-		"227 Entering Passive Mode (198,51,100,20,156,81)\n"))
-	if h.open()[pin("192.0.2.10", "198.51.100.20", 21*256+56)] {
-		t.Fatalf("an echo of the client's argument opened port 5432: %v", h.open())
-	}
-	if !h.open()[pin("192.0.2.10", "198.51.100.20", 156*256+81)] {
-		t.Fatalf("the PASV's own 227 did not open: %v", h.open())
+	h.feed(c.send(false, "220-Welcome\n220-to the banner\n220 ready\r\n"))
+	h.feed(c.send(true, "NOOP\r\n"), c.send(false, "227 Entering Passive Mode (198,51,100,20,1,1)\r\n"))
+	h.feed(c.send(true, "MKD x\n227 Entering Passive Mode (198,51,100,20,21,56)\r\nPASV\r\n"))
+	h.feed(c.send(false, "257 \"x\n227 Entering Passive Mode (198,51,100,20,21,56)\" created\r\n227 Entering Passive Mode (198,51,100,20,156,83)\r\n"))
+	if h.open()[pin("192.0.2.10", "198.51.100.20", 21*256+56)] || !h.open()[pin("192.0.2.10", "198.51.100.20", 156*256+83)] {
+		t.Fatalf("pinholes %v", h.open())
 	}
 }
 

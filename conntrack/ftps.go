@@ -151,6 +151,10 @@ func (t *Tracker) openScoped(s *Session, why string, handshakeDone bool) {
 		// Sessions of one client to one server share the element: it
 		// goes when the last of them leaves TLS or ends.
 		t.scoped.elems.hold(x)
+		if t.scoped.elems.refs[x] == 1 {
+			k := [2]netip.Addr{x.Client, x.Server}
+			t.scoped.byPair[k] = append(t.scoped.byPair[k], x)
+		}
 	}
 	// No commit delay: the client's first data connection follows one
 	// round trip away, and a held SYN cannot be admitted from a range.
@@ -182,7 +186,7 @@ func (t *Tracker) openScoped(s *Session, why string, handshakeDone bool) {
 // from src to dst (one that is not mapped through NAT: those are matched
 // after destination NAT, which their held SYN has not met yet).
 func (t *Tracker) scopedCovers(src, dst netip.AddrPort) bool {
-	for r := range t.scoped.elems.refs {
+	for _, r := range slices.Concat(t.scoped.byPair[[2]netip.Addr{src.Addr(), dst.Addr()}], t.scoped.byPair[[2]netip.Addr{dst.Addr(), src.Addr()}]) {
 		switch {
 		case r.Public.IsValid():
 		case r.Active && src.Port() == 989 && r.Server == src.Addr() && r.Client == dst.Addr() && r.Lo <= dst.Port() && dst.Port() <= r.Hi:
@@ -204,6 +208,12 @@ func (t *Tracker) closeScoped(s *Session, kind CloseKind, reason string) {
 	t.urgent = true // closed in the kernel before the next data connection
 	for _, x := range sc.ranges {
 		t.scoped.elems.release(x)
+		if _, held := t.scoped.elems.refs[x]; !held {
+			k := [2]netip.Addr{x.Client, x.Server}
+			if t.scoped.byPair[k] = slices.DeleteFunc(t.scoped.byPair[k], func(r rules.ScopedRange) bool { return r == x }); len(t.scoped.byPair[k]) == 0 {
+				delete(t.scoped.byPair, k)
+			}
+		}
 	}
 	t.scoped.bySource.Remove(sc.source)
 	t.scoped.open--

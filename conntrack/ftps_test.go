@@ -87,11 +87,13 @@ var (
 	appData     = record(tlsApplicationData, strings.Repeat("d", 40))
 )
 
-// handshake plays a TLS handshake that completes: the server answers the
-// client's data after its hello.
+// handshake plays a TLS handshake that completes and a login: the
+// server answers three of the client's data records after the hellos.
 func handshake(h *harness, c *conn) {
 	h.feed(c.send(true, clientHello), c.send(false, serverHello))
-	h.feed(c.send(true, appData), c.send(false, appData))
+	for range tlsRoundsNeeded {
+		h.feed(c.send(true, appData), c.send(false, appData))
+	}
 }
 
 // TestExplicitRangeNeedsTLS: after an accepted AUTH the range opens, and
@@ -156,6 +158,16 @@ func TestImplicitRangeOnlyAfterHandshake(t *testing.T) {
 		},
 		"data only before the server's hello was answered": func(h *harness, c *conn) {
 			h.feed(c.send(true, clientHello+appData), c.send(false, serverHello+appData))
+		},
+		"TLS 1.3 flight throttled, a ChangeCipherSpec and no Finished": func(h *harness, c *conn) {
+			h.feed(c.send(true, clientHello))
+			h.feed(c.send(false, record(tlsHandshake, "\x02"+strings.Repeat("s", 86))+record(20, "\x01")))
+			h.feed(c.send(true, record(20, "\x01")))
+			h.feed(c.send(false, record(tlsApplicationData, strings.Repeat("c", 900))))
+		},
+		"one round, then silence": func(h *harness, c *conn) {
+			h.feed(c.send(true, clientHello), c.send(false, serverHello))
+			h.feed(c.send(true, appData), c.send(false, appData))
 		},
 	} {
 		t.Run(name, func(t *testing.T) {

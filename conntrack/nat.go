@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/ftpgate/ftpgate/internal/source"
 	"github.com/ftpgate/ftpgate/parser"
 	"github.com/ftpgate/ftpgate/rules"
 )
@@ -52,8 +53,15 @@ type natSession struct {
 // reply that long is sent on as it is.
 func (t *Tracker) maxHeldReply() int { return 4 * t.cfg.MaxLineLength }
 
-// send appends bytes to what goes on in direction d.
-func (n *natSession) send(d int, b []byte) { n.out[d] = append(n.out[d], b...) }
+// send appends bytes to what goes on in direction d, after any lines
+// held before them, so that nothing goes on out of order.
+func (n *natSession) send(d int, b []byte) {
+	if d == fromServer && len(n.held) > 0 {
+		n.out[d] = append(n.out[d], n.held...)
+		n.held = n.held[:0]
+	}
+	n.out[d] = append(n.out[d], b...)
+}
 
 // lineDone sends on one line the session has handled: as it came, or
 // rewritten; a line of a multi-line announcement reply waits for the
@@ -81,7 +89,8 @@ func (n *natSession) lineDone(d int, l line, holding bool, limit int) {
 		if holding && len(n.held) <= limit {
 			return
 		}
-		b, n.held = n.held, n.held[len(n.held):]
+		n.send(d, nil) // the held lines, this one last among them
+		return
 	}
 	n.send(d, b)
 }
@@ -107,48 +116,71 @@ func (s *Session) heldBytes(d int) int {
 // natPorts hands out the public ports of mappings from the range ftpgate
 // owns (Config.NATPorts), at random, never one a live mapping holds nor
 // one the gateway itself listens on or the admin's rules forward
-// (Config.PublicPortInUse).
+// (Config.PublicPortInUse), and no more to one client (per address, per
+// /64 for IPv6) than its share.
 type natPorts struct {
-	lo, hi uint16
-	used   map[netip.AddrPort]int // public address:port -> live plans and mappings on it
-	inUse  func(netip.AddrPort) bool
+	lo, hi   uint16
+	used     map[netip.AddrPort]int // public address:port -> live plans and mappings on it
+	inUse    func(netip.AddrPort) bool
+	bySource source.Shares
+	share    int
 }
 
-// pick returns a free port of the range on addr, or false when the range
-// is full there. Random picks first, so that ports are not guessable in
-// order; a sweep from a random point then finds the last free ones.
-func (np *natPorts) pick(addr netip.Addr) (uint16, bool) {
+// maxPortChecks bounds the ports one pick asks PublicPortInUse about:
+// when the range reads as taken, an announcement is refused, not paid for
+// with a sweep.
+const maxPortChecks = 16
+
+// pick returns a free port of the range on addr for a client of src, or
+// why there is none. Random picks first, so that ports are not guessable
+// in order; a sweep from a random point then finds the last free ones.
+func (np *natPorts) pick(addr netip.Addr, src netip.Prefix) (uint16, string) {
 	n := int(np.hi) - int(np.lo) + 1
 	if n <= 0 {
-		return 0, false
+		return 0, "the range is empty"
 	}
+	if np.bySource[src] >= np.share {
+		return 0, fmt.Sprintf("this client holds its share of %d public ports", np.share)
+	}
+	checks := 0
 	free := func(p uint16) bool {
 		ap := netip.AddrPortFrom(addr, p)
-		return np.used[ap] == 0 && (np.inUse == nil || !np.inUse(ap))
+		if np.used[ap] != 0 || checks >= maxPortChecks {
+			return false
+		}
+		checks++
+		return np.inUse == nil || !np.inUse(ap)
 	}
 	for range 32 {
 		if p := np.lo + uint16(rand.IntN(n)); free(p) {
-			return p, true
+			return p, ""
 		}
 	}
 	start := rand.IntN(n)
 	for i := range n {
 		if p := np.lo + uint16((start+i)%n); free(p) {
-			return p, true
+			return p, ""
+		}
+		if checks >= maxPortChecks {
+			return 0, fmt.Sprintf("the %d ports tried are all taken (this host listens on them, or your rules forward them)", checks)
 		}
 	}
-	return 0, false
+	return 0, "every port is held by a live mapping"
 }
 
-func (np *natPorts) hold(ap netip.AddrPort) { np.used[ap]++ }
+func (np *natPorts) hold(ap netip.AddrPort, src netip.Prefix) {
+	np.used[ap]++
+	np.bySource.Add(src)
+}
 
-func (np *natPorts) release(ap netip.AddrPort) {
+func (np *natPorts) release(ap netip.AddrPort, src netip.Prefix) {
 	if !ap.IsValid() {
 		return
 	}
 	if np.used[ap]--; np.used[ap] <= 0 {
 		delete(np.used, ap)
 	}
+	np.bySource.Remove(src)
 }
 
 // natPlan is how one announcement on a proxied session is carried
@@ -157,6 +189,7 @@ type natPlan struct {
 	pinhole rules.Pinhole // the data connection as the forward hook sees it
 	maps    []rules.Mapping
 	public  netip.AddrPort // the mapped public address:port, held in natPorts, if any
+	source  netip.Prefix   // the client whose share it counts against
 	line    []byte         // the line the far side gets instead, if rewritten
 	// For active mode, decided when the server answers:
 	channel Channel
@@ -198,17 +231,18 @@ func (t *Tracker) planNAT(s *Session, ch Channel, code int) (natPlan, RefusalKin
 	}
 	plan := natPlan{pinhole: rules.Pinhole{Peer: peer, Addr: inside, Port: ch.RespP}}
 	if seen != inside {
-		port, ok := t.nat.pick(seen)
-		if !ok {
-			return natPlan{}, refusedNAT, fmt.Sprintf("no free NAT port on %s in %d-%d", seen, t.nat.lo, t.nat.hi)
+		src := source.Of(s.Client.Addr())
+		port, why := t.nat.pick(seen, src)
+		if why != "" {
+			return natPlan{}, refusedNAT, fmt.Sprintf("no free NAT port on %s in %d-%d: %s", seen, t.nat.lo, t.nat.hi, why)
 		}
 		public := netip.AddrPortFrom(seen, port)
 		line, err := rewriteLine(ch.Command, code, public)
 		if err != nil {
 			return natPlan{}, refusedNAT, "cannot rewrite the announcement for the far side of the NAT: " + err.Error()
 		}
-		t.nat.hold(public)
-		plan.public, plan.line = public, line
+		t.nat.hold(public, src)
+		plan.public, plan.line, plan.source = public, line, src
 		plan.maps = append(plan.maps, rules.Mapping{Peer: peer, Addr: seen, Port: port, ToAddr: inside, ToPort: ch.RespP})
 	}
 	if !ch.Passive && tr.ServerSeen.Addr() != tr.Server.Addr() {
@@ -278,13 +312,18 @@ func (t *Tracker) plannedReply(s *Session, cmd pendingCommand, code int) {
 	case s.pair.distrusted != "":
 		t.dropPlanned(s, cmd, refusedActiveDistrusted, "active mode refused on this session: "+s.pair.distrusted)
 	default:
+		// The configuration may have changed since the line went on.
+		if why := t.disallows(s, plan.channel); why != "" {
+			t.dropPlanned(s, cmd, refusedNotServed, "the reloaded configuration no longer allows it: "+why)
+			return
+		}
 		t.open(s, plan.channel, plan.pinhole, *plan, plan.timeout)
 	}
 }
 
 // dropPlanned refuses a planned announcement and gives its port back.
 func (t *Tracker) dropPlanned(s *Session, cmd pendingCommand, kind RefusalKind, reason string) {
-	t.nat.release(cmd.plan.public)
+	t.nat.release(cmd.plan.public, cmd.plan.source)
 	t.refuse(s, cmd.plan.channel, kind, reason)
 }
 

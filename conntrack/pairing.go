@@ -177,6 +177,13 @@ func (p *pairing) push(s *Session, c pendingCommand) {
 	p.refuseUnkept(s, c)
 }
 
+// keeps reports whether the next command pushed will be kept as itself,
+// not only counted.
+func (p *pairing) keeps() bool {
+	n := len(p.pending)
+	return n < maxPending && (n == 0 || p.pending[n-1].count == 0 || p.pending[n-1].blank)
+}
+
 // pushBlanks queues a run of n empty lines, the first ending at first
 // and the last at end: servers answer them like commands.
 func (p *pairing) pushBlanks(s *Session, n int, first, end uint32, now time.Time) {

@@ -31,6 +31,7 @@ type pinhole struct {
 	// address:port they hold.
 	maps   []rules.Mapping
 	public netip.AddrPort
+	source netip.Prefix // whose share of public ports public counts against
 }
 
 // decide asks the policy and the caps about a channel the protocol
@@ -127,6 +128,26 @@ func (t *Tracker) checkNAT(s *Session, ch Channel, pol Policy) (RefusalKind, str
 // refuses ch when a cap or the backend says no.
 func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan, timeout time.Duration) *pinhole {
 	old, replaced := t.pinholes[key]
+	mine := 0 // the pinhole replaced, if it is this session's
+	if replaced && old.session == s {
+		mine = 1
+	}
+	others := 0
+	if replaced {
+		others = 1
+	}
+	// The caps are checked before the old pinhole is touched: a refusal
+	// leaves it as it was, tracked.
+	switch {
+	case len(s.pinholes)-mine >= t.cfg.MaxPinholesPerSession:
+		t.nat.release(plan.public, plan.source)
+		t.refuse(s, ch, refusedCap, "session has reached its pinhole cap")
+		return nil
+	case len(t.pinholes)-others >= t.cfg.MaxPinholes:
+		t.nat.release(plan.public, plan.source)
+		t.refuse(s, ch, refusedCap, "pinhole cap reached for the whole gateway")
+		return nil
+	}
 	if replaced {
 		// The same hole again (a server reusing its passive port): it
 		// now belongs to this announcement.
@@ -134,40 +155,30 @@ func (t *Tracker) open(s *Session, ch Channel, key rules.Pinhole, plan natPlan, 
 		t.unmap(old)
 		delete(t.pinholes, key)
 	}
-	switch {
-	case len(s.pinholes) >= t.cfg.MaxPinholesPerSession:
-		t.nat.release(plan.public)
-		t.refuse(s, ch, refusedCap, "session has reached its pinhole cap")
-		return nil
-	case len(t.pinholes) >= t.cfg.MaxPinholes:
-		t.nat.release(plan.public)
-		t.refuse(s, ch, refusedCap, "pinhole cap reached for the whole gateway")
-		return nil
-	}
 	t.dirty = true
-	for i, m := range plan.maps {
-		if err := t.fw.AddMapping(m, timeout); err != nil {
-			t.stats.BackendErrors++
-			for _, done := range plan.maps[:i] {
-				_ = t.fw.DelMapping(done)
-			}
-			t.nat.release(plan.public)
-			t.refuse(s, ch, refusedBackend, "firewall backend: "+err.Error())
-			return nil
-		}
-	}
-	if err := t.fw.AddPinhole(key, timeout); err != nil {
+	failed := func(err error, maps []rules.Mapping) *pinhole {
 		t.stats.BackendErrors++
-		for _, m := range plan.maps {
+		for _, m := range maps {
 			_ = t.fw.DelMapping(m)
 		}
-		t.nat.release(plan.public)
+		if replaced {
+			t.removeFromBackend(old) // its element must not stay behind untracked
+		}
+		t.nat.release(plan.public, plan.source)
 		t.refuse(s, ch, refusedBackend, "firewall backend: "+err.Error())
 		return nil
 	}
+	for i, m := range plan.maps {
+		if err := t.fw.AddMapping(m, timeout); err != nil {
+			return failed(err, plan.maps[:i])
+		}
+	}
+	if err := t.fw.AddPinhole(key, timeout); err != nil {
+		return failed(err, plan.maps)
+	}
 	_, closing := t.closing[key]
 	p := &pinhole{key: key, session: s, channel: ch, expires: ch.Time.Add(timeout), fresh: !replaced && !closing,
-		maps: plan.maps, public: plan.public}
+		maps: plan.maps, public: plan.public, source: plan.source}
 	t.stats.NATMappings += uint64(len(plan.maps))
 	if plan.line != nil {
 		t.stats.NATRewrites++
@@ -463,7 +474,7 @@ func (t *Tracker) unmap(p *pinhole) {
 	}
 	p.maps = nil
 	if p.public.IsValid() {
-		t.nat.release(p.public)
+		t.nat.release(p.public, p.source)
 		p.public = netip.AddrPort{}
 	}
 }

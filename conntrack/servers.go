@@ -125,6 +125,11 @@ func (t *Tracker) Reconfigure(r Reconfigurable) Reconfigured {
 		t.reconcile(s, &done)
 	}
 	for _, s := range t.proxied {
+		if !t.controls[s.Server.Port()] {
+			done.SessionsEnded++
+			t.endProxied(s, closedReload, "its control port is no longer in the configuration", true)
+			continue
+		}
 		t.reconcile(s, &done)
 	}
 	return done

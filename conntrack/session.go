@@ -37,10 +37,10 @@ type Session struct {
 	// LF: the next line then continues a reply and starts none.
 	srvEOL       eolMode
 	srvContinues bool
-	// echoes: pieces of client lines that looked like replies, kept for
-	// a server that ends lines with a bare LF (see noteEcho).
-	echoes   [maxEchoes][]byte
-	echoNext int
+	// replyLike: the client sent text that looks like a reply; echoed:
+	// with a server that ends lines with a bare LF, so that nothing of the
+	// session opens (see echoRisk).
+	replyLike, echoed bool
 	// nat is set for a session of the control proxy: it is fed the
 	// proxy's bytes (Tracker.ProxiedBytes), not packets, and rewrites
 	// announcements before the far side sees them.
@@ -52,8 +52,17 @@ type Session struct {
 	scoped        *scopedState
 	scopeTried    bool
 	implicit      bool
+	tlsRound      tlsRoundState
 	tlsDone       bool
 	authAt, cccAt time.Time
+}
+
+// tlsRoundState counts a TLS session's exchanges of data (see
+// Session.tlsRounds).
+type tlsRoundState struct {
+	clientEnd  uint32 // end of the client's latest data record not yet answered
+	clientSent bool
+	rounds     int
 }
 
 // host is what a Session needs from the Tracker that runs it: where its

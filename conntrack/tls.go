@@ -11,37 +11,37 @@ package conntrack
 //     must have a TLS header. Anything else is opaque for good: an echo
 //     service sends the client's ClientHello back, a fake sends a few
 //     bytes that only look like records, and neither becomes TLS later.
-//   - whether the handshake completed (the server's side, see answered).
+//   - the data records each side sends, for the session to judge whether
+//     the handshake completed (see Session.tlsRounds).
 //   - whether it ended (closed): after a handshake, a record that can only
 //     be a close_notify, followed by what is not a TLS record (RFC 4217
 //     CCC). Plaintext where a record was due proves nothing: a peer can
 //     send whatever it likes after AUTH, and the other side's TLS stack
 //     would have refused it.
 type tlsWalker struct {
-	hdr     [5]byte
-	hdrLen  int
-	remain  int  // bytes of the current record body still to skip
-	records int  // complete record headers seen
-	hello   byte // the hello this side must start with
-	helloOK bool // its first record held that hello
+	hdr      [5]byte
+	hdrLen   int
+	hdrSeq   uint32 // sequence number of the current header's first byte
+	hdrAck   uint32 // acknowledgement number of the segment it began in
+	remain   int    // bytes of the current record body still to skip
+	records  int    // complete record headers seen
+	hello    byte   // the hello this side must start with
+	helloOK  bool   // its first record held that hello
+	lastType byte   // type and length of the latest record
+	lastLen  int
+	opaque   bool // not TLS that ftpgate can follow: never clear again
 	// The handshake header of the first record, as it arrives.
 	helloHdr  [4]byte
 	helloHave int
-	lastType  byte // type and length of the latest record
-	lastLen   int
-	opaque    bool // not TLS that ftpgate can follow: never clear again
-	// helloAck is the acknowledgement number of the segment the first
-	// record came in: how much of the other side this side had received
-	// when it sent its hello.
-	helloAck uint32
-	// answered: an application data record (not an encrypted alert) came
-	// in a segment that acknowledges more than helloAck. From a server,
-	// that is data sent after it received the client's reply to its
-	// hello: a server sends none unless the client finished the
-	// handshake (TLS 1.2: after the client's Finished; 1.3: the session
-	// tickets or the first reply, after the client's Finished; a wrong
-	// Finished draws an alert, whose size is excluded, and a close).
-	answered bool
+	// data: application data records (not an encrypted alert's size)
+	// whose headers the latest walk read: where each ends, and what its
+	// segment acknowledged. Reused.
+	data []tlsRecord
+}
+
+// tlsRecord is one application data record of a direction.
+type tlsRecord struct {
+	end, ack uint32
 }
 
 // TLS record content types (RFC 8446 section 5.1) and handshake types.
@@ -62,10 +62,11 @@ const (
 	minDataRecord = 17
 )
 
-// walk consumes data, which came in a segment acknowledging ack, and
-// returns what follows the end of TLS, if the stream returned to clear
-// text within data.
-func (w *tlsWalker) walk(data []byte, ack uint32) (clear []byte, ok bool) {
+// walk consumes data, which starts at sequence number seq and came in a
+// segment acknowledging ack, and returns what follows the end of TLS, if
+// the stream returned to clear text within data.
+func (w *tlsWalker) walk(data []byte, seq, ack uint32) (clear []byte, ok bool) {
+	w.data = w.data[:0]
 	for len(data) > 0 && !w.opaque {
 		if w.remain > 0 {
 			if w.records == 1 && !w.helloOK {
@@ -87,7 +88,7 @@ func (w *tlsWalker) walk(data []byte, ack uint32) (clear []byte, ok bool) {
 			}
 			n := min(w.remain, len(data))
 			w.remain -= n
-			data = data[n:]
+			data, seq = data[n:], seq+uint32(n)
 			continue
 		}
 		if w.hdrLen == 0 && !isTLSRecordType(data[0]) {
@@ -97,9 +98,12 @@ func (w *tlsWalker) walk(data []byte, ack uint32) (clear []byte, ok bool) {
 			w.opaque = true
 			return nil, false
 		}
+		if w.hdrLen == 0 {
+			w.hdrSeq, w.hdrAck = seq, ack
+		}
 		n := copy(w.hdr[w.hdrLen:], data)
 		w.hdrLen += n
-		data = data[n:]
+		data, seq = data[n:], seq+uint32(n)
 		if w.hdrLen < len(w.hdr) {
 			return nil, false
 		}
@@ -114,13 +118,12 @@ func (w *tlsWalker) walk(data []byte, ack uint32) (clear []byte, ok bool) {
 				w.opaque = true
 				return nil, false
 			}
-			w.helloAck = ack
 		} else if !w.helloOK {
 			w.opaque = true // a record before the hello's first byte: impossible
 			return nil, false
 		}
-		if typ == tlsApplicationData && length >= minDataRecord && !alertSized(length) && seqAfter(ack, w.helloAck) {
-			w.answered = true
+		if typ == tlsApplicationData && length >= minDataRecord && !alertSized(length) {
+			w.data = append(w.data, tlsRecord{end: w.hdrSeq + 5 + uint32(length), ack: w.hdrAck})
 		}
 		w.records++
 		w.lastType, w.lastLen = typ, length

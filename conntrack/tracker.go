@@ -42,6 +42,7 @@ type Tracker struct {
 	// client to one server, and how many each source holds.
 	scoped struct {
 		elems    *refSet[rules.ScopedRange]
+		byPair   map[[2]netip.Addr][]rules.ScopedRange // client . server -> elements, for held SYNs
 		bySource source.Shares
 		open     int
 	}
@@ -78,17 +79,19 @@ func NewTracker(cfg Config, fw rules.Backend) *Tracker {
 		proxied:          make(map[uint64]*Session),
 		bySource:         source.Shares{},
 		halfOpenBySource: source.Shares{},
-		nat:              natPorts{lo: cfg.NATPorts[0], hi: cfg.NATPorts[1], used: make(map[netip.AddrPort]int), inUse: cfg.PublicPortInUse},
-		ended:            make(map[connKey]time.Time),
-		pinholes:         make(map[rules.Pinhole]*pinhole),
-		closing:          make(map[rules.Pinhole]*pinhole),
-		admitted:         make(map[rules.Pinhole]*pinhole),
-		retried:          make(map[heldSYN]time.Time),
+		nat: natPorts{lo: cfg.NATPorts[0], hi: cfg.NATPorts[1], used: make(map[netip.AddrPort]int), inUse: cfg.PublicPortInUse,
+			bySource: source.Shares{}, share: cfg.NATPortsPerClient},
+		ended:    make(map[connKey]time.Time),
+		pinholes: make(map[rules.Pinhole]*pinhole),
+		closing:  make(map[rules.Pinhole]*pinhole),
+		admitted: make(map[rules.Pinhole]*pinhole),
+		retried:  make(map[heldSYN]time.Time),
 	}
 	changed := func() { t.dirty = true }
 	t.peers = newRefSet("control session peers", &t.env, changed, fw.AddPeers, fw.DelPeers)
 	t.scoped.elems = newRefSet("FTPS scoped range", &t.env, changed, fw.AddScoped, fw.DelScoped)
 	t.scoped.bySource = source.Shares{}
+	t.scoped.byPair = map[[2]netip.Addr][]rules.ScopedRange{}
 	for _, p := range cfg.ControlPorts {
 		t.controls[p] = true
 	}

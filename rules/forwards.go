@@ -3,19 +3,24 @@ package rules
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // PortForward is a rule of the admin's that sends TCP connections to
 // some addresses and ports elsewhere: a destination NAT (dnat,
 // redirect, the xtables DNAT and REDIRECT targets) or a tproxy. Addrs
-// and Ports are what its matches say; empty means any, which is also
-// what a match ftpgate cannot read counts as.
+// and Ports are what its matches say, or, for a rule in a chain that
+// other rules jump to (as kube-proxy and Docker write them), what the
+// jumping rules' matches say; empty means any, which is also what a
+// match ftpgate cannot read counts as.
 type PortForward struct {
 	Table, Chain string
 	Addrs        []netip.Prefix
@@ -44,12 +49,37 @@ func (n *Nftables) PortForwards() ([]PortForward, error) {
 	return portForwards(n.conn, n.cfg.Table)
 }
 
+// matches is what a rule (or the rules leading to its chain) matches of
+// a connection's destination: nil slices with set false mean no match,
+// which is any.
+type matches struct {
+	addrs            []netip.Prefix
+	ports            [][2]uint16
+	addrSet, portSet bool // the rule matches on it (readable or not)
+}
+
+// readRule is what one rule says.
+type readRule struct {
+	m        matches
+	forwards bool
+	jumps    []jumpTo // chains it hands connections to
+}
+
+type jumpTo struct {
+	chain string
+	extra matches // a verdict map's key for this target
+}
+
 func portForwards(conn *nftables.Conn, own string) ([]PortForward, error) {
 	chains, err := conn.ListChains()
 	if err != nil {
 		return nil, fmt.Errorf("listing chains: %w", err)
 	}
-	var out []PortForward
+	type chainRules struct {
+		c     *nftables.Chain
+		rules []readRule
+	}
+	var order []*chainRules
 	for _, c := range chains {
 		if c.Table.Name == own {
 			continue
@@ -58,137 +88,256 @@ func portForwards(conn *nftables.Conn, own string) ([]PortForward, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listing the rules of chain %s: %w", c.Name, err)
 		}
+		cr := &chainRules{c: c}
 		for _, r := range rules {
-			if f, ok := forwardOf(conn, c, r); ok {
-				out = append(out, f)
+			cr.rules = append(cr.rules, readOne(conn, c.Table, r))
+		}
+		order = append(order, cr)
+	}
+	// What reaches each chain: the matches of the rules that jump to it,
+	// and from which chain.
+	type entry struct {
+		from string
+		m    matches
+	}
+	reached := map[string][]entry{}
+	for _, cr := range order {
+		from := chainKey(cr.c.Table, cr.c.Name)
+		for _, r := range cr.rules {
+			for _, j := range r.jumps {
+				k := chainKey(cr.c.Table, j.chain)
+				reached[k] = append(reached[k], entry{from, narrow(r.m, j.extra)})
+			}
+		}
+	}
+	// paths lists what may reach a chain, through up to eight jumps.
+	var paths func(k string, depth int, seen map[string]bool) []matches
+	paths = func(k string, depth int, seen map[string]bool) []matches {
+		in := reached[k]
+		if len(in) == 0 || depth > 8 || seen[k] {
+			return []matches{{}} // a base chain, or too deep: anything
+		}
+		seen[k] = true
+		defer delete(seen, k)
+		var out []matches
+		for _, e := range in {
+			for _, up := range paths(e.from, depth+1, seen) {
+				out = append(out, narrow(up, e.m))
+			}
+		}
+		return out
+	}
+	var out []PortForward
+	for _, cr := range order {
+		k := chainKey(cr.c.Table, cr.c.Name)
+		for _, r := range cr.rules {
+			if !r.forwards {
+				continue
+			}
+			for _, m := range paths(k, 0, map[string]bool{}) {
+				m = narrow(m, r.m)
+				out = append(out, PortForward{Table: cr.c.Table.Name, Chain: cr.c.Name, Addrs: m.addrs, Ports: m.ports})
 			}
 		}
 	}
 	return out, nil
 }
 
-// forwardOf reads one rule: whether it forwards, and what it matches.
-func forwardOf(conn *nftables.Conn, c *nftables.Chain, r *nftables.Rule) (PortForward, bool) {
-	f := PortForward{Table: c.Table.Name, Chain: c.Name}
-	forwards := false
-	// What each register holds: a destination address or port.
+// narrow is what matches b within a: b's match where it has one, else
+// a's.
+func narrow(a, b matches) matches {
+	if b.addrSet {
+		a.addrs, a.addrSet = b.addrs, true
+	}
+	if b.portSet {
+		a.ports, a.portSet = b.ports, true
+	}
+	return a
+}
+
+// readOne reads one rule: what it matches, whether it forwards, and
+// which chains it jumps to.
+func readOne(conn *nftables.Conn, t *nftables.Table, r *nftables.Rule) readRule {
+	var out readRule
+	// What each register holds: a destination address (with the prefix
+	// a mask left of it) or port.
 	const (
 		none = iota
-		daddr4
-		daddr6
+		daddr
 		dport
 	)
-	regs := map[uint32]int{}
+	type reg struct {
+		kind, bits int
+	}
+	regs := map[uint32]reg{}
 	anyAddr, anyPort := false, false
+	addAddr := func(a netip.Addr, bits int) {
+		if p, err := a.Prefix(bits); err == nil {
+			out.m.addrs = append(out.m.addrs, p)
+		}
+	}
 	for _, e := range r.Exprs {
 		switch e := e.(type) {
 		case *expr.Payload:
 			switch {
 			case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 16 && e.Len == 4:
-				regs[e.DestRegister] = daddr4
+				regs[e.DestRegister] = reg{daddr, 32}
 			case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 24 && e.Len == 16:
-				regs[e.DestRegister] = daddr6
+				regs[e.DestRegister] = reg{daddr, 128}
 			case e.Base == expr.PayloadBaseTransportHeader && e.Offset == 2 && e.Len == 2:
-				regs[e.DestRegister] = dport
+				regs[e.DestRegister] = reg{dport, 16}
 			default:
-				regs[e.DestRegister] = none
+				regs[e.DestRegister] = reg{}
 			}
-		case *expr.Cmp:
-			if e.Op != expr.CmpOpEq {
-				switch regs[e.Register] {
-				case daddr4, daddr6:
-					anyAddr = true
-				case dport:
+		case *expr.Bitwise:
+			// ip daddr 203.0.113.0/28: a mask of leading ones before the
+			// compare.
+			if g := regs[e.SourceRegister]; g.kind == daddr {
+				ones := 0
+				for _, b := range e.Mask {
+					ones += bits.OnesCount8(b)
+				}
+				regs[e.DestRegister] = reg{daddr, ones}
+			} else {
+				regs[e.DestRegister] = reg{}
+				if g.kind == dport {
 					anyPort = true
 				}
+			}
+		case *expr.Cmp:
+			g := regs[e.Register]
+			if g.kind == none {
 				continue
 			}
-			switch regs[e.Register] {
-			case daddr4, daddr6:
+			if e.Op != expr.CmpOpEq {
+				anyAddr, anyPort = anyAddr || g.kind == daddr, anyPort || g.kind == dport
+				continue
+			}
+			switch g.kind {
+			case daddr:
+				out.m.addrSet = true
 				if a, ok := netip.AddrFromSlice(e.Data); ok {
-					f.Addrs = append(f.Addrs, netip.PrefixFrom(a, a.BitLen()))
+					addAddr(a, g.bits)
 				}
 			case dport:
+				out.m.portSet = true
 				if len(e.Data) == 2 {
 					p := binary.BigEndian.Uint16(e.Data)
-					f.Ports = append(f.Ports, [2]uint16{p, p})
+					out.m.ports = append(out.m.ports, [2]uint16{p, p})
 				}
 			}
 		case *expr.Range:
-			if regs[e.Register] == dport && e.Op == expr.CmpOpEq && len(e.FromData) == 2 && len(e.ToData) == 2 {
-				f.Ports = append(f.Ports, [2]uint16{binary.BigEndian.Uint16(e.FromData), binary.BigEndian.Uint16(e.ToData)})
-			} else if regs[e.Register] == dport {
-				anyPort = true
+			if g := regs[e.Register]; g.kind == dport {
+				out.m.portSet = true
+				if e.Op == expr.CmpOpEq && len(e.FromData) == 2 && len(e.ToData) == 2 {
+					out.m.ports = append(out.m.ports, [2]uint16{binary.BigEndian.Uint16(e.FromData), binary.BigEndian.Uint16(e.ToData)})
+				} else {
+					anyPort = true
+				}
 			}
 		case *expr.Lookup:
-			kind := regs[e.SourceRegister]
-			if kind == none {
+			g := regs[e.SourceRegister]
+			if g.kind == none {
 				continue
 			}
-			vals, ok := setValues(conn, c.Table, e)
+			elems, ok := setValues(conn, t, e)
 			if !ok || e.Invert {
-				anyAddr, anyPort = anyAddr || kind != dport, anyPort || kind == dport
+				anyAddr, anyPort = anyAddr || g.kind == daddr, anyPort || g.kind == dport
 				continue
 			}
-			for _, v := range vals {
+			for _, v := range elems {
+				var m matches
 				switch {
-				case kind == dport && len(v[0]) == 2:
-					f.Ports = append(f.Ports, [2]uint16{binary.BigEndian.Uint16(v[0]), binary.BigEndian.Uint16(v[1])})
-				case kind != dport:
-					if lo, ok := netip.AddrFromSlice(v[0]); ok {
-						if hi, ok := netip.AddrFromSlice(v[1]); ok && hi != lo {
+				case g.kind == dport && len(v.from) == 2:
+					m.portSet, m.ports = true, [][2]uint16{{binary.BigEndian.Uint16(v.from), binary.BigEndian.Uint16(v.to)}}
+				case g.kind == daddr:
+					m.addrSet = true
+					if lo, ok := netip.AddrFromSlice(v.from); ok {
+						if hi, ok := netip.AddrFromSlice(v.to); ok && hi != lo {
 							anyAddr = true // an address range: counted as any
 						} else {
-							f.Addrs = append(f.Addrs, netip.PrefixFrom(lo, lo.BitLen()))
+							m.addrs = []netip.Prefix{netip.PrefixFrom(lo, lo.BitLen())}
 						}
 					}
 				}
+				if v.jump != "" {
+					// A verdict map: this element's key leads to its chain.
+					out.jumps = append(out.jumps, jumpTo{chain: v.jump, extra: m})
+					continue
+				}
+				out.m.addrSet = out.m.addrSet || m.addrSet
+				out.m.portSet = out.m.portSet || m.portSet
+				out.m.addrs = append(out.m.addrs, m.addrs...)
+				out.m.ports = append(out.m.ports, m.ports...)
 			}
 		case *expr.Match:
 			if tcp, ok := e.Info.(*xt.Tcp); ok {
+				out.m.portSet = true
 				if tcp.InvFlags != 0 {
 					anyPort = true
 				} else if tcp.DstPorts != [2]uint16{0, 0xffff} {
-					f.Ports = append(f.Ports, tcp.DstPorts)
+					out.m.ports = append(out.m.ports, tcp.DstPorts)
+				} else {
+					anyPort = true
 				}
 			}
 		case *expr.NAT:
 			if e.Type == expr.NATTypeDestNAT {
-				forwards = true
+				out.forwards = true
 			}
 		case *expr.Redir, *expr.TProxy:
-			forwards = true
+			out.forwards = true
 		case *expr.Target:
 			if e.Name == "DNAT" || e.Name == "REDIRECT" || e.Name == "TPROXY" {
-				forwards = true
+				out.forwards = true
+			}
+		case *expr.Verdict:
+			if e.Kind == expr.VerdictJump || e.Kind == expr.VerdictGoto {
+				out.jumps = append(out.jumps, jumpTo{chain: e.Chain})
 			}
 		}
 	}
 	if anyAddr {
-		f.Addrs = nil
+		out.m.addrs = nil
 	}
 	if anyPort {
-		f.Ports = nil
+		out.m.ports = nil
 	}
-	return f, forwards
+	return out
 }
 
-// setValues reads the elements of the set a lookup names, as [from, to]
-// pairs (equal for a single value); false if they cannot be read or are
-// concatenations.
-func setValues(conn *nftables.Conn, t *nftables.Table, l *expr.Lookup) ([][2][]byte, bool) {
+// setValue is one element of a set or map a lookup names: from and to
+// (equal for a single value), and for a verdict map the chain it jumps
+// to.
+type setValue struct {
+	from, to []byte
+	jump     string
+}
+
+// setValues reads the elements of the set or map a lookup names; false
+// if they cannot be read or are concatenations.
+func setValues(conn *nftables.Conn, t *nftables.Table, l *expr.Lookup) ([]setValue, bool) {
 	set, err := conn.GetSetByName(t, l.SetName)
-	if err != nil || set.Concatenation || set.IsMap {
+	if err != nil || set.Concatenation {
 		return nil, false
 	}
 	elems, err := conn.GetSetElements(set)
 	if err != nil {
 		return nil, false
 	}
-	var out [][2][]byte
+	jump := func(e nftables.SetElement) string {
+		if v := e.VerdictData; v != nil && (v.Kind == expr.VerdictJump || v.Kind == expr.VerdictGoto) {
+			return v.Chain
+		}
+		if set.IsMap && set.DataType.Name == "verdict" {
+			return verdictChain(e.Val)
+		}
+		return ""
+	}
+	var out []setValue
 	if !set.Interval {
 		for _, e := range elems {
-			out = append(out, [2][]byte{e.Key, e.Key})
+			out = append(out, setValue{from: e.Key, to: e.Key, jump: jump(e)})
 		}
 		return out, true
 	}
@@ -208,10 +357,34 @@ func setValues(conn *nftables.Conn, t *nftables.Table, l *expr.Lookup) ([][2][]b
 				to[i] = 0xff
 			}
 		}
-		out = append(out, [2][]byte{e.Key, to})
+		out = append(out, setValue{from: e.Key, to: to, jump: jump(e)})
 		end = nil
 	}
 	return out, true
+}
+
+// verdictChain reads the chain a verdict map element jumps to from its
+// raw data (NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN), which the library
+// leaves unparsed for anonymous maps.
+func verdictChain(b []byte) string {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return ""
+	}
+	var code int32
+	chain := ""
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			code = int32(binary.BigEndian.Uint32(ad.Bytes()))
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	if code == unix.NFT_JUMP || code == unix.NFT_GOTO {
+		return chain
+	}
+	return ""
 }
 
 // decrement is b - 1 as a big-endian number: the last value before an

@@ -20,6 +20,19 @@ func TestPortForwards(t *testing.T) {
 			ip daddr 203.0.113.9 dnat ip to 198.51.100.9
 			ip6 daddr 2001:db8:3::1 tcp dport 8443 dnat ip6 to [2001:db8:2::2]:443
 			tcp dport 3128 redirect to :8080
+			ip daddr 198.18.0.0/28 dnat ip to 198.51.100.7
+			ip daddr 203.0.113.3 dnat ip to tcp dport map { 8000 : 198.51.100.8, 8001 : 198.51.100.9 }
+			ip daddr 203.0.113.4 tcp dport vmap { 9000 : jump svc9000 }
+			ip daddr 203.0.113.5 tcp dport 9500 jump svc9500
+		}
+		chain svc9000 {
+			dnat ip to 198.51.100.10
+		}
+		chain svc9500 {
+			jump sep9500
+		}
+		chain sep9500 {
+			dnat ip to 198.51.100.11
 		}
 		chain srcnat { type nat hook postrouting priority srcnat;
 			oifname "wan" masquerade
@@ -45,6 +58,10 @@ func TestPortForwards(t *testing.T) {
 		"203.0.113.9:61500": true, "203.0.113.8:61500": false,
 		"[2001:db8:3::1]:8443": true, "[2001:db8:3::1]:61000": false,
 		"192.0.2.1:3128": true, "203.0.113.1:3128": true,
+		"198.18.0.9:61500": true, "198.18.0.17:61500": false,
+		"203.0.113.3:8001": true, "203.0.113.3:8002": false,
+		"203.0.113.4:9000": true, "203.0.113.4:9001": false,
+		"203.0.113.5:9500": true, "203.0.113.5:9501": false,
 	} {
 		if covered(addr) != want {
 			t.Errorf("%s forwarded: %v, want %v (read: %v)", addr, !want, want, got)

@@ -58,12 +58,14 @@ type natFlags struct {
 	table      int
 	maxProxied int
 	perClient  int
+	portsShare int
 }
 
 func (f *natFlags) register(fs *flag.FlagSet) {
 	f.ports = portRange(conntrack.DefaultNATPorts)
 	fs.StringVar(&f.mode, "nat", "on", "on: control connections your NAT rules translate (masquerade, dnat) run through ftpgate's control proxy, which rewrites their announcements and maps their data connections (inline capture only); off: they are treated like any other")
 	fs.Var(&f.ports, "nat-ports", "`LO-HI` range of public ports ftpgate hands out for rewritten announcements; keep it outside net.ipv4.ip_local_port_range")
+	fs.IntVar(&f.portsShare, "nat-ports-per-client", 0, "at most this many of --nat-ports held for one client (per address; per /64 for IPv6) at once; 0: a sixteenth of the range, at least 4")
 	fs.UintVar(&f.proxyPort, "proxy-port", 8021, "`port` of the control proxy on 127.0.0.1 and ::1 (only ftpgate's tproxy rules reach it)")
 	f.routeMark, f.socketMark = 0x02000000, 0x04000000
 	fs.Var(&f.routeMark, "proxy-route-mark", "packet mark `bit` that routes the control proxy's connections to this host (a policy routing rule ftpgate adds)")
@@ -99,6 +101,8 @@ func (f *natFlags) enabled(inline bool, admit mark) (bool, error) {
 		return false, fmt.Errorf("--max-proxied %d: want 1 or more", f.maxProxied)
 	case f.perClient < 0:
 		return false, fmt.Errorf("--max-proxied-per-client %d: want 0 (a sixteenth of --max-proxied) or more", f.perClient)
+	case f.portsShare < 0:
+		return false, fmt.Errorf("--nat-ports-per-client %d: want 0 (a sixteenth of --nat-ports) or more", f.portsShare)
 	case f.table <= 0 || (f.table >= 253 && f.table <= 255):
 		return false, fmt.Errorf("--proxy-route-table %d: want a table other than main, local and default", f.table)
 	}

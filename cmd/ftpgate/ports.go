@@ -26,11 +26,7 @@ type publicPorts struct {
 }
 
 func (p *publicPorts) inUse(ap netip.AddrPort) bool {
-	from := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
-	if ap.Addr().Is6() {
-		from = netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
-	}
-	if _, listens := p.sockets.Listener(ap, from); listens {
+	if p.sockets.Listening(ap) {
 		return true
 	}
 	if time.Since(p.readAt) > forwardsFor {

@@ -156,7 +156,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg.NATPorts = nf.ports
+	cfg.NATPorts, cfg.NATPortsPerClient = nf.ports, nf.portsShare
 	rcfg := rules.Config{
 		Table: *table, Mark: m.value, MarkMask: m.mask, LogGroup: uint16(*nflogGroup),
 		MaxPinholes: uint32(cfg.MaxPinholes), MaxPeers: uint32(2 * (cfg.MaxSessions + cfg.MaxHalfOpen)), Logger: log,
