@@ -3,6 +3,7 @@ package conntrack
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,4 +49,38 @@ func BenchmarkPacketPath(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(pkts)), "packets/op")
 	b.ReportMetric(float64(lines), "lines/op")
+}
+
+// BenchmarkFloodSegment measures what one control segment full of cheap
+// input costs: 1,400 bare LFs (a flood of empty lines) against 1,400
+// bytes of a line too long, one segment per operation, on a live
+// session.
+func BenchmarkFloodSegment(b *testing.B) {
+	for name, payload := range map[string]string{
+		"empty lines": strings.Repeat("\n", 1400),
+		"long line":   strings.Repeat("x", 1400),
+	} {
+		b.Run(name, func(b *testing.B) {
+			c := newConn(b, cli, srv)
+			tr := NewTracker(Config{Logger: slog.New(slog.DiscardHandler)}, rules.NewDryRun())
+			for _, p := range c.greeted() {
+				tr.HandlePacket(p, layers.LinkTypeEthernet, time.Time{})
+			}
+			var pkts [][]byte
+			b.SetBytes(int64(len(payload)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if len(pkts) == 0 {
+					// Crafting the segments is not what is measured.
+					b.StopTimer()
+					for range 1024 {
+						pkts = append(pkts, c.send(true, payload))
+					}
+					b.StartTimer()
+				}
+				tr.HandlePacket(pkts[0], layers.LinkTypeEthernet, time.Time{})
+				pkts = pkts[1:]
+			}
+		})
+	}
 }
