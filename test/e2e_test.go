@@ -181,13 +181,7 @@ func TestPinholeLifecycle(t *testing.T) {
 
 	// Superseded, then closed at QUIT.
 	raw := inNS(ctx, "client", "python3", "ftpclient.py", "raw", server4, "2", "PASV", "PASV")
-	out, err := raw.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := raw.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := startPiped(t, raw)
 	sc := bufio.NewScanner(out)
 	var replies []string
 	for len(replies) < 2 && sc.Scan() {

@@ -96,13 +96,7 @@ end=time.time()+secs
 while time.time()<end:
     time.sleep(0.5)
     print("closed", closed, flush=True)`, src, addr, strconv.Itoa(port), strconv.Itoa(n), strconv.Itoa(secs))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	stdout := startPiped(t, cmd)
 	h := &heldConns{cmd: cmd}
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -276,13 +270,7 @@ while time.time()-start<15:
     ahead=sent/rate-(time.time()-start)
     if ahead>0.001: time.sleep(ahead)
 print("sent", sent, "in", round(time.time()-start,1), flush=True)`)
-	out, err := flood.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := flood.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := startPiped(t, flood)
 	sc := bufio.NewScanner(out)
 	sc.Scan()
 	time.Sleep(time.Second)

@@ -73,13 +73,7 @@ func forge(t *testing.T, role, cmd string, args ...string) string {
 // says it is ready.
 func startReady(t *testing.T, cmd *exec.Cmd, what string) {
 	t.Helper()
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := startPiped(t, cmd)
 	if !bufio.NewScanner(out).Scan() {
 		t.Fatalf("%s did not start", what)
 	}
@@ -293,13 +287,7 @@ func TestHostileResets(t *testing.T) {
 			argv := append([]string{forgeBin, "session"}, wireArgs(t, "client")...)
 			argv = append(argv, "-server", server4+":21", "-inject", kind, "USER anonymous", "@inject", "PASV", "@sleep=4s")
 			cmd := inNS(ctx, "client", argv...)
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
+			out := startPiped(t, cmd)
 			defer cmd.Wait()
 			sc := bufio.NewScanner(out)
 			port := 0
@@ -354,13 +342,7 @@ func TestHostileRaceTwoSYNs(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			hold := inNS(ctx, "client", "python3", "ftpclient.py", "holdmany", server4, strconv.Itoa(n), "20")
-			out, err := hold.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := hold.Start(); err != nil {
-				t.Fatal(err)
-			}
+			out := startPiped(t, hold)
 			var targets []string
 			sc := bufio.NewScanner(out)
 			for sc.Scan() && sc.Text() != "ready" {

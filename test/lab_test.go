@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,6 +117,19 @@ func ns(role string) string { return lab + "-" + role }
 // inNS runs a command in a lab namespace with a deadline.
 func inNS(ctx context.Context, role string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns(role)}, args...)...)
+}
+
+// startPiped starts cmd and hands back its standard output.
+func startPiped(t *testing.T, cmd *exec.Cmd) io.Reader {
+	t.Helper()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %v: %v", cmd.Args, err)
+	}
+	return out
 }
 
 func nft(t *testing.T, args ...string) string {

@@ -254,13 +254,7 @@ func holdPASV(t *testing.T, role, host string, secs int) (port int, wait func())
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+10)*time.Second)
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", natNS(role), "python3", "ftpclient.py", "hold", host, "PASV", strconv.Itoa(secs))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := startPiped(t, cmd)
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
 		cancel()

@@ -76,13 +76,7 @@ func testStatusDuringSession(t *testing.T, delay string, committed bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	hold := inNS(ctx, "client", "python3", "ftpclient.py", "hold", server4, "PASV", "4")
-	out, err := hold.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := hold.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := startPiped(t, hold)
 	defer hold.Wait()
 	line, _ := bufio.NewReader(out).ReadString('\n')
 	var h [6]int
@@ -339,13 +333,7 @@ func TestConfigReloadControlPorts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	hold := inNS(ctx, "client", "python3", "ftpclient.py", "hold", server4+":2131", "PASV", "6")
-	out, err := hold.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := hold.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := startPiped(t, hold)
 	defer hold.Wait()
 	bufio.NewReader(out).ReadString('\n')
 	if p := waitPinholes(t, 1, 2*time.Second); len(p) != 1 {

@@ -34,13 +34,7 @@ func startScripted(t *testing.T, netns, addr string, port int, mode string, pasv
 	t.Cleanup(cancel)
 	args := append([]string{"python3", "hostileserver.py", addr, strconv.Itoa(port), mode}, pasv...)
 	cmd := inNamespace(ctx, netns, args...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	stdout := startPiped(t, cmd)
 	sc := bufio.NewScanner(stdout)
 	if !sc.Scan() || sc.Text() != "listening" {
 		t.Fatalf("hostileserver.py %s on %s:%d did not start", mode, addr, port)
