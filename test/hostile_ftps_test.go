@@ -144,12 +144,14 @@ func TestHostileFTPSActiveAnyPort(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// An implicit FTPS session held open, its handshake done.
+	// An implicit FTPS session held open after a login as real clients
+	// make it (USER, PASS, PBSZ), which completes its handshake.
 	hold := inNS(ctx, "client", "python3", "-c", `import socket,ssl,time
 ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE
 s=ctx.wrap_socket(socket.create_connection(("198.51.100.20",990),timeout=5))
 print(s.recv(100).decode().strip(), flush=True)
-s.sendall(b"USER anonymous\r\n"); print(s.recv(100).decode().strip(), flush=True)
+for c in (b"USER anonymous", b"PASS x", b"PBSZ 0"):
+    s.sendall(c+b"\r\n"); s.recv(100)
 time.sleep(8)`)
 	startReady(t, hold, "the implicit FTPS session")
 	d.waitLog(t, 5*time.Second, "scoped range open", "active_from_989_to", "50000-50099")
