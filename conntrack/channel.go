@@ -80,3 +80,13 @@ func (c Channel) MarshalJSON() ([]byte, error) {
 		Verdict: c.Verdict, Reason: c.Reason, Client: c.Client.String(), Server: c.Server.String(),
 	})
 }
+
+// activeChannel builds the record of an active-mode announcement: the
+// server will connect to the address the client wrote.
+func activeChannel(s *Session, cmd parser.Command, ts time.Time) Channel {
+	return Channel{
+		Time: ts, Session: s.ID, Command: cmd.Verb, Passive: false,
+		OrigH: s.Server.Addr(), RespH: cmd.Endpoint.Addr(), RespP: cmd.Endpoint.Port(),
+		Client: s.Client, Server: s.Server,
+	}
+}

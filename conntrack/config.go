@@ -8,7 +8,7 @@ import (
 
 // DefaultCommitDelay is how long a new pinhole waits, under inline
 // capture, before it is committed. Most data SYNs come within it and are
-// admitted from ftpgate's own table (see RunInline); on the lab, going
+// admitted from ftpgate's own table (see Tracker.Tick); on the lab, going
 // from 2 ms to 10 ms cut ftpgate's CPU per transfer by 10-15%.
 const DefaultCommitDelay = 10 * time.Millisecond
 
@@ -71,7 +71,7 @@ type Config struct {
 	ConfirmAdmitted bool
 	ConfirmWait     time.Duration
 	// CommitDelay is how long inline capture may leave pinhole changes
-	// uncommitted; see RunInline. Zero means DefaultCommitDelay; a
+	// uncommitted; see Tracker.Tick. Zero means DefaultCommitDelay; a
 	// negative value commits at once.
 	CommitDelay time.Duration
 	// NATPorts is the range of ports ftpgate hands out on public
@@ -85,7 +85,7 @@ type Config struct {
 	// others are refused.
 	Servers []ServerPolicy
 	// FTPS: the passive ranges of servers, opened to one client while
-	// its session is encrypted (see Tracker.openScoped); the control ports
+	// its session is encrypted (see scopedTable.openScoped); the control ports
 	// of implicit FTPS (default 990); the ports of clients that implicit
 	// FTPS servers may connect to from port 989 (active mode); the caps on
 	// open ranges (per client: per address, per /64 for IPv6).
@@ -95,32 +95,25 @@ type Config struct {
 	MaxScopedPerClient int
 	MaxScoped          int
 	// LocalSockets, if set, answers for announcements made from this
-	// host's own sockets (see Tracker.checkLocal). The daemon sets it;
+	// host's own sockets (see checkLocal). The daemon sets it;
 	// analyze, which sees no host, does not.
 	LocalSockets LocalSockets
 	// PublicPortInUse, if set, reports public address:ports that NAT
 	// must not hand out: the gateway listens there, or the admin's own
 	// rules forward them.
 	PublicPortInUse func(netip.AddrPort) bool
-	// OnProxiedEnd, if set, is told of a proxied session the tracker
-	// ended itself (a timeout): the control proxy closes its connection.
-	OnProxiedEnd func(id uint64)
-	// OnEncrypted, if set, receives a record of every session that went
-	// encrypted, at its end (ftpgate analyze).
-	OnEncrypted func(EncryptedSession)
-	Logger      *slog.Logger
-	// OnChannel, if set, receives every announced channel with its verdict.
-	OnChannel func(Channel)
-	// OnLine, OnChannelClosed and OnSessionEnd, if set, receive the rest
-	// of each session's story, for reports (observe.go).
-	OnLine          func(ControlLine)
-	OnChannelClosed func(ChannelClosed)
-	OnSessionEnd    func(SessionEnd)
+	// ProxyConns, if set, is told to close the connections of the
+	// control proxy whose sessions the tracker ended itself (a timeout,
+	// a reload).
+	ProxyConns ProxyConns
+	Logger     *slog.Logger
+	// Observer, if set, is told each session's story: channels and their
+	// verdicts, lines, ends (reports, analyze).
+	Observer Observer
 	// ConsumeOnSYN makes a data SYN the tracker sees use its pinhole, as
 	// the kernel's rule would: for analyze, where no kernel does. Each
-	// such SYN goes to OnDataSYN.
+	// such SYN goes to the Observer.
 	ConsumeOnSYN bool
-	OnDataSYN    func(DataSYN)
 }
 
 func (c *Config) setDefaults() {
@@ -184,11 +177,26 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Observer == nil {
+		c.Observer = NopObserver{}
+	}
 	switch {
 	case c.CommitDelay == 0:
 		c.CommitDelay = DefaultCommitDelay
 	case c.CommitDelay < 0:
 		c.CommitDelay = 0
+	}
+}
+
+// Observe adds o to what the tracker tells each session's story to.
+func (c *Config) Observe(o Observer) {
+	switch prev := c.Observer.(type) {
+	case nil, NopObserver:
+		c.Observer = o
+	case Observers:
+		c.Observer = append(prev[:len(prev):len(prev)], o)
+	default:
+		c.Observer = Observers{prev, o}
 	}
 }
 
@@ -214,56 +222,3 @@ type LocalSockets interface {
 // outgoing connections and masquerade, which keeps a client's port when
 // it can, rarely hold a port ftpgate hands out.
 var DefaultNATPorts = [2]uint16{61000, 65535}
-
-// Stats counts what the tracker saw and dropped. Nothing is dropped
-// without being counted here.
-type Stats struct {
-	Packets           uint64 `json:"packets"`          // packets handed to the tracker
-	NotControl        uint64 `json:"not_control"`      // not TCP to or from a control port
-	Undecodable       uint64 `json:"undecodable"`      // truncated or unknown link/network layers
-	Fragments         uint64 `json:"fragments"`        // IP fragments (control traffic is never fragmented in practice)
-	BadChecksums      uint64 `json:"bad_checksums"`    // IP or TCP checksum wrong: never reached the receiver's TCP
-	OutOfWindow       uint64 `json:"out_of_window"`    // segments and resets outside what their receiver would accept
-	AfterClose        uint64 `json:"after_close"`      // segments of control connections that had ended
-	SessionsStarted   uint64 `json:"sessions_started"` // control sessions that carried FTP
-	SessionsEnded     uint64 `json:"sessions_ended"`
-	SessionsRefused   uint64 `json:"sessions_refused"`  // a new session found the session cap reached
-	HalfOpenRefused   uint64 `json:"half_open_refused"` // a new control connection found the half-open cap reached
-	HalfOpenExpired   uint64 `json:"half_open_expired"` // control connections that carried no FTP within the handshake timeout
-	Lines             uint64 `json:"lines"`
-	LinesTooLong      uint64 `json:"lines_too_long"`
-	GapBytes          uint64 `json:"gap_bytes"`            // bytes lost (missing from the capture, or beyond a buffer limit)
-	OutOfOrderDropped uint64 `json:"out_of_order_dropped"` // out-of-order segments with no room to keep them
-	Conflicts         uint64 `json:"conflicts"`            // two copies of the same bytes that differed
-	Malformed         uint64 `json:"malformed"`            // data commands and replies that did not parse
-	PendingOverflow   uint64 `json:"pending_overflow"`
-	ChannelsOpened    uint64 `json:"channels_opened"`
-	ChannelsRefused   uint64 `json:"channels_refused"`
-	PinholesClosed    uint64 `json:"pinholes_closed"`
-	PinholesConsumed  uint64 `json:"pinholes_consumed"` // closed by the kernel on the first packet of their connection
-	SYNsHeld          uint64 `json:"syns_held"`         // data SYNs the kernel held because they beat their pinhole (inline)
-	SYNsAdmitted      uint64 `json:"syns_admitted"`     // of those, admitted by ftpgate (their pinhole was open, never committed)
-	SYNsRetried       uint64 `json:"syns_retried"`      // of those, sent back to the kernel, which holds their pinhole
-	AddsCancelled     uint64 `json:"adds_cancelled"`    // pinholes used (a held SYN) or closed before their commit, never sent to the kernel
-	CopiesLost        uint64 `json:"copies_lost"`       // NFLOG socket overflows (inline copies lost)
-	BackendErrors     uint64 `json:"backend_errors"`
-	LogSuppressed     uint64 `json:"log_suppressed"`   // log lines held back by the per-session limits
-	DataAdmitted      uint64 `json:"data_admitted"`    // data connections the admin's ruleset let through (reported after its chains)
-	AdmittedDropped   uint64 `json:"admitted_dropped"` // used pinholes whose connection the admin's ruleset dropped
-	SessionsProxied   uint64 `json:"sessions_proxied"` // control sessions that ran through the control proxy (NAT)
-	NATRewrites       uint64 `json:"nat_rewrites"`     // announcements rewritten for the far side of a NAT
-	NATMappings       uint64 `json:"nat_mappings"`     // NAT mappings of data connections made
-	ScopedOpened      uint64 `json:"scoped_opened"`    // FTPS scoped ranges opened
-	ScopedRefused     uint64 `json:"scoped_refused"`   // encrypted sessions that got none (no range configured, a cap)
-	NotReplyStart     uint64 `json:"not_reply_start"`  // server lines that look like replies where the server started none (after a bare LF, an echo)
-	UnsolicitedAuth   uint64 `json:"unsolicited_auth"` // 234 replies that answered no AUTH: not taken as encryption
-	SessionsTracked   int    `json:"sessions_tracked"` // now, half-open ones included
-	HalfOpen          int    `json:"half_open"`        // now: control connections that have carried no FTP yet
-	PinholesOpen      int    `json:"pinholes_open"`    // now
-	Proxied           int    `json:"proxied"`
-	Scoped            int    `json:"scoped"` // now: FTPS scoped ranges open
-	// By kind (CloseReasons, RefusalReasons).
-	ClosedBy       [closeKinds]uint64   `json:"-"`
-	RefusedBy      [refusalKinds]uint64 `json:"-"`
-	ScopedClosedBy [closeKinds]uint64   `json:"-"`
-}

@@ -9,56 +9,18 @@ import (
 	"github.com/ftpgate/ftpgate/parser"
 )
 
-// encryption is where a session stands with TLS (RFC 4217).
-type encryption struct {
-	on    bool    // an AUTH was accepted: not parsed until it has properly ended
-	clear [2]bool // per direction: back in clear text after a close_notify
-}
-
-// eolMode is how a server ends its lines, learnt from the last line of
-// its first reply (its greeting): inner lines of a multi-line banner may
-// come from a file written with bare LFs even where the server ends its
-// own lines with CR LF.
-type eolMode uint8
-
-const (
-	eolUnknown eolMode = iota
-	// eolCRLF: CR LF, as RFC 959 asks. A bare LF in a reply is then
-	// text inside the line (a server echoing a client's argument), and
-	// what follows it cannot start a reply.
-	eolCRLF
-	// eolLF: a server that ends lines with a bare LF. Every LF ends a
-	// line, so an echo of a client's argument cannot be told from a
-	// reply: once the client has sent something that looks like a reply,
-	// nothing of the session opens (see noteReplyLike).
-	eolLF
-)
-
 // bytes takes delivered bytes of direction d, in order.
 func (s *Session) bytes(d int, seq uint32, data []byte, ack uint32, now time.Time) {
-	for len(data) > 0 && !s.ended {
-		if s.enc.on && !s.enc.clear[d] {
-			clear, ok := s.tls[d].walk(data, seq, ack)
-			s.tlsRounds(d)
-			s.tlsProgress()
-			n := len(data)
-			if ok {
-				n -= len(clear)
-			}
-			s.passOn(d, data[:n])
-			if !ok || s.ended {
-				return
-			}
-			seq += uint32(n)
-			data = clear
-			if !s.leaveTLS(d, data) {
-				s.passOn(d, data)
+	for len(data) > 0 && !s.life.ended {
+		if s.ftps.encrypted(d) {
+			var ok bool
+			if data, seq, ok = s.encryptedBytes(d, seq, data, ack); !ok {
 				return
 			}
 		}
 		data, seq = s.lines[d].feed(data, seq, ack, func(l line) bool {
 			s.line(d, l)
-			return !s.enc.on || s.enc.clear[d] // stop splitting where TLS begins
+			return !s.ftps.encrypted(d) // stop splitting where TLS begins
 		})
 	}
 }
@@ -90,7 +52,7 @@ func (s *Session) line(d int, l line) {
 		s.serverLine(l)
 	}
 	if s.nat != nil {
-		s.nat.lineDone(d, l, d == fromServer && s.reply.inMulti && verbForCode[s.reply.code].IsPassive(), 4*s.env.cfg.MaxLineLength)
+		s.nat.lineDone(d, l, d == fromServer && s.reply.inMulti && parser.ReplyVerb(s.reply.code).IsPassive(), 4*s.env.cfg.MaxLineLength)
 	}
 }
 
@@ -99,7 +61,7 @@ func (s *Session) line(d int, l line) {
 // run; a server's are nothing.
 func (s *Session) blankLines(d int, l line) {
 	if d == fromServer {
-		s.noteServerEOL(l)
+		s.echo.serverLineEnded(l)
 		return
 	}
 	first := uint32(1)
@@ -117,7 +79,7 @@ func (s *Session) blankLines(d int, l line) {
 // in pieces, or refused), so the count of commands and replies is too.
 func (s *Session) lineTooLong(d int, l line) {
 	if d == fromServer {
-		s.noteServerEOL(l)
+		s.echo.serverLineEnded(l)
 		s.reply.inMulti = false
 		s.pair.uncertain(s, "a reply line longer than --max-line")
 		return
@@ -128,133 +90,9 @@ func (s *Session) lineTooLong(d int, l line) {
 	s.pair.push(s, pendingCommand{verb: parser.VerbOther, time: s.env.now, end: l.end})
 }
 
-// noteServerEOL notes whether the next server line can start a reply:
-// not after a bare LF from a server that ends its lines with CR LF.
-func (s *Session) noteServerEOL(l line) {
-	s.srvContinues = s.srvEOL == eolCRLF && !l.crlf
-}
-
-// learnServerEOL learns how the server ends its lines from the line that
-// ends its first reply.
-func (s *Session) learnServerEOL(l line) {
-	if s.srvEOL != eolUnknown || !l.framed {
-		return
-	}
-	s.srvEOL = eolLF
-	if l.crlf {
-		s.srvEOL = eolCRLF
-	}
-	s.echoRisk()
-}
-
-// leaveTLS decides whether the clear text that follows a direction's
-// close_notify is to be parsed. The server's is, once it shows: the
-// server ends TLS only after it has accepted CCC. The client's only once
-// the server has ended TLS too; before, it is dropped unparsed.
-func (s *Session) leaveTLS(d int, clear []byte) bool {
-	if d == fromClient && !s.tls[fromServer].closed() && !s.enc.clear[fromServer] {
-		s.lines[d].resync()
-		return false
-	}
-	look := looksLikeCommand
-	if d == fromServer {
-		look = looksLikeReply
-	}
-	if !look(clear) {
-		s.tls[d].opaque = true
-		s.tlsProgress()
-		return false
-	}
-	first := !s.enc.clear[fromClient] && !s.enc.clear[fromServer]
-	s.enc.clear[d] = true
-	s.lines[d].reset()
-	if d == fromServer {
-		s.reply.inMulti = false
-	}
-	if first {
-		// What was said inside TLS is unknown.
-		s.pair.outOfStep(s, "the session left TLS")
-	}
-	if s.enc.clear[fromClient] && s.enc.clear[fromServer] {
-		s.enc = encryption{}
-		s.cccAt = s.env.now
-		s.host.closeScoped(s, closedCCC, "the session left TLS (CCC): exact pinholes again")
-		s.env.log.Info("session back in clear text after TLS (CCC), parsing again", "session", s.ID)
-	}
-	return true
-}
-
-// enterTLS is called when the server accepts AUTH (234).
-func (s *Session) enterTLS() {
-	s.startTLS()
-	s.scopeTried, s.tlsDone = false, false
-	for d := range s.lines {
-		s.lines[d].reset()
-	}
-	s.reply.inMulti = false
-	s.pair.dropPending(s, refusedEncrypted, "sent after AUTH, when the session became encrypted")
-	s.authAt = s.env.now
-	s.host.openScoped(s, "AUTH accepted: the announcements are inside TLS", false)
-	s.env.log.Info("session encrypted: AUTH accepted, no longer parsed until TLS ends after an accepted CCC",
-		"session", s.ID)
-}
-
-// startTLS makes the session encrypted from the next byte on.
-func (s *Session) startTLS() {
-	s.enc = encryption{on: true}
-	s.tls = [2]tlsWalker{{hello: tlsClientHello}, {hello: tlsServerHello}}
-	s.tlsRound = tlsRoundState{}
-}
-
-// tlsProgress follows an encrypted session's TLS: its scoped range opens
-// once the handshake has completed in both directions (implicit FTPS),
-// and closes as soon as either side is found not to speak TLS.
-func (s *Session) tlsProgress() {
-	switch {
-	case !s.enc.on:
-	case s.tls[fromClient].opaque || s.tls[fromServer].opaque:
-		s.host.closeScoped(s, closedNotTLS, "the session does not speak TLS")
-	case !s.tlsDone && s.tls[fromClient].helloOK && s.tls[fromServer].helloOK && s.tlsRound.rounds >= tlsRoundsNeeded:
-		s.tlsDone = true
-		why := "the TLS handshake completed"
-		if s.implicit {
-			why = "implicit FTPS: the TLS handshake completed"
-		}
-		s.host.openScoped(s, why, true)
-	}
-}
-
-// tlsRoundsNeeded is how many exchanges of application data a session
-// must make before its TLS handshake counts as completed.
-const tlsRoundsNeeded = 3
-
-// tlsRounds counts the exchanges of application data that follow the
-// hellos: the client sends a data record, and the server answers with
-// one in a segment that acknowledges it. Nothing is decrypted, so this
-// is how a completed handshake shows: an honest server sends data only
-// once the client's Finished checked out (a wrong one draws an alert,
-// whose size is not counted, and a close), and then answers each of the
-// client's commands. A client that throttles the server's first flight
-// with a small window can make that flight look like answers, one per
-// record it holds; three rounds need three records and come, for a real
-// FTPS client, with its login (USER, PASS, PBSZ), before any data
-// connection. See the README for what this proves and what it cannot.
-func (s *Session) tlsRounds(d int) {
-	r := &s.tlsRound
-	for _, rec := range s.tls[d].data {
-		switch {
-		case d == fromClient:
-			r.clientEnd, r.clientSent = rec.end, true
-		case r.clientSent && seqAtLeast(rec.ack, r.clientEnd):
-			r.rounds++
-			r.clientSent = false
-		}
-	}
-}
-
 // pickUp starts a direction whose beginning ftpgate did not see.
 func (s *Session) pickUp(d int) {
-	s.pickedUp = true
+	s.life.pickedUp = true
 	if s.pair.inStep {
 		s.pair.outOfStep(s, "the session was picked up mid-stream")
 	}
@@ -263,18 +101,20 @@ func (s *Session) pickUp(d int) {
 
 // gap resynchronises the line splitter of d after bytes it will never see.
 func (s *Session) gap(d int) {
-	if !s.enc.on || s.enc.clear[d] {
+	if !s.ftps.encrypted(d) {
 		s.lines[d].resync()
 	}
 	if d == fromServer {
 		s.reply.inMulti = false
-		s.srvContinues = false
+		s.echo.continues = false
 	}
 }
 
 func (s *Session) clientLine(l line) {
-	s.observeLine(false, l.text)
-	s.noteReplyLike(l.text)
+	s.env.obs.Line(ControlLine{Time: s.env.now, Session: s.ID, Client: s.Client, Server: s.Server, Text: l.text})
+	if s.echo.clientSent(l.text) {
+		s.echoRisk()
+	}
 	cmd, err := parser.ParseCommand(l.text)
 	if cmd.Verb.IsData() {
 		// A new data command supersedes every pinhole not yet used.
@@ -285,7 +125,7 @@ func (s *Session) clientLine(l line) {
 		s.env.stats.Malformed++
 		s.logf(logMalformed, levelInfo, "malformed command ignored", "session", s.ID, "verb", cmd.Verb, "error", err)
 	}
-	if !s.pair.inStep && s.quietPoint(l) {
+	if !s.pair.inStep && s.pair.quietPoint(s, l) {
 		s.pair.backInStep(s)
 	}
 	if !l.crlf {
@@ -299,30 +139,12 @@ func (s *Session) clientLine(l line) {
 		// reaches the server; it is mapped once the server accepts it.
 		pc.decided = true
 		if s.pair.inStep {
-			pc.plan = s.host.planActive(s, s.activeChannel(cmd, s.env.now))
+			pc.plan = s.host.planActive(s, activeChannel(s, cmd, s.env.now))
 		} else {
-			s.host.refuse(s, s.activeChannel(cmd, s.env.now), refusedPairingUncertain, "pairing of replies with commands is uncertain: "+s.pair.why)
+			s.host.refuse(s, activeChannel(s, cmd, s.env.now), refusedPairingUncertain, "pairing of replies with commands is uncertain: "+s.pair.why)
 		}
 	}
 	s.pair.push(s, pc)
-}
-
-// noteReplyLike notes a client line that holds what looks like a reply
-// line: at its start, or after a CR or a NUL, which some servers turn
-// into line ends when they echo an argument. No real client sends one.
-func (s *Session) noteReplyLike(text []byte) {
-	for !s.replyLike && len(text) > 0 {
-		if looksLikeReply(text) {
-			s.replyLike = true
-			s.echoRisk()
-			return
-		}
-		i := bytes.IndexAny(text, "\r\x00")
-		if i < 0 {
-			return
-		}
-		text = text[i+1:]
-	}
 }
 
 // echoRisk ends what the session may open when its server ends lines
@@ -330,32 +152,31 @@ func (s *Session) noteReplyLike(text []byte) {
 // looks like a reply: the server may echo it, and an echo is then a line
 // like any reply.
 func (s *Session) echoRisk() {
-	if !s.replyLike || s.srvEOL == eolCRLF || s.echoed {
+	if !s.echo.atRisk() {
 		return
 	}
-	s.echoed = true
 	why := "the client sent text that looks like a reply, and its server ends lines with a bare LF: an echo cannot be told from a reply"
 	s.env.stats.NotReplyStart++
 	s.pair.distrust(s, why)
 }
 
 func (s *Session) serverLine(l line) {
-	cont := s.srvContinues
-	s.observeLine(true, l.text)
+	cont := s.echo.continues
+	s.env.obs.Line(ControlLine{Time: s.env.now, Session: s.ID, Client: s.Client, Server: s.Server, FromServer: true, Text: l.text})
 	rl := parser.ParseReplyLine(l.text)
 	r := &s.reply
-	if !cont && rl.Code != 0 && !rl.More && (!r.inMulti || rl.Code == r.code) {
-		s.learnServerEOL(l) // this line ends a reply
+	if !cont && rl.Code != 0 && !rl.More && (!r.inMulti || rl.Code == r.code) && s.echo.learn(l) {
+		s.echoRisk() // this line ends a reply: the server's line ends are known
 	}
-	s.noteServerEOL(l)
+	s.echo.serverLineEnded(l)
 	if r.inMulti {
 		if rl.Code == r.code && !rl.More {
-			s.scanReply(rl.Text)
+			s.reply.scan(rl.Text)
 			r.inMulti = false
 			s.finalLine(rl.Code)
 			return
 		}
-		s.scanReply(l.text)
+		s.reply.scan(l.text)
 		return
 	}
 	switch {
@@ -373,7 +194,7 @@ func (s *Session) serverLine(l line) {
 	r.code, r.ack = rl.Code, l.ack
 	r.found, r.err = false, nil
 	r.atFinal = false
-	s.scanReply(rl.Text)
+	s.reply.scan(rl.Text)
 	if rl.More {
 		r.inMulti = true
 		return
@@ -381,10 +202,9 @@ func (s *Session) serverLine(l line) {
 	s.finalLine(rl.Code)
 }
 
-// scanReply looks for the announcement of a 227, 228 or 229 reply in one
-// of its lines; the first line that holds one wins.
-func (s *Session) scanReply(text []byte) {
-	r := &s.reply
+// scan looks for the announcement of a 227, 228 or 229 reply in one of
+// its lines; the first line that holds one wins.
+func (r *reply) scan(text []byte) {
 	if r.found {
 		return
 	}
@@ -405,10 +225,6 @@ func (s *Session) scanReply(text []byte) {
 		r.err = err
 	}
 }
-
-// verbForCode names, for the reply codes only one command asks for, that
-// command: a 227 answers a PASV or nothing, a 234 an AUTH or nothing.
-var verbForCode = map[int]parser.Verb{227: parser.VerbPASV, 228: parser.VerbLPSV, 229: parser.VerbEPSV, 234: parser.VerbAUTH}
 
 // commandWords names a command in a reason, for people: no internal
 // names.
@@ -446,7 +262,7 @@ func (s *Session) finalLine(code int) {
 		s.pair.greeting = false // RFC 959: a connection opens with a reply to no command
 		return
 	}
-	want := verbForCode[code]
+	want := parser.ReplyVerb(code)
 	cmd, status := s.pair.answer(s, s.reply.ack, want)
 	if cmd.plan != nil && want != parser.VerbOther {
 		// A planned PORT answered by a reply no PORT gets: given up.
@@ -471,7 +287,7 @@ func (s *Session) finalLine(code int) {
 	case cmd.decided:
 		// Refused when it was sent (a proxied session).
 	case cmd.verb.IsActive() && cmd.valid:
-		ch := s.activeChannel(cmd.cmd, cmd.time)
+		ch := activeChannel(s, cmd.cmd, cmd.time)
 		switch {
 		case code >= 300:
 			reason := fmt.Sprintf("server refused %s with %d", cmd.verb, code)
@@ -494,7 +310,7 @@ func (s *Session) finalLine(code int) {
 // authReply takes a 234: the session is encrypted from here on only if
 // the 234 answers an AUTH the server received.
 func (s *Session) authReply(cmd pendingCommand, status answerStatus) {
-	if status == answered && cmd.count == 0 && cmd.verb == parser.VerbAUTH && !s.echoed {
+	if status == answered && cmd.count == 0 && cmd.verb == parser.VerbAUTH && !s.echo.echoed {
 		s.enterTLS()
 		return
 	}
@@ -509,16 +325,6 @@ func (s *Session) authReply(cmd pendingCommand, status answerStatus) {
 	s.env.stats.UnsolicitedAuth++
 	s.logf(logMalformed, levelWarn, "234 reply that answers no AUTH: the session is not taken as encrypted",
 		"session", s.ID, "answers", what)
-}
-
-// activeChannel builds the record of an active-mode announcement: the
-// server will connect to the address the client wrote.
-func (s *Session) activeChannel(cmd parser.Command, ts time.Time) Channel {
-	return Channel{
-		Time: ts, Session: s.ID, Command: cmd.Verb, Passive: false,
-		OrigH: s.Server.Addr(), RespH: cmd.Endpoint.Addr(), RespP: cmd.Endpoint.Port(),
-		Client: s.Client, Server: s.Server,
-	}
 }
 
 func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, status answerStatus) {
@@ -539,7 +345,7 @@ func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, s
 		ch.RespH, ch.RespP = s.Server.Addr(), r.port
 	}
 	switch {
-	case s.echoed:
+	case s.echo.echoed:
 		s.host.refuse(s, ch, refusedPairingUncertain, "active and passive mode refused on this session: "+s.pair.distrusted)
 	case status == unsolicited:
 		s.host.refuse(s, ch, refusedUnsolicited, fmt.Sprintf("%d reply without a %s from the client", code, verb))
@@ -560,18 +366,22 @@ func (s *Session) passiveReply(code int, verb parser.Verb, cmd pendingCommand, s
 
 // end is called once when the control connection is gone.
 func (s *Session) end(kind CloseKind, reason string) {
-	if s.ended {
+	if s.life.ended {
 		return
 	}
-	s.ended = true
+	s.life.ended = true
 	for _, c := range s.pair.pending {
 		s.pair.drop(s, c, refusedNoReply, "no reply from the server before the session ended")
 	}
 	s.pair.pending = nil
 	s.lines = [2]lineSplitter{}
-	s.h = [2]half{}
+	s.tcp.forget()
 	s.host.closeSessionPinholes(s, kind, reason)
 	s.host.closeScoped(s, kind, reason)
-	s.host.encryptedRecord(s)
-	s.observeEnd(reason)
+	if e, ok := s.ftps.record(s, s.env.now); ok {
+		s.env.obs.Encrypted(e)
+	}
+	if s.life.established {
+		s.env.obs.SessionEnd(SessionEnd{Session: s.ID, Client: s.Client, Server: s.Server, Start: s.Start, End: s.env.now, Reason: reason})
+	}
 }

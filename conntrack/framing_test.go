@@ -127,7 +127,7 @@ func TestEmptyLinesAreCheap(t *testing.T) {
 	if n := h.tr.Stats().Lines; n < 140000 {
 		t.Fatalf("%d lines counted, want the 140000 empty ones", n)
 	}
-	s := h.tr.sessions[makeConnKey(c.client, c.server)]
+	s := h.tr.sessions.tracked[makeConnKey(c.client, c.server)]
 	if n := len(s.pair.pending); n > 2 {
 		t.Errorf("%d entries pending for empty lines, want them in one run", n)
 	}

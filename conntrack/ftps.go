@@ -1,15 +1,8 @@
 package conntrack
 
 import (
-	"context"
-	"fmt"
-	"log/slog"
 	"net/netip"
-	"slices"
 	"time"
-
-	"github.com/ftpgate/ftpgate/internal/source"
-	"github.com/ftpgate/ftpgate/rules"
 )
 
 // FTPSRange is an FTPS server's passive port range: while one of its
@@ -36,31 +29,8 @@ const (
 	DefaultMaxScoped          = 4096
 )
 
-// EncryptedSession is the record `ftpgate analyze` gives of a session
-// that went encrypted: where an FTP helper goes blind.
-type EncryptedSession struct {
-	Session  string
-	Client   netip.AddrPort
-	Server   netip.AddrPort
-	Implicit bool      // FTPS from the first byte (port 990)
-	Start    time.Time // when the session began
-	AuthAt   time.Time // explicit: when the server accepted AUTH
-	CCCAt    time.Time // when it returned to clear text, if it did
-	End      time.Time
-}
-
-// scopedState is a session's open scoped range.
-type scopedState struct {
-	ranges []rules.ScopedRange
-	source netip.Prefix // the client's share it counts against
-	opened time.Time
-	// deadline: the TLS handshake must have completed by then (explicit
-	// FTPS, opened at the 234); zero once it has.
-	deadline time.Time
-}
-
-func (t *Tracker) ftpsRange(server netip.Addr) (FTPSRange, bool) {
-	for _, r := range t.cfg.FTPSRanges {
+func ftpsRange(ranges []FTPSRange, server netip.Addr) (FTPSRange, bool) {
+	for _, r := range ranges {
 		if r.Server.Contains(server) {
 			return r, true
 		}
@@ -68,8 +38,8 @@ func (t *Tracker) ftpsRange(server netip.Addr) (FTPSRange, bool) {
 	return FTPSRange{}, false
 }
 
-func (t *Tracker) activeRange(client netip.Addr) (ActiveRange, bool) {
-	for _, r := range t.cfg.ActiveRanges {
+func activeRange(ranges []ActiveRange, client netip.Addr) (ActiveRange, bool) {
+	for _, r := range ranges {
 		if r.Client.Contains(client) {
 			return r, true
 		}
@@ -77,186 +47,202 @@ func (t *Tracker) activeRange(client netip.Addr) (ActiveRange, bool) {
 	return ActiveRange{}, false
 }
 
-// isImplicit reports whether a control port speaks implicit FTPS.
-func (t *Tracker) isImplicit(port uint16) bool { return slices.Contains(t.cfg.ImplicitPorts, port) }
-
-// scopedRanges are the elements an encrypted session of s would hold
-// under the configuration now, and why it holds none.
-func (t *Tracker) scopedRanges(s *Session) ([]rules.ScopedRange, string) {
-	if _, served := t.serverFor(s.Server); !served {
-		return nil, "encrypted session of a server ftpgate does not serve: nothing opened"
-	}
-	fr, ok := t.ftpsRange(s.Server.Addr())
-	if !ok {
-		return nil, "session encrypted: its announcements are hidden and no passive range is configured for its server, so its data connections will be dropped"
-	}
-	client := s.Client.Addr()
-	r := rules.ScopedRange{Client: client, Server: s.Server.Addr(), Lo: fr.Lo, Hi: fr.Hi}
-	if s.nat != nil && s.nat.tr.ServerSeen.Addr() != s.Server.Addr() {
-		// Through a port forward: the client connects to the public
-		// address (the server announces it, inside TLS).
-		r.Public = s.nat.tr.ServerSeen.Addr()
-	}
-	ranges := []rules.ScopedRange{r}
-	if ar, ok := t.activeRange(client); ok && s.implicit && s.nat == nil {
-		ranges = append(ranges, rules.ScopedRange{Client: client, Server: s.Server.Addr(), Active: true, Lo: ar.Lo, Hi: ar.Hi})
-	}
-	return ranges, ""
+// ftpsState is where a session stands with TLS (RFC 4217): encrypted or
+// not, each direction's TLS records, whether the handshake completed, and
+// the scoped range it holds meanwhile.
+type ftpsState struct {
+	// on: an AUTH was accepted (or implicit FTPS): not parsed until TLS
+	// has properly ended; clear, per direction: back in clear text after
+	// a close_notify.
+	on    bool
+	clear [2]bool
+	tls   [2]tlsWalker
+	round tlsRoundState
+	done  bool // the handshake completed
+	// scoped: the range while encrypted; scopeTried: this stretch of
+	// TLS was given one or refused already.
+	scoped     *scopedState
+	scopeTried bool
+	implicit   bool // encrypted from the first byte
+	// When AUTH was accepted and CCC left TLS.
+	authAt, cccAt time.Time
 }
 
-// openScoped opens s's scoped range when its session goes encrypted: at
-// an accepted AUTH (explicit FTPS: the handshake must then complete in
-// time), or once the TLS handshake has completed (implicit FTPS, or an
-// explicit session whose range is open already: it keeps it).
-func (t *Tracker) openScoped(s *Session, why string, handshakeDone bool) {
-	if s.ended {
-		return
-	}
-	if sc := s.scoped; sc != nil {
-		if handshakeDone && !sc.deadline.IsZero() {
-			sc.deadline = time.Time{}
-			t.log.Info("TLS handshake completed: the scoped range stays open while the session is encrypted", "session", s.ID)
-		}
-		return
-	}
-	if s.scopeTried {
-		return // refused once for this stretch of TLS; the log said why
-	}
-	s.scopeTried = true
-	attrs := []any{"session", s.ID, "client", s.Client.String(), "server", s.Server.String(), "why", why}
-	ranges, none := t.scopedRanges(s)
-	if ranges == nil {
-		if _, served := t.serverFor(s.Server); served {
-			t.stats.ScopedRefused++
-			attrs = append(attrs, "configure", fmt.Sprintf("--ftps-passive-ports %s=LO-HI (the server's passive range)", s.Server.Addr()))
-			t.logf(s, slog.LevelWarn, none, attrs...)
-		} else {
-			t.logf(s, slog.LevelInfo, none, attrs...)
-		}
-		return
-	}
-	source := source.Of(s.Client.Addr())
-	switch {
-	case t.scoped.bySource[source] >= t.cfg.MaxScopedPerClient:
-		t.stats.ScopedRefused++
-		t.logf(s, slog.LevelWarn, "scoped range refused: this client has reached its cap (per address, per /64 for IPv6)",
-			append(attrs, "cap", t.cfg.MaxScopedPerClient, "source", source.String())...)
-		return
-	case t.scoped.open >= t.cfg.MaxScoped:
-		t.stats.ScopedRefused++
-		t.logf(s, slog.LevelWarn, "scoped range refused: the cap for the whole gateway is reached", append(attrs, "cap", t.cfg.MaxScoped)...)
-		return
-	}
-	for _, x := range ranges {
-		// Sessions of one client to one server share the element: it
-		// goes when the last of them leaves TLS or ends.
-		t.scoped.elems.hold(x)
-		if t.scoped.elems.refs[x] == 1 {
-			k := [2]netip.Addr{x.Client, x.Server}
-			t.scoped.byPair[k] = append(t.scoped.byPair[k], x)
-		}
-	}
-	// No commit delay: the client's first data connection follows one
-	// round trip away, and a held SYN cannot be admitted from a range.
-	t.urgent = true
-	sc := &scopedState{ranges: ranges, source: source, opened: t.now}
-	if !handshakeDone {
-		sc.deadline = t.now.Add(t.cfg.HandshakeTimeout)
-	}
-	s.scoped = sc
-	t.scoped.bySource.Add(source)
-	t.scoped.open++
-	t.stats.ScopedOpened++
-	if t.log.Enabled(context.Background(), slog.LevelInfo) {
-		a := append(attrs, "ports", fmt.Sprintf("%d-%d", ranges[0].Lo, ranges[0].Hi))
-		if ranges[0].Public.IsValid() {
-			a = append(a, "public", ranges[0].Public.String())
-		}
-		if len(ranges) > 1 {
-			a = append(a, "active_from_989_to", fmt.Sprintf("%d-%d", ranges[1].Lo, ranges[1].Hi))
-		}
-		if !handshakeDone {
-			a = append(a, "handshake_by", sc.deadline.UTC().Format(time.RFC3339))
-		}
-		t.log.Info("scoped range open", a...)
-	}
+// tlsRoundState counts a TLS session's exchanges of data (see
+// ftpsState.countRounds).
+type tlsRoundState struct {
+	clientEnd  uint32 // end of the client's latest data record not yet answered
+	clientSent bool
+	rounds     int
 }
 
-// scopedCovers reports whether an open scoped range admits a connection
-// from src to dst (one that is not mapped through NAT: those are matched
-// after destination NAT, which their held SYN has not met yet).
-func (t *Tracker) scopedCovers(src, dst netip.AddrPort) bool {
-	for _, r := range slices.Concat(t.scoped.byPair[[2]netip.Addr{src.Addr(), dst.Addr()}], t.scoped.byPair[[2]netip.Addr{dst.Addr(), src.Addr()}]) {
+// encrypted reports whether direction d is inside TLS.
+func (f *ftpsState) encrypted(d int) bool { return f.on && !f.clear[d] }
+
+// start makes the session encrypted from the next byte on.
+func (f *ftpsState) start() {
+	f.on, f.clear = true, [2]bool{}
+	f.tls = [2]tlsWalker{{hello: tlsClientHello}, {hello: tlsServerHello}}
+	f.round = tlsRoundState{}
+}
+
+// tlsRoundsNeeded is how many exchanges of application data a session
+// must make before its TLS handshake counts as completed.
+const tlsRoundsNeeded = 3
+
+// countRounds counts the exchanges of application data that follow the
+// hellos: the client sends a data record, and the server answers with
+// one in a segment that acknowledges it. Nothing is decrypted, so this
+// is how a completed handshake shows: an honest server sends data only
+// once the client's Finished checked out (a wrong one draws an alert,
+// whose size is not counted, and a close), and then answers each of the
+// client's commands. A client that throttles the server's first flight
+// with a small window can make that flight look like answers, one per
+// record it holds; three rounds need three records and come, for a real
+// FTPS client, with its login (USER, PASS, PBSZ), before any data
+// connection. See the README for what this proves and what it cannot.
+func (f *ftpsState) countRounds(d int) {
+	r := &f.round
+	for _, rec := range f.tls[d].data {
 		switch {
-		case r.Public.IsValid():
-		case r.Active && src.Port() == 989 && r.Server == src.Addr() && r.Client == dst.Addr() && r.Lo <= dst.Port() && dst.Port() <= r.Hi:
-			return true
-		case !r.Active && r.Client == src.Addr() && r.Server == dst.Addr() && r.Lo <= dst.Port() && dst.Port() <= r.Hi:
-			return true
+		case d == fromClient:
+			r.clientEnd, r.clientSent = rec.end, true
+		case r.clientSent && seqAtLeast(rec.ack, r.clientEnd):
+			r.rounds++
+			r.clientSent = false
 		}
 	}
-	return false
 }
 
-// closeScoped closes s's scoped range.
-func (t *Tracker) closeScoped(s *Session, kind CloseKind, reason string) {
-	sc := s.scoped
-	if sc == nil {
-		return
+// tlsVerdict is what the TLS seen so far says of an encrypted session.
+type tlsVerdict uint8
+
+const (
+	tlsUndecided     tlsVerdict = iota
+	tlsNotTLS                   // either side does not speak TLS
+	tlsHandshakeDone            // both hellos, and enough rounds after
+)
+
+// verdict judges the TLS seen so far; a completed handshake is reported
+// once.
+func (f *ftpsState) verdict() tlsVerdict {
+	switch {
+	case !f.on:
+	case f.tls[fromClient].opaque || f.tls[fromServer].opaque:
+		return tlsNotTLS
+	case !f.done && f.tls[fromClient].helloOK && f.tls[fromServer].helloOK && f.round.rounds >= tlsRoundsNeeded:
+		f.done = true
+		return tlsHandshakeDone
 	}
-	s.scoped = nil
-	t.urgent = true // closed in the kernel before the next data connection
-	for _, x := range sc.ranges {
-		t.scoped.elems.release(x)
-		if _, held := t.scoped.elems.refs[x]; !held {
-			k := [2]netip.Addr{x.Client, x.Server}
-			if t.scoped.byPair[k] = slices.DeleteFunc(t.scoped.byPair[k], func(r rules.ScopedRange) bool { return r == x }); len(t.scoped.byPair[k]) == 0 {
-				delete(t.scoped.byPair, k)
-			}
+	return tlsUndecided
+}
+
+// record is the record `ftpgate analyze` gives of s if it went
+// encrypted.
+func (f *ftpsState) record(s *Session, end time.Time) (EncryptedSession, bool) {
+	if f.authAt.IsZero() && !f.implicit {
+		return EncryptedSession{}, false
+	}
+	return EncryptedSession{Session: s.ID, Client: s.Client, Server: s.Server, Implicit: f.implicit,
+		Start: s.Start, AuthAt: f.authAt, CCCAt: f.cccAt, End: end}, true
+}
+
+// startImplicit makes a session on an implicit FTPS port encrypted from
+// its first byte; its range opens once the handshake has completed.
+func (f *ftpsState) startImplicit() {
+	f.implicit = true
+	f.start()
+}
+
+// encryptedBytes takes bytes of direction d inside TLS: they go on (a
+// session of the proxy) unparsed; what follows a close_notify is taken
+// as clear text if the session may leave TLS. It returns the clear
+// bytes, or false if there are none.
+func (s *Session) encryptedBytes(d int, seq uint32, data []byte, ack uint32) ([]byte, uint32, bool) {
+	clear, ok := s.ftps.tls[d].walk(data, seq, ack)
+	s.ftps.countRounds(d)
+	s.tlsProgress()
+	n := len(data)
+	if ok {
+		n -= len(clear)
+	}
+	s.passOn(d, data[:n])
+	if !ok || s.life.ended {
+		return nil, 0, false
+	}
+	seq += uint32(n)
+	if !s.leaveTLS(d, clear) {
+		s.passOn(d, clear)
+		return nil, 0, false
+	}
+	return clear, seq, true
+}
+
+// enterTLS is called when the server accepts AUTH (234).
+func (s *Session) enterTLS() {
+	s.ftps.start()
+	s.ftps.scopeTried, s.ftps.done = false, false
+	for d := range s.lines {
+		s.lines[d].reset()
+	}
+	s.reply.inMulti = false
+	s.pair.dropPending(s, refusedEncrypted, "sent after AUTH, when the session became encrypted")
+	s.ftps.authAt = s.env.now
+	s.host.openScoped(s, "AUTH accepted: the announcements are inside TLS", false)
+	s.env.log.Info("session encrypted: AUTH accepted, no longer parsed until TLS ends after an accepted CCC",
+		"session", s.ID)
+}
+
+// tlsProgress follows an encrypted session's TLS: its scoped range opens
+// once the handshake has completed in both directions (implicit FTPS),
+// and closes as soon as either side is found not to speak TLS.
+func (s *Session) tlsProgress() {
+	switch s.ftps.verdict() {
+	case tlsNotTLS:
+		s.host.closeScoped(s, closedNotTLS, "the session does not speak TLS")
+	case tlsHandshakeDone:
+		why := "the TLS handshake completed"
+		if s.ftps.implicit {
+			why = "implicit FTPS: the TLS handshake completed"
 		}
-	}
-	t.scoped.bySource.Remove(sc.source)
-	t.scoped.open--
-	t.stats.ScopedClosedBy[kind]++
-	t.log.Info("scoped range closed", "session", s.ID, "client", s.Client.String(), "server", s.Server.String(),
-		"ports", fmt.Sprintf("%d-%d", sc.ranges[0].Lo, sc.ranges[0].Hi), "reason", reason, "kind", kind.String(),
-		"open_for", t.now.Sub(sc.opened).Round(time.Millisecond).String())
-}
-
-// expireScoped closes the range of a session whose TLS handshake did not
-// complete in time: a client that never speaks TLS after AUTH gets no
-// range for it.
-func (t *Tracker) expireScoped(s *Session, now time.Time) {
-	if sc := s.scoped; sc != nil && !sc.deadline.IsZero() && !now.Before(sc.deadline) {
-		t.closeScoped(s, closedNotTLS, fmt.Sprintf("the TLS handshake did not complete within %v of AUTH", t.cfg.HandshakeTimeout))
+		s.host.openScoped(s, why, true)
 	}
 }
 
-// reconcileScoped closes the range of a session that the configuration
-// no longer gives it one, or a different one (after a reload).
-func (t *Tracker) reconcileScoped(s *Session) {
-	sc := s.scoped
-	if sc == nil {
-		return
+// leaveTLS decides whether the clear text that follows a direction's
+// close_notify is to be parsed. The server's is, once it shows: the
+// server ends TLS only after it has accepted CCC. The client's only once
+// the server has ended TLS too; before, it is dropped unparsed.
+func (s *Session) leaveTLS(d int, clear []byte) bool {
+	f := &s.ftps
+	if d == fromClient && !f.tls[fromServer].closed() && !f.clear[fromServer] {
+		s.lines[d].resync()
+		return false
 	}
-	ranges, _ := t.scopedRanges(s)
-	if !slices.Equal(ranges, sc.ranges) {
-		t.closeScoped(s, closedReload, "the reloaded configuration no longer gives this range")
+	look := looksLikeCommand
+	if d == fromServer {
+		look = looksLikeReply
 	}
-}
-
-// logf logs a line of a session, rate-limited like its refusals.
-func (t *Tracker) logf(s *Session, level slog.Level, msg string, attrs ...any) {
-	if ok, _ := s.limiter.allow(logRefused, t.now); ok {
-		t.log.Log(context.Background(), level, msg, attrs...)
+	if !look(clear) {
+		f.tls[d].opaque = true
+		s.tlsProgress()
+		return false
 	}
-}
-
-// encryptedRecord reports a session that went encrypted, at its end.
-func (t *Tracker) encryptedRecord(s *Session) {
-	if t.cfg.OnEncrypted == nil || (s.authAt.IsZero() && !s.implicit) {
-		return
+	first := !f.clear[fromClient] && !f.clear[fromServer]
+	f.clear[d] = true
+	s.lines[d].reset()
+	if d == fromServer {
+		s.reply.inMulti = false
 	}
-	t.cfg.OnEncrypted(EncryptedSession{Session: s.ID, Client: s.Client, Server: s.Server, Implicit: s.implicit,
-		Start: s.Start, AuthAt: s.authAt, CCCAt: s.cccAt, End: t.now})
+	if first {
+		// What was said inside TLS is unknown.
+		s.pair.outOfStep(s, "the session left TLS")
+	}
+	if f.clear[fromClient] && f.clear[fromServer] {
+		f.on, f.clear = false, [2]bool{}
+		f.cccAt = s.env.now
+		s.host.closeScoped(s, closedCCC, "the session left TLS (CCC): exact pinholes again")
+		s.env.log.Info("session back in clear text after TLS (CCC), parsing again", "session", s.ID)
+	}
+	return true
 }

@@ -44,11 +44,11 @@ func FuzzPacketPath(f *testing.F) {
 		fw := rules.NewDryRun()
 		tr := NewTracker(Config{
 			MaxSessions: 8, MaxPinholes: 8, MaxLineLength: 256, Logger: slog.New(slog.DiscardHandler),
-			OnChannel: func(ch Channel) {
+			Observer: onChannel(func(ch Channel) {
 				if ch.Verdict == VerdictOpen {
 					opened[ch.Pinhole()] = true
 				}
-			},
+			}),
 		}, fw)
 		ts := time.Unix(1700000000, 0)
 		for len(data) >= 2 {

@@ -125,7 +125,7 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg Config) *harness {
 	h := &harness{t: t, fw: rules.NewDryRun(), ts: time.Unix(1700000000, 0)}
-	cfg.OnChannel = func(c Channel) { h.channels = append(h.channels, c) }
+	cfg.Observer = onChannel(func(c Channel) { h.channels = append(h.channels, c) })
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -204,3 +204,18 @@ func withDestOpts(frame []byte) []byte {
 	out = append(out, ext...)
 	return append(out, ip[40:]...)
 }
+
+// onChannel is an Observer of channels only.
+type onChannel func(Channel)
+
+func (f onChannel) Channel(c Channel)         { f(c) }
+func (onChannel) ChannelClosed(ChannelClosed) {}
+func (onChannel) Line(ControlLine)            {}
+func (onChannel) SessionEnd(SessionEnd)       {}
+func (onChannel) Encrypted(EncryptedSession)  {}
+func (onChannel) DataSYN(DataSYN)             {}
+
+// closeConnFunc stands in for the control proxy.
+type closeConnFunc func(id uint64)
+
+func (f closeConnFunc) CloseConn(id uint64) { f(id) }

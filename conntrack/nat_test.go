@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ftpgate/ftpgate/nat"
 	"github.com/ftpgate/ftpgate/parser"
 	"github.com/ftpgate/ftpgate/rules"
 )
@@ -14,11 +15,11 @@ import (
 // to a server on the internet, and an internet client talking to a
 // server behind a port forward.
 var (
-	masqueraded = Translation{
+	masqueraded = nat.Translation{
 		Client: ap("192.0.2.2:40000"), Server: ap("203.0.113.10:21"),
 		ServerSeen: ap("203.0.113.10:21"), ClientSeen: ap("203.0.113.1:51000"),
 	}
-	forwarded = Translation{
+	forwarded = nat.Translation{
 		Client: ap("203.0.113.10:40000"), Server: ap("198.51.100.2:21"),
 		ServerSeen: ap("203.0.113.1:21"), ClientSeen: ap("203.0.113.10:52000"),
 	}
@@ -33,7 +34,7 @@ type proxied struct {
 	through [2]uint32 // what the proxy has sent on of each side
 }
 
-func newProxied(t *testing.T, tr Translation) *proxied {
+func newProxied(t *testing.T, tr nat.Translation) *proxied {
 	h := newHarness(t, Config{Inline: true})
 	p := &proxied{harness: h, id: 7}
 	h.tr.OpenProxied(p.id, tr, h.ts)
@@ -112,8 +113,8 @@ func TestNATActiveBehindMasquerade(t *testing.T) {
 			// Used: the kernel consumed the pinhole; the mapping goes too.
 			p.tr.PinholeConsumed(pin("203.0.113.10", "192.0.2.2", 40000))
 			p.tr.Commit()
-			if len(p.fw.Maps) != 0 || len(p.tr.nat.used) != 0 {
-				t.Errorf("left after the data connection started: maps %v, ports %v", p.fw.Maps, p.tr.nat.used)
+			if len(p.fw.Maps) != 0 || p.tr.natPorts.Held() != 0 {
+				t.Errorf("left after the data connection started: maps %v, ports %v", p.fw.Maps, p.tr.natPorts.Held())
 			}
 		})
 	}
@@ -125,8 +126,8 @@ func TestNATActiveRefusedByServer(t *testing.T) {
 	p := newProxied(t, masqueraded)
 	p.client("PORT 192,0,2,2,156,64")
 	p.server("500 Illegal PORT command.")
-	if len(p.fw.Maps) != 0 || len(p.fw.Open) != 0 || len(p.tr.nat.used) != 0 {
-		t.Errorf("after the server's 500: maps %v, pinholes %v, ports %v", p.fw.Maps, p.fw.Open, p.tr.nat.used)
+	if len(p.fw.Maps) != 0 || len(p.fw.Open) != 0 || p.tr.natPorts.Held() != 0 {
+		t.Errorf("after the server's 500: maps %v, pinholes %v, ports %v", p.fw.Maps, p.fw.Open, p.tr.natPorts.Held())
 	}
 	if last := p.channels[len(p.channels)-1]; last.Verdict != VerdictRefuse || last.Refusal != refusedByServer {
 		t.Errorf("channel %+v", last)
@@ -366,8 +367,8 @@ func TestNATLongSession(t *testing.T) {
 	}
 	p.tr.CloseProxied(p.id, "closed by the client", p.ts)
 	p.tr.Commit()
-	if len(p.fw.Maps) != 0 || len(p.fw.Open) != 0 || len(p.tr.nat.used) != 0 {
-		t.Errorf("after the session: maps %v, pinholes %v, ports held %v", p.fw.Maps, p.fw.Open, p.tr.nat.used)
+	if len(p.fw.Maps) != 0 || len(p.fw.Open) != 0 || p.tr.natPorts.Held() != 0 {
+		t.Errorf("after the session: maps %v, pinholes %v, ports held %v", p.fw.Maps, p.fw.Open, p.tr.natPorts.Held())
 	}
 }
 
@@ -487,8 +488,8 @@ func FuzzProxiedLines(f *testing.F) {
 		}
 		h.tr.CloseProxied(1, "closed", h.ts)
 		h.tr.Commit()
-		if len(h.fw.Maps) != 0 || len(h.fw.Open) != 0 || len(h.tr.nat.used) != 0 {
-			t.Fatalf("left after the session: maps %v, pinholes %v, ports %v", h.fw.Maps, h.fw.Open, h.tr.nat.used)
+		if len(h.fw.Maps) != 0 || len(h.fw.Open) != 0 || h.tr.natPorts.Held() != 0 {
+			t.Fatalf("left after the session: maps %v, pinholes %v, ports %v", h.fw.Maps, h.fw.Open, h.tr.natPorts.Held())
 		}
 	})
 }
@@ -507,12 +508,12 @@ func TestNATReplacedPinholeUnmaps(t *testing.T) {
 		p.client("PASV")
 		p.server("227 Entering Passive Mode (198,51,100,2,156,64)")
 	}
-	if len(h.fw.Maps) != 1 || len(h.tr.nat.used) != 1 {
-		t.Fatalf("after the second session took the pinhole over: maps %v, ports held %v", h.fw.Maps, h.tr.nat.used)
+	if len(h.fw.Maps) != 1 || h.tr.natPorts.Held() != 1 {
+		t.Fatalf("after the second session took the pinhole over: maps %v, ports held %v", h.fw.Maps, h.tr.natPorts.Held())
 	}
 	h.tr.CloseAll("stop")
 	h.tr.Commit()
-	if len(h.fw.Maps) != 0 || len(h.tr.nat.used) != 0 {
-		t.Fatalf("after stop: maps %v, ports held %v", h.fw.Maps, h.tr.nat.used)
+	if len(h.fw.Maps) != 0 || h.tr.natPorts.Held() != 0 {
+		t.Fatalf("after stop: maps %v, ports held %v", h.fw.Maps, h.tr.natPorts.Held())
 	}
 }

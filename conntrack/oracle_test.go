@@ -220,11 +220,11 @@ func FuzzSessionOracle(f *testing.F) {
 		m := &model{t: t, c: newConn(t, cli, srv), script: script, accepted: map[rules.Pinhole]bool{}, port: 2000}
 		m.run()
 		var opened []Channel
-		tr := NewTracker(Config{Logger: slog.New(slog.DiscardHandler), OnChannel: func(ch Channel) {
+		tr := NewTracker(Config{Logger: slog.New(slog.DiscardHandler), Observer: onChannel(func(ch Channel) {
 			if ch.Verdict == VerdictOpen {
 				opened = append(opened, ch)
 			}
-		}, FTPSRanges: []FTPSRange{{Server: netip.MustParsePrefix("198.51.100.20/32"), Lo: 30000, Hi: 30099}}}, rules.NewDryRun())
+		}), FTPSRanges: []FTPSRange{{Server: netip.MustParsePrefix("198.51.100.20/32"), Lo: 30000, Hi: 30099}}}, rules.NewDryRun())
 		ts := time.Unix(1700000000, 0)
 		for _, p := range m.wire {
 			ts = ts.Add(time.Millisecond)

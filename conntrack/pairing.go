@@ -61,7 +61,7 @@ func (c pendingCommand) undecided() bool {
 // command the server had received; nothing else opens. Pairing is back in
 // step at the next command sent at a quiet point, when both sides'
 // acknowledgements show that each had everything the other had sent and
-// the server had finished its last reply (see Session.quietPoint), which
+// the server had finished its last reply (see pairing.quietPoint), which
 // for a client that waits for each reply is the very next command.
 //
 // A quiet point proves nothing about commands ftpgate never saw: a client
@@ -143,7 +143,7 @@ func (p *pairing) drop(s *Session, c pendingCommand, kind RefusalKind, reason st
 		return
 	}
 	if c.undecided() {
-		s.host.refuse(s, s.activeChannel(c.cmd, c.time), kind, reason)
+		s.host.refuse(s, activeChannel(s, c.cmd, c.time), kind, reason)
 	}
 }
 
@@ -217,7 +217,7 @@ func (p *pairing) refuseUnkept(s *Session, c pendingCommand) {
 		return
 	}
 	if c.undecided() {
-		s.host.refuse(s, s.activeChannel(c.cmd, c.time), refusedTooManyCommands,
+		s.host.refuse(s, activeChannel(s, c.cmd, c.time), refusedTooManyCommands,
 			fmt.Sprintf("more than %d commands were waiting for a reply; this one was not kept", maxPending))
 	}
 }
@@ -308,8 +308,8 @@ func (p *pairing) pop() pendingCommand {
 // reply: nothing was in flight either way, so the next final reply the
 // server writes after receiving l answers l. That holds for what
 // ftpgate saw; see pairing for what it cannot rule out.
-func (s *Session) quietPoint(l line) bool {
-	srv := &s.h[fromServer]
+func (p *pairing) quietPoint(s *Session, l line) bool {
+	srv := &s.tcp.h[fromServer]
 	switch {
 	case !l.framed, !srv.started, !srv.lastAckOK:
 		return false

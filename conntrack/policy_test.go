@@ -70,8 +70,8 @@ func TestRefusals(t *testing.T) {
 			}
 			// Counted by the kind the refusal was made with, not by
 			// what its text says.
-			if ch.Refusal != tt.kind || h.tr.stats.RefusedBy[tt.kind] != 1 {
-				t.Errorf("refused as %v (counted %v), want %v", ch.Refusal, h.tr.stats.RefusedBy, tt.kind)
+			if ch.Refusal != tt.kind || h.tr.env.stats.RefusedBy[tt.kind] != 1 {
+				t.Errorf("refused as %v (counted %v), want %v", ch.Refusal, h.tr.env.stats.RefusedBy, tt.kind)
 			}
 		})
 	}

@@ -4,8 +4,7 @@ import "fmt"
 
 // refSet is a kernel set whose elements several sessions share: an
 // element is queued for adding with its first holder and for deleting
-// with its last. A backend that fails is counted and logged here, once
-// for all its users.
+// with its last.
 type refSet[K interface {
 	comparable
 	fmt.Stringer
@@ -13,46 +12,42 @@ type refSet[K interface {
 	what     string // for the log: "control session peers"
 	refs     map[K]int
 	add, del func(K) error
-	env      *env
-	changed  func() // marks the tracker's queue as holding work
+	fw       *firewall
 }
 
 func newRefSet[K interface {
 	comparable
 	fmt.Stringer
-}](what string, env *env, changed func(), add, del func(K) error) *refSet[K] {
-	return &refSet[K]{what: what, refs: make(map[K]int), add: add, del: del, env: env, changed: changed}
+}](what string, fw *firewall, add, del func(K) error) *refSet[K] {
+	return &refSet[K]{what: what, refs: make(map[K]int), add: add, del: del, fw: fw}
 }
 
-// hold takes a reference to k, adding it to the kernel with the first.
-func (r *refSet[K]) hold(k K) {
+// hold takes a reference to k, adding it to the kernel with the first;
+// it reports whether this was the first.
+func (r *refSet[K]) hold(k K) bool {
 	if r.refs[k]++; r.refs[k] > 1 {
-		return
+		return false
 	}
-	r.changed()
-	if err := r.add(k); err != nil {
-		r.env.stats.BackendErrors++
-		r.env.log.Error("adding "+r.what, "element", k.String(), "error", err)
-	}
+	r.fw.queued()
+	r.fw.failed(r.add(k), "adding "+r.what, "element", k.String())
+	return true
 }
 
 // release drops a reference to k, deleting it from the kernel with the
-// last.
-func (r *refSet[K]) release(k K) {
+// last; it reports whether this was the last.
+func (r *refSet[K]) release(k K) bool {
 	n, ok := r.refs[k]
 	if !ok {
-		return
+		return false
 	}
 	if n > 1 {
 		r.refs[k] = n - 1
-		return
+		return false
 	}
 	delete(r.refs, k)
-	r.changed()
-	if err := r.del(k); err != nil {
-		r.env.stats.BackendErrors++
-		r.env.log.Error("removing "+r.what, "element", k.String(), "error", err)
-	}
+	r.fw.queued()
+	r.fw.failed(r.del(k), "removing "+r.what, "element", k.String())
+	return true
 }
 
 func (r *refSet[K]) len() int { return len(r.refs) }

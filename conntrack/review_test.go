@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpgate/ftpgate/nat"
 )
 
 // Regressions found by an attacker's reading of the NAT, framing and FTPS
@@ -27,11 +29,11 @@ func TestNATPlannedPortAnsweredOddly(t *testing.T) {
 				p.client("NOOP")
 				p.server("200 ok")
 			}
-			if n := len(h.tr.nat.used); n != 0 {
+			if n := h.tr.natPorts.Held(); n != 0 {
 				t.Fatalf("%d public ports held by PORTs answered with %s", n, reply[:3])
 			}
 			h.tr.CloseProxied(p.id, "bye", h.ts)
-			v := Translation{Client: ap("192.0.2.3:40001"), Server: ap("203.0.113.20:21"), ServerSeen: ap("203.0.113.20:21"), ClientSeen: ap("203.0.113.1:51001")}
+			v := nat.Translation{Client: ap("192.0.2.3:40001"), Server: ap("203.0.113.20:21"), ServerSeen: ap("203.0.113.20:21"), ClientSeen: ap("203.0.113.1:51001")}
 			q := &proxied{harness: h, id: 8}
 			h.tr.OpenProxied(q.id, v, h.ts)
 			q.server("220 hello")
@@ -59,7 +61,7 @@ func TestNATPortShare(t *testing.T) {
 			p.server(fmt.Sprintf("227 Entering Passive Mode (198,51,100,2,%d,%d)", 160+i, j))
 		}
 	}
-	if n := len(h.tr.nat.used); n != 8 {
+	if n := h.tr.natPorts.Held(); n != 8 {
 		t.Fatalf("one client holds %d public ports, want its share of 8", n)
 	}
 	tr := forwarded
@@ -85,7 +87,7 @@ func TestNATPortChecksBounded(t *testing.T) {
 		h.tr.OpenProxied(p.id, masqueraded, h.ts)
 		p.server("220 hello")
 		p.bytes(false, strings.Repeat("PORT 192,0,2,2,156,64\r\n", 178))
-		if limit := maxPending * maxPortChecks; calls > limit {
+		if limit := maxPending * nat.MaxPortChecks; calls > limit {
 			t.Errorf("all in use=%v: %d checks for 178 lines, want at most %d", all, calls, limit)
 		}
 	}
@@ -124,7 +126,7 @@ func TestReloadProxied(t *testing.T) {
 		MaxPinholesPerSession: 4, ControlPorts: []uint16{21}, ImplicitPorts: []uint16{990}}
 	t.Run("control port removed", func(t *testing.T) {
 		var closed []uint64
-		h := newHarness(t, Config{Inline: true, ControlPorts: []uint16{21, 2121}, OnProxiedEnd: func(id uint64) { closed = append(closed, id) }})
+		h := newHarness(t, Config{Inline: true, ControlPorts: []uint16{21, 2121}, ProxyConns: closeConnFunc(func(id uint64) { closed = append(closed, id) })})
 		tr := forwarded
 		tr.Server, tr.ServerSeen = ap("198.51.100.2:2121"), ap("203.0.113.1:2121")
 		p := &proxied{harness: h, id: 7}
@@ -144,8 +146,8 @@ func TestReloadProxied(t *testing.T) {
 		r.Servers = []ServerPolicy{{Prefix: netip.MustParsePrefix("203.0.113.10/32"), NoActive: true}}
 		h.tr.Reconfigure(r)
 		p.server("200 PORT ok")
-		if len(h.fw.Open) != 0 || len(h.fw.Maps) != 0 || len(h.tr.nat.used) != 0 {
-			t.Errorf("opened after the reload refused it: %v %v, ports %v", h.fw.Open, h.fw.Maps, h.tr.nat.used)
+		if len(h.fw.Open) != 0 || len(h.fw.Maps) != 0 || h.tr.natPorts.Held() != 0 {
+			t.Errorf("opened after the reload refused it: %v %v, ports %v", h.fw.Open, h.fw.Maps, h.tr.natPorts.Held())
 		}
 	})
 }

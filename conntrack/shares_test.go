@@ -60,7 +60,7 @@ func TestHalfOpenSharePerClient(t *testing.T) {
 func TestProxiedSessionsExpire(t *testing.T) {
 	var closed []uint64
 	h := newHarness(t, Config{Inline: true, HandshakeTimeout: 5 * time.Second, IdleTimeout: 45 * time.Second,
-		OnProxiedEnd: func(id uint64) { closed = append(closed, id) }})
+		ProxyConns: closeConnFunc(func(id uint64) { closed = append(closed, id) })})
 	tr := forwarded
 	h.tr.OpenProxied(1, tr, h.ts) // the server never speaks
 	tr.Client = netip.AddrPortFrom(tr.Client.Addr(), 40001)

@@ -70,7 +70,7 @@ type Seconds float64
 // Status returns the tracker's sessions, pinholes and counters, sorted
 // by age. It must be called on the tracker's goroutine.
 func (t *Tracker) Status() Status {
-	st := Status{Time: t.now, Stats: t.Stats(), ClosedBy: map[string]uint64{}, RefusedBy: map[string]uint64{}}
+	st := Status{Time: t.env.now, Stats: t.Stats(), ClosedBy: map[string]uint64{}, RefusedBy: map[string]uint64{}}
 	for i, n := range st.Stats.ClosedBy {
 		st.ClosedBy[CloseReasons[i]] = n
 	}
@@ -78,33 +78,28 @@ func (t *Tracker) Status() Status {
 		st.RefusedBy[RefusalReasons[i]] = n
 	}
 	add := func(s *Session) {
-		if sc := s.scoped; sc != nil {
+		if sc := s.ftps.scoped; sc != nil {
 			r := sc.ranges[0]
 			st.Scoped = append(st.Scoped, ScopedStatus{Session: s.ID, Client: r.Client, Server: r.Server,
 				Ports: fmt.Sprintf("%d-%d", r.Lo, r.Hi), Public: r.Public, Active: len(sc.ranges) > 1, Since: sc.opened})
 		}
 		ss := SessionStatus{ID: s.ID, Client: s.Client, Server: s.Server,
-			Age: Seconds(t.now.Sub(s.Start).Seconds()), Idle: Seconds(t.now.Sub(s.Last).Seconds()),
-			PickedUp: s.pickedUp, Pinholes: len(s.pinholes)}
+			Age: Seconds(t.env.now.Sub(s.Start).Seconds()), Idle: Seconds(t.env.now.Sub(s.Last).Seconds()),
+			PickedUp: s.life.pickedUp, Pinholes: len(s.pinholes)}
 		switch {
 		case s.nat != nil:
 			ss.State = "nat"
 			ss.ClientSeenAs, ss.ServerSeenAs = s.nat.tr.ClientSeen.Addr(), s.nat.tr.ServerSeen.Addr()
-		case !s.established:
+		case !s.life.established:
 			ss.State = "half-open"
-		case s.enc.on:
+		case s.ftps.on:
 			ss.State = "encrypted"
 		default:
 			ss.State = "clear"
 		}
 		st.Sessions = append(st.Sessions, ss)
 	}
-	for _, s := range t.sessions {
-		add(s)
-	}
-	for _, s := range t.proxied {
-		add(s)
-	}
+	t.sessions.all(add)
 	slices.SortFunc(st.Sessions, func(a, b SessionStatus) int {
 		if a.Age != b.Age {
 			if a.Age > b.Age {
@@ -114,7 +109,7 @@ func (t *Tracker) Status() Status {
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
-	for _, p := range t.pinholes {
+	for _, p := range t.pinholes.open {
 		st.Pinholes = append(st.Pinholes, PinholeStatus{Session: p.channel.Session, Command: p.channel.Command.String(),
 			Peer: p.key.Peer, Addr: netip.AddrPortFrom(p.key.Addr, p.key.Port), Expires: p.expires,
 			Committed: p.committed, Public: p.public})

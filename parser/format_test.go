@@ -105,3 +105,38 @@ func FuzzFormatRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+func TestAppendRewritten(t *testing.T) {
+	v4 := netip.MustParseAddrPort("203.0.113.1:50000")
+	v6 := netip.MustParseAddrPort("[2001:db8::1]:50001")
+	for _, tc := range []struct {
+		verb Verb
+		to   netip.AddrPort
+		want string
+	}{
+		{VerbPASV, v4, "227 Entering Passive Mode (203,0,113,1,195,80).\r\n"},
+		{VerbEPSV, v6, "229 Entering Extended Passive Mode (|||50001|)\r\n"},
+		{VerbPORT, v4, "PORT 203,0,113,1,195,80\r\n"},
+		{VerbEPRT, v6, "EPRT |2|2001:db8::1|50001|\r\n"},
+	} {
+		if b, err := AppendRewritten(nil, tc.verb, tc.to); err != nil || string(b) != tc.want {
+			t.Errorf("%s to %s: %q, %v; want %q", tc.verb, tc.to, b, err, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		verb Verb
+		to   netip.AddrPort
+	}{{VerbLPRT, v4}, {VerbLPSV, v4}, {VerbOther, v4}, {VerbAUTH, v4}, {VerbPASV, v6}, {VerbPORT, v6}} {
+		if b, err := AppendRewritten(nil, tc.verb, tc.to); err == nil {
+			t.Errorf("%s to %s rewritten: %q", tc.verb, tc.to, b)
+		}
+	}
+}
+
+func TestReplyVerb(t *testing.T) {
+	for code, want := range map[int]Verb{227: VerbPASV, 228: VerbLPSV, 229: VerbEPSV, 234: VerbAUTH, 200: VerbOther, 230: VerbOther} {
+		if got := ReplyVerb(code); got != want {
+			t.Errorf("ReplyVerb(%d) = %s, want %s", code, got, want)
+		}
+	}
+}

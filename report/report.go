@@ -147,24 +147,8 @@ func New(o Options) *Report {
 		sum: summary{byMode: map[string]int{}, byCommand: map[string]int{}, refusedBy: map[string]int{}}}
 }
 
-// Observe sets the hooks of cfg that feed r, keeping any OnChannel and
-// OnEncrypted already set.
-func (r *Report) Observe(cfg *conntrack.Config) {
-	if prev := cfg.OnChannel; prev != nil {
-		cfg.OnChannel = func(c conntrack.Channel) { prev(c); r.Channel(c) }
-	} else {
-		cfg.OnChannel = r.Channel
-	}
-	if prev := cfg.OnEncrypted; prev != nil {
-		cfg.OnEncrypted = func(e conntrack.EncryptedSession) { prev(e); r.Encrypted(e) }
-	} else {
-		cfg.OnEncrypted = r.Encrypted
-	}
-	cfg.OnLine = r.Line
-	cfg.OnChannelClosed = r.ChannelClosed
-	cfg.OnSessionEnd = r.SessionEnd
-	cfg.OnDataSYN = r.DataSYN
-}
+// A Report is told the sessions' story by the tracker.
+var _ conntrack.Observer = (*Report)(nil)
 
 // sessionFor returns the session id, created on its first observation.
 func (r *Report) sessionFor(id string, client, server netip.AddrPort, t time.Time) *session {

@@ -57,25 +57,11 @@ func cmdAnalyze(args []string, stdout, stderr io.Writer) error {
 			Source:      "Decisions ftpgate would have taken on " + strings.Join(fs.Args(), ", ") + " (a dry run: nothing was opened).",
 			MaxSessions: 1 << 20})
 	}
-	var rows []tableRow
-	enc := json.NewEncoder(stdout)
-	cfg.OnChannel = func(c conntrack.Channel) {
-		if *format == "json" {
-			_ = enc.Encode(c)
-			return
-		}
-		rows = append(rows, channelRow(c))
-	}
-	cfg.OnEncrypted = func(e conntrack.EncryptedSession) {
-		if *format == "json" {
-			_ = enc.Encode(encryptedRecord(e))
-			return
-		}
-		rows = append(rows, encryptedRow(e))
-	}
+	out := &analyzeOutput{json: *format == "json", enc: json.NewEncoder(stdout)}
+	cfg.Observe(out)
 	cfg.ConsumeOnSYN = true
 	if rep != nil {
-		rep.Observe(&cfg)
+		cfg.Observe(rep)
 	}
 	for _, file := range fs.Args() {
 		if err := analyzeFile(file, cfg); err != nil {
@@ -83,7 +69,7 @@ func cmdAnalyze(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if *format == "text" {
-		writeTable(stdout, rows)
+		writeTable(stdout, out.rows)
 	}
 	if rep != nil {
 		if err := rep.WriteFile(*av.html); err != nil {
@@ -242,4 +228,29 @@ func encryptedRecord(e conntrack.EncryptedSession) encryptedJSON {
 	}
 	return encryptedJSON{TS: ts(e.Start), Session: e.Session, Record: "encrypted", TLS: mode, AuthAt: ts(e.AuthAt),
 		CCCAt: ts(e.CCCAt), End: ts(e.End), Client: e.Client.String(), Server: e.Server.String()}
+}
+
+// analyzeOutput writes what analyze finds: a JSON record per channel and
+// encrypted session as it comes, or the rows of a table.
+type analyzeOutput struct {
+	conntrack.NopObserver
+	json bool
+	enc  *json.Encoder
+	rows []tableRow
+}
+
+func (o *analyzeOutput) Channel(c conntrack.Channel) {
+	if o.json {
+		_ = o.enc.Encode(c)
+		return
+	}
+	o.rows = append(o.rows, channelRow(c))
+}
+
+func (o *analyzeOutput) Encrypted(e conntrack.EncryptedSession) {
+	if o.json {
+		_ = o.enc.Encode(encryptedRecord(e))
+		return
+	}
+	o.rows = append(o.rows, encryptedRow(e))
 }

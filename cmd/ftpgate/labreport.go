@@ -38,7 +38,7 @@ func startReport(ctx context.Context, dir string, cfg *conntrack.Config, log *sl
 		Source: fmt.Sprintf("What ftpgate run saw and decided since %s UTC (the latest %d sessions; the page is rewritten every %v while ftpgate runs).",
 			time.Now().UTC().Format("2006-01-02 15:04:05"), reportSessions, reportEvery),
 		MaxSessions: reportSessions, MaxEvents: 200, MaxTotalEvents: reportEvents, Live: true})
-	rep.Observe(cfg)
+	cfg.Observe(rep)
 	if err := rep.WriteFile(path); err != nil {
 		return nil, fmt.Errorf("--report: %w", err)
 	}

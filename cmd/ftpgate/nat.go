@@ -10,6 +10,7 @@ import (
 
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
+	"github.com/ftpgate/ftpgate/nat"
 	"github.com/ftpgate/ftpgate/rules"
 	flag "github.com/spf13/pflag"
 )
@@ -156,6 +157,6 @@ func warnPortsOverlap(r portRange, log *slog.Logger) {
 }
 
 // translation converts what the proxy learnt for the tracker.
-func translation(c *capture.ProxiedConn) conntrack.Translation {
-	return conntrack.Translation{Client: c.Client, Server: c.Server, ClientSeen: c.ClientSeen, ServerSeen: c.ServerSeen}
+func translation(c *capture.ProxiedConn) nat.Translation {
+	return nat.Translation{Client: c.Client, Server: c.Server, ClientSeen: c.ClientSeen, ServerSeen: c.ServerSeen}
 }

@@ -258,7 +258,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			defer routes.Close()
 			defer proxy.Close()
 			sources = append(sources, proxy)
-			cfg.OnProxiedEnd = proxy.CloseConn
+			cfg.ProxyConns = proxy
 		}
 		cfg.Inline = true
 		warnConntrackLax(log)
