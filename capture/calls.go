@@ -1,15 +1,17 @@
 package capture
 
+import "github.com/ftpgate/ftpgate/internal/handoff"
+
 // Calls is a source of function calls to run on the loop's goroutine,
 // which owns the tracker: a status request or a configuration reload from
 // another goroutine is handed over here. It delivers no packets.
 type Calls struct {
-	q *handoff[func()]
+	q *handoff.Queue[func()]
 }
 
 // NewCalls returns an empty Calls.
 func NewCalls() (*Calls, error) {
-	q, err := newHandoff[func()]()
+	q, err := handoff.New[func()]()
 	if err != nil {
 		return nil, err
 	}

@@ -7,7 +7,9 @@
 // Every source has the same small shape (Source): a descriptor to wait
 // on and a Read that hands over what is ready without blocking. A source
 // whose packets wait in the kernel for a verdict is also a Holder. A new
-// source (a transparent control proxy, an eBPF ring) is one new file.
+// source (an eBPF ring) is one new file. Work for the loop that is not
+// packets (status requests, the control proxy of package nat) comes as
+// a Source that delivers none and does its work in Read (see Calls).
 package capture
 
 import (
@@ -30,18 +32,6 @@ const (
 	// Admitted is the kernel's report, from after the admin's filter
 	// chains, of the first packet of a data connection ftpgate admitted.
 	Admitted
-	// Opened: a translated control connection reached the control
-	// proxy, and the proxy reached its server (Conn).
-	Opened
-	// Bytes are what the control proxy read from one side (Data; Ack,
-	// how much of the other side it had sent on). Like Held, they wait:
-	// what the handler puts in Out goes on when the source is released,
-	// and Through says how much of this side has gone on in all.
-	Bytes
-	// EOF: one side of a proxied connection closed.
-	EOF
-	// Closed: a proxied connection ended; Data says why.
-	Closed
 )
 
 // Verdict is what becomes of a held packet.
@@ -67,17 +57,6 @@ type Packet struct {
 	Kind Kind
 	// Verdict is set by whoever handles a Held packet.
 	Verdict Verdict
-
-	// The control proxy's packets (Opened, Bytes, EOF, Closed):
-	Conn       *ProxiedConn
-	FromServer bool   // bytes the server sent
-	Ack        uint32 // Bytes: of the other side, what the proxy had sent on when it read them
-	// Out, Through and Close are set by whoever handles Bytes: what to
-	// send on, how much of this side has gone on in all, and whether the
-	// connection must close instead.
-	Out     []byte
-	Through uint32
-	Close   bool
 }
 
 // LinkTypeRawIP is the link type of sources that deliver packets from
@@ -96,9 +75,17 @@ type Source interface {
 	Close() error
 }
 
-// Holder is a Source whose Held packets wait in the kernel.
+// Holder is a Source whose Held packets wait in the kernel, or whose
+// work waits for the round's Tick in some other way (the control proxy's
+// bytes, which go on only once what they opened is committed).
 type Holder interface {
 	Source
 	// Release gives every packet of the last Read its Verdict.
 	Release() error
 }
+
+// Sharer is a source whose own goroutines do work the loop waits for
+// (the control proxy's relays): while SharesProcessor says so, the loop
+// waits through the Go scheduler, not in a raw poll that would keep them
+// from running until it times out.
+type Sharer interface{ SharesProcessor() bool }

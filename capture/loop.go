@@ -43,11 +43,11 @@ func Run(ctx context.Context, h Handler, sources ...Source) error {
 
 	var holders []Holder
 	var others []Source
-	var sharers []sharer
+	var sharers []Sharer
 	fds := []unix.PollFd{{Fd: int32(wake), Events: unix.POLLIN}}
 	always := false // a source without a descriptor: never wait
 	for _, s := range sources {
-		if sh, ok := s.(sharer); ok {
+		if sh, ok := s.(Sharer); ok {
 			sharers = append(sharers, sh)
 		}
 		if hs, ok := s.(Holder); ok {
@@ -72,7 +72,7 @@ func Run(ctx context.Context, h Handler, sources ...Source) error {
 			}
 			wait := poll
 			for _, sh := range sharers {
-				if sh.sharesProcessor() {
+				if sh.SharesProcessor() {
 					wait = pollShared
 					break
 				}
@@ -137,11 +137,6 @@ func poll(fds []unix.PollFd, timeoutMs int) error {
 	_, err = unix.Poll(fds, timeoutMs)
 	return err
 }
-
-// sharer is a source whose own goroutines do work the loop waits for
-// (the control proxy's relays): while it has any, the loop must not hold
-// the processor in a raw wait, or they would run only when it times out.
-type sharer interface{ sharesProcessor() bool }
 
 // pollShared waits through the scheduler, which hands the processor to
 // other goroutines meanwhile.

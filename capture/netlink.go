@@ -24,23 +24,6 @@ func netlinkMessages(b []byte, fn func(typ uint16, data []byte)) {
 	}
 }
 
-// netlinkAttrs hands each attribute (type without the nested and byte
-// order flags, and value) to fn, and stops at the first malformed one.
-func netlinkAttrs(b []byte, fn func(typ uint16, v []byte)) {
-	for len(b) >= 4 {
-		alen := int(binary.NativeEndian.Uint16(b))
-		if alen < 4 || alen > len(b) {
-			return
-		}
-		fn(binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[4:alen])
-		next := (alen + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
-		if next >= len(b) {
-			return
-		}
-		b = b[next:]
-	}
-}
-
 // recvNonblocking reads one datagram without blocking. It is a raw
 // system call: the Go scheduler need not hear of a call that cannot
 // block, and telling it (entersyscall) wakes its monitor thread, which

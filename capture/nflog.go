@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftpgate/ftpgate/internal/nlattr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -188,7 +189,7 @@ func parseLogMessages(b []byte, fn func(prefix, payload []byte)) int {
 			return
 		}
 		var prefix, payload []byte
-		netlinkAttrs(data[4:], func(typ uint16, v []byte) {
+		nlattr.Walk(data[4:], func(typ uint16, v []byte) {
 			switch typ {
 			case nfulaPayload:
 				payload = v

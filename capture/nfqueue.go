@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftpgate/ftpgate/internal/nlattr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -166,7 +167,7 @@ func decodeQueued(attrs []byte) (Packet, uint32, uint32, bool) {
 	var haveID bool
 	var payload []byte
 	var ts time.Time
-	netlinkAttrs(attrs, func(typ uint16, v []byte) {
+	nlattr.Walk(attrs, func(typ uint16, v []byte) {
 		switch typ {
 		case nfqaPacketHdr:
 			if len(v) >= 4 {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
+	"github.com/ftpgate/ftpgate/nat"
 	"github.com/ftpgate/ftpgate/rules"
 )
 
@@ -48,15 +49,6 @@ func (d *daemonLoop) Handle(p *capture.Packet) {
 		d.t.UsedReport(p.Data)
 	case capture.Admitted:
 		d.t.AdmittedReport(p.Data)
-	case capture.Opened:
-		d.t.OpenProxied(p.Conn.ID, translation(p.Conn), p.Time)
-	case capture.Bytes:
-		p.Out, p.Through, p.Close = d.t.ProxiedBytes(p.Conn.ID, p.FromServer, p.Data, p.Ack, p.Time)
-		d.proxiedLine = true
-	case capture.EOF:
-		d.t.ProxiedEOF(p.Conn.ID, p.FromServer, p.Time)
-	case capture.Closed:
-		d.t.CloseProxied(p.Conn.ID, string(p.Data), p.Time)
 	case capture.Held:
 		if d.t.IsControl(p.Data) {
 			d.t.HandlePacket(p.Data, p.Link, p.Time)
@@ -71,6 +63,39 @@ func (d *daemonLoop) Handle(p *capture.Packet) {
 			p.Verdict = capture.Retry
 		}
 	}
+}
+
+// proxied hands an event of the control proxy to the tracker.
+func (d *daemonLoop) proxied(ev *nat.Event) {
+	switch ev.Kind {
+	case nat.Opened:
+		d.t.OpenProxied(ev.ID, ev.Conn, ev.Time)
+	case nat.Bytes:
+		ev.Out, ev.Through, ev.Close = d.t.ProxiedBytes(ev.ID, ev.FromServer, ev.Data, ev.Ack, ev.Time)
+		d.proxiedLine = true
+	case nat.EOF:
+		d.t.ProxiedEOF(ev.ID, ev.FromServer, ev.Time)
+	case nat.Closed:
+		d.t.CloseProxied(ev.ID, ev.Reason, ev.Time)
+	}
+}
+
+// proxySource is the control proxy as a source of the loop: its events
+// go to the loop's tracker as they are read, and the bytes they carry go
+// on at Release, after Tick has committed what they opened.
+type proxySource struct {
+	*nat.Proxy
+	loop *daemonLoop
+}
+
+func (s proxySource) Read(func(*capture.Packet)) error {
+	s.Proxy.Read(s.loop.proxied)
+	return nil
+}
+
+func (s proxySource) Release() error {
+	s.Proxy.Release()
+	return nil
 }
 
 func (d *daemonLoop) Tick(now time.Time) time.Time {

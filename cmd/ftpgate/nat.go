@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/nat"
 	"github.com/ftpgate/ftpgate/rules"
@@ -123,12 +122,12 @@ func (f *natFlags) perClientShare() int {
 }
 
 // startProxy adds the proxy's routes and starts it.
-func (f *natFlags) startProxy(log *slog.Logger) (*capture.Proxy, *capture.ProxyRoutes, error) {
-	routes, err := capture.AddProxyRoutes(uint32(f.routeMark), f.table)
+func (f *natFlags) startProxy(log *slog.Logger) (*nat.Proxy, *nat.ProxyRoutes, error) {
+	routes, err := nat.AddProxyRoutes(uint32(f.routeMark), f.table)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := capture.OpenProxy(capture.ProxyConfig{Port: uint16(f.proxyPort), SocketMark: uint32(f.socketMark),
+	p, err := nat.OpenProxy(nat.ProxyConfig{Port: uint16(f.proxyPort), SocketMark: uint32(f.socketMark),
 		MaxConns: f.maxProxied, MaxPerSource: f.perClientShare(), Log: log})
 	if err != nil {
 		routes.Close()
@@ -154,9 +153,4 @@ func warnPortsOverlap(r portRange, log *slog.Logger) {
 		log.Warn("--nat-ports overlaps net.ipv4.ip_local_port_range: this host's own connections may hold ports ftpgate hands out",
 			"nat_ports", r.String(), "ip_local_port_range", fmt.Sprintf("%d-%d", lo, hi))
 	}
-}
-
-// translation converts what the proxy learnt for the tracker.
-func translation(c *capture.ProxiedConn) nat.Translation {
-	return nat.Translation{Client: c.Client, Server: c.Server, ClientSeen: c.ClientSeen, ServerSeen: c.ServerSeen}
 }

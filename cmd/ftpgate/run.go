@@ -200,6 +200,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	defer logged.Close()
 	sources := []capture.Source{logged}
+	loop := &daemonLoop{} // its tracker comes once the sources are open
 	var passive []*capture.AFPacketSource
 	captureDesc := ""
 	switch *capture_ {
@@ -257,7 +258,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			}
 			defer routes.Close()
 			defer proxy.Close()
-			sources = append(sources, proxy)
+			sources = append(sources, proxySource{Proxy: proxy, loop: loop})
 			cfg.ProxyConns = proxy
 		}
 		cfg.Inline = true
@@ -307,7 +308,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		"nat", natDesc(natOn, *nf))
 	stopReload := reloadOnHUP(ctx, rv, args, servers, serverFTPSRanges, reloadTargets{tr: tr, fw: fw, passive: passive}, calls, log)
 	defer stopReload()
-	err = capture.Run(ctx, &daemonLoop{t: tr, log: logged, heldWait: met.heldWait}, sources...)
+	loop.t, loop.log, loop.heldWait = tr, logged, met.heldWait
+	err = capture.Run(ctx, loop, sources...)
 	tr.CloseAll("daemon stopping")
 	if cerr := tr.Commit(); err == nil {
 		err = cerr

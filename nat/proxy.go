@@ -1,4 +1,4 @@
-package capture
+package nat
 
 import (
 	"context"
@@ -17,21 +17,45 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/ftpgate/ftpgate/internal/handoff"
 	"github.com/ftpgate/ftpgate/internal/source"
 )
 
-// ProxiedConn is one control connection through the control proxy, with
-// both of its translations: what each end is, and what each end sees of
-// the other.
-type ProxiedConn struct {
-	ID uint64
-	// Client and Server are the two ends as they are: the client's own
-	// address, and the server's after the admin's destination NAT.
-	Client, Server netip.AddrPort
-	// ServerSeen is the server as the client addressed it (before
-	// destination NAT); ClientSeen is the client as the server sees it
-	// (after source NAT; the port is the proxy's connection's).
-	ServerSeen, ClientSeen netip.AddrPort
+// EventKind says what happened on the control proxy.
+type EventKind uint8
+
+const (
+	// Opened: a translated control connection reached the proxy, and
+	// the proxy reached its server (Conn).
+	Opened EventKind = iota
+	// Bytes are what the proxy read from one side (Data; Ack, how much
+	// of the other side it had sent on). They wait: what the handler
+	// puts in Out goes on at the next Release, and Through says how much
+	// of this side has gone on in all.
+	Bytes
+	// EOF: one side closed.
+	EOF
+	// Closed: the connection ended; Reason says why.
+	Closed
+)
+
+// Event is one thing the proxy hands the loop.
+type Event struct {
+	Kind       EventKind
+	ID         uint64
+	Time       time.Time
+	Conn       Translation // Opened
+	FromServer bool        // Bytes, EOF: the server's side
+	Data       []byte      // Bytes
+	Ack        uint32      // Bytes: of the other side, what the proxy had sent on when it read them
+	Reason     string      // Closed
+	// Out, Through and Close are set by whoever handles Bytes: what to
+	// send on, how much of this side has gone on in all, and whether the
+	// connection must close instead.
+	Out     []byte
+	Through uint32
+	Close   bool
+	verdict chan verdict
 }
 
 // ProxyConfig says how the control proxy runs.
@@ -54,22 +78,22 @@ type ProxyConfig struct {
 // Proxy is the control proxy: it terminates translated control
 // connections and connects to their servers from the client's own
 // address (IP_TRANSPARENT). It decides nothing: every chunk of bytes it
-// reads, either way, goes to the loop as a packet of kind Bytes, and what
-// the handler puts in Out goes on once the packet is released, after the
-// loop's Tick has committed what the bytes made ftpgate open. A
-// connection that opens, a side that closes, and a connection that ends
-// are packets of kinds Opened, EOF and Closed.
+// reads, either way, goes to the loop as an Event of kind Bytes, and what
+// the handler puts in Out goes on at Release, after the loop's Tick has
+// committed what the bytes made ftpgate open. A connection that opens, a
+// side that closes, and a connection that ends are Events of kinds
+// Opened, EOF and Closed.
 type Proxy struct {
 	cfg       ProxyConfig
 	listeners []net.Listener
 	ct        *netlink.Conn
-	events    *handoff[*proxyEvent] // to the loop
+	events    *handoff.Queue[*Event] // to the loop
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 
 	mu        sync.Mutex
-	delivered []*proxyEvent
+	delivered []*Event
 	conns     map[uint64]*proxyConn
 	// connecting counts connections accepted whose server connection is
 	// still being made: they count against the caps like the others.
@@ -81,20 +105,16 @@ type Proxy struct {
 	refused    atomic.Uint64
 }
 
-// proxyEvent is one thing the proxy hands to the loop.
-type proxyEvent struct {
-	pkt     Packet
-	verdict chan proxyVerdict // Bytes only
-}
-
-type proxyVerdict struct {
+// verdict is what the loop said of one Bytes event.
+type verdict struct {
 	out     []byte
 	through uint32
 	closed  bool
 }
 
 type proxyConn struct {
-	info   ProxiedConn
+	id     uint64
+	tr     Translation
 	source netip.Prefix
 	client *net.TCPConn
 	server *net.TCPConn
@@ -113,30 +133,16 @@ const proxyReadSize = 4096
 // OpenProxy starts listening. It fails if the port is taken or the
 // process may not use IP_TRANSPARENT (CAP_NET_ADMIN).
 func OpenProxy(cfg ProxyConfig) (*Proxy, error) {
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
-	if cfg.ConnectTimeout <= 0 {
-		cfg.ConnectTimeout = 10 * time.Second
-	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 10000
-	}
-	if cfg.MaxPerSource <= 0 {
-		cfg.MaxPerSource = cfg.MaxConns
-	}
-	events, err := newHandoff[*proxyEvent]()
+	p, err := newProxy(cfg)
 	if err != nil {
 		return nil, err
 	}
-	ct, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		events.Close()
+	if p.ct, err = netlink.Dial(unix.NETLINK_NETFILTER, nil); err != nil {
+		p.Close()
 		return nil, fmt.Errorf("opening a ctnetlink socket (to learn source NAT): %w", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &Proxy{cfg: cfg, ct: ct, events: events, ctx: ctx, cancel: cancel, conns: map[uint64]*proxyConn{}, bySource: source.Shares{}}
 	lc := net.ListenConfig{Control: p.control}
+	ctx := p.ctx
 	for _, addr := range []string{"127.0.0.1", "::1"} {
 		network := "tcp4"
 		if addr == "::1" {
@@ -154,6 +160,29 @@ func OpenProxy(cfg ProxyConfig) (*Proxy, error) {
 		go p.acceptLoop(ln)
 	}
 	return p, nil
+}
+
+// newProxy is a proxy that listens nowhere yet: connections reach it
+// through adopt.
+func newProxy(cfg ProxyConfig) (*Proxy, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 10000
+	}
+	if cfg.MaxPerSource <= 0 {
+		cfg.MaxPerSource = cfg.MaxConns
+	}
+	events, err := handoff.New[*Event]()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Proxy{cfg: cfg, events: events, ctx: ctx, cancel: cancel, conns: map[uint64]*proxyConn{}, bySource: source.Shares{}}, nil
 }
 
 // control makes a socket transparent (it may use addresses not of this
@@ -262,6 +291,13 @@ func (p *Proxy) open(client *net.TCPConn) {
 	} else {
 		p.cfg.Log.Warn("control proxy: no source NAT learnt", "client", peer.String(), "server", local.String(), "error", err)
 	}
+	p.adopt(client, server, Translation{Client: peer, Server: local, ServerSeen: seen, ClientSeen: clientSeen}, src)
+}
+
+// adopt makes a client's connection and its server's, both connected,
+// one proxied connection, under the place reserve took for src: the loop
+// is told it opened, and its relays start.
+func (p *Proxy) adopt(client, server *net.TCPConn, tr Translation, src netip.Prefix) {
 	p.mu.Lock()
 	p.connecting--
 	if p.closed {
@@ -273,14 +309,11 @@ func (p *Proxy) open(client *net.TCPConn) {
 		return
 	}
 	p.nextID++
-	c := &proxyConn{
-		info:   ProxiedConn{ID: p.nextID, Client: peer, Server: local, ServerSeen: seen, ClientSeen: clientSeen},
-		source: src, client: client, server: server,
-	}
-	p.conns[c.info.ID] = c
+	c := &proxyConn{id: p.nextID, tr: tr, source: src, client: client, server: server}
+	p.conns[c.id] = c
 	p.mu.Unlock()
 	p.accepted.Add(1)
-	p.push(&proxyEvent{pkt: Packet{Kind: Opened, Conn: &c.info}})
+	p.push(&Event{Kind: Opened, ID: c.id, Conn: tr})
 	p.wg.Add(2)
 	go p.relay(c, false)
 	go p.relay(c, true)
@@ -383,22 +416,20 @@ func (p *Proxy) relay(c *proxyConn, fromServer bool) {
 		return
 	}
 	if p.ctx.Err() == nil {
-		p.push(&proxyEvent{pkt: Packet{Kind: EOF, Conn: &c.info, FromServer: fromServer}})
+		p.push(&Event{Kind: EOF, ID: c.id, FromServer: fromServer})
 	}
 }
 
 // submit hands bytes to the loop and waits for what to send on.
-func (p *Proxy) submit(c *proxyConn, fromServer bool, data []byte, ack uint32) proxyVerdict {
-	ev := &proxyEvent{
-		pkt:     Packet{Kind: Bytes, Conn: &c.info, FromServer: fromServer, Data: append([]byte(nil), data...), Ack: ack},
-		verdict: make(chan proxyVerdict, 1),
-	}
+func (p *Proxy) submit(c *proxyConn, fromServer bool, data []byte, ack uint32) verdict {
+	ev := &Event{Kind: Bytes, ID: c.id, FromServer: fromServer, Data: append([]byte(nil), data...), Ack: ack,
+		verdict: make(chan verdict, 1)}
 	p.push(ev)
 	select {
 	case v := <-ev.verdict:
 		return v
 	case <-p.ctx.Done():
-		return proxyVerdict{closed: true}
+		return verdict{closed: true}
 	}
 }
 
@@ -408,7 +439,7 @@ func (p *Proxy) finish(c *proxyConn, reason string) {
 		return
 	}
 	if p.ctx.Err() == nil {
-		p.push(&proxyEvent{pkt: Packet{Kind: Closed, Conn: &c.info, Data: []byte(reason)}})
+		p.push(&Event{Kind: Closed, ID: c.id, Reason: reason})
 	}
 }
 
@@ -420,7 +451,7 @@ func (p *Proxy) drop(c *proxyConn, reason string) bool {
 	c.client.Close()
 	c.server.Close()
 	p.mu.Lock()
-	delete(p.conns, c.info.ID)
+	delete(p.conns, c.id)
 	p.bySource.Remove(c.source)
 	p.mu.Unlock()
 	return true
@@ -437,40 +468,39 @@ func (p *Proxy) CloseConn(id uint64) {
 	}
 }
 
-func (p *Proxy) push(ev *proxyEvent) {
-	ev.pkt.Time = time.Now()
+func (p *Proxy) push(ev *Event) {
+	ev.Time = time.Now()
 	p.events.Push(ev)
 }
 
 // Fd becomes readable when the proxy has something for the loop.
 func (p *Proxy) Fd() int { return p.events.Fd() }
 
-// Read hands over what happened since the last Read: connections opened,
-// bytes read (each waits for Release), sides and connections closed.
-func (p *Proxy) Read(fn func(*Packet)) error {
+// Read hands over what happened since the last Read, on the loop's
+// goroutine: connections opened, bytes read (each waits for Release),
+// sides and connections closed.
+func (p *Proxy) Read(fn func(*Event)) {
 	for _, ev := range p.events.Take() {
-		if ev.pkt.Kind == Bytes {
+		if ev.Kind == Bytes {
 			p.delivered = append(p.delivered, ev)
 		}
-		fn(&ev.pkt)
+		fn(ev)
 	}
-	return nil
 }
 
 // Release sends on what the handler said for every chunk of the last
 // Read.
-func (p *Proxy) Release() error {
+func (p *Proxy) Release() {
 	for _, ev := range p.delivered {
-		ev.verdict <- proxyVerdict{out: ev.pkt.Out, through: ev.pkt.Through, closed: ev.pkt.Close}
+		ev.verdict <- verdict{out: ev.Out, through: ev.Through, closed: ev.Close}
 	}
 	clear(p.delivered)
 	p.delivered = p.delivered[:0]
-	return nil
 }
 
-// sharesProcessor: the relays of live connections must run while the
-// loop waits.
-func (p *Proxy) sharesProcessor() bool {
+// SharesProcessor: the relays of live connections must run while the
+// loop waits (see capture.Sharer).
+func (p *Proxy) SharesProcessor() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.conns) > 0
@@ -507,6 +537,8 @@ func (p *Proxy) Close() error {
 		c.server.Close()
 	}
 	p.wg.Wait()
-	p.ct.Close()
+	if p.ct != nil {
+		p.ct.Close()
+	}
 	return p.events.Close()
 }

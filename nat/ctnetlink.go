@@ -1,4 +1,4 @@
-package capture
+package nat
 
 import (
 	"encoding/binary"
@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/ftpgate/ftpgate/internal/nlattr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -52,7 +53,7 @@ func conntrackReply(conn *netlink.Conn, src, dst netip.AddrPort) (netip.AddrPort
 			continue
 		}
 		var reply netip.AddrPort
-		netlinkAttrs(m.Data[4:], func(typ uint16, v []byte) {
+		nlattr.Walk(m.Data[4:], func(typ uint16, v []byte) {
 			if typ == ctaTupleReply {
 				_, reply = parseTuple(v)
 			}
@@ -105,10 +106,10 @@ func conntrackGetRequest(src, dst netip.AddrPort) (netlink.Message, error) {
 func parseTuple(b []byte) (src, dst netip.AddrPort) {
 	var sa, da netip.Addr
 	var sp, dp uint16
-	netlinkAttrs(b, func(typ uint16, v []byte) {
+	nlattr.Walk(b, func(typ uint16, v []byte) {
 		switch typ {
 		case ctaTupleIP:
-			netlinkAttrs(v, func(typ uint16, v []byte) {
+			nlattr.Walk(v, func(typ uint16, v []byte) {
 				switch typ {
 				case ctaIPv4Src, ctaIPv6Src:
 					sa, _ = netip.AddrFromSlice(v)
@@ -117,7 +118,7 @@ func parseTuple(b []byte) (src, dst netip.AddrPort) {
 				}
 			})
 		case ctaTupleProto:
-			netlinkAttrs(v, func(typ uint16, v []byte) {
+			nlattr.Walk(v, func(typ uint16, v []byte) {
 				if len(v) < 2 {
 					return
 				}
