@@ -24,6 +24,9 @@ type statusServer struct {
 	path string
 }
 
+// startStatus will not take the socket of another ftpgate that answers
+// on path; a socket file no one answers on was left by a killed one, and
+// is replaced.
 func startStatus(path string, calls *capture.Calls, status func() any, log *slog.Logger) (*statusServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
@@ -42,32 +45,40 @@ func startStatus(path string, calls *capture.Calls, status func() any, log *slog
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
 	s := &statusServer{ln: ln, path: path}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				done := make(chan []byte, 1)
-				calls.Do(func() {
-					b, err := json.Marshal(status())
-					if err != nil {
-						log.Error("status", "error", err)
-					}
-					done <- b
-				})
-				select {
-				case b := <-done:
-					_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-					_, _ = c.Write(append(b, '\n'))
-				case <-time.After(5 * time.Second):
-				}
-			}()
-		}
-	}()
+	go s.serve(calls, status, log)
 	return s, nil
+}
+
+// serve answers each connection until the listener closes.
+func (s *statusServer) serve(calls *capture.Calls, status func() any, log *slog.Logger) {
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		go answerStatus(c, calls, status, log)
+	}
+}
+
+// answerStatus writes one status to c and closes it. A loop too busy to
+// run the call within 5 s gets the client no answer rather than a
+// goroutine that waits for ever.
+func answerStatus(c net.Conn, calls *capture.Calls, status func() any, log *slog.Logger) {
+	defer c.Close()
+	done := make(chan []byte, 1)
+	calls.Do(func() {
+		b, err := json.Marshal(status())
+		if err != nil {
+			log.Error("status", "error", err)
+		}
+		done <- b
+	})
+	select {
+	case b := <-done:
+		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Write(append(b, '\n'))
+	case <-time.After(5 * time.Second):
+	}
 }
 
 func (s *statusServer) Close() error {
