@@ -6,14 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"os"
 	"os/signal"
-	"reflect"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -305,7 +302,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		"table", "inet "+*table, "mark", m.String(),
 		"ruleset_line", line,
 		"nat", natDesc(natOn, *nf))
-	stopReload := reloadOnHUP(ctx, rv, args, servers, serverFTPSRanges, reloadTargets{tr: tr, fw: fw, passive: passive}, calls, log)
+	stopReload := reloadOnHUP(ctx, &reloader{rv: rv, args: args, servers: servers, ranges: serverFTPSRanges,
+		to: reloadTargets{tr: tr, fw: fw, passive: passive}, calls: calls, log: log})
 	defer stopReload()
 	err = capture.Run(ctx, &daemonLoop{t: tr, log: logged, heldWait: met.heldWait}, sources...)
 	tr.CloseAll("daemon stopping")
@@ -336,122 +334,6 @@ func warnRuleset(fw *rules.Nftables, line string, log *slog.Logger) {
 		log.Warn("your ruleset will drop the data connections ftpgate admits: add the accept line before the drop",
 			"chain", fmt.Sprintf("%s %s %s", p.Family, p.Table, p.Chain), "hook", p.Hook, "drops_by", p.Drop, "add", line)
 	}
-}
-
-// reloadTargets are what a reload changes: the tracker, and where the
-// control ports are: the kernel's rules and the passive capture filters.
-type reloadTargets struct {
-	tr      *conntrack.Tracker
-	fw      *rules.Nftables
-	passive []*capture.AFPacketSource
-}
-
-// reloadOnHUP reads the command line and the configuration file again on
-// each SIGHUP and applies what can change in a running daemon (liveKeys),
-// removals included: what the new configuration no longer gives closes
-// at once. A change of anything else is logged as waiting for the next
-// start. A file that does not load leaves the running configuration as
-// it is.
-func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conntrack.ServerPolicy, ranges []conntrack.FTPSRange,
-	to reloadTargets, calls *capture.Calls, log *slog.Logger) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	running := flagValues(rv.fs)
-	ports := slices.Clone(to.tr.ControlPorts())
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-			}
-			next := newRunVars()
-			ns, nranges, err := next.load(args, func(io.Writer) {}, io.Discard)
-			var cfg conntrack.Config
-			if err == nil {
-				cfg, err = next.tf.config(log)
-			}
-			if err == nil {
-				err = next.ff.apply(&cfg)
-			}
-			var level slog.Level
-			if err == nil {
-				err = level.UnmarshalText([]byte(next.tf.logLevel))
-			}
-			if err != nil {
-				log.Error("configuration not reloaded: the running one stays", "file", *rv.config, "error", err)
-				continue
-			}
-			cfg.FTPSRanges = append(cfg.FTPSRanges, nranges...)
-			values := flagValues(next.fs)
-			var live []string
-			for _, name := range slices.Sorted(maps.Keys(values)) {
-				if running[name] == values[name] {
-					continue
-				}
-				if !liveKeys[name] {
-					log.Warn("changed in the configuration; takes effect at the next start", "key", name,
-						"running", running[name], "configured", values[name])
-					continue
-				}
-				live = append(live, name+"="+values[name])
-				running[name] = values[name]
-			}
-			if !reflect.DeepEqual(ns, servers) || !reflect.DeepEqual(nranges, ranges) {
-				live = append(live, fmt.Sprintf("server (%d entries)", len(ns)))
-				servers, ranges = ns, nranges
-			}
-			re := conntrack.Reconfigurable{MinDataPort: cfg.MinDataPort, PinholeTimeout: cfg.PinholeTimeout,
-				IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: cfg.HandshakeTimeout,
-				MaxPinholesPerSession: cfg.MaxPinholesPerSession, Servers: ns,
-				FTPSRanges: cfg.FTPSRanges, ActiveRanges: cfg.ActiveRanges}
-			type result struct {
-				done conntrack.Reconfigured
-				err  error
-			}
-			res := make(chan result, 1)
-			calls.Do(func() {
-				var r result
-				if !slices.Equal(cfg.ControlPorts, ports) {
-					r.err = setControlPorts(to, cfg.ControlPorts)
-					if r.err == nil {
-						ports = slices.Clone(cfg.ControlPorts)
-						re.ControlPorts, re.ImplicitPorts = cfg.ControlPorts, cfg.ImplicitPorts
-					}
-				}
-				r.done = to.tr.Reconfigure(re)
-				res <- r
-			})
-			var r result
-			select {
-			case r = <-res:
-			case <-ctx.Done():
-				return
-			}
-			if r.err != nil {
-				pl := portList(ports)
-				log.Error("the control ports were not changed: the running ones stay", "running", pl.String(), "error", r.err)
-			}
-			rv.tf.level.Set(level)
-			log.Info("configuration reloaded", "file", *rv.config, "changed", strings.Join(live, " "),
-				"sessions_ended", r.done.SessionsEnded, "pinholes_closed", r.done.PinholesClosed, "scoped_ranges_closed", r.done.RangesClosed)
-		}
-	}()
-	return func() { signal.Stop(hup) }
-}
-
-// setControlPorts changes the control ports in the kernel: the inline
-// rules, or the passive capture filters.
-func setControlPorts(to reloadTargets, ports []uint16) error {
-	if err := to.fw.SetControlPorts(ports); err != nil {
-		return err
-	}
-	for _, src := range to.passive {
-		if err := src.SetPorts(ports); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // flagValues are the values of every flag, as text.
