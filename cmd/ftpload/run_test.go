@@ -15,7 +15,7 @@ import (
 
 // fakeFTPServer answers just what ftpload run sends, on host: a login,
 // TYPE, PASV, EPSV, PORT, EPRT and RETR of a file of ten bytes.
-func fakeFTPServer(t *testing.T, host string) netip.AddrPort {
+func fakeFTPServer(t *testing.T, host string, refuseData bool) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
@@ -28,13 +28,14 @@ func fakeFTPServer(t *testing.T, host string) netip.AddrPort {
 			if err != nil {
 				return
 			}
-			go serveFakeFTP(c)
+			go serveFakeFTP(c, refuseData)
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-func serveFakeFTP(c net.Conn) {
+// refuseData: the server refuses every data command.
+func serveFakeFTP(c net.Conn, refuseData bool) {
 	defer c.Close()
 	fmt.Fprint(c, "220 fake\r\n")
 	var passive net.Listener
@@ -42,7 +43,12 @@ func serveFakeFTP(c net.Conn) {
 	sc := bufio.NewScanner(c)
 	for sc.Scan() {
 		verb, arg, _ := strings.Cut(sc.Text(), " ")
+		if refuseData && verb != "USER" && verb != "PASS" && verb != "TYPE" && verb != "QUIT" {
+			verb = "refused"
+		}
 		switch verb {
+		case "refused":
+			fmt.Fprint(c, "500 not here\r\n")
 		case "USER":
 			fmt.Fprint(c, "331 password\r\n")
 		case "PASV", "EPSV":
@@ -95,12 +101,12 @@ func serveFakeFTP(c net.Conn) {
 
 // TestRunModes: every transfer of every session succeeds in each mode.
 func TestRunModes(t *testing.T) {
-	testModes(t, fakeFTPServer(t, "127.0.0.1"), "pasv", "epsv", "port", "eprt")
+	testModes(t, fakeFTPServer(t, "127.0.0.1", false), "pasv", "epsv", "port", "eprt")
 }
 
 // TestRunModesIPv6: the extended commands over IPv6.
 func TestRunModesIPv6(t *testing.T) {
-	testModes(t, fakeFTPServer(t, "::1"), "epsv", "eprt")
+	testModes(t, fakeFTPServer(t, "::1", false), "epsv", "eprt")
 }
 
 func testModes(t *testing.T, srv netip.AddrPort, modes ...string) {
@@ -122,8 +128,8 @@ func testModes(t *testing.T, srv netip.AddrPort, modes ...string) {
 	}
 }
 
-// TestRunFailures: a server that refuses counts every transfer failed,
-// and the first error is kept.
+// TestRunFailures: no server, or a server that refuses every data
+// command: every transfer counts as failed, and the first error is kept.
 func TestRunFailures(t *testing.T) {
 	var out bytes.Buffer
 	if err := cmdRun([]string{"--server", "127.0.0.1", "--port", "1", "--sessions", "2", "--transfers", "3"}, &out); err != nil {
@@ -135,6 +141,22 @@ func TestRunFailures(t *testing.T) {
 	}
 	if r.Wanted != 6 || r.Succeeded != 0 || r.Failed != 6 || !strings.Contains(r.FirstErr, "refused") {
 		t.Errorf("%+v", r)
+	}
+	srv := fakeFTPServer(t, "127.0.0.1", true)
+	for _, mode := range []string{"pasv", "epsv", "port", "eprt"} {
+		out.Reset()
+		err := cmdRun([]string{"--server", srv.Addr().String(), "--port", fmt.Sprint(srv.Port()), "--mode", mode,
+			"--sessions", "2", "--transfers", "3"}, &out)
+		if err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		var r Result
+		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Wanted != 6 || r.Succeeded != 0 || r.Failed != 6 || !strings.Contains(r.FirstErr, "not here") {
+			t.Errorf("%s, the server refusing: %+v", mode, r)
+		}
 	}
 	for _, args := range [][]string{{"--server", "nowhere"}, {"--server", "127.0.0.1", "--mode", "lprt"}} {
 		if err := cmdRun(args, &out); err == nil {
