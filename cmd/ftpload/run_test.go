@@ -111,16 +111,7 @@ func TestRunModesIPv6(t *testing.T) {
 
 func testModes(t *testing.T, srv netip.AddrPort, modes ...string) {
 	for _, mode := range modes {
-		var out bytes.Buffer
-		err := cmdRun([]string{"--server", srv.Addr().String(), "--port", fmt.Sprint(srv.Port()), "--mode", mode,
-			"--sessions", "3", "--transfers", "4"}, &out)
-		if err != nil {
-			t.Fatalf("%s: %v", mode, err)
-		}
-		var r Result
-		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-			t.Fatal(err)
-		}
+		r := runLoad(t, srv, "--mode", mode, "--sessions", "3", "--transfers", "4")
 		if r.Mode != strings.ToUpper(mode) || r.Sessions != 3 || r.Wanted != 12 || r.Succeeded != 12 || r.Failed != 0 || r.FirstErr != "" ||
 			r.SetupMax < r.SetupP99 || r.SetupP99 < r.SetupP50 || r.PerSecond <= 0 {
 			t.Errorf("%s: %+v", mode, r)
@@ -128,36 +119,36 @@ func testModes(t *testing.T, srv netip.AddrPort, modes ...string) {
 	}
 }
 
-// TestRunFailures: no server, or a server that refuses every data
-// command: every transfer counts as failed, and the first error is kept.
-func TestRunFailures(t *testing.T) {
+// runLoad runs ftpload run against srv and returns its result.
+func runLoad(t *testing.T, srv netip.AddrPort, args ...string) Result {
+	t.Helper()
 	var out bytes.Buffer
-	if err := cmdRun([]string{"--server", "127.0.0.1", "--port", "1", "--sessions", "2", "--transfers", "3"}, &out); err != nil {
-		t.Fatal(err)
+	args = append([]string{"--server", srv.Addr().String(), "--port", fmt.Sprint(srv.Port())}, args...)
+	if err := cmdRun(args, &out); err != nil {
+		t.Fatalf("%v: %v", args, err)
 	}
 	var r Result
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+// TestRunFailures: no server, or a server that refuses every data
+// command: every transfer counts as failed, and the first error is kept.
+func TestRunFailures(t *testing.T) {
+	r := runLoad(t, netip.MustParseAddrPort("127.0.0.1:1"), "--sessions", "2", "--transfers", "3")
 	if r.Wanted != 6 || r.Succeeded != 0 || r.Failed != 6 || !strings.Contains(r.FirstErr, "refused") {
 		t.Errorf("%+v", r)
 	}
 	srv := fakeFTPServer(t, "127.0.0.1", true)
 	for _, mode := range []string{"pasv", "epsv", "port", "eprt"} {
-		out.Reset()
-		err := cmdRun([]string{"--server", srv.Addr().String(), "--port", fmt.Sprint(srv.Port()), "--mode", mode,
-			"--sessions", "2", "--transfers", "3"}, &out)
-		if err != nil {
-			t.Fatalf("%s: %v", mode, err)
-		}
-		var r Result
-		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-			t.Fatal(err)
-		}
+		r := runLoad(t, srv, "--mode", mode, "--sessions", "2", "--transfers", "3")
 		if r.Wanted != 6 || r.Succeeded != 0 || r.Failed != 6 || !strings.Contains(r.FirstErr, "not here") {
 			t.Errorf("%s, the server refusing: %+v", mode, r)
 		}
 	}
+	var out bytes.Buffer
 	for _, args := range [][]string{{"--server", "nowhere"}, {"--server", "127.0.0.1", "--mode", "lprt"}} {
 		if err := cmdRun(args, &out); err == nil {
 			t.Errorf("%v: no error", args)
