@@ -31,7 +31,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	d := &daemon{runPlan: plan}
-	defer d.close()
+	defer d.closers.closeAll()
 	if err := d.startCPUProfile(); err != nil {
 		return err
 	}
@@ -56,14 +56,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	d.logRunning()
-	d.onClose(reloadOnHUP(ctx, d.reloader()))
+	d.closers.push(reloadOnHUP(ctx, d.reloader()))
 	return d.run(ctx)
 }
 
-// daemon is what a run has opened. Each step registers how to close what
-// it opened; close runs those last first, so a start that fails half way
-// closes exactly what it had opened: nothing stays behind, no table, no
-// socket, no route.
+// daemon is what a run has opened.
 type daemon struct {
 	*runPlan
 	fw          *rules.Nftables
@@ -74,16 +71,23 @@ type daemon struct {
 	tr          *conntrack.Tracker
 	met         *metrics
 	calls       *capture.Calls
-	closers     []func()
+	closers     closeStack
 }
 
-func (d *daemon) onClose(f func()) { d.closers = append(d.closers, f) }
+// closeStack is how to close what a run opened. Each step pushes its
+// closers as it opens; closeAll runs them last first, so a start that
+// fails half way closes exactly what it had opened, in the order the
+// deferred calls of one function would: nothing stays behind, no table,
+// no socket, no route.
+type closeStack []func()
 
-func (d *daemon) closeLater(c io.Closer) { d.onClose(func() { _ = c.Close() }) }
+func (s *closeStack) push(f func()) { *s = append(*s, f) }
 
-func (d *daemon) close() {
-	for i := len(d.closers) - 1; i >= 0; i-- {
-		d.closers[i]()
+func (s *closeStack) pushCloser(c io.Closer) { s.push(func() { _ = c.Close() }) }
+
+func (s *closeStack) closeAll() {
+	for i := len(*s) - 1; i >= 0; i-- {
+		(*s)[i]()
 	}
 }
 
@@ -96,11 +100,11 @@ func (d *daemon) startCPUProfile() error {
 	if err != nil {
 		return fmt.Errorf("--cpu-profile: %w", err)
 	}
-	d.closeLater(f)
+	d.closers.pushCloser(f)
 	if err := pprof.StartCPUProfile(f); err != nil {
 		return fmt.Errorf("--cpu-profile: %w", err)
 	}
-	d.onClose(pprof.StopCPUProfile)
+	d.closers.push(pprof.StopCPUProfile)
 	return nil
 }
 
@@ -117,7 +121,7 @@ func useOneProcessor() {
 // stopOnSignal returns the run's context: SIGINT and SIGTERM end it.
 func (d *daemon) stopOnSignal() context.Context {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	d.onClose(stop)
+	d.closers.push(stop)
 	return ctx
 }
 
@@ -146,7 +150,7 @@ func (d *daemon) openFirewall() error {
 		return err
 	}
 	d.fw = fw
-	d.onClose(func() {
+	d.closers.push(func() {
 		if err := fw.Close(); err != nil {
 			d.log.Error("removing nftables table", "error", err)
 		}
@@ -162,7 +166,7 @@ func (d *daemon) openLocalSockets() error {
 	if err != nil {
 		return err
 	}
-	d.closeLater(sockets)
+	d.closers.pushCloser(sockets)
 	d.cfg.LocalSockets = sockets
 	if d.natOn {
 		pp := &publicPorts{fw: d.fw, sockets: sockets, log: d.log}
@@ -180,7 +184,7 @@ func (d *daemon) openSources() error {
 	if err != nil {
 		return fmt.Errorf("%w\n%s", err, notBlind)
 	}
-	d.closeLater(logged)
+	d.closers.pushCloser(logged)
 	d.logged = logged
 	d.sources = []capture.Source{logged}
 	switch *d.rv.capture {
@@ -205,7 +209,7 @@ func (d *daemon) openPassive() error {
 		if err != nil {
 			return err
 		}
-		d.closeLater(src)
+		d.closers.pushCloser(src)
 		d.sources = append(d.sources, src)
 		d.passive = append(d.passive, src)
 	}
@@ -214,8 +218,9 @@ func (d *daemon) openPassive() error {
 	return nil
 }
 
-// openInline opens the queue before the rules that send it packets, so
-// that none is held with no one to read it.
+// openInline opens the queue and sets its mark before it adds the rules
+// that queue packets, so that the first packet they hold is read, and
+// admitted with the mark ftpgate means.
 func (d *daemon) openInline() error {
 	rv := d.rv
 	for _, name := range d.ifaces {
@@ -232,7 +237,7 @@ func (d *daemon) openInline() error {
 	if err != nil {
 		return err
 	}
-	d.closeLater(queue)
+	d.closers.pushCloser(queue)
 	queue.Mark, queue.MarkMask = rv.m.value, rv.m.mask
 	mode, err := d.fw.AddInlineRules(uint16(*rv.queueNum), uint16(*rv.nflogGroup), d.cfg.ControlPorts)
 	if err != nil {
@@ -263,8 +268,8 @@ func (d *daemon) startProxy() error {
 	if err != nil {
 		return fmt.Errorf("starting the control proxy for NAT (--nat off runs without it): %w", err)
 	}
-	d.closeLater(routes)
-	d.closeLater(proxy)
+	d.closers.pushCloser(routes)
+	d.closers.pushCloser(proxy)
 	d.sources = append(d.sources, proxy)
 	d.cfg.OnProxiedEnd = proxy.CloseConn
 	return nil
@@ -281,7 +286,7 @@ func (d *daemon) startTracker(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		d.onClose(finish)
+		d.closers.push(finish)
 	}
 	d.met = newMetrics(func() conntrack.Stats { return d.tr.Snapshot() })
 	d.tr = conntrack.NewTracker(d.cfg, timedBackend{d.fw, d.met.commitTime})
@@ -300,7 +305,7 @@ func (d *daemon) startSideServices(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("the queue of calls to the loop (status, reload): %w", err)
 	}
-	d.closeLater(calls)
+	d.closers.pushCloser(calls)
 	d.calls = calls
 	d.sources = append(d.sources, calls)
 	if *d.rv.statusSocket != "" {
@@ -309,7 +314,7 @@ func (d *daemon) startSideServices(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		d.closeLater(ss)
+		d.closers.pushCloser(ss)
 	}
 	return nil
 }
