@@ -3,9 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net/netip"
+	"maps"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -91,6 +92,8 @@ var serverKeys = map[string]string{
 	"ftps-passive-ports": "its passive range, LO-HI, opened to the client of an encrypted session while it lives",
 }
 
+// parseServers reads the [[server]] tables: a policy each, and the FTPS
+// ranges of those that give one.
 func parseServers(data []byte, path string, v any) ([]conntrack.ServerPolicy, []conntrack.FTPSRange, error) {
 	list, ok := v.([]any)
 	if !ok {
@@ -99,80 +102,93 @@ func parseServers(data []byte, path string, v any) ([]conntrack.ServerPolicy, []
 	var out []conntrack.ServerPolicy
 	var ranges []conntrack.FTPSRange
 	for i, e := range list {
-		tbl, ok := e.(map[string]any)
-		if !ok {
-			return nil, nil, fmt.Errorf("%s: server %d: want a table", path, i+1)
-		}
-		at := func(k string) string {
-			return fmt.Sprintf("%s:%d: server %d: %s", path, serverLine(data, i, k), i+1, k)
-		}
-		var sp conntrack.ServerPolicy
-		addr, ok := tbl["address"].(string)
-		if !ok {
-			return nil, nil, fmt.Errorf("%s:%d: server %d: address is required", path, serverLine(data, i, ""), i+1)
-		}
-		if p, err := netip.ParsePrefix(addr); err == nil {
-			sp.Prefix = p.Masked()
-		} else if a, err := netip.ParseAddr(addr); err == nil {
-			sp.Prefix = netip.PrefixFrom(a, a.BitLen())
-		} else {
-			return nil, nil, fmt.Errorf("%s: %q is neither an address nor a prefix", at("address"), addr)
-		}
-		for k, v := range tbl {
-			var err error
-			switch k {
-			case "address":
-			case "control-ports":
-				var s string
-				if s, err = flagValue(v); err == nil {
-					var pl portList
-					err = pl.Set(s)
-					sp.Ports = pl
-				}
-			case "min-data-port":
-				n, ok := v.(int64)
-				if !ok || n < 0 || n > 65535 {
-					err = fmt.Errorf("want a port 0-65535")
-				}
-				sp.MinDataPort = uint16(n)
-			case "active":
-				b, ok := v.(bool)
-				if !ok {
-					err = fmt.Errorf("want true or false")
-				}
-				sp.NoActive = !b
-			case "ftps-passive-ports":
-				s, ok := v.(string)
-				if !ok {
-					err = fmt.Errorf(`want "LO-HI"`)
-				} else {
-					var lo, hi uint16
-					if lo, hi, err = parseRange(s); err == nil {
-						ranges = append(ranges, conntrack.FTPSRange{Server: sp.Prefix, Lo: lo, Hi: hi})
-					}
-				}
-			case "pinhole-timeout":
-				s, ok := v.(string)
-				if !ok {
-					err = fmt.Errorf(`want a duration such as "30s"`)
-				} else if sp.PinholeTimeout, err = time.ParseDuration(s); err == nil && sp.PinholeTimeout < time.Second {
-					err = fmt.Errorf("at least 1s")
-				}
-			default:
-				names := make([]string, 0, len(serverKeys))
-				for n := range serverKeys {
-					names = append(names, n)
-				}
-				sort.Strings(names)
-				return nil, nil, fmt.Errorf("%s: unknown key (a server has %s)", at(k), strings.Join(names, ", "))
-			}
-			if err != nil {
-				return nil, nil, fmt.Errorf("%s: %v", at(k), err)
-			}
+		sp, ftps, err := parseServer(data, path, i, e)
+		if err != nil {
+			return nil, nil, err
 		}
 		out = append(out, sp)
+		if ftps != nil {
+			ranges = append(ranges, *ftps)
+		}
 	}
 	return out, ranges, nil
+}
+
+// parseServer reads the i'th [[server]] table. Its address comes first:
+// its FTPS range belongs to it.
+func parseServer(data []byte, path string, i int, e any) (sp conntrack.ServerPolicy, ftps *conntrack.FTPSRange, err error) {
+	tbl, ok := e.(map[string]any)
+	if !ok {
+		return sp, nil, fmt.Errorf("%s: server %d: want a table", path, i+1)
+	}
+	at := func(k string) string {
+		return fmt.Sprintf("%s:%d: server %d: %s", path, serverLine(data, i, k), i+1, k)
+	}
+	addr, ok := tbl["address"].(string)
+	if !ok {
+		return sp, nil, fmt.Errorf("%s:%d: server %d: address is required", path, serverLine(data, i, ""), i+1)
+	}
+	if sp.Prefix, err = parsePrefixOrAddr(addr); err != nil {
+		return sp, nil, fmt.Errorf("%s: %v", at("address"), err)
+	}
+	for k, v := range tbl {
+		r, err := setServerKey(&sp, k, v)
+		if err != nil {
+			return sp, nil, fmt.Errorf("%s: %v", at(k), err)
+		}
+		if r != nil {
+			ftps = r
+		}
+	}
+	return sp, ftps, nil
+}
+
+// setServerKey sets what key k of a [[server]] table gives: a part of
+// the policy, or the server's FTPS range.
+func setServerKey(sp *conntrack.ServerPolicy, k string, v any) (ftps *conntrack.FTPSRange, err error) {
+	switch k {
+	case "address": // read first, by parseServer
+	case "control-ports":
+		var s string
+		if s, err = flagValue(v); err == nil {
+			var pl portList
+			err = pl.Set(s)
+			sp.Ports = pl
+		}
+	case "min-data-port":
+		n, ok := v.(int64)
+		if !ok || n < 0 || n > 65535 {
+			return nil, fmt.Errorf("want a port 0-65535")
+		}
+		sp.MinDataPort = uint16(n)
+	case "active":
+		b, ok := v.(bool)
+		if !ok {
+			return nil, fmt.Errorf("want true or false")
+		}
+		sp.NoActive = !b
+	case "ftps-passive-ports":
+		s, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf(`want "LO-HI"`)
+		}
+		lo, hi, err := parseRange(s)
+		if err != nil {
+			return nil, err
+		}
+		return &conntrack.FTPSRange{Server: sp.Prefix, Lo: lo, Hi: hi}, nil
+	case "pinhole-timeout":
+		s, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf(`want a duration such as "30s"`)
+		}
+		if sp.PinholeTimeout, err = time.ParseDuration(s); err == nil && sp.PinholeTimeout < time.Second {
+			err = fmt.Errorf("at least 1s")
+		}
+	default:
+		return nil, fmt.Errorf("unknown key (a server has %s)", strings.Join(slices.Sorted(maps.Keys(serverKeys)), ", "))
+	}
+	return nil, err
 }
 
 // flagValue turns a TOML value into the text its flag parses: arrays

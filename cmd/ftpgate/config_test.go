@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpgate/ftpgate/conntrack"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -37,9 +39,10 @@ address = "2001:db8:2::/64"
 control-ports = [2121]
 min-data-port = 40000
 pinhole-timeout = "2m"
+ftps-passive-ports = "40000-40999"
 `)
 	rv := newRunVars()
-	servers, _, err := rv.load([]string{"--config", p, "--min-data-port", "3000"}, nil, nil)
+	servers, ranges, err := rv.load([]string{"--config", p, "--min-data-port", "3000"}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +59,9 @@ pinhole-timeout = "2m"
 		servers[1].PinholeTimeout != 2*time.Minute || len(servers[1].Ports) != 1 || servers[1].NoActive {
 		t.Errorf("servers %+v", servers)
 	}
+	if len(ranges) != 1 || ranges[0] != (conntrack.FTPSRange{Server: netip.MustParsePrefix("2001:db8:2::/64"), Lo: 40000, Hi: 40999}) {
+		t.Errorf("FTPS ranges %+v", ranges)
+	}
 }
 
 // TestConfigFileErrors: mistakes name the file and the line.
@@ -67,6 +73,13 @@ func TestConfigFileErrors(t *testing.T) {
 		{"[[server]]\nactive = true\n", ":1: server 1: address is required"},
 		{"[[server]]\naddress = \"not an address\"\n", ":2: server 1: address: \"not an address\" is neither"},
 		{"min-data-port = \n", ":1:"},
+		{"[[server]]\naddress = \"198.51.100.20\"\nmin-data-port = 70000\n", ":3: server 1: min-data-port: want a port 0-65535"},
+		{"[[server]]\naddress = \"198.51.100.20\"\nactive = \"no\"\n", ":3: server 1: active: want true or false"},
+		{"[[server]]\naddress = \"198.51.100.20\"\n[[server]]\naddress = \"198.51.100.21\"\nftps-passive-ports = \"40000\"\n", ":5: server 2: ftps-passive-ports: want LO-HI"},
+		{"[[server]]\naddress = \"198.51.100.20\"\nftps-passive-ports = 40000\n", ":3: server 1: ftps-passive-ports: want \"LO-HI\""},
+		{"[[server]]\naddress = \"198.51.100.20\"\npinhole-timeout = \"500ms\"\n", ":3: server 1: pinhole-timeout: at least 1s"},
+		{"[[server]]\naddress = \"198.51.100.20\"\ncontrol-ports = [0]\n", ":3: server 1: control-ports: \"0\" is not a port"},
+		{"server = 1\n", ":1: server: want [[server]] tables"},
 		{"config = \"/etc/other.toml\"\n", `:1: unknown key "config"`},
 	} {
 		p := writeConfig(t, tt.text)

@@ -50,6 +50,12 @@ func (m *mark) String() string { return fmt.Sprintf("%#08x/%#08x", m.value, m.ma
 
 func (m *mark) Type() string { return "VALUE/MASK" }
 
+// acceptLine is the line the admin's ruleset needs before its drop to
+// admit what ftpgate marks.
+func (m *mark) acceptLine() string {
+	return fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value)
+}
+
 func (m *mark) Set(v string) error {
 	val, msk, ok := strings.Cut(v, "/")
 	value, err := strconv.ParseUint(val, 0, 32)

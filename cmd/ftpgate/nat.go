@@ -6,7 +6,6 @@ import (
 	"math/bits"
 	"os"
 	"strconv"
-	"strings"
 
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/nat"
@@ -22,13 +21,11 @@ func (r *portRange) String() string { return fmt.Sprintf("%d-%d", r[0], r[1]) }
 func (r *portRange) Type() string { return "LO-HI" }
 
 func (r *portRange) Set(v string) error {
-	lo, hi, ok := strings.Cut(v, "-")
-	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
-	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
-	if !ok || err1 != nil || err2 != nil || a < 1024 || b < a {
-		return fmt.Errorf("%q: want LO-HI with 1024 <= LO <= HI <= 65535", v)
+	lo, hi, err := parseRange(v)
+	if err != nil {
+		return fmt.Errorf("%q: %v", v, err)
 	}
-	*r = portRange{uint16(a), uint16(b)}
+	*r = portRange{lo, hi}
 	return nil
 }
 

@@ -6,14 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"os"
 	"os/signal"
-	"reflect"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -21,309 +18,347 @@ import (
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/rules"
-	flag "github.com/spf13/pflag"
 )
 
-// runVars are run's flags. They are defined afresh for each parse: a
-// reload parses the command line and the file again into new ones.
-type runVars struct {
-	fs                                                                      *flag.FlagSet
-	tf                                                                      trackerFlags
-	nf                                                                      natFlags
-	ff                                                                      ftpsFlags
-	m                                                                       mark
-	ifaces, table, capture, cpuProfile, metricsListen, statusSocket, config *string
-	reportDir                                                               *string
-	queueNum, nflogGroup                                                    *uint
-	commitDelay                                                             *time.Duration
-}
-
-func newRunVars() *runVars {
-	fs := newFlagSet("run")
-	rv := &runVars{fs: fs, m: mark{value: 0x01000000, mask: 0x01000000}}
-	rv.config = fs.String("config", DefaultConfigFile, "TOML configuration `file`: its keys are these flags' names, flags given here override it, and [[server]] tables scope ftpgate to some servers; read if it exists (SIGHUP reads it again)")
-	rv.tf.register(fs, "info")
-	rv.ifaces = fs.String("interface", "", "comma-separated `interfaces` whose FTP control traffic ftpgate watches (default: all): inline, control traffic in or out of them is copied and early data SYNs on them held; passive, the interfaces to capture on")
-	fs.Var(&rv.m, "mark", "conntrack mark `VALUE/MASK` set on the first packet of each admitted data connection")
-	rv.table = fs.String("table", rules.DefaultTable, "`name` of the inet table ftpgate owns")
-	rv.capture = fs.String("capture", "inline", "how control packets reach ftpgate: inline (NFLOG copies, and NFQUEUE holds any data SYN that beats its pinhole, so none is dropped) or passive (AF_PACKET copy, for mirror/SPAN ports and labs)")
-	rv.queueNum = fs.Uint("queue", 2121, "NFQUEUE `number` for --capture inline (0-65535): new control connections and early data SYNs wait there")
-	rv.cpuProfile = fs.String("cpu-profile", "", "write a Go CPU profile to `file` until ftpgate stops (for performance work)")
-	rv.commitDelay = fs.Duration("commit-delay", conntrack.DefaultCommitDelay, "with --capture inline: the `time` a new pinhole may live in ftpgate alone before it is committed to nftables and shows in nft list. A data SYN that comes sooner is held and admitted by ftpgate itself, and its pinhole never costs a commit. Longer: fewer commits, less CPU; 0 commits at once")
-	rv.nf.register(fs)
-	rv.ff.register(fs)
-	rv.metricsListen = fs.String("metrics-listen", "", "`address` (host:port) on which to serve Prometheus metrics at /metrics; empty: off")
-	rv.statusSocket = fs.String("status-socket", DefaultStatusSocket, "unix socket `path` on which ftpgate status is answered (mode 0600: root only); empty: none")
-	rv.reportDir = fs.String("report", "", "`directory` in which to keep index.html, a report of what ftpgate sees and decides (a sequence diagram per session, as analyze --html draws them), rewritten every 2 s; for labs and classes. Passwords are not shown. Empty: off")
-	rv.nflogGroup = fs.Uint("nflog-group", rules.DefaultLogGroup, "NFLOG `group` on which the kernel copies control segments to ftpgate (inline) and reports each pinhole's first packet (1-65535)")
-	return rv
-}
-
-// load parses the command line, then the configuration file for what
-// the command line left unset.
-func (rv *runVars) load(args []string, help func(io.Writer), stdout io.Writer) ([]conntrack.ServerPolicy, []conntrack.FTPSRange, error) {
-	if err := parseFlags(rv.fs, args, help, stdout); err != nil {
-		return nil, nil, err
-	}
-	if rv.fs.NArg() > 0 {
-		return nil, nil, usagef("no arguments expected, got %q", strings.Join(rv.fs.Args(), " "))
-	}
-	if *rv.config == "" {
-		return nil, nil, nil
-	}
-	servers, ranges, err := applyConfigFile(rv.fs, *rv.config)
-	if errors.Is(err, os.ErrNotExist) && !rv.fs.Changed("config") {
-		return nil, nil, nil // no file at the default place: flags alone
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("configuration: %w", err)
-	}
-	return servers, ranges, nil
-}
-
+// cmdRun runs the daemon. Its steps keep this order because each needs
+// what the ones before it opened: the table before the rules put in it,
+// the NFLOG and queue sockets before the rules that send them packets,
+// the tracker's configuration complete before the tracker is made from
+// it, the tracker before the status socket that reads it.
 func cmdRun(args []string, stdout, stderr io.Writer) error {
-	rv := newRunVars()
-	fs, tf, nf := rv.fs, &rv.tf, &rv.nf
-	ifaces, table, capture_, queueNum, cpuProfile, commitDelay := rv.ifaces, rv.table, rv.capture, rv.queueNum, rv.cpuProfile, rv.commitDelay
-	metricsListen, statusSocket, nflogGroup := rv.metricsListen, rv.statusSocket, rv.nflogGroup
-	help := func(w io.Writer) { writeHelp(w, runCommand, fs) }
-	servers, serverFTPSRanges, err := rv.load(args, help, stdout)
+	plan, err := planRun(args, stdout, stderr)
 	if err != nil {
 		return err
 	}
-	m := rv.m
-	log, err := tf.logger(stderr)
-	if err != nil {
+	d := &daemon{runPlan: plan}
+	defer d.closers.closeAll()
+	if err := d.startCPUProfile(); err != nil {
 		return err
 	}
-	cfg, err := tf.config(log)
-	if err != nil {
+	useOneProcessor()
+	ctx := d.stopOnSignal()
+	if err := plan.checkKernelFlags(); err != nil {
 		return err
 	}
-	cfg.Servers = servers
-	if err := rv.ff.apply(&cfg); err != nil {
+	if err := d.openFirewall(); err != nil {
 		return err
 	}
-	cfg.FTPSRanges = append(cfg.FTPSRanges, serverFTPSRanges...)
-	if !tableName.MatchString(*table) {
-		return usagef("--table %q: want a letter, then up to 63 letters, digits, _ or -", *table)
+	if err := d.openLocalSockets(); err != nil {
+		return err
 	}
-	var names []string
-	if *ifaces != "" {
-		for _, n := range strings.Split(*ifaces, ",") {
-			if n = strings.TrimSpace(n); n != "" {
-				names = append(names, n)
-			}
-		}
+	if err := d.openSources(); err != nil {
+		return err
 	}
+	if err := d.startTracker(ctx); err != nil {
+		return err
+	}
+	if err := d.startSideServices(ctx); err != nil {
+		return err
+	}
+	d.logRunning()
+	d.closers.push(reloadOnHUP(ctx, d.reloader()))
+	return d.run(ctx)
+}
 
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+// daemon is what a run has opened.
+type daemon struct {
+	*runPlan
+	fw          *rules.Nftables
+	logged      *capture.LogReader // the NFLOG group: copies and reports
+	sources     []capture.Source   // what the loop reads, logged first
+	passive     []*capture.AFPacketSource
+	captureDesc string // for the start's log line
+	tr          *conntrack.Tracker
+	met         *metrics
+	calls       *capture.Calls
+	// loop is what the loop does with what it reads; the proxy's source
+	// points at it before the tracker exists (run gives it the tracker).
+	loop    daemonLoop
+	closers closeStack
+}
+
+// closeStack is how to close what a run opened. Each step pushes its
+// closers as it opens; closeAll runs them last first, so a start that
+// fails half way closes exactly what it had opened, in the order the
+// deferred calls of one function would: nothing stays behind, no table,
+// no socket, no route.
+type closeStack []func()
+
+func (s *closeStack) push(f func()) { *s = append(*s, f) }
+
+func (s *closeStack) pushCloser(c io.Closer) { s.push(func() { _ = c.Close() }) }
+
+func (s *closeStack) closeAll() {
+	for i := len(*s) - 1; i >= 0; i-- {
+		(*s)[i]()
 	}
-	// One goroutine does the tracking; more Go processors only add
-	// threads spinning for work, and on a small firewall that CPU is taken
-	// from the forwarding itself (measured: about 30% less CPU per
-	// transfer). GOMAXPROCS in the environment overrides this.
+}
+
+func (d *daemon) startCPUProfile() error {
+	path := *d.rv.cpuProfile
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("--cpu-profile: %w", err)
+	}
+	d.closers.pushCloser(f)
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return fmt.Errorf("--cpu-profile: %w", err)
+	}
+	d.closers.push(pprof.StopCPUProfile)
+	return nil
+}
+
+// useOneProcessor: one goroutine does the tracking; more Go processors
+// only add threads spinning for work, and on a small firewall that CPU is
+// taken from the forwarding itself (measured: about 30% less CPU per
+// transfer). GOMAXPROCS in the environment overrides this.
+func useOneProcessor() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+}
 
-	switch {
-	case *commitDelay < 0:
-		return fmt.Errorf("--commit-delay %v: want 0 or more", *commitDelay)
-	case *commitDelay == 0:
-		cfg.CommitDelay = -1 // at once; the tracker's zero is its default
-	default:
-		cfg.CommitDelay = *commitDelay
-	}
-	if *nflogGroup == 0 || *nflogGroup > 65535 {
-		return fmt.Errorf("--nflog-group %d: want 1-65535", *nflogGroup)
-	}
-	if *capture_ == "passive" && nf.mode == "on" && flagSet(fs, "nat") {
-		return fmt.Errorf("--nat on needs --capture inline: the control proxy takes connections over in the kernel's path")
-	}
-	natOn, err := nf.enabled(*capture_ == "inline", m)
-	if err != nil {
-		return err
-	}
-	cfg.NATPorts, cfg.NATPortsPerClient = nf.ports, nf.portsShare
+// stopOnSignal returns the run's context: SIGINT and SIGTERM end it.
+func (d *daemon) stopOnSignal() context.Context {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	d.closers.push(stop)
+	return ctx
+}
+
+// notBlind follows the errors that leave ftpgate unable to program the
+// kernel, since the cure is the same for all.
+const notBlind = "ftpgate will not run blind: it must be able to program nftables (root or CAP_NET_ADMIN, kernel with nf_tables)"
+
+// openFirewall creates ftpgate's table.
+func (d *daemon) openFirewall() error {
+	rv := d.rv
 	rcfg := rules.Config{
-		Table: *table, Mark: m.value, MarkMask: m.mask, LogGroup: uint16(*nflogGroup),
-		MaxPinholes: uint32(cfg.MaxPinholes), MaxPeers: uint32(2 * (cfg.MaxSessions + cfg.MaxHalfOpen)), Logger: log,
+		Table: *rv.table, Mark: rv.m.value, MarkMask: rv.m.mask, LogGroup: uint16(*rv.nflogGroup),
+		MaxPinholes: uint32(d.cfg.MaxPinholes), MaxPeers: uint32(2 * (d.cfg.MaxSessions + d.cfg.MaxHalfOpen)), Logger: d.log,
 	}
-	if natOn {
-		rcfg.NAT = nf.rules(cfg.ControlPorts)
+	if d.natOn {
+		rcfg.NAT = rv.nf.rules(d.cfg.ControlPorts)
 	}
-	if *capture_ == "inline" {
-		rcfg.Interfaces = names
+	if *rv.capture == "inline" {
+		rcfg.Interfaces = d.ifaces
 	}
 	fw, err := rules.Open(rcfg)
 	if err != nil {
 		if errors.Is(err, rules.ErrNoNftables) {
-			return fmt.Errorf("%w\nftpgate will not run blind: it must be able to program nftables (root or CAP_NET_ADMIN, kernel with nf_tables)", err)
+			return fmt.Errorf("%w\n%s", err, notBlind)
 		}
 		return err
 	}
-	defer func() {
+	d.fw = fw
+	d.closers.push(func() {
 		if err := fw.Close(); err != nil {
-			log.Error("removing nftables table", "error", err)
+			d.log.Error("removing nftables table", "error", err)
 		}
-	}()
-	// Announcements made from this host's own sockets are checked
-	// against them (see conntrack.LocalSockets).
+	})
+	return nil
+}
+
+// openLocalSockets lets the tracker check announcements made from this
+// host's own sockets against them (see conntrack.LocalSockets), and NAT
+// keep clear of the public ports this host listens on or forwards.
+func (d *daemon) openLocalSockets() error {
 	sockets, err := capture.OpenLocalSockets()
 	if err != nil {
 		return err
 	}
-	defer sockets.Close()
-	cfg.LocalSockets = sockets
-	if natOn {
-		pp := &publicPorts{fw: fw, sockets: sockets, log: log}
-		pp.warnOverlap(nf.ports)
-		cfg.PublicPortInUse = pp.inUse
+	d.closers.pushCloser(sockets)
+	d.cfg.LocalSockets = sockets
+	if d.natOn {
+		pp := &publicPorts{fw: d.fw, sockets: sockets, log: d.log}
+		pp.warnOverlap(d.rv.nf.ports)
+		d.cfg.PublicPortInUse = pp.inUse
 	}
-	// The group carries the reports of used pinholes in both captures,
-	// and the copies of control segments inline.
-	logged, err := capture.OpenLog(uint16(*nflogGroup), 0, classifyLog)
-	if err != nil {
-		return fmt.Errorf("%w\nftpgate will not run blind: it must be able to program nftables (root or CAP_NET_ADMIN, kernel with nf_tables)", err)
-	}
-	defer logged.Close()
-	sources := []capture.Source{logged}
-	loop := &daemonLoop{} // its tracker comes once the sources are open
-	var passive []*capture.AFPacketSource
-	captureDesc := ""
-	switch *capture_ {
-	case "passive":
-		ifs := names
-		if len(ifs) == 0 {
-			ifs = []string{""}
-		}
-		for _, name := range ifs {
-			src, err := capture.OpenAFPacket(name, cfg.ControlPorts, log)
-			if errors.Is(err, os.ErrPermission) {
-				return fmt.Errorf("%w (passive capture needs root or CAP_NET_RAW)", err)
-			}
-			if err != nil {
-				return err
-			}
-			defer src.Close()
-			sources = append(sources, src)
-			passive = append(passive, src)
-		}
-		cfg.CommitDelay = -1 // the client races the pinhole: no time to lose
-		captureDesc = "passive (AF_PACKET copy; a fast client's data SYN can race the pinhole)"
-	case "inline":
-		for _, name := range names {
-			if _, err := net.InterfaceByName(name); err != nil {
-				// Matched by name in the kernel: it works once the
-				// interface exists (a PPP or VPN link that comes later).
-				log.Warn("--interface names an interface that does not exist now", "interface", name)
-			}
-		}
-		if *queueNum > 65535 {
-			return fmt.Errorf("--queue %d: want 0-65535", *queueNum)
-		}
-		src, err := capture.OpenQueue(uint16(*queueNum), 8192, 0)
-		if err != nil {
-			return err
-		}
-		defer src.Close()
-		src.Mark, src.MarkMask = m.value, m.mask
-		mode, err := fw.AddInlineRules(uint16(*queueNum), uint16(*nflogGroup), cfg.ControlPorts)
-		if err != nil {
-			return err
-		}
-		// Copies come in batches; a held data SYN flushes them (see
-		// rules.AddInlineRules). Under the lab's load one wakeup then
-		// reads about five copies instead of one.
-		if err := logged.SetBatch(64, 32<<10, 0); err != nil {
-			return err
-		}
-		sources = append(sources, src)
-		if natOn {
-			proxy, routes, err := nf.startProxy(log)
-			if err != nil {
-				return fmt.Errorf("starting the control proxy for NAT (--nat off runs without it): %w", err)
-			}
-			defer routes.Close()
-			defer proxy.Close()
-			sources = append(sources, proxySource{Proxy: proxy, loop: loop})
-			cfg.ProxyConns = proxy
-		}
-		cfg.Inline = true
-		warnConntrackLax(log)
-		captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
-			*nflogGroup, *queueNum, mode)
-	default:
-		return fmt.Errorf("--capture %q: want inline or passive", *capture_)
-	}
+	return nil
+}
 
-	cfg.ReportWindow = 2 * time.Second
-	cfg.ConfirmAdmitted = true
-	line := fmt.Sprintf("ct mark & %#08x == %#08x accept", m.mask, m.value)
-	warnRuleset(fw, line, log)
-	if *rv.reportDir != "" {
-		finish, err := startReport(ctx, *rv.reportDir, &cfg, log)
+// openSources opens what the loop reads. The NFLOG group carries the
+// reports of used pinholes in both captures, and the copies of control
+// segments inline.
+func (d *daemon) openSources() error {
+	logged, err := capture.OpenLog(uint16(*d.rv.nflogGroup), 0, classifyLog)
+	if err != nil {
+		return fmt.Errorf("%w\n%s", err, notBlind)
+	}
+	d.closers.pushCloser(logged)
+	d.logged = logged
+	d.sources = []capture.Source{logged}
+	switch *d.rv.capture {
+	case "passive":
+		return d.openPassive()
+	case "inline":
+		return d.openInline()
+	}
+	return fmt.Errorf("--capture %q: want inline or passive", *d.rv.capture)
+}
+
+func (d *daemon) openPassive() error {
+	ifaces := d.ifaces
+	if len(ifaces) == 0 {
+		ifaces = []string{""} // every interface
+	}
+	for _, name := range ifaces {
+		src, err := capture.OpenAFPacket(name, d.cfg.ControlPorts, d.log)
+		if errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("%w (passive capture needs root or CAP_NET_RAW)", err)
+		}
 		if err != nil {
 			return err
 		}
-		defer finish()
+		d.closers.pushCloser(src)
+		d.sources = append(d.sources, src)
+		d.passive = append(d.passive, src)
 	}
-	var tr *conntrack.Tracker
-	met := newMetrics(func() conntrack.Stats { return tr.Snapshot() })
-	tr = conntrack.NewTracker(cfg, timedBackend{fw, met.commitTime})
-	if *metricsListen != "" {
-		if err := met.serve(ctx, *metricsListen, log); err != nil {
+	d.cfg.CommitDelay = -1 // the client races the pinhole: no time to lose
+	d.captureDesc = "passive (AF_PACKET copy; a fast client's data SYN can race the pinhole)"
+	return nil
+}
+
+// openInline opens the queue and sets its mark before it adds the rules
+// that queue packets, so that the first packet they hold is read, and
+// admitted with the mark ftpgate means.
+func (d *daemon) openInline() error {
+	rv := d.rv
+	for _, name := range d.ifaces {
+		if _, err := net.InterfaceByName(name); err != nil {
+			// Matched by name in the kernel: it works once the
+			// interface exists (a PPP or VPN link that comes later).
+			d.log.Warn("--interface names an interface that does not exist now", "interface", name)
+		}
+	}
+	if *rv.queueNum > 65535 {
+		return fmt.Errorf("--queue %d: want 0-65535", *rv.queueNum)
+	}
+	queue, err := capture.OpenQueue(uint16(*rv.queueNum), 8192, 0)
+	if err != nil {
+		return err
+	}
+	d.closers.pushCloser(queue)
+	queue.Mark, queue.MarkMask = rv.m.value, rv.m.mask
+	mode, err := d.fw.AddInlineRules(uint16(*rv.queueNum), uint16(*rv.nflogGroup), d.cfg.ControlPorts)
+	if err != nil {
+		return err
+	}
+	// Copies come in batches; a held data SYN flushes them (see
+	// rules.AddInlineRules). Under the lab's load one wakeup then
+	// reads about five copies instead of one.
+	if err := d.logged.SetBatch(64, 32<<10, 0); err != nil {
+		return err
+	}
+	d.sources = append(d.sources, queue)
+	if d.natOn {
+		if err := d.startProxy(); err != nil {
+			return err
+		}
+	}
+	d.cfg.Inline = true
+	warnConntrackLax(d.log)
+	d.captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
+		*rv.nflogGroup, *rv.queueNum, mode)
+	return nil
+}
+
+// startProxy starts the control proxy for NAT, and its routes.
+func (d *daemon) startProxy() error {
+	proxy, routes, err := d.rv.nf.startProxy(d.log)
+	if err != nil {
+		return fmt.Errorf("starting the control proxy for NAT (--nat off runs without it): %w", err)
+	}
+	d.closers.pushCloser(routes)
+	d.closers.pushCloser(proxy)
+	d.sources = append(d.sources, proxySource{Proxy: proxy, loop: &d.loop})
+	d.cfg.ProxyConns = proxy
+	return nil
+}
+
+// startTracker makes the tracker. The report hooks itself into the
+// configuration, so it starts first: the tracker keeps a copy.
+func (d *daemon) startTracker(ctx context.Context) error {
+	d.cfg.ReportWindow = 2 * time.Second
+	d.cfg.ConfirmAdmitted = true
+	warnRuleset(d.fw, d.rv.m.acceptLine(), d.log)
+	if *d.rv.reportDir != "" {
+		finish, err := startReport(ctx, *d.rv.reportDir, &d.cfg, d.log)
+		if err != nil {
+			return err
+		}
+		d.closers.push(finish)
+	}
+	d.met = newMetrics(func() conntrack.Stats { return d.tr.Snapshot() })
+	d.tr = conntrack.NewTracker(d.cfg, timedBackend{d.fw, d.met.commitTime})
+	return nil
+}
+
+// startSideServices starts what answers beside the loop: metrics, and
+// the calls that the status socket and reloads hand the loop.
+func (d *daemon) startSideServices(ctx context.Context) error {
+	if *d.rv.metricsListen != "" {
+		if err := d.met.serve(ctx, *d.rv.metricsListen, d.log); err != nil {
 			return err
 		}
 	}
 	calls, err := capture.NewCalls()
 	if err != nil {
-		return err
+		return fmt.Errorf("the queue of calls to the loop (status, reload): %w", err)
 	}
-	defer calls.Close()
-	sources = append(sources, calls)
-	if *statusSocket != "" {
-		ss, err := startStatus(*statusSocket, calls, func() any { return daemonStatus{Version: version, Status: tr.Status()} }, log)
+	d.closers.pushCloser(calls)
+	d.calls = calls
+	d.sources = append(d.sources, calls)
+	if *d.rv.statusSocket != "" {
+		status := func() any { return daemonStatus{Version: version, Status: d.tr.Status()} }
+		ss, err := startStatus(*d.rv.statusSocket, calls, status, d.log)
 		if err != nil {
 			return err
 		}
-		defer ss.Close()
+		d.closers.pushCloser(ss)
 	}
-	log.Info("ftpgate running", "version", version, "capture", captureDesc,
-		"interfaces", ifaceList(names), "control_ports", tf.controlPorts.String(),
-		"table", "inet "+*table, "mark", m.String(),
-		"ruleset_line", line,
-		"nat", natDesc(natOn, *nf))
-	stopReload := reloadOnHUP(ctx, rv, args, servers, serverFTPSRanges, reloadTargets{tr: tr, fw: fw, passive: passive}, calls, log)
-	defer stopReload()
-	loop.t, loop.log, loop.heldWait = tr, logged, met.heldWait
-	err = capture.Run(ctx, loop, sources...)
-	tr.CloseAll("daemon stopping")
-	if cerr := tr.Commit(); err == nil {
+	return nil
+}
+
+func (d *daemon) logRunning() {
+	rv := d.rv
+	d.log.Info("ftpgate running", "version", version, "capture", d.captureDesc,
+		"interfaces", ifaceList(d.ifaces), "control_ports", rv.tf.controlPorts.String(),
+		"table", "inet "+*rv.table, "mark", rv.m.String(),
+		"ruleset_line", rv.m.acceptLine(),
+		"nat", natDesc(d.natOn, rv.nf))
+}
+
+func (d *daemon) reloader() *reloader {
+	return &reloader{rv: d.rv, args: d.args, servers: d.servers, ranges: d.serverRanges,
+		to: reloadTargets{tr: d.tr, fw: d.fw, passive: d.passive}, calls: d.calls, log: d.log}
+}
+
+// run runs the loop until SIGINT or SIGTERM, then closes every session,
+// so that their pinholes leave the kernel before the table does.
+func (d *daemon) run(ctx context.Context) error {
+	d.loop.t, d.loop.log, d.loop.heldWait = d.tr, d.logged, d.met.heldWait
+	err := capture.Run(ctx, &d.loop, d.sources...)
+	d.tr.CloseAll("daemon stopping")
+	if cerr := d.tr.Commit(); err == nil {
 		err = cerr
 	}
-	st := tr.Stats()
-	datagrams, records := logged.Counts()
-	log.Info("ftpgate stopped", "sessions", st.SessionsStarted, "channels_opened", st.ChannelsOpened,
+	d.logStopped()
+	return err
+}
+
+func (d *daemon) logStopped() {
+	st := d.tr.Stats()
+	datagrams, records := d.logged.Counts()
+	d.log.Info("ftpgate stopped", "sessions", st.SessionsStarted, "channels_opened", st.ChannelsOpened,
 		"channels_refused", st.ChannelsRefused, "lines", st.Lines, "lines_too_long", st.LinesTooLong,
 		"gap_bytes", st.GapBytes, "sessions_refused", st.SessionsRefused, "backend_errors", st.BackendErrors,
 		"syns_held", st.SYNsHeld, "syns_admitted", st.SYNsAdmitted, "adds_cancelled", st.AddsCancelled, "copy_overflows", st.CopiesLost,
 		"log_datagrams", datagrams, "log_records", records,
 		"data_admitted", st.DataAdmitted, "admitted_dropped", st.AdmittedDropped,
 		"sessions_proxied", st.SessionsProxied, "nat_rewrites", st.NATRewrites, "nat_mappings", st.NATMappings)
-	return err
 }
 
 // warnRuleset warns about every filter chain of the admin's that will drop
@@ -340,141 +375,11 @@ func warnRuleset(fw *rules.Nftables, line string, log *slog.Logger) {
 	}
 }
 
-// reloadTargets are what a reload changes: the tracker, and where the
-// control ports are: the kernel's rules and the passive capture filters.
-type reloadTargets struct {
-	tr      *conntrack.Tracker
-	fw      *rules.Nftables
-	passive []*capture.AFPacketSource
-}
-
-// reloadOnHUP reads the command line and the configuration file again on
-// each SIGHUP and applies what can change in a running daemon (liveKeys),
-// removals included: what the new configuration no longer gives closes
-// at once. A change of anything else is logged as waiting for the next
-// start. A file that does not load leaves the running configuration as
-// it is.
-func reloadOnHUP(ctx context.Context, rv *runVars, args []string, servers []conntrack.ServerPolicy, ranges []conntrack.FTPSRange,
-	to reloadTargets, calls *capture.Calls, log *slog.Logger) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	running := flagValues(rv.fs)
-	ports := slices.Clone(to.tr.ControlPorts())
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-			}
-			next := newRunVars()
-			ns, nranges, err := next.load(args, func(io.Writer) {}, io.Discard)
-			var cfg conntrack.Config
-			if err == nil {
-				cfg, err = next.tf.config(log)
-			}
-			if err == nil {
-				err = next.ff.apply(&cfg)
-			}
-			var level slog.Level
-			if err == nil {
-				err = level.UnmarshalText([]byte(next.tf.logLevel))
-			}
-			if err != nil {
-				log.Error("configuration not reloaded: the running one stays", "file", *rv.config, "error", err)
-				continue
-			}
-			cfg.FTPSRanges = append(cfg.FTPSRanges, nranges...)
-			values := flagValues(next.fs)
-			var live []string
-			for _, name := range slices.Sorted(maps.Keys(values)) {
-				if running[name] == values[name] {
-					continue
-				}
-				if !liveKeys[name] {
-					log.Warn("changed in the configuration; takes effect at the next start", "key", name,
-						"running", running[name], "configured", values[name])
-					continue
-				}
-				live = append(live, name+"="+values[name])
-				running[name] = values[name]
-			}
-			if !reflect.DeepEqual(ns, servers) || !reflect.DeepEqual(nranges, ranges) {
-				live = append(live, fmt.Sprintf("server (%d entries)", len(ns)))
-				servers, ranges = ns, nranges
-			}
-			re := conntrack.Reconfigurable{MinDataPort: cfg.MinDataPort, PinholeTimeout: cfg.PinholeTimeout,
-				IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: cfg.HandshakeTimeout,
-				MaxPinholesPerSession: cfg.MaxPinholesPerSession, Servers: ns,
-				FTPSRanges: cfg.FTPSRanges, ActiveRanges: cfg.ActiveRanges}
-			type result struct {
-				done conntrack.Reconfigured
-				err  error
-			}
-			res := make(chan result, 1)
-			calls.Do(func() {
-				var r result
-				if !slices.Equal(cfg.ControlPorts, ports) {
-					r.err = setControlPorts(to, cfg.ControlPorts)
-					if r.err == nil {
-						ports = slices.Clone(cfg.ControlPorts)
-						re.ControlPorts, re.ImplicitPorts = cfg.ControlPorts, cfg.ImplicitPorts
-					}
-				}
-				r.done = to.tr.Reconfigure(re)
-				res <- r
-			})
-			var r result
-			select {
-			case r = <-res:
-			case <-ctx.Done():
-				return
-			}
-			if r.err != nil {
-				pl := portList(ports)
-				log.Error("the control ports were not changed: the running ones stay", "running", pl.String(), "error", r.err)
-			}
-			rv.tf.level.Set(level)
-			log.Info("configuration reloaded", "file", *rv.config, "changed", strings.Join(live, " "),
-				"sessions_ended", r.done.SessionsEnded, "pinholes_closed", r.done.PinholesClosed, "scoped_ranges_closed", r.done.RangesClosed)
-		}
-	}()
-	return func() { signal.Stop(hup) }
-}
-
-// setControlPorts changes the control ports in the kernel: the inline
-// rules, or the passive capture filters.
-func setControlPorts(to reloadTargets, ports []uint16) error {
-	if err := to.fw.SetControlPorts(ports); err != nil {
-		return err
-	}
-	for _, src := range to.passive {
-		if err := src.SetPorts(ports); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// flagValues are the values of every flag, as text.
-func flagValues(fs *flag.FlagSet) map[string]string {
-	m := map[string]string{}
-	fs.VisitAll(func(f *flag.Flag) { m[f.Name] = f.Value.String() })
-	return m
-}
-
 func natDesc(on bool, nf natFlags) string {
 	if !on {
 		return "off"
 	}
 	return fmt.Sprintf("on (translated control connections through the control proxy on port %d; public ports %s)", nf.proxyPort, nf.ports.String())
-}
-
-// flagSet reports whether the flag was given on the command line.
-func flagSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
 }
 
 func ifaceList(n []string) string {

@@ -42,6 +42,23 @@ type Result struct {
 const slowSetup = 900 * time.Millisecond
 
 func cmdRun(args []string, stdout io.Writer) error {
+	lf, err := parseLoadFlags(args)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(stdout).Encode(runSessions(lf).result(lf))
+}
+
+// loadFlags are run's flags.
+type loadFlags struct {
+	server              string // as given, for the result
+	ctrl                string // address:port of the control connections
+	mode                string
+	sessions, transfers int
+	file                string
+}
+
+func parseLoadFlags(args []string) (loadFlags, error) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	server := fs.String("server", "", "FTP server address (IPv4 or IPv6 literal)")
 	port := fs.Int("port", 21, "FTP control port")
@@ -50,29 +67,38 @@ func cmdRun(args []string, stdout io.Writer) error {
 	transfers := fs.Int("transfers", 500, "transfers per session, each on a new data connection")
 	file := fs.String("file", "empty.txt", "file to RETR")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return loadFlags{}, err
 	}
 	addr, err := netip.ParseAddr(*server)
 	if err != nil {
-		return fmt.Errorf("--server: %w", err)
+		return loadFlags{}, fmt.Errorf("--server: %w", err)
 	}
 	switch *mode {
 	case "pasv", "epsv", "port", "eprt":
 	default:
-		return fmt.Errorf("--mode %q: want pasv, epsv, port or eprt", *mode)
+		return loadFlags{}, fmt.Errorf("--mode %q: want pasv, epsv, port or eprt", *mode)
 	}
-	ctrl := netip.AddrPortFrom(addr, uint16(*port)).String()
-	var (
-		mu       sync.Mutex
-		setups   []time.Duration
-		failed   int
-		firstErr string
-		wg       sync.WaitGroup
-	)
+	return loadFlags{server: *server, ctrl: netip.AddrPortFrom(addr, uint16(*port)).String(), mode: *mode,
+		sessions: *sessions, transfers: *transfers, file: *file}, nil
+}
+
+// loadTally is what the sessions of a run measured.
+type loadTally struct {
+	mu       sync.Mutex
+	setups   []time.Duration // one a transfer that succeeded
+	firstErr string
+	loginMax time.Duration // the slowest session's login, from the start
+	elapsed  time.Duration // from the last login to the last transfer
+}
+
+// runSessions runs every session at once. Their transfers wait until the
+// last has logged in, so that the rate counts transfers alone, not the
+// logins (slow through a NAT gateway's control proxy).
+func runSessions(lf loadFlags) *loadTally {
+	t := &loadTally{}
 	start := time.Now()
-	var loggedIn sync.WaitGroup // every session logs in before any transfers
-	loggedIn.Add(*sessions)
-	var loginMax time.Duration
+	var loggedIn sync.WaitGroup
+	loggedIn.Add(lf.sessions)
 	var transfersFrom time.Time
 	ready := make(chan struct{})
 	go func() {
@@ -80,39 +106,52 @@ func cmdRun(args []string, stdout io.Writer) error {
 		transfersFrom = time.Now()
 		close(ready)
 	}()
-	for range *sessions {
+	var wg sync.WaitGroup
+	for range lf.sessions {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got, nfail, err := session(ctrl, *mode, *file, *transfers, func() {
-				d := time.Since(start)
-				mu.Lock()
-				loginMax = max(loginMax, d)
-				mu.Unlock()
+			setups, err := session(lf.ctrl, lf.mode, lf.file, lf.transfers, func() {
+				t.loggedIn(time.Since(start))
 				loggedIn.Done()
 				<-ready
 			})
-			mu.Lock()
-			defer mu.Unlock()
-			setups = append(setups, got...)
-			failed += nfail
-			if err != nil && firstErr == "" {
-				firstErr = err.Error()
-			}
+			t.add(setups, err)
 		}()
 	}
 	wg.Wait()
 	<-ready
-	elapsed := time.Since(transfersFrom)
+	t.elapsed = time.Since(transfersFrom)
+	return t
+}
+
+func (t *loadTally) loggedIn(after time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.loginMax = max(t.loginMax, after)
+}
+
+func (t *loadTally) add(setups []time.Duration, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.setups = append(t.setups, setups...)
+	if err != nil && t.firstErr == "" {
+		t.firstErr = err.Error()
+	}
+}
+
+// result is the tally in the figures of the report. A transfer that did
+// not succeed failed, whether its session got to try it or not.
+func (t *loadTally) result(lf loadFlags) Result {
 	r := Result{
-		Mode: strings.ToUpper(*mode), Server: *server, Sessions: *sessions,
-		Wanted: *sessions * *transfers, Succeeded: len(setups), Seconds: elapsed.Seconds(), FirstErr: firstErr,
+		Mode: strings.ToUpper(lf.mode), Server: lf.server, Sessions: lf.sessions,
+		Wanted: lf.sessions * lf.transfers, Succeeded: len(t.setups), Seconds: t.elapsed.Seconds(), FirstErr: t.firstErr,
 	}
 	r.Failed = r.Wanted - r.Succeeded
-	r.LoginMax = float64(loginMax.Microseconds()) / 1000
+	r.LoginMax = ms(t.loginMax)
+	setups := t.setups
 	slices.Sort(setups)
 	if n := len(setups); n > 0 {
-		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 		r.SetupP50 = ms(setups[n/2])
 		r.SetupP99 = ms(setups[min(n-1, n*99/100)])
 		r.SetupMax = ms(setups[n-1])
@@ -121,10 +160,13 @@ func cmdRun(args []string, stdout io.Writer) error {
 				r.Slow++
 			}
 		}
-		r.PerSecond = float64(n) / elapsed.Seconds()
+		r.PerSecond = float64(n) / t.elapsed.Seconds()
 	}
-	return json.NewEncoder(stdout).Encode(r)
+	return r
 }
+
+// ms is d in milliseconds, to the microsecond.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // ftpConn is a logged-in control connection.
 type ftpConn struct {
@@ -177,21 +219,19 @@ func (f *ftpConn) cmd(expect int, format string, args ...any) (string, error) {
 }
 
 // session runs n transfers and returns the setup time of each that
-// succeeded, the number that failed and the first error.
-func session(ctrl, mode, file string, n int, loggedIn func()) ([]time.Duration, int, error) {
+// succeeded and the first error.
+func session(ctrl, mode, file string, n int, loggedIn func()) ([]time.Duration, error) {
 	f, err := dial(ctrl)
 	loggedIn()
 	if err != nil {
-		return nil, n, err
+		return nil, err
 	}
 	defer f.c.Close()
 	var setups []time.Duration
 	var firstErr error
-	failed := 0
 	for range n {
 		d, err := f.transfer(mode, file)
 		if err != nil {
-			failed++
 			if firstErr == nil {
 				firstErr = err
 			}
@@ -203,7 +243,7 @@ func session(ctrl, mode, file string, n int, loggedIn func()) ([]time.Duration, 
 		setups = append(setups, d)
 	}
 	_, _ = f.cmd(2, "QUIT")
-	return setups, failed, firstErr
+	return setups, firstErr
 }
 
 // transfer downloads file on a new data connection. Setup is the
@@ -212,83 +252,120 @@ func session(ctrl, mode, file string, n int, loggedIn func()) ([]time.Duration, 
 func (f *ftpConn) transfer(mode, file string) (time.Duration, error) {
 	var data net.Conn
 	var setup time.Duration
+	var err error
 	switch mode {
 	case "pasv", "epsv":
-		var target netip.AddrPort
-		if mode == "pasv" {
-			msg, err := f.cmd(227, "PASV")
-			if err != nil {
-				return 0, err
-			}
-			if target, err = parser.ParsePASVReply([]byte(msg)); err != nil {
-				return 0, err
-			}
-		} else {
-			msg, err := f.cmd(229, "EPSV")
-			if err != nil {
-				return 0, err
-			}
-			p, err := parser.ParseEPSVReply([]byte(msg))
-			if err != nil {
-				return 0, err
-			}
-			target = netip.AddrPortFrom(f.c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr(), p)
-		}
-		t0 := time.Now()
-		c, err := net.DialTimeout("tcp", target.String(), 10*time.Second)
-		setup = time.Since(t0)
-		if err != nil {
-			return 0, err
-		}
-		data = c
-		if err := f.tp.PrintfLine("RETR %s", file); err != nil {
-			data.Close()
-			return 0, err
-		}
+		data, setup, err = f.openPassive(mode, file)
 	case "port", "eprt":
-		local := f.c.LocalAddr().(*net.TCPAddr).AddrPort().Addr()
-		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
-		if err != nil {
+		var ln *net.TCPListener
+		if ln, err = f.listen(); err != nil {
 			return 0, err
 		}
 		defer ln.Close()
-		p := ln.Addr().(*net.TCPAddr).AddrPort().Port()
-		if mode == "port" {
-			a := local.As4()
-			_, err = f.cmd(200, "PORT %d,%d,%d,%d,%d,%d", a[0], a[1], a[2], a[3], p>>8, p&0xff)
-		} else {
-			proto := 1
-			if local.Is6() {
-				proto = 2
-			}
-			_, err = f.cmd(200, "EPRT |%d|%s|%d|", proto, local, p)
-		}
-		if err != nil {
-			return 0, err
-		}
-		t0 := time.Now()
-		if err := f.tp.PrintfLine("RETR %s", file); err != nil {
-			return 0, err
-		}
-		ln.SetDeadline(time.Now().Add(10 * time.Second))
-		c, err := ln.Accept()
-		setup = time.Since(t0)
-		if err != nil {
-			return 0, err
-		}
-		data = c
+		data, setup, err = f.openActive(ln, mode, file)
+	}
+	if err != nil {
+		return 0, err
 	}
 	defer data.Close()
+	if err := f.receive(data); err != nil {
+		return 0, err
+	}
+	return setup, nil
+}
+
+// openPassive asks the server for a port, connects to it and sends RETR.
+func (f *ftpConn) openPassive(mode, file string) (net.Conn, time.Duration, error) {
+	target, err := f.passiveTarget(mode)
+	if err != nil {
+		return nil, 0, err
+	}
+	t0 := time.Now()
+	data, err := net.DialTimeout("tcp", target.String(), 10*time.Second)
+	setup := time.Since(t0)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := f.tp.PrintfLine("RETR %s", file); err != nil {
+		data.Close()
+		return nil, 0, err
+	}
+	return data, setup, nil
+}
+
+// passiveTarget is where the server's reply to PASV or EPSV says to
+// connect; EPSV's is on the control connection's server.
+func (f *ftpConn) passiveTarget(mode string) (netip.AddrPort, error) {
+	if mode == "pasv" {
+		msg, err := f.cmd(227, "PASV")
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		return parser.ParsePASVReply([]byte(msg))
+	}
+	msg, err := f.cmd(229, "EPSV")
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	p, err := parser.ParseEPSVReply([]byte(msg))
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return netip.AddrPortFrom(f.c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr(), p), nil
+}
+
+// localAddr is the control connection's own address, which the server
+// (and a firewall checking announcements) expects the data port on.
+func (f *ftpConn) localAddr() netip.Addr { return f.c.LocalAddr().(*net.TCPAddr).AddrPort().Addr() }
+
+// listen opens the port an active transfer announces.
+func (f *ftpConn) listen() (*net.TCPListener, error) {
+	return net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.localAddr(), 0)))
+}
+
+// openActive announces ln's port with PORT or EPRT, sends RETR and
+// accepts the server's connection.
+func (f *ftpConn) openActive(ln *net.TCPListener, mode, file string) (net.Conn, time.Duration, error) {
+	local, p := f.localAddr(), ln.Addr().(*net.TCPAddr).AddrPort().Port()
+	var err error
+	if mode == "port" {
+		a := local.As4()
+		_, err = f.cmd(200, "PORT %d,%d,%d,%d,%d,%d", a[0], a[1], a[2], a[3], p>>8, p&0xff)
+	} else {
+		proto := 1
+		if local.Is6() {
+			proto = 2
+		}
+		_, err = f.cmd(200, "EPRT |%d|%s|%d|", proto, local, p)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	t0 := time.Now()
+	if err := f.tp.PrintfLine("RETR %s", file); err != nil {
+		return nil, 0, err
+	}
+	ln.SetDeadline(time.Now().Add(10 * time.Second))
+	data, err := ln.Accept()
+	setup := time.Since(t0)
+	if err != nil {
+		return nil, 0, err
+	}
+	return data, setup, nil
+}
+
+// receive reads the file from data, and RETR's replies around it.
+func (f *ftpConn) receive(data net.Conn) error {
 	f.c.SetDeadline(time.Now().Add(15 * time.Second))
 	if _, _, err := f.tp.ReadResponse(1); err != nil {
-		return 0, fmt.Errorf("RETR: %w", err)
+		return fmt.Errorf("RETR: %w", err)
 	}
 	data.SetDeadline(time.Now().Add(15 * time.Second))
 	if _, err := io.Copy(io.Discard, data); err != nil {
-		return 0, err
+		return err
 	}
 	if _, _, err := f.tp.ReadResponse(2); err != nil {
-		return 0, fmt.Errorf("RETR end: %w", err)
+		return fmt.Errorf("RETR end: %w", err)
 	}
-	return setup, nil
+	return nil
 }
