@@ -9,10 +9,10 @@ import (
 	"github.com/ftpgate/ftpgate/rules"
 )
 
-// LinkTypeRawIP is used for sources that deliver packets starting at the
-// IP header (AF_PACKET SOCK_DGRAM, NFQUEUE, NFLOG, raw-IP captures): the
-// version nibble tells IPv4 from IPv6.
-const LinkTypeRawIP = layers.LinkTypeRaw
+// rawIP is the link type of what the kernel hands over from the IP
+// header on (a held SYN, a report): the version nibble tells IPv4 from
+// IPv6. Sources name it capture.rawIP.
+const rawIP = layers.LinkTypeRaw
 
 // TCP header flags.
 const (

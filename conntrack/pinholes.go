@@ -31,7 +31,7 @@ const (
 func (t *Tracker) AdmitHeldSYN(data []byte) HeldVerdict {
 	t.env.stats.SYNsHeld++
 	var seg segment
-	if decode(data, LinkTypeRawIP, &seg) != decodedTCP || !seg.has(flagSYN) || seg.has(flagACK) {
+	if decode(data, rawIP, &seg) != decodedTCP || !seg.has(flagSYN) || seg.has(flagACK) {
 		return HeldPass
 	}
 	key := rules.Pinhole{Peer: seg.src.Addr(), Addr: seg.dst.Addr(), Port: seg.dst.Port()}

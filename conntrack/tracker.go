@@ -147,7 +147,7 @@ func (t *Tracker) HandlePacket(data []byte, link layers.LinkType, ts time.Time) 
 // port.
 func (t *Tracker) IsControl(data []byte) bool {
 	var seg segment
-	return decode(data, LinkTypeRawIP, &seg) == decodedTCP && (t.controls[seg.src.Port()] || t.controls[seg.dst.Port()])
+	return decode(data, rawIP, &seg) == decodedTCP && (t.controls[seg.src.Port()] || t.controls[seg.dst.Port()])
 }
 
 // ControlPorts are the control ports the tracker watches now.
