@@ -72,6 +72,15 @@ func newProxyLab(t *testing.T, cfg ProxyConfig) *proxyLab {
 	return &proxyLab{p: p}
 }
 
+// openedLab is a lab whose one connection the loop has been told of.
+func openedLab(t *testing.T) *proxyLab {
+	t.Helper()
+	l := newProxyLab(t, ProxyConfig{})
+	l.connect(t, src)
+	l.until(t, Opened, nil)
+	return l
+}
+
 // connect adopts a new connection of src, as open does once both ends
 // are connected.
 func (l *proxyLab) connect(t *testing.T, src netip.Prefix) {
@@ -85,13 +94,19 @@ func (l *proxyLab) connect(t *testing.T, src netip.Prefix) {
 	l.client, l.server = clientApp, serverApp
 }
 
+// wait reports whether the proxy has events for the loop within d.
+func (l *proxyLab) wait(d time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(l.p.Fd()), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, int(d/time.Millisecond))
+	return err == nil && n > 0
+}
+
 // round waits for events and handles them as the daemon's loop does:
 // Read, handle each, then Release. It returns the events of the round.
 func (l *proxyLab) round(t *testing.T, handle func(*Event)) []Event {
 	t.Helper()
-	fds := []unix.PollFd{{Fd: int32(l.p.Fd()), Events: unix.POLLIN}}
-	if n, err := unix.Poll(fds, 5000); err != nil || n == 0 {
-		t.Fatalf("no event within 5s (%v)", err)
+	if !l.wait(5 * time.Second) {
+		t.Fatal("no event within 5s")
 	}
 	var got []Event
 	l.p.Read(func(ev *Event) {
@@ -105,6 +120,28 @@ func (l *proxyLab) round(t *testing.T, handle func(*Event)) []Event {
 	})
 	l.p.Release()
 	return got
+}
+
+// passer is a loop that sends on what it reads, unchanged, or changed
+// by rewrite.
+type passer struct {
+	through [2]uint32
+	rewrite func([]byte) []byte
+}
+
+func (p *passer) handle(ev *Event) {
+	if ev.Kind != Bytes {
+		return
+	}
+	d := 0
+	if ev.FromServer {
+		d = 1
+	}
+	p.through[d] += uint32(len(ev.Data))
+	ev.Out, ev.Through = ev.Data, p.through[d]
+	if p.rewrite != nil {
+		ev.Out = p.rewrite(ev.Data)
+	}
 }
 
 // until runs rounds until an event of kind comes, and returns it.
@@ -139,18 +176,9 @@ func TestProxyRelaysWhatTheLoopSays(t *testing.T) {
 	if ev := l.until(t, Opened, nil); ev.Conn != labTranslation {
 		t.Fatalf("opened with %+v", ev.Conn)
 	}
-	var through [2]uint32
-	handle := func(ev *Event) {
-		if ev.Kind != Bytes {
-			return
-		}
-		d := 0
-		if ev.FromServer {
-			d = 1
-		}
-		through[d] += uint32(len(ev.Data))
-		ev.Out, ev.Through = bytes.ReplaceAll(ev.Data, []byte("192,0,2,2"), []byte("203,0,113,1")), through[d]
-	}
+	handle := (&passer{rewrite: func(b []byte) []byte {
+		return bytes.ReplaceAll(b, []byte("192,0,2,2"), []byte("203,0,113,1"))
+	}}).handle
 	l.client.Write([]byte("PORT 192,0,2,2,156,64\r\n"))
 	if ev := l.until(t, Bytes, handle); ev.FromServer || string(ev.Data) != "PORT 192,0,2,2,156,64\r\n" || ev.Ack != 0 {
 		t.Fatalf("client bytes: %+v", ev)
@@ -175,18 +203,16 @@ func TestProxyRelaysWhatTheLoopSays(t *testing.T) {
 // released the round that read it (the loop commits what the bytes
 // opened in between: the far side may connect the moment it reads them).
 func TestProxyHoldsBytesUntilRelease(t *testing.T) {
-	l := newProxyLab(t, ProxyConfig{})
-	l.connect(t, src)
-	l.until(t, Opened, nil)
+	l := openedLab(t)
 	l.server.Write([]byte("227 Entering Passive Mode (198,51,100,20,195,80)\r\n"))
-	fds := []unix.PollFd{{Fd: int32(l.p.Fd()), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(fds, 5000); n == 0 {
+	if !l.wait(5 * time.Second) {
 		t.Fatal("no event")
 	}
 	var held []*Event
+	pass := &passer{}
 	l.p.Read(func(ev *Event) {
+		pass.handle(ev)
 		if ev.Kind == Bytes {
-			ev.Out, ev.Through = ev.Data, uint32(len(ev.Data))
 			held = append(held, ev)
 		}
 	})
@@ -207,9 +233,7 @@ func TestProxyHoldsBytesUntilRelease(t *testing.T) {
 // neither program gets the bytes, both see it closed, and the loop hears
 // why.
 func TestProxyCloseVerdict(t *testing.T) {
-	l := newProxyLab(t, ProxyConfig{})
-	l.connect(t, src)
-	l.until(t, Opened, nil)
+	l := openedLab(t)
 	l.client.Write([]byte("USER x\r\n"))
 	ev := l.until(t, Closed, func(ev *Event) {
 		if ev.Kind == Bytes {
@@ -231,14 +255,8 @@ func TestProxyCloseVerdict(t *testing.T) {
 // half close for the other program, which can still answer; the
 // connection ends when both have closed.
 func TestProxyHalfClose(t *testing.T) {
-	l := newProxyLab(t, ProxyConfig{})
-	l.connect(t, src)
-	l.until(t, Opened, nil)
-	pass := func(ev *Event) {
-		if ev.Kind == Bytes {
-			ev.Out, ev.Through = ev.Data, uint32(len(ev.Data))
-		}
-	}
+	l := openedLab(t)
+	pass := (&passer{}).handle
 	l.client.CloseWrite()
 	if ev := l.until(t, EOF, pass); ev.FromServer {
 		t.Fatalf("EOF from the server, want the client's")
@@ -260,16 +278,13 @@ func TestProxyHalfClose(t *testing.T) {
 // TestProxyCloseConn: the tracker ending a session closes its
 // connection, and the loop is told nothing more of it.
 func TestProxyCloseConn(t *testing.T) {
-	l := newProxyLab(t, ProxyConfig{})
-	l.connect(t, src)
-	l.until(t, Opened, nil)
+	l := openedLab(t)
 	l.p.CloseConn(l.id)
 	if _, err := readWithin(l.client, 1, 2*time.Second); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("the client's connection stayed open: %v", err)
 	}
-	fds := []unix.PollFd{{Fd: int32(l.p.Fd()), Events: unix.POLLIN}}
 	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); {
-		if n, _ := unix.Poll(fds, 100); n > 0 {
+		if l.wait(100 * time.Millisecond) {
 			l.p.Read(func(ev *Event) {
 				if ev.Kind == Closed || ev.Kind == Bytes {
 					t.Errorf("told of %+v after CloseConn", *ev)
