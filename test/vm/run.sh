@@ -1,0 +1,290 @@
+#!/bin/bash
+# test/vm/run.sh runs a command as root inside a qemu VM that boots Debian 12's
+# distribution kernel (linux-image-amd64, 6.1.x) on the host's own root
+# filesystem: "/" is shared read-only over 9p under a tmpfs overlay (writes are
+# thrown away), the guest kernel's modules appear at /lib/modules/$(uname -r)
+# and load with modprobe (auto-loading too). The guest has no network device.
+#
+#   test/vm/run.sh [--mem 2G] [--cpus 2] [--timeout SECONDS] [--accel auto|kvm|tcg]
+#                  [--env NAME=VALUE]... -- DIR COMMAND [ARGS...]
+#   test/vm/run.sh --prepare
+#
+# The command runs in DIR (a host path, read-only below, writable overlay on
+# top) with HOME=/root and PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:
+# /usr/sbin:/usr/bin:/sbin:/bin plus each --env given. Its stdout and stderr go
+# to this script's stdout; the kernel's console of the last run is kept in
+# $CACHE/console.log.
+#
+# Exit status: the command's, or 125 when the VM did not boot, timed out
+# (--timeout, default 3600 s) or did not report one; 77 with "skipping: ..."
+# when qemu or the kernel cannot be had here. A last line on stderr sums up:
+#   vm: kernel 6.1.0-NN-amd64 (TCG), booted in N s, command exited R
+#
+# --prepare only fetches the kernel (apt-get download of the package that
+# linux-image-amd64 depends on, or $FTPGATE_VM_KERNEL_PKG; never installed),
+# extracts it, runs depmod on the copy and builds the initramfs. The cache is
+# $FTPGATE_VM_CACHE, default /var/cache/ftpgate-vm; a run without --prepare
+# prepares it first if it is empty and otherwise uses what it holds. Missing
+# host packages (qemu-system-x86, busybox-static, kmod) are installed with
+# apt-get when running as root.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${FTPGATE_VM_CACHE:-/var/cache/ftpgate-vm}
+QEMU=qemu-system-x86_64
+MEM=2G CPUS=2 TIMEOUT=3600 ACCEL=auto PREPARE=0
+ENVS=()
+
+say() { echo "vm: $*" >&2; }
+skip() { echo "skipping: $*" >&2; exit 77; }
+die() { say "$*"; exit 125; }
+usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
+
+while [ $# -gt 0 ]; do
+	case $1 in
+	--mem) MEM=${2:?}; shift 2 ;;
+	--cpus) CPUS=${2:?}; shift 2 ;;
+	--timeout) TIMEOUT=${2:?}; shift 2 ;;
+	--accel) ACCEL=${2:?}; shift 2 ;;
+	--env)
+		case ${2:-} in [A-Za-z_]*=*) ;; *) die "--env wants NAME=VALUE, not '${2:-}'" ;; esac
+		ENVS+=("$2"); shift 2 ;;
+	--prepare) PREPARE=1; shift ;;
+	-h|--help) usage 0 ;;
+	--) shift; break ;;
+	*) usage ;;
+	esac
+done
+if [ "$PREPARE" = 0 ]; then
+	[ $# -ge 2 ] || usage
+	DIR=$(realpath -e -- "$1" 2>/dev/null) && [ -d "$DIR" ] || die "no such directory: $1"
+	shift
+fi
+case $ACCEL in auto|kvm|tcg) ;; *) die "--accel wants auto, kvm or tcg" ;; esac
+
+# host tools: command, then the Debian package that has it.
+need_tools() {
+	local missing=() t
+	for t in "$QEMU:qemu-system-x86" "depmod:kmod" "modprobe:kmod" "dpkg-deb:dpkg" "apt-get:apt"; do
+		PATH=$PATH:/usr/sbin:/sbin command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
+	done
+	# the initramfs needs a static busybox (busybox-static, not busybox).
+	if ! [ -x /bin/busybox ] || ! { LC_ALL=C ldd /bin/busybox 2>&1 || :; } | grep -q 'not a dynamic'; then
+		missing+=(busybox-static)
+	fi
+	[ ${#missing[@]} = 0 ] && return
+	missing=($(printf '%s\n' "${missing[@]}" | sort -u))
+	[ "$(id -u)" = 0 ] || skip "missing ${missing[*]} (run as root to have them installed)"
+	say "installing ${missing[*]} with apt-get"
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+		>"${TMPDIR:-/tmp}/ftpgate-vm-apt.log" 2>&1 ||
+		skip "apt-get install ${missing[*]} failed (see ${TMPDIR:-/tmp}/ftpgate-vm-apt.log)"
+}
+export PATH=$PATH:/usr/sbin:/sbin
+
+# kernel_pkg names the kernel package: $FTPGATE_VM_KERNEL_PKG or what
+# linux-image-amd64 depends on now.
+kernel_pkg() {
+	local p
+	if [ -n "${FTPGATE_VM_KERNEL_PKG:-}" ]; then echo "$FTPGATE_VM_KERNEL_PKG"; return; fi
+	p=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
+	if [ -z "$p" ]; then
+		apt-get update -qq >/dev/null 2>&1
+		p=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
+	fi
+	echo "$p"
+}
+
+# initramfs_key changes whenever what goes into the initramfs does.
+INITRD_MODULES="virtio_pci 9pnet_virtio 9p overlay virtio_console"
+initramfs_key() { cat "$HERE/init" /bin/busybox <(echo "$INITRD_MODULES") | sha256sum | cut -c1-16; }
+
+# build_initramfs KVER: busybox, init and the modules the root mount needs,
+# in modules.dep order (they are plain .ko in Debian 12's package).
+build_initramfs() {
+	local kver=$1 tree=$CACHE/$1 tmp m f
+	tmp=$(mktemp -d "$CACHE/.initramfs.XXXXXX") || return 1
+	mkdir -p "$tmp/bin" "$tmp/modules"
+	cp /bin/busybox "$tmp/bin/busybox" && cp "$HERE/init" "$tmp/init" && chmod 0755 "$tmp/init" || return 1
+	for m in $INITRD_MODULES; do
+		modprobe -d "$tree" -S "$kver" --show-depends "$m" || { echo "no module $m in $kver" >&2; return 1; }
+	done | awk '$1 == "insmod" { print $2 }' | awk '!seen[$0]++' | while read -r f; do
+		case $f in
+		*.ko) cp "$f" "$tmp/modules/" ;;
+		*.ko.xz) xz -dc "$f" >"$tmp/modules/$(basename "${f%.xz}")" ;;
+		*.ko.zst) zstd -qdc "$f" >"$tmp/modules/$(basename "${f%.zst}")" ;;
+		*) echo "cannot handle $f" >&2; exit 1 ;;
+		esac
+		basename "${f%.*}" | sed 's/\.ko$//; s/$/.ko/' >>"$tmp/modules.list"
+	done || return 1
+	(cd "$tmp" && find . -mindepth 1 | busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$tree/initramfs.tmp" &&
+		mv "$tree/initramfs.tmp" "$tree/initramfs.cpio.gz" && initramfs_key >"$tree/initramfs.key"
+	local rc=$?
+	rm -rf "$tmp"
+	return $rc
+}
+
+# prepare [force]: make sure $CACHE/current names a ready kernel tree.
+prepare() {
+	local pkg kver tree deb tmp
+	mkdir -p "$CACHE" || skip "cannot create the cache $CACHE"
+	exec 9>"$CACHE/.lock"
+	flock 9
+	kver=$(cat "$CACHE/current" 2>/dev/null)
+	if [ "${1:-}" = force ] || [ -z "$kver" ] || [ ! -e "$CACHE/$kver/.ready" ]; then
+		pkg=$(kernel_pkg)
+		[ -n "$pkg" ] || skip "cannot find linux-image-amd64's kernel package with apt-cache"
+		kver=${pkg#linux-image-}
+		tree=$CACHE/$kver
+		if [ ! -e "$tree/.ready" ]; then
+			say "fetching $pkg into $CACHE"
+			tmp=$(mktemp -d "$CACHE/.dl.XXXXXX")
+			(cd "$tmp" && apt-get download "$pkg" >download.log 2>&1) ||
+				{ tail -3 "$tmp/download.log" >&2; rm -rf "$tmp"; skip "cannot download $pkg"; }
+			deb=$(ls "$tmp"/*.deb)
+			rm -rf "$tree"
+			dpkg-deb -x "$deb" "$tmp/x" || { rm -rf "$tmp"; die "cannot extract $deb"; }
+			[ -f "$tmp/x/boot/vmlinuz-$kver" ] && [ -d "$tmp/x/lib/modules/$kver" ] ||
+				{ rm -rf "$tmp"; die "$pkg holds no vmlinuz-$kver or lib/modules/$kver"; }
+			depmod -b "$tmp/x" "$kver" || { rm -rf "$tmp"; die "depmod failed on $kver"; }
+			basename "$deb" >"$tmp/x/package"
+			mv "$tmp/x" "$tree" && rm -rf "$tmp" && touch "$tree/.ready"
+		fi
+		echo "$kver" >"$CACHE/current"
+	fi
+	tree=$CACHE/$kver
+	if [ "$(cat "$tree/initramfs.key" 2>/dev/null)" != "$(initramfs_key)" ]; then
+		build_initramfs "$kver" || die "cannot build the initramfs for $kver"
+	fi
+	KVER=$kver
+	flock -u 9
+}
+
+need_tools
+if [ "$PREPARE" = 1 ]; then
+	prepare force
+	say "kernel $KVER ready in $CACHE/$KVER ($(cat "$CACHE/$KVER/package"))"
+	exit 0
+fi
+prepare
+TREE=$CACHE/$KVER
+
+# cpu_for ACCEL: the CPU model (FTPGATE_VM_CPU overrides it).
+cpu_for() {
+	if [ -n "${FTPGATE_VM_CPU:-}" ]; then echo "$FTPGATE_VM_CPU"
+	elif [ "$1" = kvm ]; then echo host,-arch-capabilities
+	else echo max; fi
+}
+# accel_ok ACCEL: does the guest kernel run with it here? For TCG it is
+# enough that qemu starts a machine. For KVM, /dev/kvm may open,
+# the machine start and the firmware run, yet the kernel hang where it leaves
+# real mode (so it is on this machine): the probe boots the kernel alone and
+# waits up to 5 s for "Linux version" on the serial port. The answer is kept
+# in the cache for this host kernel and qemu.
+accel_ok() {
+	local f i pid key
+	if [ "$1" = tcg ]; then
+		( echo quit | timeout 20 "$QEMU" -accel tcg -machine q35 -cpu "$(cpu_for tcg)" -m 64 \
+			-display none -nodefaults -no-user-config -S -monitor stdio ) >/dev/null 2>&1
+		return
+	fi
+	key="$1 $(uname -r) $("$QEMU" --version | head -1) $(cpu_for "$1")"
+	if [ -f "$CACHE/accel-ok" ] && grep -qxF "$key" "$CACHE/accel-ok"; then return 0; fi
+	if [ -f "$CACHE/accel-bad" ] && grep -qxF "$key" "$CACHE/accel-bad"; then return 1; fi
+	f=$(mktemp "${TMPDIR:-/tmp}/ftpgate-vm-probe.XXXXXX") || return 1
+	"$QEMU" -accel "$1" -machine q35 -cpu "$(cpu_for "$1")" -m 256 -display none \
+		-nodefaults -no-user-config -monitor none -no-reboot -serial "file:$f" \
+		-kernel "$TREE/boot/vmlinuz-$KVER" -append "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 rdinit=/none" \
+		</dev/null >/dev/null 2>&1 &
+	pid=$!
+	for i in $(seq 50); do
+		grep -q 'Linux version' "$f" 2>/dev/null && break
+		kill -0 $pid 2>/dev/null || break
+		sleep 0.1
+	done
+	kill $pid 2>/dev/null
+	wait $pid 2>/dev/null
+	if grep -q 'Linux version' "$f"; then i=ok; else i=bad; fi
+	rm -f "$f"
+	echo "$key" >>"$CACHE/accel-$i"
+	[ $i = ok ]
+}
+case $ACCEL in
+auto)
+	if [ -r /dev/kvm ] && [ -w /dev/kvm ] && accel_ok kvm; then ACCEL=kvm
+	else
+		[ -e /dev/kvm ] && say "KVM does not work here; using TCG (slow)"
+		ACCEL=tcg
+	fi ;;
+esac
+accel_ok "$ACCEL" || skip "qemu cannot start a machine with -accel $ACCEL here"
+CPU=$(cpu_for "$ACCEL")
+ACCEL_NAME=$(echo "$ACCEL" | tr a-z A-Z)
+
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/ftpgate-vm.XXXXXX") || die "cannot create a run directory"
+SHARE=$RUN/share
+mkdir "$SHARE"
+trap 'rm -rf "$RUN"' EXIT
+cp "$HERE/stage2" "$SHARE/stage2" && chmod 0755 "$SHARE/stage2"
+{
+	printf 'export HOME=/root USER=root LOGNAME=root TERM=dumb LANG=C.UTF-8\n'
+	printf 'export PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n'
+	printf 'export FTPGATE_VM=1\n'
+	for e in "${ENVS[@]}"; do printf 'export %q\n' "$e"; done
+	printf 'cd %q || { echo "vm: cannot cd to %q in the guest"; exit 125; }\n' "$DIR" "$DIR"
+	printf 'exec'
+	printf ' %q' "$@"
+	printf '\n'
+} >"$SHARE/job"
+
+# The command's output arrives on a fifo that cat copies to our stdout, so
+# stdout may be a tty, a pipe, a file or a socket.
+mkfifo "$RUN/out"
+cat "$RUN/out" &
+CAT=$!
+LOG=$RUN/console.log
+
+T0=$(date +%s.%N)
+# stamp the host time at which the guest is about to exec the command.
+( while [ ! -e "$SHARE/started" ] && kill -0 $$ 2>/dev/null; do sleep 0.1; done; date +%s.%N >"$RUN/t1" ) &
+WATCH=$!
+timeout -k 5 "$TIMEOUT" "$QEMU" \
+	-accel "$ACCEL" -machine q35 -cpu "$CPU" -smp "$CPUS" -m "$MEM" \
+	-nodefaults -no-user-config -display none -no-reboot -monitor none -nic none \
+	-kernel "$TREE/boot/vmlinuz-$KVER" -initrd "$TREE/initramfs.cpio.gz" \
+	-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init mitigations=off tsc=reliable no_timer_check" \
+	-serial "file:$LOG" \
+	-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
+	-virtfs "local,path=$TREE/lib/modules/$KVER,mount_tag=modules,security_model=none,readonly=on,multidevs=remap" \
+	-virtfs "local,path=$SHARE,mount_tag=ftpgaterun,security_model=none" \
+	-device virtio-serial-pci,id=vser \
+	-chardev "file,id=out,path=$RUN/out,append=on" \
+	-device virtserialport,bus=vser.0,chardev=out,name=ftpgate.out \
+	</dev/null >>"$LOG" 2>&1
+QRC=$?
+# if qemu never opened the fifo, cat still waits to open it: let it go.
+kill -0 $CAT 2>/dev/null && timeout 2 sh -c ': >"$1"' sh "$RUN/out" 2>/dev/null
+wait $CAT
+cp "$LOG" "$CACHE/console.log" 2>/dev/null
+kill $WATCH 2>/dev/null; wait $WATCH 2>/dev/null
+T2=$(date +%s.%N)
+
+boot=?
+[ -s "$RUN/t1" ] && boot=$(echo "$(cat "$RUN/t1") $T0" | awk '{ printf "%.1f", $1 - $2 }')
+total=$(echo "$T2 $T0" | awk '{ printf "%.1f", $1 - $2 }')
+if [ -s "$SHARE/rc" ]; then
+	RC=$(cat "$SHARE/rc")
+	say "kernel $KVER ($ACCEL_NAME), booted in $boot s, command exited $RC ($total s in all)"
+	exit "$RC"
+fi
+if [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
+	why="timed out after $TIMEOUT s"
+elif [ -e "$SHARE/started" ]; then
+	why="the guest stopped before the command's exit status came back (qemu exited $QRC)"
+else
+	why="the VM did not boot (qemu exited $QRC)"
+fi
+echo "--- last lines of the console log (all of it in $CACHE/console.log):" >&2
+tail -n 25 "$LOG" >&2
+say "kernel $KVER ($ACCEL_NAME), booted in $boot s, $why"
+exit 125
