@@ -10,7 +10,7 @@
 #   test/vm/run.sh --prepare
 #
 # The command runs in DIR (a host path, read-only below, writable overlay on
-# top) with HOME=/root and PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:
+# top; not under /tmp, /run, /dev, /proc or /sys, which the guest has its own) with HOME=/root and PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:
 # /usr/sbin:/usr/bin:/sbin:/bin plus each --env given. Its stdout and stderr go
 # to this script's stdout; the kernel's console of the last run is kept in
 # $CACHE/console.log.
@@ -59,6 +59,10 @@ if [ "$PREPARE" = 0 ]; then
 	[ $# -ge 2 ] || usage
 	DIR=$(realpath -e -- "$1" 2>/dev/null) && [ -d "$DIR" ] || die "no such directory: $1"
 	shift
+	case $DIR/ in
+	/tmp/*|/run/*|/dev/*|/proc/*|/sys/*)
+		die "$DIR is hidden in the guest, which has its own /tmp, /run, /dev, /proc and /sys" ;;
+	esac
 fi
 case $ACCEL in auto|kvm|tcg) ;; *) die "--accel wants auto, kvm or tcg" ;; esac
 
@@ -242,7 +246,15 @@ ACCEL_NAME=$(echo "$ACCEL" | tr a-z A-Z)
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/ftpgate-vm.XXXXXX") || die "cannot create a run directory"
 SHARE=$RUN/share
 mkdir "$SHARE"
-trap 'rm -rf "$RUN"' EXIT
+QEMU_PID= CAT=
+# on any exit, qemu and the output copier go too, then the run directory.
+cleanup() {
+	[ -n "$QEMU_PID" ] && kill $QEMU_PID 2>/dev/null
+	[ -n "$CAT" ] && kill $CAT 2>/dev/null
+	rm -rf "$RUN"
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 125' INT TERM HUP
 cp "$HERE/stage2" "$SHARE/stage2"
 {
 	printf 'export HOME=/root USER=root LOGNAME=root TERM=dumb LANG=C.UTF-8\n'
@@ -263,10 +275,7 @@ CAT=$!
 LOG=$RUN/console.log
 
 T0=$(date +%s.%N)
-# stamp the host time at which the guest is about to exec the command.
-( while [ ! -e "$SHARE/started" ] && kill -0 $$ 2>/dev/null; do sleep 0.1; done; date +%s.%N >"$RUN/t1" ) &
-WATCH=$!
-timeout -k 5 "$TIMEOUT" "$QEMU" \
+"$QEMU" \
 	-accel "$ACCEL" -machine q35 -cpu "$CPU" -smp "$CPUS" -m "$MEM" \
 	-nodefaults -no-user-config -display none -no-reboot -monitor none -nic none \
 	-kernel "$KIMG" -initrd "$TREE/initramfs.cpio.gz" \
@@ -278,13 +287,32 @@ timeout -k 5 "$TIMEOUT" "$QEMU" \
 	-device virtio-serial-pci,id=vser \
 	-chardev "file,id=out,path=$RUN/out,append=on" \
 	-device virtserialport,bus=vser.0,chardev=out,name=ftpgate.out \
-	</dev/null >>"$LOG" 2>&1
+	</dev/null >>"$LOG" 2>&1 &
+QEMU_PID=$!
+# The watcher stamps the host time at which the guest is about to exec the
+# command ($RUN/t1) and stops qemu after --timeout seconds ($RUN/timedout).
+(
+	n=0
+	while kill -0 $QEMU_PID 2>/dev/null; do
+		if [ ! -e "$RUN/t1" ] && [ -e "$SHARE/started" ]; then date +%s.%N >"$RUN/t1"; fi
+		sleep 0.1
+		n=$((n + 1))
+		if [ $n -ge $((TIMEOUT * 10)) ] && [ ! -e "$RUN/timedout" ]; then
+			touch "$RUN/timedout"
+			kill $QEMU_PID 2>/dev/null
+			(sleep 5; kill -9 $QEMU_PID 2>/dev/null) &
+		fi
+	done
+) &
+WATCH=$!
+wait $QEMU_PID
 QRC=$?
+QEMU_PID=
+wait $WATCH
 # if qemu never opened the fifo, cat still waits to open it: let it go.
 kill -0 $CAT 2>/dev/null && timeout 2 sh -c ': >"$1"' sh "$RUN/out" 2>/dev/null
 wait $CAT
 cp "$LOG" "$CACHE/console.log" 2>/dev/null
-kill $WATCH 2>/dev/null; wait $WATCH 2>/dev/null
 T2=$(date +%s.%N)
 
 boot=?
@@ -295,7 +323,7 @@ if [ -s "$SHARE/rc" ]; then
 	say "kernel $KVER ($ACCEL_NAME), booted in $boot s, command exited $RC ($total s in all)"
 	exit "$RC"
 fi
-if [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
+if [ -e "$RUN/timedout" ]; then
 	why="timed out after $TIMEOUT s"
 elif [ -e "$SHARE/started" ]; then
 	why="the guest stopped before the command's exit status came back (qemu exited $QRC)"
