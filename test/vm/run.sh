@@ -16,7 +16,9 @@
 # $CACHE/console.log.
 #
 # Exit status: the command's, or 125 when the VM did not boot, timed out
-# (--timeout, default 3600 s) or did not report one; 77 with "skipping: ..."
+# (--timeout, default 3600 s; a boot that has not reached the command after
+# $FTPGATE_VM_BOOT_TIMEOUT, 180 s, counts as failed and is tried once more)
+# or did not report one; 77 with "skipping: ..."
 # when qemu or the kernel cannot be had here. A last line on stderr sums up:
 #   vm: kernel 6.1.0-NN-amd64 (TCG), booted in N s, command exited R
 #
@@ -86,11 +88,9 @@ need_tools() {
 }
 export PATH=$PATH:/usr/sbin:/sbin
 
-# kernel_pkg names the kernel package: $FTPGATE_VM_KERNEL_PKG or what
-# linux-image-amd64 depends on now.
+# kernel_pkg names the kernel package linux-image-amd64 depends on now.
 kernel_pkg() {
 	local p
-	if [ -n "${FTPGATE_VM_KERNEL_PKG:-}" ]; then echo "$FTPGATE_VM_KERNEL_PKG"; return; fi
 	p=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
 	if [ -z "$p" ]; then
 		apt-get update -qq >/dev/null 2>&1
@@ -128,46 +128,71 @@ build_initramfs() {
 	return $rc
 }
 
-# extract_vmlinux BZIMAGE OUT: the kernel's ELF image out of its xz payload.
-# qemu boots it through its PVH entry point (CONFIG_PVH=y), which skips the
-# BIOS's real-mode boot and the in-guest decompression: 3 to 4 s less under TCG.
+# extract_vmlinux BZIMAGE OUT: the kernel's ELF image out of its xz (6.1) or
+# zstd (6.12) payload. qemu boots it through its PVH entry point
+# (CONFIG_PVH=y), which skips the BIOS's real-mode boot and the in-guest
+# decompression: 3 to 4 s less under TCG.
 extract_vmlinux() {
-	local off
+	local off magic dec
 	grep -q '^CONFIG_PVH=y' "$(dirname "$1")/config-${1##*/vmlinuz-}" || return 1
-	off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$1" | head -1 | cut -d: -f1)
-	[ -n "$off" ] || return 1
-	{ tail -c +$((off + 1)) "$1" || :; } | xz -dc --single-stream >"$2.tmp" 2>/dev/null &&
-		[ "$(head -c 4 "$2.tmp" | od -An -c | tr -d ' ')" = 177ELF ] &&
-		mv "$2.tmp" "$2" || { rm -f "$2.tmp"; return 1; }
+	for magic in xz zstd; do
+		case $magic in
+		xz) off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$1" | head -1 | cut -d: -f1); dec="xz -dc --single-stream" ;;
+		zstd) off=$(LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$1" | head -1 | cut -d: -f1); dec="zstd -dcq" ;;
+		esac
+		[ -n "$off" ] || continue
+		command -v "${dec%% *}" >/dev/null || continue
+		# zstd complains of the bytes after its frame; the ELF check below decides.
+		{ tail -c +$((off + 1)) "$1" || :; } | $dec >"$2.tmp" 2>/dev/null
+		if [ "$(head -c 4 "$2.tmp" | od -An -c | tr -d ' ')" = 177ELF ]; then
+			mv "$2.tmp" "$2"
+			return 0
+		fi
+	done
+	rm -f "$2.tmp"
+	return 1
 }
 
-# prepare [force]: make sure $CACHE/current names a ready kernel tree.
+# fetch_kernel PKG: download and extract PKG into $CACHE/<its version>, once.
+fetch_kernel() {
+	local pkg=$1 kver=${1#linux-image-} tree tmp deb
+	tree=$CACHE/$kver
+	[ -e "$tree/.ready" ] && return
+	say "fetching $pkg into $CACHE"
+	tmp=$(mktemp -d "$CACHE/.dl.XXXXXX")
+	(cd "$tmp" && apt-get download "$pkg" >download.log 2>&1) ||
+		{ tail -3 "$tmp/download.log" >&2; rm -rf "$tmp"; skip "cannot download $pkg"; }
+	deb=$(ls "$tmp"/*.deb)
+	rm -rf "$tree"
+	dpkg-deb -x "$deb" "$tmp/x" || { rm -rf "$tmp"; die "cannot extract $deb"; }
+	[ -f "$tmp/x/boot/vmlinuz-$kver" ] && [ -d "$tmp/x/lib/modules/$kver" ] ||
+		{ rm -rf "$tmp"; die "$pkg holds no vmlinuz-$kver or lib/modules/$kver"; }
+	depmod -b "$tmp/x" "$kver" || { rm -rf "$tmp"; die "depmod failed on $kver"; }
+	basename "$deb" >"$tmp/x/package"
+	mv "$tmp/x" "$tree" && rm -rf "$tmp" && touch "$tree/.ready"
+}
+
+# prepare [force]: set KVER to a ready kernel tree with its initramfs. With
+# FTPGATE_VM_KERNEL_PKG, that package's; otherwise the one $CACHE/current
+# names, which force (--prepare) or an empty cache sets anew from
+# linux-image-amd64.
 prepare() {
-	local pkg kver tree deb tmp
+	local pkg kver tree
 	mkdir -p "$CACHE" || skip "cannot create the cache $CACHE"
 	exec 9>"$CACHE/.lock"
 	flock 9
-	kver=$(cat "$CACHE/current" 2>/dev/null)
-	if [ "${1:-}" = force ] || [ -z "$kver" ] || [ ! -e "$CACHE/$kver/.ready" ]; then
-		pkg=$(kernel_pkg)
-		[ -n "$pkg" ] || skip "cannot find linux-image-amd64's kernel package with apt-cache"
-		kver=${pkg#linux-image-}
-		tree=$CACHE/$kver
-		if [ ! -e "$tree/.ready" ]; then
-			say "fetching $pkg into $CACHE"
-			tmp=$(mktemp -d "$CACHE/.dl.XXXXXX")
-			(cd "$tmp" && apt-get download "$pkg" >download.log 2>&1) ||
-				{ tail -3 "$tmp/download.log" >&2; rm -rf "$tmp"; skip "cannot download $pkg"; }
-			deb=$(ls "$tmp"/*.deb)
-			rm -rf "$tree"
-			dpkg-deb -x "$deb" "$tmp/x" || { rm -rf "$tmp"; die "cannot extract $deb"; }
-			[ -f "$tmp/x/boot/vmlinuz-$kver" ] && [ -d "$tmp/x/lib/modules/$kver" ] ||
-				{ rm -rf "$tmp"; die "$pkg holds no vmlinuz-$kver or lib/modules/$kver"; }
-			depmod -b "$tmp/x" "$kver" || { rm -rf "$tmp"; die "depmod failed on $kver"; }
-			basename "$deb" >"$tmp/x/package"
-			mv "$tmp/x" "$tree" && rm -rf "$tmp" && touch "$tree/.ready"
+	if [ -n "${FTPGATE_VM_KERNEL_PKG:-}" ]; then
+		fetch_kernel "$FTPGATE_VM_KERNEL_PKG"
+		kver=${FTPGATE_VM_KERNEL_PKG#linux-image-}
+	else
+		kver=$(cat "$CACHE/current" 2>/dev/null)
+		if [ "${1:-}" = force ] || [ -z "$kver" ] || [ ! -e "$CACHE/$kver/.ready" ]; then
+			pkg=$(kernel_pkg)
+			[ -n "$pkg" ] || skip "cannot find linux-image-amd64's kernel package with apt-cache"
+			fetch_kernel "$pkg"
+			kver=${pkg#linux-image-}
+			echo "$kver" >"$CACHE/current"
 		fi
-		echo "$kver" >"$CACHE/current"
 	fi
 	tree=$CACHE/$kver
 	if [ ! -e "$tree/vmlinux" ] && [ ! -e "$tree/no-vmlinux" ]; then
@@ -269,51 +294,74 @@ cp "$HERE/stage2" "$SHARE/stage2"
 
 # The command's output arrives on a fifo that cat copies to our stdout, so
 # stdout may be a tty, a pipe, a file or a socket.
-mkfifo "$RUN/out"
-cat "$RUN/out" &
-CAT=$!
 LOG=$RUN/console.log
+BOOT_TIMEOUT=${FTPGATE_VM_BOOT_TIMEOUT:-180}
 
-T0=$(date +%s.%N)
-"$QEMU" \
-	-accel "$ACCEL" -machine q35 -cpu "$CPU" -smp "$CPUS" -m "$MEM" \
-	-nodefaults -no-user-config -display none -no-reboot -monitor none -nic none \
-	-kernel "$KIMG" -initrd "$TREE/initramfs.cpio.gz" \
-	-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init mitigations=off tsc=reliable no_timer_check" \
-	-serial "file:$LOG" \
-	-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
-	-virtfs "local,path=$TREE/lib/modules/$KVER,mount_tag=modules,security_model=none,readonly=on,multidevs=remap" \
-	-virtfs "local,path=$SHARE,mount_tag=ftpgaterun,security_model=none" \
-	-device virtio-serial-pci,id=vser \
-	-chardev "file,id=out,path=$RUN/out,append=on" \
-	-device virtserialport,bus=vser.0,chardev=out,name=ftpgate.out \
-	</dev/null >>"$LOG" 2>&1 &
-QEMU_PID=$!
-# The watcher stamps the host time at which the guest is about to exec the
-# command ($RUN/t1) and stops qemu after --timeout seconds ($RUN/timedout).
-(
-	n=0
-	while kill -0 $QEMU_PID 2>/dev/null; do
-		if [ ! -e "$RUN/t1" ] && [ -e "$SHARE/started" ]; then date +%s.%N >"$RUN/t1"; fi
-		sleep 0.1
-		n=$((n + 1))
-		if [ $n -ge $((TIMEOUT * 10)) ] && [ ! -e "$RUN/timedout" ]; then
-			touch "$RUN/timedout"
-			kill $QEMU_PID 2>/dev/null
-			(sleep 5; kill -9 $QEMU_PID 2>/dev/null) &
-		fi
-	done
-) &
-WATCH=$!
-wait $QEMU_PID
-QRC=$?
-QEMU_PID=
-wait $WATCH
-# if qemu never opened the fifo, cat still waits to open it: let it go.
-kill -0 $CAT 2>/dev/null && timeout 2 sh -c ': >"$1"' sh "$RUN/out" 2>/dev/null
-wait $CAT
-cp "$LOG" "$CACHE/console.log" 2>/dev/null
-T2=$(date +%s.%N)
+# boot_once: one VM run. The command's output arrives on a fifo that cat
+# copies to our stdout, so stdout may be a tty, a pipe, a file or a socket.
+# A watcher stamps the host time at which the guest is about to exec the
+# command ($RUN/t1), and stops qemu after --timeout seconds ($RUN/timedout) or
+# when the command has not started after $BOOT_TIMEOUT s ($RUN/noboot).
+boot_once() {
+	rm -f "$RUN/out" "$RUN/t1" "$RUN/timedout" "$RUN/noboot" "$SHARE/started" "$SHARE/rc" "$SHARE/finished"
+	mkfifo "$RUN/out"
+	cat "$RUN/out" &
+	CAT=$!
+	: >"$LOG"
+	T0=$(date +%s.%N)
+	"$QEMU" \
+		-accel "$ACCEL" -machine q35 -cpu "$CPU" -smp "$CPUS" -m "$MEM" \
+		-nodefaults -no-user-config -display none -no-reboot -monitor none -nic none \
+		-kernel "$KIMG" -initrd "$TREE/initramfs.cpio.gz" \
+		-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init mitigations=off tsc=reliable no_timer_check" \
+		-serial "file:$LOG" \
+		-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
+		-virtfs "local,path=$TREE/lib/modules/$KVER,mount_tag=modules,security_model=none,readonly=on,multidevs=remap" \
+		-virtfs "local,path=$SHARE,mount_tag=ftpgaterun,security_model=none" \
+		-device virtio-serial-pci,id=vser \
+		-chardev "file,id=out,path=$RUN/out,append=on" \
+		-device virtserialport,bus=vser.0,chardev=out,name=ftpgate.out \
+		</dev/null >>"$LOG" 2>&1 &
+	QEMU_PID=$!
+	(
+		n=0
+		while kill -0 $QEMU_PID 2>/dev/null; do
+			if [ ! -e "$RUN/t1" ] && [ -e "$SHARE/started" ]; then date +%s.%N >"$RUN/t1"; fi
+			sleep 0.1
+			n=$((n + 1))
+			stop=
+			if [ $n -ge $((TIMEOUT * 10)) ]; then stop=timedout
+			elif [ $n -ge $((BOOT_TIMEOUT * 10)) ] && [ ! -e "$RUN/t1" ]; then stop=noboot; fi
+			if [ -n "$stop" ] && [ ! -e "$RUN/$stop" ]; then
+				touch "$RUN/$stop"
+				kill $QEMU_PID 2>/dev/null
+				(sleep 5; kill -9 $QEMU_PID 2>/dev/null) &
+			fi
+		done
+	) &
+	WATCH=$!
+	wait $QEMU_PID
+	QRC=$?
+	QEMU_PID=
+	wait $WATCH
+	# if qemu never opened the fifo, cat still waits to open it: let it go.
+	kill -0 $CAT 2>/dev/null && timeout 2 sh -c ': >"$1"' sh "$RUN/out" 2>/dev/null
+	wait $CAT
+	CAT=
+	cp "$LOG" "$CACHE/console.log" 2>/dev/null
+	T2=$(date +%s.%N)
+}
+
+# A boot that fails before the command starts is tried once more: under
+# TCG with two vCPUs a kernel now and then oopses on an int3 while it patches
+# its own text (seen with 6.12, 1 boot in 10).
+boot_once
+if [ ! -e "$SHARE/started" ] && [ ! -e "$RUN/timedout" ]; then
+	cp "$LOG" "$CACHE/console-failed-boot.log" 2>/dev/null
+	if [ -e "$RUN/noboot" ]; then why="within $BOOT_TIMEOUT s"; else why="(qemu exited $QRC)"; fi
+	say "the VM did not boot $why, log in $CACHE/console-failed-boot.log; once more"
+	boot_once
+fi
 
 boot=?
 [ -s "$RUN/t1" ] && boot=$(echo "$(cat "$RUN/t1") $T0" | awk '{ printf "%.1f", $1 - $2 }')
@@ -327,6 +375,8 @@ if [ -e "$RUN/timedout" ]; then
 	why="timed out after $TIMEOUT s"
 elif [ -e "$SHARE/started" ]; then
 	why="the guest stopped before the command's exit status came back (qemu exited $QRC)"
+elif [ -e "$RUN/noboot" ]; then
+	why="the VM did not boot within $BOOT_TIMEOUT s"
 else
 	why="the VM did not boot (qemu exited $QRC)"
 fi
