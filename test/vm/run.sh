@@ -9,26 +9,29 @@
 #                  [--env NAME=VALUE]... -- DIR COMMAND [ARGS...]
 #   test/vm/run.sh --prepare
 #
-# The command runs in DIR (a host path, read-only below, writable overlay on
-# top; not under /tmp, /run, /dev, /proc or /sys, which the guest has its own) with HOME=/root and PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:
-# /usr/sbin:/usr/bin:/sbin:/bin plus each --env given. Its stdout and stderr go
-# to this script's stdout; the kernel's console of the last run is kept in
-# $CACHE/console.log.
+# The command runs in DIR, a host path (not under /tmp, /run, /dev, /proc or
+# /sys, which the guest has of its own), with stdin from /dev/null,
+# HOME=/root, FTPGATE_VM=1,
+# PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# and each --env given. Its stdout and stderr go to this script's stdout as
+# they come; the kernel's console of the last run is kept in $CACHE/console.log.
 #
-# Exit status: the command's, or 125 when the VM did not boot, timed out
-# (--timeout, default 3600 s; a boot that has not reached the command after
-# $FTPGATE_VM_BOOT_TIMEOUT, 180 s, counts as failed and is tried once more)
-# or did not report one; 77 with "skipping: ..."
-# when qemu or the kernel cannot be had here. A last line on stderr sums up:
-#   vm: kernel 6.1.0-NN-amd64 (TCG), booted in N s, command exited R
+# Exit status: the command's; 125 when the VM did not boot, the command did
+# not finish within --timeout (default 3600 s) or its status did not come
+# back; 77 with "skipping: ..." when qemu or the kernel cannot be had here.
+# A boot that has not reached the command after $FTPGATE_VM_BOOT_TIMEOUT
+# (180 s), or that died before, is tried once more. The last line, on
+# stderr, sums up:
+#   vm: kernel 6.1.0-NN-amd64 (TCG), booted in N s, command exited R (M s in all)
 #
 # --prepare only fetches the kernel (apt-get download of the package that
-# linux-image-amd64 depends on, or $FTPGATE_VM_KERNEL_PKG; never installed),
-# extracts it, runs depmod on the copy and builds the initramfs. The cache is
-# $FTPGATE_VM_CACHE, default /var/cache/ftpgate-vm; a run without --prepare
-# prepares it first if it is empty and otherwise uses what it holds. Missing
-# host packages (qemu-system-x86, busybox-static, kmod) are installed with
-# apt-get when running as root.
+# linux-image-amd64 depends on now; never installed), extracts it, runs
+# depmod on the copy, unpacks its vmlinux and builds the initramfs. A run
+# without --prepare does that only when the cache holds no kernel yet.
+# FTPGATE_VM_KERNEL_PKG=linux-image-... uses that package instead.
+# The cache is $FTPGATE_VM_CACHE, default /var/cache/ftpgate-vm. Missing host
+# packages (qemu-system-x86, busybox-static, kmod, xz-utils) are installed
+# with apt-get when running as root. FTPGATE_VM_CPU overrides qemu's -cpu.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -179,8 +182,9 @@ fetch_kernel() {
 prepare() {
 	local pkg kver tree
 	mkdir -p "$CACHE" || skip "cannot create the cache $CACHE"
-	exec 9>"$CACHE/.lock"
-	flock 9
+	# the lock keeps two preparations apart; a user who may not write the
+	# cache can still use what it holds.
+	if { exec 9>>"$CACHE/.lock"; } 2>/dev/null; then flock 9; fi
 	if [ -n "${FTPGATE_VM_KERNEL_PKG:-}" ]; then
 		fetch_kernel "$FTPGATE_VM_KERNEL_PKG"
 		kver=${FTPGATE_VM_KERNEL_PKG#linux-image-}
@@ -202,7 +206,7 @@ prepare() {
 		build_initramfs "$kver" || die "cannot build the initramfs for $kver"
 	fi
 	KVER=$kver
-	flock -u 9
+	flock -u 9 2>/dev/null
 }
 
 need_tools
@@ -251,7 +255,7 @@ accel_ok() {
 	wait $pid 2>/dev/null
 	if grep -q 'Linux version' "$f"; then i=ok; else i=bad; fi
 	rm -f "$f"
-	echo "$key" >>"$CACHE/accel-$i"
+	echo "$key" 2>/dev/null >>"$CACHE/accel-$i"
 	[ $i = ok ]
 }
 case $ACCEL in
