@@ -217,6 +217,8 @@ if [ "$PREPARE" = 1 ]; then
 fi
 prepare
 TREE=$CACHE/$KVER
+KIMG=$TREE/vmlinux
+[ -e "$KIMG" ] || KIMG=$TREE/boot/vmlinuz-$KVER
 
 # cpu_for ACCEL: the CPU model (FTPGATE_VM_CPU overrides it).
 cpu_for() {
@@ -268,8 +270,6 @@ auto)
 esac
 accel_ok "$ACCEL" || skip "qemu cannot start a machine with -accel $ACCEL here"
 CPU=$(cpu_for "$ACCEL")
-KIMG=$TREE/vmlinux
-[ -e "$KIMG" ] || KIMG=$TREE/boot/vmlinuz-$KVER
 ACCEL_NAME=$(echo "$ACCEL" | tr a-z A-Z)
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/ftpgate-vm.XXXXXX") || die "cannot create a run directory"
