@@ -134,7 +134,7 @@ build_initramfs() {
 # extract_vmlinux BZIMAGE OUT: the kernel's ELF image out of its xz (6.1) or
 # zstd (6.12) payload. qemu boots it through its PVH entry point
 # (CONFIG_PVH=y), which skips the BIOS's real-mode boot and the in-guest
-# decompression: 3 to 4 s less under TCG.
+# decompression: about 5 s less under TCG.
 extract_vmlinux() {
 	local off magic dec
 	grep -q '^CONFIG_PVH=y' "$(dirname "$1")/config-${1##*/vmlinuz-}" || return 1
