@@ -58,10 +58,15 @@ func runMain(m *testing.M) int {
 			return m.Run()
 		}
 	}
-	forgeBin = filepath.Join(tmp, "forge")
-	if out, err := exec.Command("go", "build", "-o", forgeBin, "./forge").CombinedOutput(); err != nil {
-		labErr = fmt.Errorf("building the attacker: %v\n%s", err, out)
-		return m.Run()
+	// FTPGATE_FORGE likewise: a prebuilt attacker (the VM runner builds
+	// both on the host, where go build is fast).
+	forgeBin = os.Getenv("FTPGATE_FORGE")
+	if forgeBin == "" {
+		forgeBin = filepath.Join(tmp, "forge")
+		if out, err := exec.Command("go", "build", "-o", forgeBin, "./forge").CombinedOutput(); err != nil {
+			labErr = fmt.Errorf("building the attacker: %v\n%s", err, out)
+			return m.Run()
+		}
 	}
 	for _, tool := range []string{"ip", "nft", "vsftpd", "curl", "lftp", "python3", "tcpdump", "taskset"} {
 		if _, err := exec.LookPath(tool); err != nil {
