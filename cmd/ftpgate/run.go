@@ -40,6 +40,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := plan.checkKernelFlags(); err != nil {
 		return err
 	}
+	if err := d.checkKernel(); err != nil {
+		return err
+	}
 	if err := d.openFirewall(); err != nil {
 		return err
 	}

@@ -1,0 +1,213 @@
+package rules
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Feature is one piece of nf_tables that ftpgate's table uses.
+type Feature int
+
+const (
+	// FeatureOwner is the table owner flag: the table belongs to ftpgate's
+	// socket and goes with it, even after kill -9.
+	FeatureOwner Feature = iota
+	// FeatureSetLimit is a stateful expression on a set's elements (the
+	// one-packet limit that makes a pinhole admit one SYN).
+	FeatureSetLimit
+	// FeatureDynsetDelete deletes a set element from the packet path (a
+	// pinhole closes as the SYN it admitted passes).
+	FeatureDynsetDelete
+	// FeatureInnerHeader is the @ih payload base: the first byte after
+	// the TCP header, which only segments that carry data have.
+	FeatureInnerHeader
+	// FeatureFib is the fib expression (the reverse-path check of copied
+	// control segments).
+	FeatureFib
+	// FeatureQueue is nft's native queue statement (nft_queue).
+	FeatureQueue
+	// FeatureXtQueue is the xtables NFQUEUE target through nft_compat,
+	// the other way to hold a packet for the daemon.
+	FeatureXtQueue
+	// FeatureTProxy is nft's tproxy statement (the NAT control proxy).
+	FeatureTProxy
+	numFeatures
+)
+
+// Since is the first Linux version that has the feature.
+func (f Feature) Since() string {
+	return [...]string{"5.12", "5.11", "5.14", "5.16", "4.10", "4.2", "4.2", "4.19"}[f]
+}
+
+// String is the feature as nft spells it.
+func (f Feature) String() string {
+	return [...]string{
+		"the table owner flag", "set element limits", "set element deletion from the packet path",
+		"@ih payload matches", "fib", "nft queue", "the xtables NFQUEUE target (nft_compat)", "tproxy",
+	}[f]
+}
+
+// Features says which Feature the running kernel has.
+type Features struct {
+	have   [numFeatures]bool
+	errors [numFeatures]error
+}
+
+// Has reports whether the kernel took the feature.
+func (fs Features) Has(f Feature) bool { return fs.have[f] }
+
+// Err is what the kernel answered when it refused the feature.
+func (fs Features) Err(f Feature) error { return fs.errors[f] }
+
+// Set records the kernel's answer to a probe of f: nil when it took it.
+func (fs *Features) Set(f Feature, err error) { fs.have[f], fs.errors[f] = err == nil, err }
+
+// String lists the features, "fib yes, nft queue no, ...".
+func (fs Features) String() string {
+	var b strings.Builder
+	for f := range numFeatures {
+		if f > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(f.String())
+		if fs.have[f] {
+			b.WriteString(" yes")
+		} else {
+			b.WriteString(" no")
+		}
+	}
+	return b.String()
+}
+
+// ErrMissingFeature is wrapped by Require's errors.
+var ErrMissingFeature = errors.New("the kernel lacks a feature ftpgate needs")
+
+// Require returns an error naming the first feature of want the kernel
+// lacks, with the Linux version that has it and what the kernel said.
+func (fs Features) Require(want ...Feature) error {
+	for _, f := range want {
+		if !fs.have[f] {
+			return fmt.Errorf("%w: %s (Linux %s or later; the kernel answered: %v)", ErrMissingFeature, f, f.Since(), fs.errors[f])
+		}
+	}
+	return nil
+}
+
+// probeTable is the throwaway table the probes build in.
+const probeTable = "ftpgate_probe"
+
+// ProbeKernel asks the kernel, in the network namespace netns (0: the
+// current one), which Features it has, by building each in a throwaway
+// table of its own:
+//
+//	nft add table inet ftpgate_probe { flags owner; }
+//	nft add chain inet ftpgate_probe forward { type filter hook forward priority 0; }
+//	nft add chain inet ftpgate_probe prerouting { type filter hook prerouting priority -150; }
+//	nft add rule inet ftpgate_probe forward meta nfproto 255 @ih,0,8 ...   (one rule per feature)
+//
+// Every rule starts with a match no packet passes (meta nfproto is ipv4
+// or ipv6 in an inet table), so a probe never touches traffic; the table
+// is deleted at the end, and with the owner flag the kernel deletes it
+// anyway when the socket closes. An error means the probe itself could
+// not run (no nf_tables, no permission), not that a feature is missing.
+func ProbeKernel(netns int) (Features, error) {
+	var fs Features
+	var raw *netlink.Conn
+	opts := []nftables.ConnOption{
+		nftables.AsLasting(),
+		nftables.WithSockOptions(func(c *netlink.Conn) error { raw = c; return nil }),
+	}
+	if netns != 0 {
+		opts = append(opts, nftables.WithNetNSFd(netns))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return fs, fmt.Errorf("%w: opening netlink socket: %v", ErrNoNftables, err)
+	}
+	defer conn.CloseLasting()
+
+	table := &nftables.Table{Name: probeTable, Family: nftables.TableFamilyINet, Flags: nftables.TableFlagOwner}
+	conn.AddTable(table)
+	fs.Set(FeatureOwner, conn.Flush())
+	if !fs.have[FeatureOwner] {
+		// The rest can still be probed in a table without the flag.
+		table.Flags = 0
+		conn.AddTable(table)
+		if err := conn.Flush(); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				return fs, fmt.Errorf("%w: creating table inet %s: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, probeTable, err)
+			}
+			return fs, fmt.Errorf("%w: creating table inet %s: %v", ErrNoNftables, probeTable, err)
+		}
+	}
+	defer func() {
+		conn.DelTable(table)
+		_ = conn.Flush()
+	}()
+	forward := conn.AddChain(&nftables.Chain{
+		Name: "forward", Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
+	})
+	prerouting := conn.AddChain(&nftables.Chain{
+		Name: "prerouting", Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
+	})
+	if err := conn.Flush(); err != nil {
+		return fs, fmt.Errorf("%w: creating the chains of table inet %s: %v", ErrNoNftables, probeTable, err)
+	}
+
+	// The set limit is probed with the very sets ftpgate creates.
+	fs.Set(FeatureSetLimit, createPinholeSets(raw, probeTable, 1))
+	// A plain set for the deletion probe, in case the pinhole sets failed.
+	peers := &nftables.Set{Table: table, Name: "peers", KeyType: nftables.TypeIPAddr, ID: 9}
+	if err := conn.AddSet(peers, nil); err != nil {
+		return fs, fmt.Errorf("describing set %s: %w", peers.Name, err)
+	}
+	if err := conn.Flush(); err != nil {
+		return fs, fmt.Errorf("%w: creating a set in table inet %s: %v", ErrNoNftables, probeTable, err)
+	}
+
+	for f, probe := range map[Feature]struct {
+		chain *nftables.Chain
+		exprs []expr.Any
+	}{
+		FeatureDynsetDelete: {forward, []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Dynset{SrcRegKey: 1, SetName: peers.Name, SetID: peers.ID, Operation: dynsetOpDelete},
+		}},
+		FeatureInnerHeader: {forward, []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: payloadBaseInnerHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
+		}},
+		FeatureFib: {forward, []expr.Any{
+			&expr.Fib{Register: 1, FlagSADDR: true, FlagIIF: true, ResultOIF: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		}},
+		FeatureQueue:   {forward, []expr.Any{nftQueue(65535)}},
+		FeatureXtQueue: {forward, []expr.Any{xtQueue(65535)}},
+		FeatureTProxy: {prerouting, []expr.Any{
+			&expr.Immediate{Register: 1, Data: []byte{0x7f, 0, 0, 1}},
+			&expr.Immediate{Register: 2, Data: []byte{0, 21}},
+			&expr.TProxy{Family: byte(nftables.TableFamilyIPv4), TableFamily: byte(nftables.TableFamilyINet), RegAddr: 1, RegPort: 2},
+		}},
+	} {
+		conn.AddRule(&nftables.Rule{Table: table, Chain: probe.chain, Exprs: append(neverMatch(), probe.exprs...)})
+		fs.Set(f, conn.Flush())
+	}
+	return fs, nil
+}
+
+// neverMatch is `meta nfproto 255`, which no packet of an inet table
+// passes: the probe rules never act.
+func neverMatch() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{255}},
+	}
+}
