@@ -46,9 +46,24 @@ deps:
 
 # test runs everything: vet, unit tests, fuzz seed corpora, kernel tests in
 # throwaway namespaces and the end-to-end lab (the last two need root).
+#
+# Then it runs the kernel tests and the kernel-dependent lab tests again in a
+# qemu VM on Debian 12's own kernel (test/vm/matrix.sh, about 15 minutes under
+# TCG), and prints one summary line per kernel; FTPGATE_VM_KERNELS="PKG..."
+# adds kernels, FTPGATE_VM=0 leaves the VM out. Where qemu or the kernel
+# package cannot be had it says so and skips.
+.PHONY: vmtest
 test: deps
 	$(GO) vet ./...
 	PATH=$$PATH:/usr/sbin:/sbin $(GO) test -count=1 -timeout 30m ./...
+	@echo "host: kernel $$(uname -r): PASS (go test ./... above)"
+	@if [ "$${FTPGATE_VM:-}" = 0 ] || [ "$${FTPGATE_VM:-}" = 1 ]; then \
+	  echo "vm-matrix: skipped (FTPGATE_VM=$$FTPGATE_VM)"; \
+	else $(MAKE) --no-print-directory vmtest; fi
+
+vmtest:
+	@test/vm/matrix.sh; rc=$$?; \
+	if [ $$rc = 77 ]; then echo "vm-matrix: skipped: no VM can run here (see above)"; exit 0; fi; exit $$rc
 
 unit:
 	$(GO) test -count=1 ./parser ./conntrack ./capture ./report ./cmd/...

@@ -1,0 +1,92 @@
+#!/bin/bash
+# test/vm/matrix.sh runs ftpgate's kernel and lab tests on other kernels than
+# the host's: for each kernel it boots test/vm/run.sh and runs, inside,
+# test/vm/guest.sh over test binaries built here on the host (building in the
+# guest costs minutes under TCG), then prints one summary line per kernel:
+#
+#   vm-matrix: 6.1.0-57-amd64 (TCG): PASS  rules 41/41 capture 22/22 ... (612 s)
+#
+#   test/vm/matrix.sh [--timeout SECONDS] [--only PKG[,PKG]] [KERNEL_PKG...]
+#
+# KERNEL_PKG names a Debian kernel package (linux-image-6.12.117+deb12-amd64);
+# without any, the one Debian 12's linux-image-amd64 depends on, and also each
+# in $FTPGATE_VM_KERNELS (space-separated). --only runs some of the guest's
+# packages (rules, capture, nat, lab). The binaries go to $FTPGATE_VM_OUT
+# (default bin/vm in the checkout: the guest has its own /tmp).
+#
+# Exit status: 0 when every kernel passed, 1 when a test failed on one, 77
+# with "skipping: ..." when no guest can run here (qemu missing and not
+# installable, no kernel package), 125 when a VM broke (did not boot, timed
+# out).
+set -uo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT=${FTPGATE_VM_OUT:-$ROOT/bin/vm}
+TIMEOUT=3000 ONLY=
+GO=${GO:-go}
+
+while [ $# -gt 0 ]; do
+	case $1 in
+	--timeout) TIMEOUT=${2:?}; shift 2 ;;
+	--only) ONLY=${2:?}; shift 2 ;;
+	-h|--help) sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	-*) echo "matrix.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+	*) break ;;
+	esac
+done
+KERNELS=("$@")
+if [ ${#KERNELS[@]} = 0 ]; then
+	KERNELS=(default ${FTPGATE_VM_KERNELS:-})
+fi
+
+say() { echo "vm-matrix: $*" >&2; }
+
+# The test binaries, built once for every kernel.
+mkdir -p "$OUT" || exit 125
+say "building the test binaries into $OUT"
+(
+	cd "$ROOT" &&
+	$GO build -o "$OUT/ftpgate" ./cmd/ftpgate &&
+	$GO build -o "$OUT/forge" ./test/forge &&
+	for p in rules capture nat; do $GO test -c -o "$OUT/$p.test" ./$p || exit 1; done &&
+	$GO test -c -o "$OUT/lab.test" ./test
+) || { say "building the test binaries failed"; exit 1; }
+
+status=0
+summary=()
+for k in "${KERNELS[@]}"; do
+	log=$OUT/guest-${k}.log
+	start=$(date +%s)
+	if [ "$k" = default ]; then
+		env -u FTPGATE_VM_KERNEL_PKG "$HERE/run.sh" --prepare >/dev/null 2>"$OUT/prepare.log"
+		rc=$?
+	else
+		FTPGATE_VM_KERNEL_PKG=$k "$HERE/run.sh" --prepare >/dev/null 2>"$OUT/prepare.log"
+		rc=$?
+	fi
+	if [ $rc = 77 ]; then
+		cat "$OUT/prepare.log" >&2
+		summary+=("$k: skipped ($(grep -m1 '^skipping' "$OUT/prepare.log"))")
+		[ $status = 0 ] && status=77
+		continue
+	fi
+	envs=(--env "FTPGATE_VM_OUT=$OUT" --env "FTPGATE_VM_ONLY=$ONLY" --env "FTPGATE_VM_CACHE=${FTPGATE_VM_CACHE:-/var/cache/ftpgate-vm}")
+	if [ "$k" = default ]; then
+		env -u FTPGATE_VM_KERNEL_PKG "$HERE/run.sh" --mem 3G --cpus 2 --timeout "$TIMEOUT" "${envs[@]}" -- "$ROOT" bash test/vm/guest.sh 2> >(tee "$log.vm" >&2) | tee "$log"
+	else
+		FTPGATE_VM_KERNEL_PKG=$k "$HERE/run.sh" --mem 3G --cpus 2 --timeout "$TIMEOUT" "${envs[@]}" -- "$ROOT" bash test/vm/guest.sh 2> >(tee "$log.vm" >&2) | tee "$log"
+	fi
+	rc=${PIPESTATUS[0]}
+	sleep 0.2 # the tee of stderr
+	kver=$(sed -n 's/^vm: kernel \([^ ]*\) (\([A-Z]*\)).*/\1 (\2)/p' "$log.vm" | tail -1)
+	line=$(sed -n 's/^guest-summary: //p' "$log" | tail -1)
+	took=$(($(date +%s) - start))
+	case $rc in
+	0) summary+=("${kver:-$k}: PASS  $line ($took s)") ;;
+	77) summary+=("${kver:-$k}: skipped ($(grep -m1 '^skipping' "$log.vm"))"); [ $status = 0 ] && status=77 ;;
+	125) summary+=("${kver:-$k}: VM FAILED  ${line:-no result} ($took s; see $log.vm)"); status=125 ;;
+	*) summary+=("${kver:-$k}: FAIL  $line ($took s; log $log)"); [ $status = 125 ] || status=1 ;;
+	esac
+done
+for s in "${summary[@]}"; do echo "vm-matrix: $s"; done
+exit $status
