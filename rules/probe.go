@@ -37,12 +37,19 @@ const (
 	FeatureXtQueue
 	// FeatureTProxy is nft's tproxy statement (the NAT control proxy).
 	FeatureTProxy
-	numFeatures
+	// NumFeatures is how many there are.
+	NumFeatures
 )
 
 // Since is the first Linux version that has the feature.
 func (f Feature) Since() string {
 	return [...]string{"5.12", "5.11", "5.14", "5.16", "4.10", "4.2", "4.2", "4.19"}[f]
+}
+
+// Config is the kernel configuration option that builds the feature.
+func (f Feature) Config() string {
+	return [...]string{"CONFIG_NF_TABLES", "CONFIG_NFT_LIMIT", "CONFIG_NF_TABLES", "CONFIG_NF_TABLES",
+		"CONFIG_NFT_FIB_INET", "CONFIG_NFT_QUEUE", "CONFIG_NFT_COMPAT and CONFIG_NETFILTER_XT_TARGET_NFQUEUE", "CONFIG_NFT_TPROXY"}[f]
 }
 
 // String is the feature as nft spells it.
@@ -55,8 +62,8 @@ func (f Feature) String() string {
 
 // Features says which Feature the running kernel has.
 type Features struct {
-	have   [numFeatures]bool
-	errors [numFeatures]error
+	have   [NumFeatures]bool
+	errors [NumFeatures]error
 }
 
 // Has reports whether the kernel took the feature.
@@ -71,7 +78,7 @@ func (fs *Features) Set(f Feature, err error) { fs.have[f], fs.errors[f] = err =
 // String lists the features, "fib yes, nft queue no, ...".
 func (fs Features) String() string {
 	var b strings.Builder
-	for f := range numFeatures {
+	for f := range NumFeatures {
 		if f > 0 {
 			b.WriteString(", ")
 		}
@@ -93,7 +100,7 @@ var ErrMissingFeature = errors.New("the kernel lacks a feature ftpgate needs")
 func (fs Features) Require(want ...Feature) error {
 	for _, f := range want {
 		if !fs.have[f] {
-			return fmt.Errorf("%w: %s (Linux %s or later; the kernel answered: %v)", ErrMissingFeature, f, f.Since(), fs.errors[f])
+			return fmt.Errorf("%w: %s (Linux %s or later, %s; the kernel answered: %v)", ErrMissingFeature, f, f.Since(), f.Config(), fs.errors[f])
 		}
 	}
 	return nil

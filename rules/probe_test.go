@@ -84,7 +84,7 @@ func TestFeaturesRequire(t *testing.T) {
 	if !errors.Is(err, ErrMissingFeature) {
 		t.Fatalf("Require(fib, tproxy) = %v, want ErrMissingFeature", err)
 	}
-	if want := "tproxy (Linux 4.19 or later; the kernel answered: operation not supported)"; !strings.Contains(err.Error(), want) {
+	if want := "tproxy (Linux 4.19 or later, CONFIG_NFT_TPROXY; the kernel answered: operation not supported)"; !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q does not say %q", err, want)
 	}
 }

@@ -374,3 +374,55 @@ func TestInlineFailsOpen(t *testing.T) {
 		t.Fatalf("control connection after ftpgate died: %v\n%s", err, out)
 	}
 }
+
+// TestKernelCheckAtStart: `ftpgate kernel` and the check `ftpgate run`
+// makes before it builds its table agree. On a kernel that has what a
+// run needs, the run logs which path each part takes; on one that lacks
+// something (Debian 11's 5.10 in test/vm), the run exits 1 with one
+// line naming the feature and the Linux version that has it, and leaves
+// no table behind, not even the probe's.
+func TestKernelCheckAtStart(t *testing.T) {
+	needLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(20*slow)*time.Second)
+	defer cancel()
+	report, kerr := inNS(ctx, "gw", bin, "kernel").Output()
+	t.Logf("ftpgate kernel:\n%s", report)
+	if !strings.HasPrefix(string(report), "kernel ") {
+		t.Fatalf("ftpgate kernel: %v, output does not start with the kernel:\n%s", kerr, report)
+	}
+	release := strings.TrimSpace(strings.SplitN(string(report), "\n", 2)[0][len("kernel "):])
+	if kerr == nil {
+		// The default run can run here: it says how.
+		setRuleset(t, "ftpgate")
+		d := startFtpgate(t)
+		r := d.waitLog(t, time.Duration(5*slow)*time.Second, "kernel")
+		if r["release"] != release || r["hold"] == nil || r["features"] == nil {
+			t.Errorf("start-up log line %v does not say the release %q, the features and how packets are held", r, release)
+		}
+		wantHold := "nft queue"
+		if strings.Contains(string(report), "xtables NFQUEUE target)") {
+			wantHold = "xtables NFQUEUE target (no nft queue)"
+		}
+		if r["hold"] != wantHold {
+			t.Errorf("run holds packets with %v; ftpgate kernel said %q", r["hold"], wantHold)
+		}
+		return
+	}
+	ee, ok := kerr.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 1 {
+		t.Fatalf("ftpgate kernel: %v, want exit status 0 or 1", kerr)
+	}
+	out, err := inNS(ctx, "gw", bin, "run").CombinedOutput()
+	ee, ok = err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 1 {
+		t.Fatalf("ftpgate run on a kernel that lacks a feature: %v, want exit status 1\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	want := "ftpgate run: kernel " + release + ": the kernel lacks a feature ftpgate needs: "
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], want) || !strings.Contains(lines[0], " or later") {
+		t.Errorf("ftpgate run said\n%s\nwant one line starting %q and naming the Linux version", out, want)
+	}
+	if listing := nft(t, "list", "tables"); strings.Contains(listing, "ftpgate") {
+		t.Errorf("a table is left behind after the refused start:\n%s", listing)
+	}
+}

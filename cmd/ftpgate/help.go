@@ -19,7 +19,8 @@ var (
 	runCommand     = command{"run", "ftpgate run [flags]", runDescription, func() *flag.FlagSet { return newRunVars().fs }}
 	statusCommand  = command{"status", "ftpgate status [flags]", statusDescription, statusFlags}
 	analyzeCommand = command{"analyze", "ftpgate analyze [flags] CAPTURE...", analyzeDescription, analyzeFlags}
-	commands       = []command{runCommand, statusCommand, analyzeCommand}
+	kernelCommand  = command{"kernel", "ftpgate kernel [flags]", kernelDescription, kernelFlags}
+	commands       = []command{runCommand, statusCommand, analyzeCommand, kernelCommand}
 )
 
 func writeHelp(w io.Writer, c command, fs *flag.FlagSet) {

@@ -3,11 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/nat"
 	"github.com/ftpgate/ftpgate/rules"
+	flag "github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,4 +104,82 @@ func (kc kernelCheck) log(log *slog.Logger) {
 		attrs = append(attrs, "nat", "control proxy (tproxy, ctnetlink)")
 	}
 	log.Info("kernel", attrs...)
+}
+
+// kernelDescription is kernel's help, and its part of the man page.
+const kernelDescription = `Asks the running kernel, in a throwaway table that never matches a packet,
+for each nf_tables feature ftpgate uses, and says which capture modes and
+which NAT path can run on it, with the Linux version that has what is
+missing. 'ftpgate run' makes the same check before it creates its table and
+refuses to start, with the same one line, on a kernel that lacks a feature
+the run needs. Exits 0 when the default run (--capture inline) can run, 1
+otherwise. Needs root or CAP_NET_ADMIN.
+`
+
+func kernelFlags() *flag.FlagSet {
+	fs := flag.NewFlagSet("kernel", flag.ContinueOnError)
+	fs.Uint("queue", 2121, "NFQUEUE number to probe for conntrack attributes (bound for a moment; as run's --queue)")
+	return fs
+}
+
+// cmdKernel prints what checkKernel would find, for every mode.
+func cmdKernel(args []string, stdout, stderr io.Writer) error {
+	fl := kernelFlags()
+	fl.SetOutput(stderr)
+	fl.Usage = func() { writeHelp(stdout, kernelCommand, fl) }
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	if fl.NArg() > 0 {
+		return usageError{fmt.Errorf("no arguments expected, got %q", fl.Args())}
+	}
+	queue, _ := fl.GetUint("queue")
+	if queue > 65535 {
+		return usageError{fmt.Errorf("--queue %d: want 0-65535", queue)}
+	}
+	fs, err := rules.ProbeKernel(0)
+	if err != nil {
+		return err
+	}
+	kc := kernelCheck{release: kernelRelease(), fs: fs, inline: true, nat: true}
+	kc.conntrackErr = nat.ProbeConntrack(0)
+	kc.queueGlue, kc.glueErr = capture.ProbeQueueConntrack(uint16(queue), 0)
+	fmt.Fprintf(stdout, "kernel %s\n", kc.release)
+	for f := range rules.NumFeatures {
+		fmt.Fprintf(stdout, "  %-44s %s\n", f, yesNo(fs.Has(f), fs.Err(f), f.Since(), f.Config()))
+	}
+	fmt.Fprintf(stdout, "  %-44s %s\n", "ctnetlink", yesNo(kc.conntrackErr == nil, kc.conntrackErr, "2.6.14", "CONFIG_NF_CT_NETLINK"))
+	glue := "unknown: " + fmt.Sprint(kc.glueErr)
+	if kc.glueErr == nil {
+		glue = yesNo(kc.queueGlue, errors.New("the kernel refused the flag"), "4.3", "CONFIG_NETFILTER_NETLINK_GLUE_CT")
+	}
+	fmt.Fprintf(stdout, "  %-44s %s\n", "NFQUEUE conntrack attributes", glue)
+	modes := []struct {
+		name        string
+		inline, nat bool
+	}{{"--capture inline", true, false}, {"--capture inline with NAT", true, true}, {"--capture passive", false, false}}
+	var first error
+	for i, m := range modes {
+		c := kc
+		c.inline, c.nat = m.inline, m.nat
+		verdict := "can run"
+		if err := c.verdict(); err != nil {
+			verdict = "cannot run: " + strings.TrimPrefix(err.Error(), "kernel "+kc.release+": ")
+			if i == 0 {
+				first = err
+			}
+		} else if m.inline && !fs.Has(rules.FeatureQueue) {
+			verdict += " (holds packets with the xtables NFQUEUE target)"
+		}
+		fmt.Fprintf(stdout, "%s: %s\n", m.name, verdict)
+	}
+	return first
+}
+
+// yesNo is one feature's line: yes, or no with where to get it.
+func yesNo(ok bool, err error, since, config string) string {
+	if ok {
+		return "yes"
+	}
+	return fmt.Sprintf("no (Linux %s or later, %s; %v)", since, config, err)
 }

@@ -20,6 +20,7 @@ Usage:
   ftpgate run [flags]            watch live traffic and program nftables (root)
   ftpgate status [flags]         show the running daemon's sessions, pinholes and counters
   ftpgate analyze [flags] FILE   list the data channels announced in a pcap/pcapng
+  ftpgate kernel                 say what this kernel lets ftpgate do (root)
   ftpgate version                print the version
 
 Run 'ftpgate COMMAND --help' for the flags of a command; 'man ftpgate' has it all.
@@ -49,6 +50,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdAnalyze(args[1:], stdout, stderr)
 	case "status":
 		err = cmdStatus(args[1:], stdout)
+	case "kernel":
+		err = cmdKernel(args[1:], stdout, stderr)
 	case "manpage":
 		err = cmdManpage(stdout)
 	case "version", "--version":

@@ -29,6 +29,10 @@
 # depmod on the copy, unpacks its vmlinux and builds the initramfs. A run
 # without --prepare does that only when the cache holds no kernel yet.
 # FTPGATE_VM_KERNEL_PKG=linux-image-... uses that package instead.
+# FTPGATE_VM_SUITE=bullseye (any Debian suite) takes the kernel
+# linux-image-amd64 of that suite depends on, from deb.debian.org through
+# apt lists of its own in the cache (signed by debian-archive-keyring); the
+# host's apt configuration is not touched.
 # The cache is $FTPGATE_VM_CACHE, default /var/cache/ftpgate-vm. Missing host
 # packages (qemu-system-x86, busybox-static, kmod, xz-utils) are installed
 # with apt-get when running as root. FTPGATE_VM_CPU overrides qemu's -cpu.
@@ -91,13 +95,32 @@ need_tools() {
 }
 export PATH=$PATH:/usr/sbin:/sbin
 
+# APT is the apt options: the host's configuration, or with
+# FTPGATE_VM_SUITE lists of that suite's own in the cache.
+SUITE=${FTPGATE_VM_SUITE:-}
+APT=()
+CURRENT=$CACHE/current
+if [ -n "$SUITE" ]; then
+	case $SUITE in *[!a-z-]*) die "FTPGATE_VM_SUITE wants a Debian suite name, not '$SUITE'" ;; esac
+	A=$CACHE/apt-$SUITE
+	APT=(-o "Dir::Etc::SourceList=$A/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+		-o "Dir::State::Lists=$A/lists" -o "Dir::Cache=$A/cache" -o "Dir::State::status=$A/status")
+	CURRENT=$CACHE/current-$SUITE
+fi
+apt_suite_setup() {
+	[ -n "$SUITE" ] || return 0
+	mkdir -p "$A/lists/partial" "$A/cache/archives/partial" && touch "$A/status" &&
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $SUITE main" >"$A/sources.list"
+}
+
 # kernel_pkg names the kernel package linux-image-amd64 depends on now.
 kernel_pkg() {
 	local p
-	p=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
+	apt_suite_setup || return
+	p=$(apt-cache "${APT[@]}" depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
 	if [ -z "$p" ]; then
-		apt-get update -qq >/dev/null 2>&1
-		p=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
+		apt-get "${APT[@]}" update -qq >/dev/null 2>&1
+		p=$(apt-cache "${APT[@]}" depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
 	fi
 	echo "$p"
 }
@@ -163,7 +186,7 @@ fetch_kernel() {
 	[ -e "$tree/.ready" ] && return
 	say "fetching $pkg into $CACHE"
 	tmp=$(mktemp -d "$CACHE/.dl.XXXXXX")
-	(cd "$tmp" && apt-get download "$pkg" >download.log 2>&1) ||
+	(cd "$tmp" && apt-get "${APT[@]}" download "$pkg" >download.log 2>&1) ||
 		{ tail -3 "$tmp/download.log" >&2; rm -rf "$tmp"; skip "cannot download $pkg"; }
 	deb=$(ls "$tmp"/*.deb)
 	rm -rf "$tree"
@@ -189,13 +212,13 @@ prepare() {
 		fetch_kernel "$FTPGATE_VM_KERNEL_PKG"
 		kver=${FTPGATE_VM_KERNEL_PKG#linux-image-}
 	else
-		kver=$(cat "$CACHE/current" 2>/dev/null)
+		kver=$(cat "$CURRENT" 2>/dev/null)
 		if [ "${1:-}" = force ] || [ -z "$kver" ] || [ ! -e "$CACHE/$kver/.ready" ]; then
 			pkg=$(kernel_pkg)
 			[ -n "$pkg" ] || skip "cannot find linux-image-amd64's kernel package with apt-cache"
 			fetch_kernel "$pkg"
 			kver=${pkg#linux-image-}
-			echo "$kver" >"$CACHE/current"
+			echo "$kver" >"$CURRENT"
 		fi
 	fi
 	tree=$CACHE/$kver
