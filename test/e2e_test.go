@@ -395,7 +395,7 @@ func TestKernelCheckAtStart(t *testing.T) {
 		// The default run can run here: it says how.
 		setRuleset(t, "ftpgate")
 		d := startFtpgate(t)
-		r := d.waitLog(t, time.Duration(5*slow)*time.Second, "kernel")
+		r := d.waitLog(t, 5*time.Second, "kernel")
 		if r["release"] != release || r["hold"] == nil || r["features"] == nil {
 			t.Errorf("start-up log line %v does not say the release %q, the features and how packets are held", r, release)
 		}

@@ -221,9 +221,9 @@ func (d *daemon) stop(t *testing.T) {
 		if err != nil {
 			t.Errorf("ftpgate exited with %v after SIGTERM, want 0", err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Duration(10*slow) * time.Second):
 		_ = d.cmd.Process.Kill()
-		t.Errorf("ftpgate did not exit within 10s of SIGTERM")
+		t.Errorf("ftpgate did not exit within %ds of SIGTERM", 10*slow)
 	}
 }
 
@@ -247,9 +247,11 @@ next:
 	return out
 }
 
-// waitLog waits for a log record with this message and fields.
+// waitLog waits for a log record with this message and fields (timeout
+// times slow).
 func (d *daemon) waitLog(t *testing.T, timeout time.Duration, msg string, fields ...string) map[string]any {
 	t.Helper()
+	timeout *= time.Duration(slow)
 	deadline := time.Now().Add(timeout)
 	for {
 		if r := d.find(msg, fields...); len(r) > 0 {
@@ -288,6 +290,7 @@ func pinholes(t *testing.T) []string {
 // what they hold then, or at the deadline.
 func waitPinholes(t *testing.T, n int, timeout time.Duration) []string {
 	t.Helper()
+	timeout *= time.Duration(slow)
 	deadline := time.Now().Add(timeout)
 	for {
 		p := pinholes(t)
@@ -301,6 +304,7 @@ func waitPinholes(t *testing.T, n int, timeout time.Duration) []string {
 // waitNoPinholes waits until both sets are empty.
 func waitNoPinholes(t *testing.T, timeout time.Duration) {
 	t.Helper()
+	timeout *= time.Duration(slow)
 	deadline := time.Now().Add(timeout)
 	for {
 		p := pinholes(t)
