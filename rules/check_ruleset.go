@@ -22,7 +22,7 @@ func (p RulesetProblem) String() string {
 	return fmt.Sprintf("chain %s %s %s (hook %s, %s) has no rule accepting the ftpgate mark before it drops", p.Family, p.Table, p.Chain, p.Hook, p.Drop)
 }
 
-// CheckRuleset reads the ruleset and returns the filter chains on the
+// checkRuleset reads the ruleset and returns the filter chains on the
 // forward and input hooks that drop (by policy, or by a rule that drops
 // whatever reaches it) without first accepting connections whose ct mark carries
 // ftpgate's mark: there, every data connection ftpgate admits is dropped.
@@ -31,10 +31,6 @@ func (p RulesetProblem) String() string {
 // jumps and gotos are followed. ftpgate's own table is skipped.
 //
 //	nft list ruleset
-func (n *Nftables) CheckRuleset() ([]RulesetProblem, error) {
-	return checkRuleset(n.conn, n.cfg.Table, n.cfg.Mark, n.cfg.MarkMask)
-}
-
 func checkRuleset(conn *nftables.Conn, own string, mark, mask uint32) ([]RulesetProblem, error) {
 	chains, err := conn.ListChains()
 	if err != nil {

@@ -43,13 +43,15 @@ func newRecorder(t *testing.T) *recorder {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Nftables = &Nftables{
-		cfg:   Config{Table: DefaultTable, Mark: 0x01000000, MarkMask: 0x01000000, MaxPinholes: 65536, MaxPeers: 139264, LogGroup: DefaultLogGroup},
-		conn:  conn,
-		table: &nftables.Table{Name: DefaultTable, Family: nftables.TableFamilyINet},
-	}
-	r.initSets()
+	r.Nftables = newNftables(testRecorderConfig, conn, &nftables.Table{Name: DefaultTable, Family: nftables.TableFamilyINet})
 	return r
+}
+
+var testRecorderConfig = Config{Table: DefaultTable, Mark: 0x01000000, MarkMask: 0x01000000, MaxPinholes: 65536, MaxPeers: 139264, LogGroup: DefaultLogGroup}
+
+// reconfigure rebuilds the recorder's parts for cfg, on the same connection.
+func (r *recorder) reconfigure(cfg Config) {
+	r.Nftables = newNftables(cfg, r.conn, r.table)
 }
 
 func (r *recorder) flush(t *testing.T) []netlink.Message {
@@ -175,7 +177,7 @@ func TestGoldenInline(t *testing.T) {
 	for name, queue := range map[string]func(uint16) expr.Any{"inline-nft-queue": nftQueue, "inline-xt-nfqueue": xtQueue} {
 		t.Run(name, func(t *testing.T) {
 			r := newRecorder(t)
-			r.queueInline([]uint16{21, 2121}, DefaultLogGroup, queue(2121))
+			r.chains.queueInline([]uint16{21, 2121}, DefaultLogGroup, queue(2121))
 			golden(t, name, r.flush(t))
 		})
 	}
@@ -201,12 +203,13 @@ func TestGoldenCommit(t *testing.T) {
 func TestGoldenNAT(t *testing.T) {
 	r := newRecorder(t)
 	nat := testNAT
-	r.cfg.NAT = &nat
-	r.initSets()
+	cfg := testRecorderConfig
+	cfg.NAT = &nat
+	r.reconfigure(cfg)
 	if err := r.queueBase(); err != nil {
 		t.Fatal(err)
 	}
-	r.queueInline(nat.Ports, DefaultLogGroup, xtQueue(2121))
+	r.chains.queueInline(nat.Ports, DefaultLogGroup, xtQueue(2121))
 	golden(t, "nat", r.flush(t))
 
 	d := Mapping{Peer: netip.MustParseAddr("203.0.113.10"), Addr: netip.MustParseAddr("203.0.113.1"), Port: 61001,
@@ -227,7 +230,9 @@ func TestGoldenNAT(t *testing.T) {
 
 func TestGoldenInlineInterfaces(t *testing.T) {
 	r := newRecorder(t)
-	r.cfg.Interfaces = []string{"lan0", "wan0"}
-	r.queueInline([]uint16{21}, DefaultLogGroup, xtQueue(2121))
+	cfg := testRecorderConfig
+	cfg.Interfaces = []string{"lan0", "wan0"}
+	r.reconfigure(cfg)
+	r.chains.queueInline([]uint16{21}, DefaultLogGroup, xtQueue(2121))
 	golden(t, "inline-interfaces", r.flush(t))
 }

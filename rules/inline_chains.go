@@ -8,6 +8,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
+	"golang.org/x/sys/unix"
 )
 
 // QueueMode says how control packets reach the daemon inline.
@@ -69,18 +70,18 @@ const nfqFlagBypass = 0x01
 // bypass, the kernel accepts the packets itself while no process listens
 // on the queue: control connections still open if the daemon dies, and a
 // held data SYN goes on to the admin's rules, which drop it.
-func (n *Nftables) AddInlineRules(num, logGroup uint16, ports []uint16) (QueueMode, error) {
-	nativeErr := n.addInlineRules(ports, logGroup, nftQueue(num))
+func (c *chains) addInline(num, logGroup uint16, ports []uint16) (QueueMode, error) {
+	nativeErr := c.addInlineRules(ports, logGroup, nftQueue(num))
 	if nativeErr == nil {
-		n.inline = &inlineParams{queue: nftQueue(num), logGroup: logGroup, ports: ports}
+		c.inline = &inlineParams{queue: nftQueue(num), logGroup: logGroup, ports: ports}
 		return QueueNative, nil
 	}
-	if err := n.addInlineRules(ports, logGroup, xtQueue(num)); err != nil {
+	if err := c.addInlineRules(ports, logGroup, xtQueue(num)); err != nil {
 		// Either error may also be a rule the kernel is too old for
 		// (@ih needs Linux 5.16): say both.
 		return "", fmt.Errorf("%w: the kernel refused the inline rules with the nft queue statement (%v) and with the xtables NFQUEUE target (%v)", ErrNoNftables, nativeErr, err)
 	}
-	n.inline = &inlineParams{queue: xtQueue(num), logGroup: logGroup, ports: ports}
+	c.inline = &inlineParams{queue: xtQueue(num), logGroup: logGroup, ports: ports}
 	return QueueXtables, nil
 }
 
@@ -91,96 +92,72 @@ type inlineParams struct {
 	ports    []uint16
 }
 
-// SetControlPorts changes, in one transaction, the control ports whose
+// setControlPorts changes, in one transaction, the control ports whose
 // traffic the inline rules copy and hold, and those the NAT rules hand
 // to the control proxy (a reload):
 //
 //	nft flush chain inet ftpgate copy_ftp_control_forward
 //	nft add rule inet ftpgate copy_ftp_control_forward tcp dport PORT jump inspect_ftp_control
 //	(and the other copy chains; the proxy and detect chains with NAT)
-func (n *Nftables) SetControlPorts(ports []uint16) error {
-	if n.inline != nil {
-		p := n.inlineRuleParams(ports)
-		for _, c := range copyChains {
-			chain := &nftables.Chain{Name: c.name, Table: n.table}
-			n.conn.FlushChain(chain)
-			for _, r := range copyChainRules(c, p, chain) {
-				n.conn.AddRule(r)
-			}
+func (c *chains) setControlPorts(ports []uint16) error {
+	if c.inline != nil {
+		p := c.inlineRuleParams(ports)
+		for _, h := range copyChains {
+			c.replaceRules(h.name, func(ch *nftables.Chain) []*nftables.Rule { return copyChainRules(h, p, ch) })
 		}
 	}
-	if n.cfg.NAT != nil {
-		n.cfg.NAT.Ports = ports
-		p := n.params()
-		for _, c := range []struct {
-			name  string
-			rules func(ruleParams, *nftables.Chain) []*nftables.Rule
-		}{{natProxyChain, proxyRules}, {natDetectChain, detectRules}} {
-			chain := &nftables.Chain{Name: c.name, Table: n.table}
-			n.conn.FlushChain(chain)
-			for _, r := range c.rules(p, chain) {
-				n.conn.AddRule(r)
-			}
-		}
+	if c.cfg.NAT != nil {
+		c.cfg.NAT.Ports = ports
+		p := c.params()
+		c.replaceRules(natProxyChain, func(ch *nftables.Chain) []*nftables.Rule { return proxyRules(p, ch) })
+		c.replaceRules(natDetectChain, func(ch *nftables.Chain) []*nftables.Rule { return detectRules(p, ch) })
 	}
-	if err := n.conn.Flush(); err != nil {
+	if err := c.conn.Flush(); err != nil {
 		return fmt.Errorf("changing the control ports to %v: %w", ports, err)
 	}
-	if n.inline != nil {
-		n.inline.ports = ports
+	if c.inline != nil {
+		c.inline.ports = ports
 	}
 	return nil
 }
 
 // inlineRuleParams are the parameters of the inline rules.
-func (n *Nftables) inlineRuleParams(ports []uint16) ruleParams {
-	p := n.params()
-	p.inline, p.queue, p.ports, p.logGroup = true, n.inline.queue, ports, n.inline.logGroup
-	p.ifaces = n.ifaces
+func (c *chains) inlineRuleParams(ports []uint16) ruleParams {
+	p := c.params()
+	p.inline, p.queue, p.ports, p.logGroup = true, c.inline.queue, ports, c.inline.logGroup
+	p.ifaces = c.ifaces
 	return p
 }
 
-func (n *Nftables) addInlineRules(ports []uint16, logGroup uint16, queue expr.Any) error {
-	n.queueInline(ports, logGroup, queue)
-	return n.conn.Flush()
+func (c *chains) addInlineRules(ports []uint16, logGroup uint16, queue expr.Any) error {
+	c.queueInline(ports, logGroup, queue)
+	return c.conn.Flush()
 }
 
-// queueInline queues the rules of inline capture (see AddInlineRules).
-func (n *Nftables) queueInline(ports []uint16, logGroup uint16, queue expr.Any) {
-	p := n.params()
+// queueInline queues the rules of inline capture (see AddInlineRules):
+// the interfaces set, the inspect chains, the marking chains' rules
+// again, with those that admit and hold data SYNs, and the copy chains.
+func (c *chains) queueInline(ports []uint16, logGroup uint16, queue expr.Any) {
+	p := c.params()
 	p.inline, p.queue, p.ports, p.logGroup = true, queue, ports, logGroup
-	if len(n.cfg.Interfaces) > 0 {
-		p.ifaces = &nftables.Set{ID: 11, Table: n.table, Name: InterfacesSet, KeyType: nftables.TypeIFName,
-			Comment: "the interfaces whose FTP control traffic ftpgate copies and whose early data SYNs it holds (--interface)"}
-		n.ifaces = p.ifaces
-		elems := make([]nftables.SetElement, len(n.cfg.Interfaces))
-		for i, name := range n.cfg.Interfaces {
-			k := make([]byte, 16) // IFNAMSIZ, zero-padded
-			copy(k, name)
-			elems[i] = nftables.SetElement{Key: k}
-		}
-		_ = n.conn.AddSet(p.ifaces, elems)
+	if len(c.cfg.Interfaces) > 0 {
+		var elems []nftables.SetElement
+		p.ifaces, elems = newInterfacesSet(c.table, c.cfg.Interfaces)
+		c.ifaces = p.ifaces
+		_ = c.conn.AddSet(p.ifaces, elems)
 	}
-	inspect := n.conn.AddChain(&nftables.Chain{Name: inspectChain, Table: n.table})
-	local := n.conn.AddChain(&nftables.Chain{Name: inspectLocalChain, Table: n.table})
+	// Both chains before their rules: the messages stay in the order
+	// the golden files hold.
+	inspect := c.conn.AddChain(&nftables.Chain{Name: inspectChain, Table: c.table})
+	local := c.conn.AddChain(&nftables.Chain{Name: inspectLocalChain, Table: c.table})
 	for _, r := range slices.Concat(inspectRules(false, p, inspect), inspectRules(true, p, local)) {
-		n.conn.AddRule(r)
+		c.conn.AddRule(r)
 	}
-	for _, c := range dataChains {
-		chain := &nftables.Chain{Name: c.name, Table: n.table}
-		n.conn.FlushChain(chain)
-		for _, r := range dataChainRules(c, p, chain) {
-			n.conn.AddRule(r)
-		}
+	for _, h := range dataChains {
+		c.replaceRules(h.name, func(ch *nftables.Chain) []*nftables.Rule { return dataChainRules(h, p, ch) })
 	}
-	for _, c := range copyChains {
-		chain := n.conn.AddChain(&nftables.Chain{
-			Name: c.name, Table: n.table, Type: nftables.ChainTypeFilter,
-			Hooknum: c.hook, Priority: nftables.ChainPriorityRef(nftables.ChainPriority(c.priority)),
-		})
-		for _, r := range copyChainRules(c, p, chain) {
-			n.conn.AddRule(r)
-		}
+	for _, h := range copyChains {
+		c.addChain(h.chain(c.table), func(ch *nftables.Chain) []*nftables.Rule { return copyChainRules(h, p, ch) })
 	}
 }
 
@@ -195,4 +172,119 @@ func xtQueue(num uint16) expr.Any {
 	binary.NativeEndian.PutUint16(info[4:], nfqFlagBypass)
 	unknown := xt.Unknown(info)
 	return &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &unknown}
+}
+
+// The chains that copy control segments (inline capture) run after the
+// filter priority: a segment the admin's ruleset drops (ct state invalid
+// drop, anything) never reaches its receiver, so ftpgate must not see it
+// either.
+var copyChains = []hookChain{
+	{"copy_ftp_control_forward", nftables.ChainHookForward, CopyChainPriority, false},
+	{"copy_ftp_control_input", nftables.ChainHookInput, CopyChainPriority, false},
+	{"copy_ftp_control_output", nftables.ChainHookOutput, CopyChainPriority, true},
+}
+
+// CopyChainPriority is the priority of the inline copy chains: "filter +
+// 40", after the filter chains of admins (0), firewalld (+10) and
+// iptables-nft (0), and before SELinux's security chains (50) and the
+// source NAT of the input hook (100).
+const CopyChainPriority = 40
+
+// Inspect chains pick, among FTP control packets, those ftpgate must
+// see: SYN, FIN and RST (sessions start and end) and every segment that
+// carries data. Pure ACKs, a large share of control packets, are not
+// copied. The local one serves the output hook.
+const (
+	inspectChain      = "inspect_ftp_control"
+	inspectLocalChain = "inspect_ftp_control_local"
+)
+
+// outOfScope returns for packets on no interface ftpgate watches:
+//
+//	iifname != @ftp_interfaces oifname != @ftp_interfaces return   # forward
+//	iifname != @ftp_interfaces return                              # input
+//	oifname != @ftp_interfaces return                              # output
+func outOfScope(c hookChain, p ruleParams) []expr.Any {
+	not := func(key expr.MetaKey) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: key, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: p.ifaces.Name, SetID: p.ifaces.ID, Invert: true},
+		}
+	}
+	var e []expr.Any
+	if c.hook != nftables.ChainHookOutput {
+		e = append(e, not(expr.MetaKeyIIFNAME)...)
+	}
+	if c.hook != nftables.ChainHookInput {
+		e = append(e, not(expr.MetaKeyOIFNAME)...)
+	}
+	return append(e, ret)
+}
+
+// copyChainRules send FTP control traffic to the inspect chain:
+//
+//	tcp dport PORT jump inspect_ftp_control   (and tcp sport PORT, per port)
+func copyChainRules(c hookChain, p ruleParams, chain *nftables.Chain) []*nftables.Rule {
+	target := inspectChain
+	if c.local {
+		target = inspectLocalChain
+	}
+	var rules []*nftables.Rule
+	if p.ifaces != nil {
+		rules = append(rules, &nftables.Rule{Table: p.table, Chain: chain, UserData: comment("not on an interface ftpgate watches: not copied"), Exprs: outOfScope(c, p)})
+	}
+	if p.nat != nil && c.hook != nftables.ChainHookForward {
+		rules = append(rules, &nftables.Rule{Table: p.table, Chain: chain, Exprs: proxiedSkipExprs(p)})
+	}
+	for _, port := range p.ports {
+		for _, off := range []uint32{2, 0} { // destination port, source port
+			rules = append(rules, &nftables.Rule{Table: p.table, Chain: chain, Exprs: slices.Concat(tcp(), []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+				&expr.Verdict{Kind: expr.VerdictJump, Chain: target},
+			})})
+		}
+	}
+	return rules
+}
+
+// inspectRules pick the control packets ftpgate must see:
+//
+//	fib saddr . iif oif missing return                   # not the local chain
+//	tcp flags & (syn | ack) == syn ct state new queue num N bypass
+//	ct state & established == 0 return
+//	tcp flags & (fin | syn | rst) != 0 log group G accept
+//	@ih,0,8 & 0x0 == 0x0 log group G accept
+//
+// Only segments the kernel's conntrack has validated for an established
+// connection are copied: a wrong checksum or a sequence number outside
+// the window makes a segment invalid there. A forged source address
+// fails the reverse-path check.
+func inspectRules(local bool, p ruleParams, chain *nftables.Chain) []*nftables.Rule {
+	rule := func(note string, exprs ...[]expr.Any) *nftables.Rule {
+		return &nftables.Rule{Table: p.table, Chain: chain, UserData: comment(note), Exprs: slices.Concat(exprs...)}
+	}
+	copyToDaemon := []expr.Any{&expr.Log{Key: 1 << unix.NFTA_LOG_GROUP, Group: p.logGroup}, accept}
+	var rules []*nftables.Rule
+	if !local {
+		rules = append(rules, rule("source not routed back through the interface it came in on: forged, not copied",
+			reversePathFails(), []expr.Any{ret}))
+	}
+	return append(rules,
+		rule("new FTP control connection: held until ftpgate knows its peers",
+			tcp(), synOnly(), ctState(expr.CtStateBitNEW, expr.CmpOpNeq), []expr.Any{p.queue}),
+		rule("not validated by conntrack for an established connection: not copied",
+			ctState(expr.CtStateBitESTABLISHED, expr.CmpOpEq), []expr.Any{ret}),
+		rule("FTP control: copy to ftpgate", tcp(), tcpFlags(0x07, 0, expr.CmpOpNeq), copyToDaemon),
+		// Loading the first byte after the TCP header (nft's @ih, the
+		// kernel's own header offsets, IP options and IPv6 extension
+		// headers included) fails for a pure ACK, and the failed load
+		// ends the rule. The masked compare is only there so that `nft
+		// list` can print it.
+		rule("FTP control: carries data, copy to ftpgate", tcp(), []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: payloadBaseInnerHeader, Offset: 0, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
+		}, copyToDaemon),
+	)
 }

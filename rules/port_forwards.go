@@ -38,17 +38,6 @@ func (f PortForward) String() string {
 	return fmt.Sprintf("%s %s: addresses %v ports %v", f.Table, f.Chain, f.Addrs, f.Ports)
 }
 
-// PortForwards reads the admin's NAT chains (every table but ftpgate's)
-// and returns the rules that forward connections, so that the public
-// ports ftpgate hands out for NAT are never ones the admin forwards
-// elsewhere: ftpgate's mappings come first in the kernel and would take
-// them over.
-//
-//	nft list ruleset
-func (n *Nftables) PortForwards() ([]PortForward, error) {
-	return portForwards(n.conn, n.cfg.Table)
-}
-
 // matches is what a rule (or the rules leading to its chain) matches of
 // a connection's destination: nil slices with set false mean no match,
 // which is any.
