@@ -18,7 +18,7 @@ import (
 // that the admin's rules translated (conntrack status snat or dnat) has
 // its first SYN dropped after source NAT, at the very end of the
 // forward path, where all of the admin's rules have already accepted it,
-// and its original tuple goes into proxy_next_v4/v6. The client sends
+// and its original tuple goes into ftp_control_to_proxy_v4/v6. The client sends
 // the SYN again (after about a second) and the proxy chain hands that
 // one to the control proxy with tproxy: the proxy terminates the
 // connection and opens its own to the server, from the client's address,
@@ -32,7 +32,7 @@ type NATConfig struct {
 	// ProxyPort is the control proxy's port on 127.0.0.1 and ::1.
 	ProxyPort uint16
 	// RouteMark is the packet mark bit of packets that go to the proxy;
-	// a policy routing rule (see capture.ProxyRoutes) delivers them
+	// a policy routing rule (see nat.ProxyRoutes) delivers them
 	// locally.
 	RouteMark uint32
 	// SocketMark is the packet mark of the proxy's own sockets, whose
@@ -127,7 +127,7 @@ func scopedDNATRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 // The last two find the proxy's own connections: the client's, by its
 // translated destination, and the proxy's to the server, whose replies
 // conntrack has already translated back to the client's address. The
-// mark routes them to the local host (capture.ProxyRoutes).
+// mark routes them to the local host (nat.ProxyRoutes).
 func proxyRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 	rule := func(note string, exprs ...[]expr.Any) *nftables.Rule {
 		return &nftables.Rule{Table: p.table, Chain: chain, UserData: comment(note), Exprs: slices.Concat(exprs...)}
