@@ -60,15 +60,40 @@ type jumpTo struct {
 }
 
 func portForwards(conn *nftables.Conn, own string) ([]PortForward, error) {
+	chains, err := readChains(conn, own)
+	if err != nil {
+		return nil, err
+	}
+	reached := reachedFrom(chains)
+	var out []PortForward
+	for _, cr := range chains {
+		k := chainKey(cr.c.Table, cr.c.Name)
+		for _, r := range cr.rules {
+			if !r.forwards {
+				continue
+			}
+			for _, m := range reached.paths(k, 0, map[string]bool{}) {
+				m = narrow(m, r.m)
+				out = append(out, PortForward{Table: cr.c.Table.Name, Chain: cr.c.Name, Addrs: m.addrs, Ports: m.ports})
+			}
+		}
+	}
+	return out, nil
+}
+
+// chainRules are a chain and what its rules say.
+type chainRules struct {
+	c     *nftables.Chain
+	rules []readRule
+}
+
+// readChains reads every chain of every table but own.
+func readChains(conn *nftables.Conn, own string) ([]*chainRules, error) {
 	chains, err := conn.ListChains()
 	if err != nil {
 		return nil, fmt.Errorf("listing chains: %w", err)
 	}
-	type chainRules struct {
-		c     *nftables.Chain
-		rules []readRule
-	}
-	var order []*chainRules
+	var out []*chainRules
 	for _, c := range chains {
 		if c.Table.Name == own {
 			continue
@@ -81,55 +106,48 @@ func portForwards(conn *nftables.Conn, own string) ([]PortForward, error) {
 		for _, r := range rules {
 			cr.rules = append(cr.rules, readOne(conn, c.Table, r))
 		}
-		order = append(order, cr)
+		out = append(out, cr)
 	}
-	// What reaches each chain: the matches of the rules that jump to it,
-	// and from which chain.
-	type entry struct {
-		from string
-		m    matches
-	}
-	reached := map[string][]entry{}
-	for _, cr := range order {
+	return out, nil
+}
+
+// reached is what reaches each chain: the matches of the rules that jump
+// to it, and from which chain.
+type reached map[string][]reachedBy
+
+type reachedBy struct {
+	from string
+	m    matches
+}
+
+func reachedFrom(chains []*chainRules) reached {
+	in := reached{}
+	for _, cr := range chains {
 		from := chainKey(cr.c.Table, cr.c.Name)
 		for _, r := range cr.rules {
 			for _, j := range r.jumps {
 				k := chainKey(cr.c.Table, j.chain)
-				reached[k] = append(reached[k], entry{from, narrow(r.m, j.extra)})
+				in[k] = append(in[k], reachedBy{from, narrow(r.m, j.extra)})
 			}
 		}
 	}
-	// paths lists what may reach a chain, through up to eight jumps.
-	var paths func(k string, depth int, seen map[string]bool) []matches
-	paths = func(k string, depth int, seen map[string]bool) []matches {
-		in := reached[k]
-		if len(in) == 0 || depth > 8 || seen[k] {
-			return []matches{{}} // a base chain, or too deep: anything
-		}
-		seen[k] = true
-		defer delete(seen, k)
-		var out []matches
-		for _, e := range in {
-			for _, up := range paths(e.from, depth+1, seen) {
-				out = append(out, narrow(up, e.m))
-			}
-		}
-		return out
+	return in
+}
+
+// paths lists what may reach a chain, through up to eight jumps.
+func (in reached) paths(k string, depth int, seen map[string]bool) []matches {
+	if len(in[k]) == 0 || depth > 8 || seen[k] {
+		return []matches{{}} // a base chain, or too deep: anything
 	}
-	var out []PortForward
-	for _, cr := range order {
-		k := chainKey(cr.c.Table, cr.c.Name)
-		for _, r := range cr.rules {
-			if !r.forwards {
-				continue
-			}
-			for _, m := range paths(k, 0, map[string]bool{}) {
-				m = narrow(m, r.m)
-				out = append(out, PortForward{Table: cr.c.Table.Name, Chain: cr.c.Name, Addrs: m.addrs, Ports: m.ports})
-			}
+	seen[k] = true
+	defer delete(seen, k)
+	var out []matches
+	for _, e := range in[k] {
+		for _, up := range in.paths(e.from, depth+1, seen) {
+			out = append(out, narrow(up, e.m))
 		}
 	}
-	return out, nil
+	return out
 }
 
 // narrow is what matches b within a: b's match where it has one, else
@@ -147,152 +165,207 @@ func narrow(a, b matches) matches {
 // readOne reads one rule: what it matches, whether it forwards, and
 // which chains it jumps to.
 func readOne(conn *nftables.Conn, t *nftables.Table, r *nftables.Rule) readRule {
-	var out readRule
-	// What each register holds: a destination address (with the prefix
-	// a mask left of it) or port.
-	const (
-		none = iota
-		daddr
-		dport
-	)
-	type reg struct {
-		kind, bits int
-	}
-	regs := map[uint32]reg{}
-	anyAddr, anyPort := false, false
-	addAddr := func(a netip.Addr, bits int) {
-		if p, err := a.Prefix(bits); err == nil {
-			out.m.addrs = append(out.m.addrs, p)
-		}
-	}
+	rd := ruleReader{conn: conn, table: t, regs: map[uint32]reg{}}
 	for _, e := range r.Exprs {
-		switch e := e.(type) {
-		case *expr.Payload:
-			switch {
-			case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 16 && e.Len == 4:
-				regs[e.DestRegister] = reg{daddr, 32}
-			case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 24 && e.Len == 16:
-				regs[e.DestRegister] = reg{daddr, 128}
-			case e.Base == expr.PayloadBaseTransportHeader && e.Offset == 2 && e.Len == 2:
-				regs[e.DestRegister] = reg{dport, 16}
-			default:
-				regs[e.DestRegister] = reg{}
+		rd.read(e)
+	}
+	if rd.anyAddr {
+		rd.out.m.addrs = nil
+	}
+	if rd.anyPort {
+		rd.out.m.ports = nil
+	}
+	return rd.out
+}
+
+// What a register holds: a destination address (with the prefix a mask
+// left of it) or port.
+const (
+	regNone = iota
+	regDaddr
+	regDport
+)
+
+type reg struct {
+	kind, bits int
+}
+
+// ruleReader follows a rule's expressions through the registers.
+type ruleReader struct {
+	conn  *nftables.Conn
+	table *nftables.Table
+	regs  map[uint32]reg
+	// A match on the address or port that cannot be read: counted as any.
+	anyAddr, anyPort bool
+	out              readRule
+}
+
+func (rd *ruleReader) read(e expr.Any) {
+	switch e := e.(type) {
+	case *expr.Payload:
+		rd.payload(e)
+	case *expr.Bitwise:
+		rd.bitwise(e)
+	case *expr.Cmp:
+		rd.cmp(e)
+	case *expr.Range:
+		rd.portRange(e)
+	case *expr.Lookup:
+		rd.lookup(e)
+	case *expr.Match:
+		rd.xtMatch(e)
+	case *expr.NAT:
+		if e.Type == expr.NATTypeDestNAT {
+			rd.out.forwards = true
+		}
+	case *expr.Redir, *expr.TProxy:
+		rd.out.forwards = true
+	case *expr.Target:
+		if e.Name == "DNAT" || e.Name == "REDIRECT" || e.Name == "TPROXY" {
+			rd.out.forwards = true
+		}
+	case *expr.Verdict:
+		if e.Kind == expr.VerdictJump || e.Kind == expr.VerdictGoto {
+			rd.out.jumps = append(rd.out.jumps, jumpTo{chain: e.Chain})
+		}
+	}
+}
+
+// unreadable notes a match on what register g holds that cannot be read.
+func (rd *ruleReader) unreadable(g reg) {
+	rd.anyAddr, rd.anyPort = rd.anyAddr || g.kind == regDaddr, rd.anyPort || g.kind == regDport
+}
+
+// payload: ip daddr, ip6 daddr, th dport.
+func (rd *ruleReader) payload(e *expr.Payload) {
+	switch {
+	case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 16 && e.Len == 4:
+		rd.regs[e.DestRegister] = reg{regDaddr, 32}
+	case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 24 && e.Len == 16:
+		rd.regs[e.DestRegister] = reg{regDaddr, 128}
+	case e.Base == expr.PayloadBaseTransportHeader && e.Offset == 2 && e.Len == 2:
+		rd.regs[e.DestRegister] = reg{regDport, 16}
+	default:
+		rd.regs[e.DestRegister] = reg{}
+	}
+}
+
+// bitwise: ip daddr 203.0.113.0/28 is a mask of leading ones before the
+// compare.
+func (rd *ruleReader) bitwise(e *expr.Bitwise) {
+	g := rd.regs[e.SourceRegister]
+	if g.kind != regDaddr {
+		rd.regs[e.DestRegister] = reg{}
+		if g.kind == regDport {
+			rd.anyPort = true
+		}
+		return
+	}
+	ones := 0
+	for _, b := range e.Mask {
+		ones += bits.OnesCount8(b)
+	}
+	rd.regs[e.DestRegister] = reg{regDaddr, ones}
+}
+
+// cmp: ip daddr == A, th dport == P.
+func (rd *ruleReader) cmp(e *expr.Cmp) {
+	g := rd.regs[e.Register]
+	if g.kind == regNone {
+		return
+	}
+	if e.Op != expr.CmpOpEq {
+		rd.unreadable(g)
+		return
+	}
+	switch g.kind {
+	case regDaddr:
+		rd.out.m.addrSet = true
+		if a, ok := netip.AddrFromSlice(e.Data); ok {
+			if p, err := a.Prefix(g.bits); err == nil {
+				rd.out.m.addrs = append(rd.out.m.addrs, p)
 			}
-		case *expr.Bitwise:
-			// ip daddr 203.0.113.0/28: a mask of leading ones before the
-			// compare.
-			if g := regs[e.SourceRegister]; g.kind == daddr {
-				ones := 0
-				for _, b := range e.Mask {
-					ones += bits.OnesCount8(b)
-				}
-				regs[e.DestRegister] = reg{daddr, ones}
+		}
+	case regDport:
+		rd.out.m.portSet = true
+		if len(e.Data) == 2 {
+			p := binary.BigEndian.Uint16(e.Data)
+			rd.out.m.ports = append(rd.out.m.ports, [2]uint16{p, p})
+		}
+	}
+}
+
+// portRange: th dport LO-HI.
+func (rd *ruleReader) portRange(e *expr.Range) {
+	if g := rd.regs[e.Register]; g.kind != regDport {
+		return
+	}
+	rd.out.m.portSet = true
+	if e.Op == expr.CmpOpEq && len(e.FromData) == 2 && len(e.ToData) == 2 {
+		rd.out.m.ports = append(rd.out.m.ports, [2]uint16{binary.BigEndian.Uint16(e.FromData), binary.BigEndian.Uint16(e.ToData)})
+	} else {
+		rd.anyPort = true
+	}
+}
+
+// lookup: ip daddr @SET, th dport { ... }, and verdict maps, whose
+// elements each lead to their chain.
+func (rd *ruleReader) lookup(e *expr.Lookup) {
+	g := rd.regs[e.SourceRegister]
+	if g.kind == regNone {
+		return
+	}
+	elems, ok := setValues(rd.conn, rd.table, e)
+	if !ok || e.Invert {
+		rd.unreadable(g)
+		return
+	}
+	for _, v := range elems {
+		m := rd.elementMatches(g, v)
+		if v.jump != "" {
+			rd.out.jumps = append(rd.out.jumps, jumpTo{chain: v.jump, extra: m})
+			continue
+		}
+		rd.out.m.addrSet = rd.out.m.addrSet || m.addrSet
+		rd.out.m.portSet = rd.out.m.portSet || m.portSet
+		rd.out.m.addrs = append(rd.out.m.addrs, m.addrs...)
+		rd.out.m.ports = append(rd.out.m.ports, m.ports...)
+	}
+}
+
+// elementMatches is what one set element matches of what register g holds.
+func (rd *ruleReader) elementMatches(g reg, v setValue) matches {
+	var m matches
+	switch {
+	case g.kind == regDport && len(v.from) == 2:
+		m.portSet, m.ports = true, [][2]uint16{{binary.BigEndian.Uint16(v.from), binary.BigEndian.Uint16(v.to)}}
+	case g.kind == regDaddr:
+		m.addrSet = true
+		if lo, ok := netip.AddrFromSlice(v.from); ok {
+			if hi, ok := netip.AddrFromSlice(v.to); ok && hi != lo {
+				rd.anyAddr = true // an address range: counted as any
 			} else {
-				regs[e.DestRegister] = reg{}
-				if g.kind == dport {
-					anyPort = true
-				}
-			}
-		case *expr.Cmp:
-			g := regs[e.Register]
-			if g.kind == none {
-				continue
-			}
-			if e.Op != expr.CmpOpEq {
-				anyAddr, anyPort = anyAddr || g.kind == daddr, anyPort || g.kind == dport
-				continue
-			}
-			switch g.kind {
-			case daddr:
-				out.m.addrSet = true
-				if a, ok := netip.AddrFromSlice(e.Data); ok {
-					addAddr(a, g.bits)
-				}
-			case dport:
-				out.m.portSet = true
-				if len(e.Data) == 2 {
-					p := binary.BigEndian.Uint16(e.Data)
-					out.m.ports = append(out.m.ports, [2]uint16{p, p})
-				}
-			}
-		case *expr.Range:
-			if g := regs[e.Register]; g.kind == dport {
-				out.m.portSet = true
-				if e.Op == expr.CmpOpEq && len(e.FromData) == 2 && len(e.ToData) == 2 {
-					out.m.ports = append(out.m.ports, [2]uint16{binary.BigEndian.Uint16(e.FromData), binary.BigEndian.Uint16(e.ToData)})
-				} else {
-					anyPort = true
-				}
-			}
-		case *expr.Lookup:
-			g := regs[e.SourceRegister]
-			if g.kind == none {
-				continue
-			}
-			elems, ok := setValues(conn, t, e)
-			if !ok || e.Invert {
-				anyAddr, anyPort = anyAddr || g.kind == daddr, anyPort || g.kind == dport
-				continue
-			}
-			for _, v := range elems {
-				var m matches
-				switch {
-				case g.kind == dport && len(v.from) == 2:
-					m.portSet, m.ports = true, [][2]uint16{{binary.BigEndian.Uint16(v.from), binary.BigEndian.Uint16(v.to)}}
-				case g.kind == daddr:
-					m.addrSet = true
-					if lo, ok := netip.AddrFromSlice(v.from); ok {
-						if hi, ok := netip.AddrFromSlice(v.to); ok && hi != lo {
-							anyAddr = true // an address range: counted as any
-						} else {
-							m.addrs = []netip.Prefix{netip.PrefixFrom(lo, lo.BitLen())}
-						}
-					}
-				}
-				if v.jump != "" {
-					// A verdict map: this element's key leads to its chain.
-					out.jumps = append(out.jumps, jumpTo{chain: v.jump, extra: m})
-					continue
-				}
-				out.m.addrSet = out.m.addrSet || m.addrSet
-				out.m.portSet = out.m.portSet || m.portSet
-				out.m.addrs = append(out.m.addrs, m.addrs...)
-				out.m.ports = append(out.m.ports, m.ports...)
-			}
-		case *expr.Match:
-			if tcp, ok := e.Info.(*xt.Tcp); ok {
-				out.m.portSet = true
-				if tcp.InvFlags != 0 {
-					anyPort = true
-				} else if tcp.DstPorts != [2]uint16{0, 0xffff} {
-					out.m.ports = append(out.m.ports, tcp.DstPorts)
-				} else {
-					anyPort = true
-				}
-			}
-		case *expr.NAT:
-			if e.Type == expr.NATTypeDestNAT {
-				out.forwards = true
-			}
-		case *expr.Redir, *expr.TProxy:
-			out.forwards = true
-		case *expr.Target:
-			if e.Name == "DNAT" || e.Name == "REDIRECT" || e.Name == "TPROXY" {
-				out.forwards = true
-			}
-		case *expr.Verdict:
-			if e.Kind == expr.VerdictJump || e.Kind == expr.VerdictGoto {
-				out.jumps = append(out.jumps, jumpTo{chain: e.Chain})
+				m.addrs = []netip.Prefix{netip.PrefixFrom(lo, lo.BitLen())}
 			}
 		}
 	}
-	if anyAddr {
-		out.m.addrs = nil
+	return m
+}
+
+// xtMatch: the xtables tcp match's destination ports (iptables-nft).
+func (rd *ruleReader) xtMatch(e *expr.Match) {
+	tcp, ok := e.Info.(*xt.Tcp)
+	if !ok {
+		return
 	}
-	if anyPort {
-		out.m.ports = nil
+	rd.out.m.portSet = true
+	if tcp.InvFlags != 0 {
+		rd.anyPort = true
+	} else if tcp.DstPorts != [2]uint16{0, 0xffff} {
+		rd.out.m.ports = append(rd.out.m.ports, tcp.DstPorts)
+	} else {
+		rd.anyPort = true
 	}
-	return out
 }
 
 // setValue is one element of a set or map a lookup names: from and to
