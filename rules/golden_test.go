@@ -23,7 +23,9 @@ import (
 // compare every netlink message, byte for byte, with testdata/*.golden.
 // A change to a rule, a set or a commit shows as a failing test naming the
 // message; when the change is meant, `go test ./rules -run Golden -update`
-// writes the files again, and the diff of testdata says what changed.
+// writes the files again, and the diff of testdata says what changed:
+// beside each message's bytes, a line "## nft ..." says what it does in
+// nft's words (nftText), so that the diff reads as a change of rules.
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from what the code builds now")
 
@@ -83,12 +85,16 @@ func msgName(m netlink.Message) string {
 }
 
 // dump writes messages as the golden files hold them: per message, its
-// name and flags, then its payload (without the netlink header, whose
+// name and flags, what it says in nft's words (nftText: a reviewer's
+// aid, derived from the bytes), then its payload (without the netlink header, whose
 // length, sequence number and port id vary) in hex, 32 bytes a line.
 func dump(msgs []netlink.Message) string {
 	var b strings.Builder
 	for i, m := range msgs {
 		fmt.Fprintf(&b, "# %d %s flags %#x\n", i, msgName(m), uint16(m.Header.Flags))
+		if t := nftText(m); t != "" {
+			b.WriteString("## nft " + t + "\n")
+		}
 		for data := m.Data; len(data) > 0; {
 			n := min(32, len(data))
 			b.WriteString(hex.EncodeToString(data[:n]) + "\n")
