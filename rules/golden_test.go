@@ -23,7 +23,9 @@ import (
 // compare every netlink message, byte for byte, with testdata/*.golden.
 // A change to a rule, a set or a commit shows as a failing test naming the
 // message; when the change is meant, `go test ./rules -run Golden -update`
-// writes the files again, and the diff of testdata says what changed.
+// writes the files again, and the diff of testdata says what changed:
+// beside each message's bytes, a line "## nft ..." says what it does in
+// nft's words (nftText), so that the diff reads as a change of rules.
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from what the code builds now")
 
@@ -43,13 +45,15 @@ func newRecorder(t *testing.T) *recorder {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Nftables = &Nftables{
-		cfg:   Config{Table: DefaultTable, Mark: 0x01000000, MarkMask: 0x01000000, MaxPinholes: 65536, MaxPeers: 139264, LogGroup: DefaultLogGroup},
-		conn:  conn,
-		table: &nftables.Table{Name: DefaultTable, Family: nftables.TableFamilyINet},
-	}
-	r.initSets()
+	r.Nftables = newNftables(testRecorderConfig, conn, &nftables.Table{Name: DefaultTable, Family: nftables.TableFamilyINet})
 	return r
+}
+
+var testRecorderConfig = Config{Table: DefaultTable, Mark: 0x01000000, MarkMask: 0x01000000, MaxPinholes: 65536, MaxPeers: 139264, LogGroup: DefaultLogGroup}
+
+// reconfigure rebuilds the recorder's parts for cfg, on the same connection.
+func (r *recorder) reconfigure(cfg Config) {
+	r.Nftables = newNftables(cfg, r.conn, r.table)
 }
 
 func (r *recorder) flush(t *testing.T) []netlink.Message {
@@ -81,12 +85,16 @@ func msgName(m netlink.Message) string {
 }
 
 // dump writes messages as the golden files hold them: per message, its
-// name and flags, then its payload (without the netlink header, whose
+// name and flags, what it says in nft's words (nftText: a reviewer's
+// aid, derived from the bytes), then its payload (without the netlink header, whose
 // length, sequence number and port id vary) in hex, 32 bytes a line.
 func dump(msgs []netlink.Message) string {
 	var b strings.Builder
 	for i, m := range msgs {
 		fmt.Fprintf(&b, "# %d %s flags %#x\n", i, msgName(m), uint16(m.Header.Flags))
+		if t := nftText(m); t != "" {
+			b.WriteString("## nft " + t + "\n")
+		}
 		for data := m.Data; len(data) > 0; {
 			n := min(32, len(data))
 			b.WriteString(hex.EncodeToString(data[:n]) + "\n")
@@ -175,7 +183,7 @@ func TestGoldenInline(t *testing.T) {
 	for name, queue := range map[string]func(uint16) expr.Any{"inline-nft-queue": nftQueue, "inline-xt-nfqueue": xtQueue} {
 		t.Run(name, func(t *testing.T) {
 			r := newRecorder(t)
-			r.queueInline([]uint16{21, 2121}, DefaultLogGroup, queue(2121))
+			r.chains.queueInline([]uint16{21, 2121}, DefaultLogGroup, queue(2121))
 			golden(t, name, r.flush(t))
 		})
 	}
@@ -201,12 +209,13 @@ func TestGoldenCommit(t *testing.T) {
 func TestGoldenNAT(t *testing.T) {
 	r := newRecorder(t)
 	nat := testNAT
-	r.cfg.NAT = &nat
-	r.initSets()
+	cfg := testRecorderConfig
+	cfg.NAT = &nat
+	r.reconfigure(cfg)
 	if err := r.queueBase(); err != nil {
 		t.Fatal(err)
 	}
-	r.queueInline(nat.Ports, DefaultLogGroup, xtQueue(2121))
+	r.chains.queueInline(nat.Ports, DefaultLogGroup, xtQueue(2121))
 	golden(t, "nat", r.flush(t))
 
 	d := Mapping{Peer: netip.MustParseAddr("203.0.113.10"), Addr: netip.MustParseAddr("203.0.113.1"), Port: 61001,
@@ -227,7 +236,9 @@ func TestGoldenNAT(t *testing.T) {
 
 func TestGoldenInlineInterfaces(t *testing.T) {
 	r := newRecorder(t)
-	r.cfg.Interfaces = []string{"lan0", "wan0"}
-	r.queueInline([]uint16{21}, DefaultLogGroup, xtQueue(2121))
+	cfg := testRecorderConfig
+	cfg.Interfaces = []string{"lan0", "wan0"}
+	r.reconfigure(cfg)
+	r.chains.queueInline([]uint16{21}, DefaultLogGroup, xtQueue(2121))
 	golden(t, "inline-interfaces", r.flush(t))
 }

@@ -64,17 +64,3 @@ func (q *opQueue) AddMapping(m Mapping, timeout time.Duration) error {
 
 // DelMapping queues the removal of m, idempotent like DelPinhole.
 func (q *opQueue) DelMapping(m Mapping) error { return q.enqueue(newMappingOp(m, false, 0)) }
-
-// mappingKey is the map key: peer . addr . port, padded like a pinhole's.
-func mappingKey(m Mapping) []byte {
-	return key(Pinhole{Peer: m.Peer, Addr: m.Addr, Port: m.Port})
-}
-
-// mappingData is the map value: addr . port for DNAT, addr for SNAT.
-func mappingData(m Mapping) []byte {
-	b := m.ToAddr.AsSlice()
-	if m.SNAT {
-		return b
-	}
-	return append(b, byte(m.ToPort>>8), byte(m.ToPort), 0, 0)
-}

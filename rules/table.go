@@ -1,57 +1,61 @@
 package rules
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
 
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
+	"github.com/google/nftables"
 )
 
-// createPinholeSets creates, in one batch on conn, the two pinhole sets:
+// DefaultTable is the name of ftpgate's table, as an admin sees it in
+// `nft list table inet ftpgate`.
+const DefaultTable = "ftpgate"
+
+// replaceLeftoverTable deletes a table of that name that nobody owns,
+// or fails with ErrTableBusy if another process owns it.
 //
-//	nft add set inet NAME ftp_data_pinholes_v4 { ...; limit rate 1/week burst 1 packets; }
-//	nft add set inet NAME ftp_data_pinholes_v6 { ...; limit rate 1/week burst 1 packets; }
-//
-// google/nftables cannot give a set any stateful expression but a
-// counter, so these two messages are built by hand (newPinholeSetMessage)
-// and sent on the very socket google/nftables uses, the one that owns the
-// table: no other socket may change it.
-func createPinholeSets(conn *netlink.Conn, table string, size uint32) error {
-	msgs, err := pinholeSetsBatch(table, size)
+//	nft delete table inet NAME
+func replaceLeftoverTable(conn *nftables.Conn, name string, log *slog.Logger) error {
+	_, err := conn.ListTableOfFamily(name, nftables.TableFamilyINet)
 	if err != nil {
-		return err
-	}
-	if _, err := conn.SendMessages(msgs); err != nil {
-		return fmt.Errorf("sending the pinhole sets of table %s: %w", table, err)
-	}
-	// One acknowledgement (or error) comes back for each message between
-	// the batch's begin and end.
-	for range len(msgs) - 2 {
-		if _, err := conn.Receive(); err != nil {
-			return fmt.Errorf("creating the pinhole sets of table inet %s (a set limit needs Linux 5.11 or later): %w", table, err)
+		if isPermission(err) {
+			return fmt.Errorf("%w: listing tables: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, err)
 		}
+		return nil
 	}
+	// A table of that name is there. If another process owns it the
+	// kernel refuses the deletion; a table nobody owns is a leftover
+	// (e.g. created by hand) and is replaced.
+	conn.DelTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
+	if err := conn.Flush(); err != nil {
+		if isPermission(err) {
+			return fmt.Errorf("table inet %s: %w (is another ftpgate running?)", name, ErrTableBusy)
+		}
+		return fmt.Errorf("%w: removing stale table inet %s: %v", ErrNoNftables, name, err)
+	}
+	log.Warn("replaced a leftover table nobody owned", "table", "inet "+name)
 	return nil
 }
 
-// pinholeSetsBatch is the batch createPinholeSets sends.
-func pinholeSetsBatch(table string, size uint32) ([]netlink.Message, error) {
-	msgs := []netlink.Message{{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Flags: netlink.Request},
-		Data:   nfgenHeader(0, unix.NFNL_SUBSYS_NFTABLES),
-	}}
-	for i, set := range []struct {
-		name string
-		v6   bool
-	}{{SetV4, false}, {SetV6, true}} {
-		m, err := newPinholeSetMessage(table, set.name, set.v6, size, uint32(i+1))
-		if err != nil {
-			return nil, err
+// addOwnedTable creates the table with the owner flag, which gives it to
+// conn's socket: only that socket may change the table, and the kernel
+// deletes the table when the socket closes, even after kill -9.
+//
+//	nft add table inet NAME { flags owner; }
+func addOwnedTable(conn *nftables.Conn, name string) (*nftables.Table, error) {
+	t := conn.AddTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet, Flags: nftables.TableFlagOwner})
+	if err := conn.Flush(); err != nil {
+		if isPermission(err) {
+			return nil, fmt.Errorf("%w: creating table inet %s: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, name, err)
 		}
-		msgs = append(msgs, m)
+		return nil, fmt.Errorf("%w: creating table inet %s with the owner flag (Linux 5.12 or later): %v", ErrNoNftables, name, err)
 	}
-	return append(msgs, netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_END), Flags: netlink.Request},
-		Data:   nfgenHeader(0, unix.NFNL_SUBSYS_NFTABLES),
-	}), nil
+	return t, nil
+}
+
+func isPermission(err error) bool {
+	return errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EPERM)
 }

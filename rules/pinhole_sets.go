@@ -3,6 +3,8 @@ package rules
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
@@ -49,20 +51,77 @@ const (
 // above allows with a wide margin.
 const MaxPinholeTimeout = 24 * 60 * 60 // seconds
 
-// pinholeSet describes one of the two pinhole sets (createPinholeSets
-// makes them).
-func (n *Nftables) pinholeSet(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
-	return &nftables.Set{
-		ID:            id,
-		Table:         n.table,
-		Name:          name,
-		KeyType:       nftables.MustConcatSetType(addr, addr, nftables.TypeInetService),
-		Concatenation: true,
-		HasTimeout:    true,
-		Dynamic:       true,
-		Size:          n.cfg.MaxPinholes,
-		Comment:       pinholeSetComment,
+// Names of the pinhole sets.
+const (
+	SetV4 = "ftp_data_pinholes_v4"
+	SetV6 = "ftp_data_pinholes_v6"
+)
+
+// pinholeSets are ftp_data_pinholes_v4 and _v6, whose elements admit one
+// data connection each.
+type pinholeSets struct{ setPair }
+
+// newPinholeSets describes the two pinhole sets (createPinholeSets makes
+// them: google/nftables cannot).
+func newPinholeSets(t *nftables.Table, size uint32) pinholeSets {
+	mk := func(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
+		return &nftables.Set{
+			ID:            id, // fixed, so that the messages are the same every time
+			Table:         t,
+			Name:          name,
+			KeyType:       nftables.MustConcatSetType(addr, addr, nftables.TypeInetService),
+			Concatenation: true,
+			HasTimeout:    true,
+			Dynamic:       true,
+			Size:          size,
+			Comment:       pinholeSetComment,
+		}
 	}
+	return pinholeSets{setPair{mk(SetV4, nftables.TypeIPAddr, 1), mk(SetV6, nftables.TypeIP6Addr, 2)}}
+}
+
+// queuePinhole queues the addition (with its lifetime) or the removal of
+// one pinhole:
+//
+//	nft add element inet ftpgate ftp_data_pinholes_v4 { PEER . ADDR . PORT timeout T }
+//	nft delete element inet ftpgate ftp_data_pinholes_v4 { PEER . ADDR . PORT }
+func (s pinholeSets) queuePinhole(conn *nftables.Conn, p Pinhole, add bool, timeout time.Duration) error {
+	return queueTimedElements(conn, s.forAddr(p.Peer), [][]byte{key(p)}, add, timeout)
+}
+
+// key encodes a pinhole as its set key: peer . addr . port, each field
+// padded to a multiple of four bytes as concatenations require.
+func key(p Pinhole) []byte {
+	var b []byte
+	if p.Peer.Is4() {
+		b = make([]byte, 0, 12)
+		a, c := p.Peer.As4(), p.Addr.As4()
+		b = append(append(b, a[:]...), c[:]...)
+	} else {
+		b = make([]byte, 0, 36)
+		a, c := p.Peer.As16(), p.Addr.As16()
+		b = append(append(b, a[:]...), c[:]...)
+	}
+	return append(b, byte(p.Port>>8), byte(p.Port), 0, 0)
+}
+
+// decodeKey is the reverse of key.
+func decodeKey(k []byte) (Pinhole, bool) {
+	switch len(k) {
+	case 12:
+		return Pinhole{
+			Peer: netip.AddrFrom4([4]byte(k[0:4])),
+			Addr: netip.AddrFrom4([4]byte(k[4:8])),
+			Port: uint16(k[8])<<8 | uint16(k[9]),
+		}, true
+	case 36:
+		return Pinhole{
+			Peer: netip.AddrFrom16([16]byte(k[0:16])),
+			Addr: netip.AddrFrom16([16]byte(k[16:32])),
+			Port: uint16(k[32])<<8 | uint16(k[33]),
+		}, true
+	}
+	return Pinhole{}, false
 }
 
 const pinholeSetComment = "announced FTP data connections: connecting peer . announced address . announced port"
@@ -132,4 +191,53 @@ func newPinholeSetMessage(table, name string, v6 bool, size uint32, id uint32) (
 
 func nfgenHeader(family uint8, resID uint16) []byte {
 	return []byte{family, unix.NFNETLINK_V0, byte(resID >> 8), byte(resID)}
+}
+
+// createPinholeSets creates, in one batch on conn, the two pinhole sets:
+//
+//	nft add set inet NAME ftp_data_pinholes_v4 { ...; limit rate 1/week burst 1 packets; }
+//	nft add set inet NAME ftp_data_pinholes_v6 { ...; limit rate 1/week burst 1 packets; }
+//
+// google/nftables cannot give a set any stateful expression but a
+// counter, so these two messages are built by hand (newPinholeSetMessage)
+// and sent on the very socket google/nftables uses, the one that owns the
+// table: no other socket may change it.
+func createPinholeSets(conn *netlink.Conn, table string, size uint32) error {
+	msgs, err := pinholeSetsBatch(table, size)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.SendMessages(msgs); err != nil {
+		return fmt.Errorf("sending the pinhole sets of table %s: %w", table, err)
+	}
+	// One acknowledgement (or error) comes back for each message between
+	// the batch's begin and end.
+	for range len(msgs) - 2 {
+		if _, err := conn.Receive(); err != nil {
+			return fmt.Errorf("creating the pinhole sets of table inet %s (a set limit needs Linux 5.11 or later): %w", table, err)
+		}
+	}
+	return nil
+}
+
+// pinholeSetsBatch is the batch createPinholeSets sends.
+func pinholeSetsBatch(table string, size uint32) ([]netlink.Message, error) {
+	msgs := []netlink.Message{{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Flags: netlink.Request},
+		Data:   nfgenHeader(0, unix.NFNL_SUBSYS_NFTABLES),
+	}}
+	for i, set := range []struct {
+		name string
+		v6   bool
+	}{{SetV4, false}, {SetV6, true}} {
+		m, err := newPinholeSetMessage(table, set.name, set.v6, size, uint32(i+1))
+		if err != nil {
+			return nil, err
+		}
+		msgs = append(msgs, m)
+	}
+	return append(msgs, netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_END), Flags: netlink.Request},
+		Data:   nfgenHeader(0, unix.NFNL_SUBSYS_NFTABLES),
+	}), nil
 }

@@ -22,7 +22,7 @@ func (p RulesetProblem) String() string {
 	return fmt.Sprintf("chain %s %s %s (hook %s, %s) has no rule accepting the ftpgate mark before it drops", p.Family, p.Table, p.Chain, p.Hook, p.Drop)
 }
 
-// CheckRuleset reads the ruleset and returns the filter chains on the
+// checkRuleset reads the ruleset and returns the filter chains on the
 // forward and input hooks that drop (by policy, or by a rule that drops
 // whatever reaches it) without first accepting connections whose ct mark carries
 // ftpgate's mark: there, every data connection ftpgate admits is dropped.
@@ -31,77 +31,98 @@ func (p RulesetProblem) String() string {
 // jumps and gotos are followed. ftpgate's own table is skipped.
 //
 //	nft list ruleset
-func (n *Nftables) CheckRuleset() ([]RulesetProblem, error) {
-	return checkRuleset(n.conn, n.cfg.Table, n.cfg.Mark, n.cfg.MarkMask)
-}
-
 func checkRuleset(conn *nftables.Conn, own string, mark, mask uint32) ([]RulesetProblem, error) {
 	chains, err := conn.ListChains()
 	if err != nil {
 		return nil, fmt.Errorf("listing chains: %w", err)
 	}
-	byName := map[string]*nftables.Chain{}
-	for _, c := range chains {
-		byName[chainKey(c.Table, c.Name)] = c
-	}
-	rulesOf := map[string][]*nftables.Rule{}
-	get := func(c *nftables.Chain) ([]*nftables.Rule, error) {
-		k := chainKey(c.Table, c.Name)
-		if r, ok := rulesOf[k]; ok {
-			return r, nil
-		}
-		r, err := conn.GetRules(c.Table, c)
-		if err != nil {
-			return nil, fmt.Errorf("listing the rules of chain %s: %w", c.Name, err)
-		}
-		rulesOf[k] = r
-		return r, nil
+	c := &rulesetCheck{conn: conn, mark: mark, mask: mask, byName: map[string]*nftables.Chain{}, rulesOf: map[string][]*nftables.Rule{}}
+	for _, ch := range chains {
+		c.byName[chainKey(ch.Table, ch.Name)] = ch
 	}
 	var out []RulesetProblem
-	for _, c := range chains {
-		if c.Hooknum == nil || c.Type != nftables.ChainTypeFilter || c.Table.Name == own {
+	for _, ch := range chains {
+		if ch.Table.Name == own {
 			continue
 		}
-		hook := ""
-		switch *c.Hooknum {
-		case *nftables.ChainHookForward:
-			hook = "forward"
-		case *nftables.ChainHookInput:
-			hook = "input"
-		default:
-			continue
-		}
-		fam := familyName(c.Table.Family)
-		if fam == "" {
-			continue
-		}
-		rules, err := get(c)
+		p, err := c.problem(ch)
 		if err != nil {
 			return nil, err
 		}
-		drop := ""
-		if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop {
-			drop = "policy drop"
-		} else {
-			for _, r := range rules {
-				if dropsAlways(r) {
-					drop = "a rule drops all that reaches it"
-					break
-				}
-			}
-		}
-		if drop == "" {
-			continue
-		}
-		ok, err := acceptsMark(c, rules, get, byName, mark, mask, map[string]bool{})
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			out = append(out, RulesetProblem{Family: fam, Table: c.Table.Name, Chain: c.Name, Hook: hook, Drop: drop})
+		if p != nil {
+			out = append(out, *p)
 		}
 	}
 	return out, nil
+}
+
+// rulesetCheck walks the admin's chains, reading each chain's rules once.
+type rulesetCheck struct {
+	conn       *nftables.Conn
+	mark, mask uint32
+	byName     map[string]*nftables.Chain
+	rulesOf    map[string][]*nftables.Rule
+}
+
+// problem returns the problem of a filter chain on the forward or input
+// hook that drops without first accepting the mark, nil for any other.
+func (c *rulesetCheck) problem(ch *nftables.Chain) (*RulesetProblem, error) {
+	if ch.Hooknum == nil || ch.Type != nftables.ChainTypeFilter {
+		return nil, nil
+	}
+	hook := ""
+	switch *ch.Hooknum {
+	case *nftables.ChainHookForward:
+		hook = "forward"
+	case *nftables.ChainHookInput:
+		hook = "input"
+	default:
+		return nil, nil
+	}
+	fam := familyName(ch.Table.Family)
+	if fam == "" {
+		return nil, nil
+	}
+	rules, err := c.rules(ch)
+	if err != nil {
+		return nil, err
+	}
+	drop := drops(ch, rules)
+	if drop == "" {
+		return nil, nil
+	}
+	ok, err := c.acceptsMark(ch, rules, map[string]bool{})
+	if err != nil || ok {
+		return nil, err
+	}
+	return &RulesetProblem{Family: fam, Table: ch.Table.Name, Chain: ch.Name, Hook: hook, Drop: drop}, nil
+}
+
+// rules reads a chain's rules, once.
+func (c *rulesetCheck) rules(ch *nftables.Chain) ([]*nftables.Rule, error) {
+	k := chainKey(ch.Table, ch.Name)
+	if r, ok := c.rulesOf[k]; ok {
+		return r, nil
+	}
+	r, err := c.conn.GetRules(ch.Table, ch)
+	if err != nil {
+		return nil, fmt.Errorf("listing the rules of chain %s: %w", ch.Name, err)
+	}
+	c.rulesOf[k] = r
+	return r, nil
+}
+
+// drops says how a chain drops what reaches its end, or "" if it does not.
+func drops(ch *nftables.Chain, rules []*nftables.Rule) string {
+	if ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop {
+		return "policy drop"
+	}
+	for _, r := range rules {
+		if dropsAlways(r) {
+			return "a rule drops all that reaches it"
+		}
+	}
+	return ""
 }
 
 func chainKey(t *nftables.Table, name string) string {
@@ -120,12 +141,12 @@ func familyName(f nftables.TableFamily) string {
 	return ""
 }
 
-// acceptsMark walks a chain's rules in order until an unconditional drop.
-func acceptsMark(c *nftables.Chain, rules []*nftables.Rule, get func(*nftables.Chain) ([]*nftables.Rule, error),
-	byName map[string]*nftables.Chain, mark, mask uint32, seen map[string]bool) (bool, error) {
-	seen[chainKey(c.Table, c.Name)] = true
+// acceptsMark walks a chain's rules in order until an unconditional
+// drop, into the chains they jump or go to.
+func (c *rulesetCheck) acceptsMark(ch *nftables.Chain, rules []*nftables.Rule, seen map[string]bool) (bool, error) {
+	seen[chainKey(ch.Table, ch.Name)] = true
 	for _, r := range rules {
-		if acceptsMarkRule(r, mark, mask) {
+		if acceptsMarkRule(r, c.mark, c.mask) {
 			return true, nil
 		}
 		if dropsAlways(r) {
@@ -136,15 +157,15 @@ func acceptsMark(c *nftables.Chain, rules []*nftables.Rule, get func(*nftables.C
 			if !ok || (v.Kind != expr.VerdictJump && v.Kind != expr.VerdictGoto) {
 				continue
 			}
-			target := byName[chainKey(c.Table, v.Chain)]
-			if target == nil || seen[chainKey(c.Table, v.Chain)] {
+			target := c.byName[chainKey(ch.Table, v.Chain)]
+			if target == nil || seen[chainKey(ch.Table, v.Chain)] {
 				continue
 			}
-			sub, err := get(target)
+			sub, err := c.rules(target)
 			if err != nil {
 				return false, err
 			}
-			if ok, err := acceptsMark(target, sub, get, byName, mark, mask, seen); ok || err != nil {
+			if ok, err := c.acceptsMark(target, sub, seen); ok || err != nil {
 				return ok, err
 			}
 		}

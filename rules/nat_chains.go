@@ -18,7 +18,7 @@ import (
 // that the admin's rules translated (conntrack status snat or dnat) has
 // its first SYN dropped after source NAT, at the very end of the
 // forward path, where all of the admin's rules have already accepted it,
-// and its original tuple goes into proxy_next_v4/v6. The client sends
+// and its original tuple goes into ftp_control_to_proxy_v4/v6. The client sends
 // the SYN again (after about a second) and the proxy chain hands that
 // one to the control proxy with tproxy: the proxy terminates the
 // connection and opens its own to the server, from the client's address,
@@ -32,7 +32,7 @@ type NATConfig struct {
 	// ProxyPort is the control proxy's port on 127.0.0.1 and ::1.
 	ProxyPort uint16
 	// RouteMark is the packet mark bit of packets that go to the proxy;
-	// a policy routing rule (see capture.ProxyRoutes) delivers them
+	// a policy routing rule (see nat.ProxyRoutes) delivers them
 	// locally.
 	RouteMark uint32
 	// SocketMark is the packet mark of the proxy's own sockets, whose
@@ -41,16 +41,6 @@ type NATConfig struct {
 	// Ports are the control ports, as the servers listen on them.
 	Ports []uint16
 }
-
-// Names of the NAT sets and maps.
-const (
-	ProxyNextV4 = "ftp_control_to_proxy_v4"
-	ProxyNextV6 = "ftp_control_to_proxy_v6"
-	DNATMapV4   = "ftp_data_dnat_v4"
-	DNATMapV6   = "ftp_data_dnat_v6"
-	SNATMapV4   = "ftp_data_snat_v4"
-	SNATMapV6   = "ftp_data_snat_v6"
-)
 
 // The NAT chains' priorities. The data connection maps come just before
 // the admin's NAT (dstnat, srcnat): the first NAT chain that binds a
@@ -71,83 +61,6 @@ const (
 	natDetectChain = "detect_translated_ftp_control"
 )
 
-// proxyNextTimeout is how long a translated control connection's tuple
-// waits for the client to send its SYN again: Linux retries after 1, 3
-// and 7 seconds, others after 3 and 9.
-const proxyNextTimeoutSeconds = 30
-
-// initNATSets describes the NAT sets and maps.
-func (n *Nftables) initNATSets() {
-	n.proxy4 = n.proxyNextSet(ProxyNextV4, nftables.TypeIPAddr, 5)
-	n.proxy6 = n.proxyNextSet(ProxyNextV6, nftables.TypeIP6Addr, 6)
-	n.dnat4 = n.natMap(DNATMapV4, nftables.TypeIPAddr, false, 7)
-	n.dnat6 = n.natMap(DNATMapV6, nftables.TypeIP6Addr, false, 8)
-	n.snat4 = n.natMap(SNATMapV4, nftables.TypeIPAddr, true, 9)
-	n.snat6 = n.natMap(SNATMapV6, nftables.TypeIP6Addr, true, 10)
-}
-
-func (n *Nftables) proxyNextSet(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
-	return &nftables.Set{
-		ID: id, Table: n.table, Name: name,
-		KeyType:       nftables.MustConcatSetType(addr, nftables.TypeInetService, addr, nftables.TypeInetService),
-		Concatenation: true, HasTimeout: true, Dynamic: true,
-		Timeout: proxyNextTimeoutSeconds * 1e9,
-		Size:    n.cfg.MaxPeers,
-		Comment: "translated FTP control connections (original tuple) whose SYN was dropped: the next one goes to ftpgate's control proxy",
-	}
-}
-
-func (n *Nftables) natMap(name string, addr nftables.SetDatatype, snat bool, id uint32) *nftables.Set {
-	data := nftables.MustConcatSetType(addr, nftables.TypeInetService)
-	comment := "announced FTP data connections through NAT: peer . public address . port : address . port"
-	if snat {
-		data = addr
-		comment = "FTP data connections through NAT that leave with the address the peer knows: peer . address . port : source address"
-	}
-	return &nftables.Set{
-		ID: id, Table: n.table, Name: name, IsMap: true,
-		KeyType:       nftables.MustConcatSetType(addr, addr, nftables.TypeInetService),
-		DataType:      data,
-		Concatenation: true, HasTimeout: true,
-		Size:    n.cfg.MaxPinholes,
-		Comment: comment,
-	}
-}
-
-// queueNAT queues the NAT sets, maps and chains (see NATConfig).
-//
-//	nft add chain inet ftpgate nat_ftp_data_dnat { type nat hook prerouting priority dstnat - 1; }
-//	nft add rule inet ftpgate nat_ftp_data_dnat meta nfproto ipv4 tcp flags & (syn | ack) == syn \
-//	  dnat ip to ip saddr . ip daddr . tcp dport map @ftp_data_dnat_v4
-//	nft add chain inet ftpgate nat_ftp_data_snat { type nat hook postrouting priority srcnat - 1; }
-//	nft add rule inet ftpgate nat_ftp_data_snat meta nfproto ipv4 tcp flags & (syn | ack) == syn \
-//	  snat ip to ip saddr . ip daddr . tcp dport map @ftp_data_snat_v4
-//	nft add chain inet ftpgate proxy_ftp_control { type filter hook prerouting priority dstnat + 1; }
-//	nft add chain inet ftpgate detect_translated_ftp_control { type filter hook postrouting priority srcnat + 1; }
-//	(rules: proxyRules, detectRules)
-func (n *Nftables) queueNAT() error {
-	for _, s := range []*nftables.Set{n.proxy4, n.proxy6, n.dnat4, n.dnat6, n.snat4, n.snat6} {
-		if err := n.conn.AddSet(s, nil); err != nil {
-			return err
-		}
-	}
-	p := n.params()
-	add := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio int32, rules func(ruleParams, *nftables.Chain) []*nftables.Rule) {
-		chain := n.conn.AddChain(&nftables.Chain{
-			Name: name, Table: n.table, Type: typ, Hooknum: hook,
-			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(prio)),
-		})
-		for _, r := range rules(p, chain) {
-			n.conn.AddRule(r)
-		}
-	}
-	add("nat_ftp_data_dnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, DNATChainPriority, natRules(false))
-	add("nat_ftp_data_snat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, SNATChainPriority, natRules(true))
-	add(natProxyChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ProxyChainPriority, proxyRules)
-	add(natDetectChain, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, DetectChainPriority, detectRules)
-	return nil
-}
-
 // natRules map the first packet of an announced data connection:
 //
 //	meta nfproto ipv4 tcp flags & (syn | ack) == syn dnat ip to ip saddr . ip daddr . tcp dport map @ftp_data_dnat_v4
@@ -159,64 +72,47 @@ func (n *Nftables) queueNAT() error {
 // admin's NAT rules.
 func natRules(snat bool) func(ruleParams, *nftables.Chain) []*nftables.Rule {
 	return func(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
-		var out []*nftables.Rule
-		for _, v6 := range []bool{false, true} {
-			m, alen, fam := p.nat.dnat4, uint32(4), uint32(unix.NFPROTO_IPV4)
-			if snat {
-				m = p.nat.snat4
-			}
-			if v6 {
-				m, alen, fam = p.nat.dnat6, 16, unix.NFPROTO_IPV6
-				if snat {
-					m = p.nat.snat6
-				}
-			}
-			nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: 1, RegProtoMin: 1 + alen/4 + 8 - 1}
-			if snat {
-				nat = &expr.NAT{Type: expr.NATTypeSourceNAT, Family: fam, RegAddrMin: 1}
-			}
-			out = append(out, &nftables.Rule{Table: p.table, Chain: chain, Exprs: slices.Concat(
-				tcp(), synOnly(), nfproto(v6), addrPair(v6), []expr.Any{
-					&expr.Payload{DestRegister: keyReg + 2*alen/4, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-					&expr.Lookup{SourceRegister: keyReg, SetName: m.Name, SetID: m.ID, DestRegister: 1, IsDestRegSet: true},
-					nat,
-				})})
+		if snat {
+			return mapRules(p, chain, p.nat.maps.snat, func(fam, _ uint32) *expr.NAT {
+				return &expr.NAT{Type: expr.NATTypeSourceNAT, Family: fam, RegAddrMin: 1}
+			})
 		}
-		return out
+		return mapRules(p, chain, p.nat.maps.dnat, func(fam, alen uint32) *expr.NAT {
+			return &expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: 1, RegProtoMin: 1 + alen/4 + 8 - 1}
+		})
 	}
 }
 
-// markSet: meta mark set meta mark | bit
-func markSet(bit uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(^bit), Xor: ne32(bit)},
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
+// mapRules translate the first packet of a connection by what a map
+// holds for it, one rule per family:
+//
+//	meta nfproto ipv4 tcp flags & (syn | ack) == syn dnat ip to ip saddr . ip daddr . tcp dport map @MAP_v4
+func mapRules(p ruleParams, chain *nftables.Chain, maps setPair, nat func(fam, alen uint32) *expr.NAT) []*nftables.Rule {
+	var out []*nftables.Rule
+	for _, v6 := range []bool{false, true} {
+		m, alen, fam := maps.of(v6), uint32(4), uint32(unix.NFPROTO_IPV4)
+		if v6 {
+			alen, fam = 16, unix.NFPROTO_IPV6
+		}
+		out = append(out, &nftables.Rule{Table: p.table, Chain: chain, Exprs: slices.Concat(
+			tcp(), synOnly(), nfproto(v6), addrPair(v6), []expr.Any{
+				&expr.Payload{DestRegister: keyReg + 2*alen/4, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Lookup{SourceRegister: keyReg, SetName: m.Name, SetID: m.ID, DestRegister: 1, IsDestRegSet: true},
+				nat(fam, alen),
+			})})
 	}
+	return out
 }
 
-// ctOriginalTuple loads a connection's original tuple into keyReg onwards:
-// ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst
-func ctOriginalTuple(v6 bool) []expr.Any {
-	src, dst, alen := expr.CtKeySRCIP, expr.CtKeyDSTIP, uint32(4)
-	if v6 {
-		src, dst, alen = expr.CtKeySRCIP6, expr.CtKeyDSTIP6, 16
-	}
-	r := uint32(keyReg)
-	return []expr.Any{
-		&expr.Ct{Register: r, Key: src, OptDirection: true},
-		&expr.Ct{Register: r + alen/4, Key: expr.CtKeyPROTOSRC, OptDirection: true},
-		&expr.Ct{Register: r + alen/4 + 1, Key: dst, OptDirection: true},
-		&expr.Ct{Register: r + 2*alen/4 + 1, Key: expr.CtKeyPROTODST, OptDirection: true},
-	}
-}
-
-// portIs: tcp dport (or sport) == port
-func portIs(off uint32, port uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
-	}
+// scopedDNATRules map an FTPS data connection through a port forward to
+// the server of its session's scoped range:
+//
+//	meta nfproto ipv4 tcp flags & (syn | ack) == syn dnat ip to ip saddr . ip daddr . tcp dport map @ftps_dnat_v4
+//	meta nfproto ipv6 tcp flags & (syn | ack) == syn dnat ip6 to ip6 saddr . ip6 daddr . tcp dport map @ftps_dnat_v6
+func scopedDNATRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
+	return mapRules(p, chain, p.scoped.dnat, func(fam, _ uint32) *expr.NAT {
+		return &expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: 1}
+	})
 }
 
 // proxyRules send translated control connections to the control proxy:
@@ -231,16 +127,16 @@ func portIs(off uint32, port uint16) []expr.Any {
 // The last two find the proxy's own connections: the client's, by its
 // translated destination, and the proxy's to the server, whose replies
 // conntrack has already translated back to the client's address. The
-// mark routes them to the local host (capture.ProxyRoutes).
+// mark routes them to the local host (nat.ProxyRoutes).
 func proxyRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 	rule := func(note string, exprs ...[]expr.Any) *nftables.Rule {
 		return &nftables.Rule{Table: p.table, Chain: chain, UserData: comment(note), Exprs: slices.Concat(exprs...)}
 	}
 	var out []*nftables.Rule
 	for _, v6 := range []bool{false, true} {
-		set, addr, fam := p.nat.proxy4, []byte{127, 0, 0, 1}, byte(unix.NFPROTO_IPV4)
+		set, addr, fam := p.nat.maps.proxyNext.of(v6), []byte{127, 0, 0, 1}, byte(unix.NFPROTO_IPV4)
 		if v6 {
-			set, addr, fam = p.nat.proxy6, netipLoopback6[:], unix.NFPROTO_IPV6
+			addr, fam = netipLoopback6[:], unix.NFPROTO_IPV6
 		}
 		out = append(out, rule("translated FTP control connection: to ftpgate's control proxy",
 			tcp(), nfproto(v6), synOnly(), ctOriginalTuple(v6), []expr.Any{
@@ -279,10 +175,7 @@ func detectRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 		markIs(&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}, sm, sm, expr.CmpOpEq), []expr.Any{ret})}
 	const ctStatusNAT = 0x10 | 0x20 // IPS_SRC_NAT | IPS_DST_NAT
 	for _, v6 := range []bool{false, true} {
-		set := p.nat.proxy4
-		if v6 {
-			set = p.nat.proxy6
-		}
+		set := p.nat.maps.proxyNext.of(v6)
 		for _, port := range p.nat.cfg.Ports {
 			out = append(out, rule("new FTP control connection the admin's NAT translated: its next SYN goes to ftpgate's control proxy",
 				tcp(), nfproto(v6), portIs(2, port), synOnly(), ctState(expr.CtStateBitNEW, expr.CmpOpNeq), []expr.Any{
@@ -331,19 +224,6 @@ func proxiedSkipExprs(p ruleParams) []expr.Any {
 
 // natParams are the NAT parts of ruleParams.
 type natParams struct {
-	cfg                                        NATConfig
-	proxy4, proxy6, dnat4, dnat6, snat4, snat6 *nftables.Set
-}
-
-// mapFor returns the map of a mapping.
-func (n *Nftables) mapFor(m Mapping) *nftables.Set {
-	switch {
-	case m.SNAT && m.Peer.Is4():
-		return n.snat4
-	case m.SNAT:
-		return n.snat6
-	case m.Peer.Is4():
-		return n.dnat4
-	}
-	return n.dnat6
+	cfg  NATConfig
+	maps *natMaps
 }

@@ -41,20 +41,3 @@ func confirmRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 				Snaplen: consumedSnaplen,
 			}})}}
 }
-
-// queueConfirm queues the confirm chains (only with a log group: the
-// reports need somewhere to go).
-func (n *Nftables) queueConfirm() {
-	if n.cfg.LogGroup == 0 {
-		return
-	}
-	for _, c := range confirmChains {
-		chain := n.conn.AddChain(&nftables.Chain{
-			Name: c.name, Table: n.table, Type: nftables.ChainTypeFilter,
-			Hooknum: c.hook, Priority: nftables.ChainPriorityRef(nftables.ChainPriority(c.priority)),
-		})
-		for _, r := range confirmRules(n.params(), chain) {
-			n.conn.AddRule(r)
-		}
-	}
-}
