@@ -12,5 +12,6 @@
 // (commit.go). The rules are built by pure functions from ruleParams
 // (rule_params.go, exprs.go); golden_test.go checks their bytes without
 // root, nftables_test.go their behaviour in a throwaway namespace.
-// Nftables (nftables.go) is the front door the rest of ftpgate uses.
+// Nftables (nftables.go) is the front door the rest of ftpgate uses;
+// ProbeKernel (probe.go) asks the kernel beforehand which features it has.
 package rules

@@ -138,76 +138,107 @@ func ProbeKernel(netns int) (Features, error) {
 		return fs, fmt.Errorf("%w: opening netlink socket: %v", ErrNoNftables, err)
 	}
 	defer conn.CloseLasting()
-
-	table := &nftables.Table{Name: probeTable, Family: nftables.TableFamilyINet, Flags: nftables.TableFlagOwner}
-	conn.AddTable(table)
-	fs.Set(FeatureOwner, conn.Flush())
-	if !fs.have[FeatureOwner] {
-		// The rest can still be probed in a table without the flag.
-		table.Flags = 0
-		conn.AddTable(table)
-		if err := conn.Flush(); err != nil {
-			if errors.Is(err, unix.EPERM) {
-				return fs, fmt.Errorf("%w: creating table inet %s: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, probeTable, err)
-			}
-			return fs, fmt.Errorf("%w: creating table inet %s: %v", ErrNoNftables, probeTable, err)
-		}
+	p := prober{conn: conn, raw: raw, fs: &fs}
+	if err := p.createTable(); err != nil {
+		return fs, err
 	}
 	defer func() {
-		conn.DelTable(table)
+		conn.DelTable(p.table)
 		_ = conn.Flush()
 	}()
-	forward := conn.AddChain(&nftables.Chain{
-		Name: "forward", Table: table, Type: nftables.ChainTypeFilter,
+	if err := p.createChainsAndSets(); err != nil {
+		return fs, err
+	}
+	p.probeRules()
+	return fs, nil
+}
+
+// prober builds ProbeKernel's table, and records what the kernel took.
+type prober struct {
+	conn                *nftables.Conn
+	raw                 *netlink.Conn // conn's socket, for the hand-made set messages
+	fs                  *Features
+	table               *nftables.Table
+	forward, prerouting *nftables.Chain
+	peers               *nftables.Set
+}
+
+// createTable probes the owner flag with the table itself.
+func (p *prober) createTable() error {
+	p.table = &nftables.Table{Name: probeTable, Family: nftables.TableFamilyINet, Flags: nftables.TableFlagOwner}
+	p.conn.AddTable(p.table)
+	p.fs.Set(FeatureOwner, p.conn.Flush())
+	if p.fs.Has(FeatureOwner) {
+		return nil
+	}
+	// The rest can still be probed in a table without the flag.
+	p.table.Flags = 0
+	p.conn.AddTable(p.table)
+	if err := p.conn.Flush(); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("%w: creating table inet %s: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, probeTable, err)
+		}
+		return fmt.Errorf("%w: creating table inet %s: %v", ErrNoNftables, probeTable, err)
+	}
+	return nil
+}
+
+// createChainsAndSets makes what the rule probes need, and probes the
+// set limit with the very sets ftpgate creates.
+func (p *prober) createChainsAndSets() error {
+	p.forward = p.conn.AddChain(&nftables.Chain{
+		Name: "forward", Table: p.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
 	})
-	prerouting := conn.AddChain(&nftables.Chain{
-		Name: "prerouting", Table: table, Type: nftables.ChainTypeFilter,
+	p.prerouting = p.conn.AddChain(&nftables.Chain{
+		Name: "prerouting", Table: p.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
 	})
-	if err := conn.Flush(); err != nil {
-		return fs, fmt.Errorf("%w: creating the chains of table inet %s: %v", ErrNoNftables, probeTable, err)
+	if err := p.conn.Flush(); err != nil {
+		return fmt.Errorf("%w: creating the chains of table inet %s: %v", ErrNoNftables, probeTable, err)
 	}
-
-	// The set limit is probed with the very sets ftpgate creates.
-	fs.Set(FeatureSetLimit, createPinholeSets(raw, probeTable, 1))
+	p.fs.Set(FeatureSetLimit, createPinholeSets(p.raw, probeTable, 1))
 	// A plain set for the deletion probe, in case the pinhole sets failed.
-	peers := &nftables.Set{Table: table, Name: "peers", KeyType: nftables.TypeIPAddr, ID: 9}
-	if err := conn.AddSet(peers, nil); err != nil {
-		return fs, fmt.Errorf("describing set %s: %w", peers.Name, err)
+	p.peers = &nftables.Set{Table: p.table, Name: "peers", KeyType: nftables.TypeIPAddr, ID: 9}
+	if err := p.conn.AddSet(p.peers, nil); err != nil {
+		return fmt.Errorf("describing set %s: %w", p.peers.Name, err)
 	}
-	if err := conn.Flush(); err != nil {
-		return fs, fmt.Errorf("%w: creating a set in table inet %s: %v", ErrNoNftables, probeTable, err)
+	if err := p.conn.Flush(); err != nil {
+		return fmt.Errorf("%w: creating a set in table inet %s: %v", ErrNoNftables, probeTable, err)
 	}
+	return nil
+}
 
+// probeRules adds one never-matching rule per feature, each in a batch
+// of its own so that the kernel's answer is that feature's.
+func (p *prober) probeRules() {
 	for f, probe := range map[Feature]struct {
 		chain *nftables.Chain
 		exprs []expr.Any
 	}{
-		FeatureDynsetDelete: {forward, []expr.Any{
+		FeatureDynsetDelete: {p.forward, []expr.Any{
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-			&expr.Dynset{SrcRegKey: 1, SetName: peers.Name, SetID: peers.ID, Operation: dynsetOpDelete},
+			&expr.Dynset{SrcRegKey: 1, SetName: p.peers.Name, SetID: p.peers.ID, Operation: dynsetOpDelete},
 		}},
-		FeatureInnerHeader: {forward, []expr.Any{
+		FeatureInnerHeader: {p.forward, []expr.Any{
 			&expr.Payload{DestRegister: 1, Base: payloadBaseInnerHeader, Offset: 0, Len: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
 		}},
-		FeatureFib: {forward, []expr.Any{
+		FeatureFib: {p.forward, []expr.Any{
 			&expr.Fib{Register: 1, FlagSADDR: true, FlagIIF: true, ResultOIF: true},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
 		}},
-		FeatureQueue:   {forward, []expr.Any{nftQueue(65535)}},
-		FeatureXtQueue: {forward, []expr.Any{xtQueue(65535)}},
-		FeatureTProxy: {prerouting, []expr.Any{
+		FeatureQueue:   {p.forward, []expr.Any{nftQueue(65535)}},
+		FeatureXtQueue: {p.forward, []expr.Any{xtQueue(65535)}},
+		FeatureTProxy: {p.prerouting, []expr.Any{
 			&expr.Immediate{Register: 1, Data: []byte{0x7f, 0, 0, 1}},
 			&expr.Immediate{Register: 2, Data: []byte{0, 21}},
 			&expr.TProxy{Family: byte(nftables.TableFamilyIPv4), TableFamily: byte(nftables.TableFamilyINet), RegAddr: 1, RegPort: 2},
 		}},
 	} {
-		conn.AddRule(&nftables.Rule{Table: table, Chain: probe.chain, Exprs: append(neverMatch(), probe.exprs...)})
-		fs.Set(f, conn.Flush())
+		p.conn.AddRule(&nftables.Rule{Table: p.table, Chain: probe.chain, Exprs: append(neverMatch(), probe.exprs...)})
+		p.fs.Set(f, p.conn.Flush())
 	}
-	return fs, nil
 }
 
 // neverMatch is `meta nfproto 255`, which no packet of an inet table
