@@ -26,6 +26,11 @@ func TestProbeKernel(t *testing.T) {
 		t.Fatalf("ProbeKernel: %v", err)
 	}
 	t.Logf("features: %s", fs)
+	for f := range NumFeatures {
+		if !fs.Has(f) {
+			t.Logf("%s: %v", f, fs.Err(f))
+		}
+	}
 
 	// meta mark 1 meta mark 2: nft's own never-matching prefix.
 	base := `table inet probe_check {
@@ -40,7 +45,7 @@ func TestProbeKernel(t *testing.T) {
 	}{
 		{FeatureDynsetDelete, "add rule inet probe_check forward meta mark 1 meta mark 2 delete @peers { ip saddr }"},
 		{FeatureInnerHeader, "add rule inet probe_check forward meta mark 1 meta mark 2 @ih,0,8 0"},
-		{FeatureFib, "add rule inet probe_check forward meta mark 1 meta mark 2 fib saddr . iif oif missing"},
+		{FeatureFib, "add rule inet probe_check forward meta mark 1 meta mark 2 fib saddr . iif oif 0"},
 		{FeatureQueue, "add rule inet probe_check forward meta mark 1 meta mark 2 queue num 65535 bypass"},
 		{FeatureTProxy, "add rule inet probe_check prerouting meta mark 1 meta mark 2 meta l4proto tcp tproxy ip to 127.0.0.1:21"},
 	} {

@@ -22,12 +22,22 @@ export FTPGATE_KERNEL_CONFIG=${FTPGATE_VM_CACHE:-/var/cache/ftpgate-vm}/$(uname 
 # - the hostile race (two SYNs for one pinhole: the one-packet limit) and
 #   forged exchanges; IPv6 extension headers (@ih offsets);
 # - start-up under traffic (slow start-up is where races show) and stop.
-LAB='^(TestTransfersFailWithoutFtpgate|TestTransfersEveryMode|TestNoRetransmittedSYNInline|TestInlineFailsOpen|TestStopRemovesTable|TestFTPSThroughFtpgate|TestFTPSCCC|TestNATTransfersKernel|TestNATTransfersEveryMode|TestNATFTPS|TestHostileRaceTwoSYNs|TestHostileForgedExchange|TestEPRTBehindIPv6DestinationOptions|TestStartupUnderTraffic)$'
+LAB='^(TestTransfersFailWithoutFtpgate|TestTransfersEveryMode|TestNoRetransmittedSYNInline|TestInlineFailsOpen|TestStopRemovesTable|TestFTPSThroughFtpgate|TestFTPSCCC|TestNATTransfersKernel|TestNATTransfersEveryMode|TestNATFTPS|TestHostileRaceTwoSYNs|TestHostileForgedExchange|TestEPRTBehindIPv6DestinationOptions|TestKernelCheckAtStart|TestStartupUnderTraffic)$'
 # FTPGATE_VM_LAB runs other lab tests instead (a -test.run pattern).
 LAB=${FTPGATE_VM_LAB:-$LAB}
 
 echo "guest: kernel $(uname -r), $(nproc) CPUs, nft $(nft --version | cut -d' ' -f2)"
 failed=0 parts=()
+# A kernel ftpgate cannot run on (older than its minimum) is tested for
+# the refusal: the probe against nft, and the one-line error at start.
+RULES=.
+if ! "$OUT/ftpgate" kernel; then
+	echo "guest: ftpgate cannot run on $(uname -r); testing that it says so"
+	RULES='^(TestProbeKernel|TestFeaturesRequire)$'
+	LAB='^TestKernelCheckAtStart$'
+	export FTPGATE_VM_ONLY=rules,lab
+	parts+=("refused-as-expected:")
+fi
 run() { # name dir binary args...
 	local name=$1 dir=$2 bin=$3 start rc passed fails
 	shift 3
@@ -50,7 +60,7 @@ run() { # name dir binary args...
 	fi
 	echo "guest: $name exit $rc in $(($(date +%s) - start)) s"
 }
-run rules "$ROOT/rules" "$OUT/rules.test"
+run rules "$ROOT/rules" "$OUT/rules.test" -test.run "$RULES"
 run capture "$ROOT/capture" "$OUT/capture.test"
 run nat "$ROOT/nat" "$OUT/nat.test"
 FTPGATE_BIN=$OUT/ftpgate FTPGATE_FORGE=$OUT/forge run lab "$ROOT/test" "$OUT/lab.test" -test.run "$LAB"

@@ -6,11 +6,15 @@
 #
 #   vm-matrix: 6.1.0-57-amd64 (TCG): PASS  rules 41/41 capture 22/22 ... (612 s)
 #
-#   test/vm/matrix.sh [--timeout SECONDS] [--only PKG[,PKG]] [KERNEL_PKG...]
+#   test/vm/matrix.sh [--timeout SECONDS] [--only PKG[,PKG]] [KERNEL...]
 #
-# KERNEL_PKG names a Debian kernel package (linux-image-6.12.117+deb12-amd64);
-# without any, the one Debian 12's linux-image-amd64 depends on, and also each
-# in $FTPGATE_VM_KERNELS (space-separated). --only runs some of the guest's
+# KERNEL is "default" (the kernel Debian 12's linux-image-amd64 depends on,
+# through the host's apt), a Debian suite (bullseye: that suite's
+# linux-image-amd64, through apt lists of its own) or a kernel package
+# (linux-image-6.12.117+deb12-amd64). Without any: default and bullseye
+# (Debian 11's 5.10, older than ftpgate's minimum: there the tests check
+# that ftpgate refuses to start, saying why), and each of
+# $FTPGATE_VM_KERNELS (space-separated). --only runs some of the guest's
 # packages (rules, capture, nat, lab). The binaries go to $FTPGATE_VM_OUT
 # (default bin/vm in the checkout: the guest has its own /tmp).
 #
@@ -36,7 +40,7 @@ while [ $# -gt 0 ]; do
 done
 KERNELS=("$@")
 if [ ${#KERNELS[@]} = 0 ]; then
-	KERNELS=(default ${FTPGATE_VM_KERNELS:-})
+	KERNELS=(default bullseye ${FTPGATE_VM_KERNELS:-})
 fi
 
 say() { echo "vm-matrix: $*" >&2; }
@@ -57,13 +61,14 @@ summary=()
 for k in "${KERNELS[@]}"; do
 	log=$OUT/guest-${k}.log
 	start=$(date +%s)
-	if [ "$k" = default ]; then
-		env -u FTPGATE_VM_KERNEL_PKG "$HERE/run.sh" --prepare >/dev/null 2>"$OUT/prepare.log"
-		rc=$?
-	else
-		FTPGATE_VM_KERNEL_PKG=$k "$HERE/run.sh" --prepare >/dev/null 2>"$OUT/prepare.log"
-		rc=$?
-	fi
+	# which kernel: the environment run.sh reads.
+	case $k in
+	default) kenv=() ;;
+	linux-image-*) kenv=("FTPGATE_VM_KERNEL_PKG=$k") ;;
+	*) kenv=("FTPGATE_VM_SUITE=$k") ;;
+	esac
+	env -u FTPGATE_VM_KERNEL_PKG -u FTPGATE_VM_SUITE "${kenv[@]}" "$HERE/run.sh" --prepare >/dev/null 2>"$OUT/prepare.log"
+	rc=$?
 	if [ $rc = 77 ]; then
 		cat "$OUT/prepare.log" >&2
 		summary+=("$k: skipped ($(grep -m1 '^skipping' "$OUT/prepare.log"))")
@@ -71,11 +76,7 @@ for k in "${KERNELS[@]}"; do
 		continue
 	fi
 	envs=(--env "FTPGATE_VM_OUT=$OUT" --env "FTPGATE_VM_ONLY=$ONLY" --env "FTPGATE_VM_CACHE=${FTPGATE_VM_CACHE:-/var/cache/ftpgate-vm}")
-	if [ "$k" = default ]; then
-		env -u FTPGATE_VM_KERNEL_PKG "$HERE/run.sh" --mem 3G --cpus 2 --timeout "$TIMEOUT" "${envs[@]}" -- "$ROOT" bash test/vm/guest.sh 2> >(tee "$log.vm" >&2) | tee "$log"
-	else
-		FTPGATE_VM_KERNEL_PKG=$k "$HERE/run.sh" --mem 3G --cpus 2 --timeout "$TIMEOUT" "${envs[@]}" -- "$ROOT" bash test/vm/guest.sh 2> >(tee "$log.vm" >&2) | tee "$log"
-	fi
+	env -u FTPGATE_VM_KERNEL_PKG -u FTPGATE_VM_SUITE "${kenv[@]}" "$HERE/run.sh" --mem 3G --cpus 2 --timeout "$TIMEOUT" "${envs[@]}" -- "$ROOT" bash test/vm/guest.sh 2> >(tee "$log.vm" >&2) | tee "$log"
 	rc=${PIPESTATUS[0]}
 	sleep 0.2 # the tee of stderr
 	kver=$(sed -n 's/^vm: kernel \([^ ]*\) (\([A-Z]*\)).*/\1 (\2)/p' "$log.vm" | tail -1)
