@@ -35,11 +35,21 @@ func Run(ctx context.Context, h Handler, sources ...Source) error {
 	if err != nil {
 		return fmt.Errorf("creating eventfd: %w", err)
 	}
-	defer unix.Close(wake)
+	// The stop's write comes on a goroutine of its own, possibly after
+	// the loop saw the stop and returned: the eventfd is closed only once
+	// it is written, or the write would land in whatever descriptor
+	// takes its number next.
+	woken := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		_, _ = unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		close(woken)
 	})
-	defer stop()
+	defer func() {
+		if !stop() {
+			<-woken
+		}
+		unix.Close(wake)
+	}()
 
 	var holders []Holder
 	var others []Source
