@@ -35,80 +35,136 @@ func Run(ctx context.Context, h Handler, sources ...Source) error {
 	if err != nil {
 		return fmt.Errorf("creating eventfd: %w", err)
 	}
-	defer unix.Close(wake)
-	stop := context.AfterFunc(ctx, func() {
-		_, _ = unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	})
-	defer stop()
-
-	var holders []Holder
-	var others []Source
-	var sharers []Sharer
-	fds := []unix.PollFd{{Fd: int32(wake), Events: unix.POLLIN}}
-	always := false // a source without a descriptor: never wait
-	for _, s := range sources {
-		if sh, ok := s.(Sharer); ok {
-			sharers = append(sharers, sh)
-		}
-		if hs, ok := s.(Holder); ok {
-			holders = append(holders, hs)
-		} else {
-			others = append(others, s)
-		}
-		if s.Fd() < 0 {
-			always = true
-		} else {
-			fds = append(fds, unix.PollFd{Fd: int32(s.Fd()), Events: unix.POLLIN})
-		}
-	}
-	var held []*Packet
-	collect := func(p *Packet) { held = append(held, p) }
+	closeWake := wakeOnStop(ctx, wake)
+	defer closeWake()
+	l := newLoop(h, wake, sources)
 	next := h.Tick(time.Now())
 	for ctx.Err() == nil {
-		if !always {
-			timeout := -1
-			if !next.IsZero() {
-				timeout = max(0, int(time.Until(next)/time.Millisecond))
-			}
-			wait := poll
-			for _, sh := range sharers {
-				if sh.SharesProcessor() {
-					wait = pollShared
-					break
-				}
-			}
-			if err := wait(fds, timeout); err != nil && !errors.Is(err, unix.EINTR) {
-				return fmt.Errorf("waiting for packets: %w", err)
+		if !l.always {
+			if err := l.wait(next); err != nil {
+				return err
 			}
 			if ctx.Err() != nil {
 				break
 			}
 		}
-		held = held[:0]
-		for _, s := range holders {
-			if err := s.Read(collect); err != nil {
-				return err
-			}
-		}
-		for _, s := range others {
-			if err := s.Read(h.Handle); err != nil {
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				return err
-			}
-		}
-		for _, p := range held {
-			h.Handle(p)
-		}
-		next = h.Tick(time.Now())
-		for _, s := range holders {
-			if err := s.Release(); err != nil {
-				return err
-			}
+		var ended bool
+		if next, ended, err = l.round(); ended || err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// wakeOnStop writes to wake when ctx ends, and returns what closes wake.
+func wakeOnStop(ctx context.Context, wake int) (closeWake func()) {
+	// The stop's write comes on a goroutine of its own, possibly after
+	// the loop saw the stop and returned: the eventfd is closed only once
+	// it is written, or the write would land in whatever descriptor
+	// takes its number next.
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_, _ = unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		close(woken)
+	})
+	return func() {
+		if !stop() {
+			<-woken
+		}
+		unix.Close(wake)
+	}
+}
+
+// loop is what Run keeps between rounds.
+type loop struct {
+	h       Handler
+	holders []Holder
+	others  []Source
+	sharers []Sharer
+	fds     []unix.PollFd // the wake eventfd, then the sources'
+	always  bool          // a source without a descriptor: never wait
+	held    []*Packet     // this round's, handled after the others'
+	collect func(*Packet) // made once: a closure per Read would allocate
+}
+
+func newLoop(h Handler, wake int, sources []Source) *loop {
+	l := &loop{h: h, fds: []unix.PollFd{{Fd: int32(wake), Events: unix.POLLIN}}}
+	l.collect = func(p *Packet) { l.held = append(l.held, p) }
+	for _, s := range sources {
+		if sh, ok := s.(Sharer); ok {
+			l.sharers = append(l.sharers, sh)
+		}
+		if hs, ok := s.(Holder); ok {
+			l.holders = append(l.holders, hs)
+		} else {
+			l.others = append(l.others, s)
+		}
+		if s.Fd() < 0 {
+			l.always = true
+		} else {
+			l.fds = append(l.fds, unix.PollFd{Fd: int32(s.Fd()), Events: unix.POLLIN})
+		}
+	}
+	return l
+}
+
+// wait returns when a descriptor is ready, next has come (zero: no
+// timer), or a signal interrupted the wait.
+func (l *loop) wait(next time.Time) error {
+	timeout := -1
+	if !next.IsZero() {
+		timeout = max(0, int(time.Until(next)/time.Millisecond))
+	}
+	wait := poll
+	for _, sh := range l.sharers {
+		if sh.SharesProcessor() {
+			wait = pollShared
+			break
+		}
+	}
+	if err := wait(l.fds, timeout); err != nil && !errors.Is(err, unix.EINTR) {
+		return fmt.Errorf("waiting for packets: %w", err)
+	}
+	return nil
+}
+
+// round is one round of Run: the reads, the held packets to h, Tick,
+// the verdicts. ended: a source that is not a Holder ended.
+func (l *loop) round() (next time.Time, ended bool, err error) {
+	if ended, err := l.read(); ended || err != nil {
+		return time.Time{}, ended, err
+	}
+	for _, p := range l.held {
+		l.h.Handle(p)
+	}
+	next = l.h.Tick(time.Now())
+	for _, s := range l.holders {
+		if err := s.Release(); err != nil {
+			return next, false, err
+		}
+	}
+	return next, false, nil
+}
+
+// read reads the Holders, keeping their packets for later, then the
+// other sources, whose packets go to h at once (Run says why in this
+// order).
+func (l *loop) read() (ended bool, err error) {
+	l.held = l.held[:0]
+	for _, s := range l.holders {
+		if err := s.Read(l.collect); err != nil {
+			return false, err
+		}
+	}
+	for _, s := range l.others {
+		if err := s.Read(l.h.Handle); err != nil {
+			if errors.Is(err, io.EOF) {
+				return true, nil
+			}
+			return false, err
+		}
+	}
+	return false, nil
 }
 
 // poll waits for the loop's descriptors. Under load it is poll(2) as a

@@ -112,18 +112,12 @@ func (l *lineSplitter) feed(data []byte, seq, ack uint32, emit func(line) bool) 
 	for len(data) > 0 {
 		switch {
 		case l.unframed:
-			l.unframed = false
-			if l.lineStart != nil && !l.lineStart(data) {
-				l.skipping = true
-			} else {
-				l.start, l.ack, l.framed = seq, ack, false
-			}
+			l.pickUp(data, seq, ack)
 		case len(l.buf) == 0 && !l.discarding && !l.skipping:
 			l.start, l.ack, l.framed = seq, ack, true
-			if n, size, crlf := blankRun(data); n > 0 {
-				run := data[:size]
+			if size, ok := l.blanks(data, seq, ack, emit); size > 0 {
 				data, seq = data[size:], seq+uint32(size)
-				if !emit(line{text: run, blanks: n, crlf: crlf, start: l.start, end: seq, ack: ack, framed: true}) {
+				if !ok {
 					return data, seq
 				}
 				continue
@@ -131,62 +125,99 @@ func (l *lineSplitter) feed(data []byte, seq, ack uint32, emit func(line) bool) 
 		}
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
-			switch {
-			case l.discarding || l.skipping:
-				l.passOn(data)
-			case len(l.buf)+len(data) > l.max+1: // +1: a CR before the LF to come
-				l.passOn(l.buf)
-				l.passOn(data)
-				l.buf = l.buf[:0]
-				l.discarding = true
-			default:
-				l.buf = append(l.buf, data...)
-			}
-			l.lastCR = data[len(data)-1] == '\r'
+			l.hold(data)
 			return nil, seq + uint32(len(data))
 		}
-		chunk := data[:i]
-		crlf := i > 0 && chunk[i-1] == '\r' || i == 0 && l.lastCR
 		taken := data[:i+1]
-		data = data[i+1:]
-		seq += uint32(i + 1)
-		l.lastCR = false
-		if l.skipping {
-			l.skipping = false
-			l.passOn(taken)
-			continue
-		}
-		textLen := len(l.buf) + len(chunk)
-		if crlf {
-			textLen--
-		}
-		if l.discarding || textLen > l.max {
-			if !l.discarding {
-				l.passOn(l.buf) // held while it might still have fitted
-			}
-			l.discarding = false
-			l.buf = l.buf[:0]
-			l.passOn(taken)
-			if !emit(line{tooLong: true, crlf: crlf, start: l.start, end: seq, ack: l.ack, framed: l.framed}) {
-				return data, seq
-			}
-			continue
-		}
-		text := chunk
-		if len(l.buf) > 0 {
-			l.buf = append(l.buf, chunk...)
-			text = l.buf
-		}
-		if crlf {
-			text = text[:len(text)-1]
-		}
-		ok := emit(line{text: text, crlf: crlf, start: l.start, end: seq, ack: l.ack, framed: l.framed})
-		l.buf = l.buf[:0]
-		if !ok {
+		data, seq = data[i+1:], seq+uint32(i+1)
+		if !l.endLine(taken, seq, emit) {
 			return data, seq
 		}
 	}
 	return nil, seq
+}
+
+// pickUp starts on bytes not known to start a line: a line, unframed,
+// if they look like one; otherwise they are skipped up to the first LF.
+func (l *lineSplitter) pickUp(data []byte, seq, ack uint32) {
+	l.unframed = false
+	if l.lineStart != nil && !l.lineStart(data) {
+		l.skipping = true
+	} else {
+		l.start, l.ack, l.framed = seq, ack, false
+	}
+}
+
+// blanks emits the run of empty lines that data starts with, if any, as
+// one line: size is its length (0: there was none), ok emit's answer.
+func (l *lineSplitter) blanks(data []byte, seq, ack uint32, emit func(line) bool) (size int, ok bool) {
+	n, size, crlf := blankRun(data)
+	if n == 0 {
+		return 0, true
+	}
+	return size, emit(line{text: data[:size], blanks: n, crlf: crlf, start: seq, end: seq + uint32(size), ack: ack, framed: true})
+}
+
+// hold keeps data, which holds no LF, as the start of a line still to
+// end, or passes it on: bytes skipped, or a line grown too long.
+func (l *lineSplitter) hold(data []byte) {
+	switch {
+	case l.discarding || l.skipping:
+		l.passOn(data)
+	case len(l.buf)+len(data) > l.max+1: // +1: a CR before the LF to come
+		l.passOn(l.buf)
+		l.passOn(data)
+		l.buf = l.buf[:0]
+		l.discarding = true
+	default:
+		l.buf = append(l.buf, data...)
+	}
+	l.lastCR = data[len(data)-1] == '\r'
+}
+
+// endLine takes the bytes up to and with an LF, which end the line
+// being collected, or the bytes being skipped; end is the sequence
+// number after the LF. It reports emit's answer.
+func (l *lineSplitter) endLine(taken []byte, end uint32, emit func(line) bool) bool {
+	chunk := taken[:len(taken)-1]
+	i := len(chunk)
+	crlf := i > 0 && chunk[i-1] == '\r' || i == 0 && l.lastCR
+	l.lastCR = false
+	if l.skipping {
+		l.skipping = false
+		l.passOn(taken)
+		return true
+	}
+	textLen := len(l.buf) + len(chunk)
+	if crlf {
+		textLen--
+	}
+	if l.discarding || textLen > l.max {
+		return l.endTooLong(taken, crlf, end, emit)
+	}
+	text := chunk
+	if len(l.buf) > 0 {
+		l.buf = append(l.buf, chunk...)
+		text = l.buf
+	}
+	if crlf {
+		text = text[:len(text)-1]
+	}
+	ok := emit(line{text: text, crlf: crlf, start: l.start, end: end, ack: l.ack, framed: l.framed})
+	l.buf = l.buf[:0]
+	return ok
+}
+
+// endTooLong ends a line too long: every byte of it is passed on, and
+// it is emitted without them (tooLong), so that none is ever parsed.
+func (l *lineSplitter) endTooLong(taken []byte, crlf bool, end uint32, emit func(line) bool) bool {
+	if !l.discarding {
+		l.passOn(l.buf) // held while it might still have fitted
+	}
+	l.discarding = false
+	l.buf = l.buf[:0]
+	l.passOn(taken)
+	return emit(line{tooLong: true, crlf: crlf, start: l.start, end: end, ack: l.ack, framed: l.framed})
 }
 
 // looksLikeCommand reports whether b starts like a client command: a verb

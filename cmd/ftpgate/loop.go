@@ -84,17 +84,28 @@ func (d *daemonLoop) proxied(ev *nat.Event) {
 // go to the loop's tracker as they are read, and the bytes they carry go
 // on at Release, after Tick has committed what they opened.
 type proxySource struct {
-	*nat.Proxy
+	controlProxy
 	loop *daemonLoop
 }
 
+// controlProxy is what the loop uses of *nat.Proxy: an interface so that
+// the loop's tests can stand in for the proxy, whose tproxy listeners
+// need root.
+type controlProxy interface {
+	Fd() int
+	Read(fn func(*nat.Event))
+	Release()
+	SharesProcessor() bool
+	Close() error
+}
+
 func (s proxySource) Read(func(*capture.Packet)) error {
-	s.Proxy.Read(s.loop.proxied)
+	s.controlProxy.Read(s.loop.proxied)
 	return nil
 }
 
 func (s proxySource) Release() error {
-	s.Proxy.Release()
+	s.controlProxy.Release()
 	return nil
 }
 

@@ -276,7 +276,7 @@ func (d *daemon) startProxy() error {
 	}
 	d.closers.pushCloser(routes)
 	d.closers.pushCloser(proxy)
-	d.sources = append(d.sources, proxySource{Proxy: proxy, loop: &d.loop})
+	d.sources = append(d.sources, proxySource{controlProxy: proxy, loop: &d.loop})
 	d.cfg.ProxyConns = proxy
 	return nil
 }
