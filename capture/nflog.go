@@ -83,7 +83,7 @@ func OpenLog(group uint16, netns int, classify Classify) (*LogReader, error) {
 		}
 	})
 	if err := l.config([]netlink.Attribute{{Type: nfulaCfgCmd, Data: []byte{nfulnlCfgCmdBind}}}); err != nil {
-		return fail(fmt.Errorf("binding NFLOG group %d (is it used by another program? see --nflog-group): %w", group, err))
+		return fail(fmt.Errorf("binding NFLOG group %d (is another ftpgate running, or another program using it? see --nflog-group): %w", group, err))
 	}
 	mode := make([]byte, 6)
 	binary.BigEndian.PutUint32(mode, 0xffff)

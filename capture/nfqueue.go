@@ -103,7 +103,7 @@ func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
 	} {
 		if err := q.config(attrs); err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("binding NFQUEUE %d (used by another program? see --queue): %w", num, err)
+			return nil, fmt.Errorf("binding NFQUEUE %d (is another ftpgate running, or another program using it? see --queue): %w", num, err)
 		}
 	}
 	return q, nil

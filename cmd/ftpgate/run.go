@@ -21,10 +21,15 @@ import (
 )
 
 // cmdRun runs the daemon. Its steps keep this order because each needs
-// what the ones before it opened: the table before the rules put in it,
-// the NFLOG and queue sockets before the rules that send them packets,
-// the tracker's configuration complete before the tracker is made from
-// it, the tracker before the status socket that reads it.
+// what the ones before it opened, and because the table takes traffic
+// as soon as its rules exist: every socket its rules send to (the NFLOG
+// group, the queue, the control proxy) is bound and configured before
+// the table is made, so that nothing it sends arrives unread or before a
+// socket's configuration is answered; the table and its rules are made
+// in a row; the tracker's configuration is complete before the tracker
+// is made from it, and the tracker is there before the status socket
+// that reads it. What arrives meanwhile waits in the sockets (held SYNs
+// in the queue) for the loop, which says it is ready in its first round.
 func cmdRun(args []string, stdout, stderr io.Writer) error {
 	plan, err := planRun(args, stdout, stderr)
 	if err != nil {
@@ -40,13 +45,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := plan.checkKernelFlags(); err != nil {
 		return err
 	}
-	if err := d.openFirewall(); err != nil {
-		return err
-	}
 	if err := d.openLocalSockets(); err != nil {
 		return err
 	}
 	if err := d.openSources(); err != nil {
+		return err
+	}
+	if err := d.openFirewall(); err != nil {
 		return err
 	}
 	if err := d.startTracker(ctx); err != nil {
@@ -64,6 +69,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 type daemon struct {
 	*runPlan
 	fw          *rules.Nftables
+	sockets     *capture.LocalSockets
 	logged      *capture.LogReader // the NFLOG group: copies and reports
 	sources     []capture.Source   // what the loop reads, logged first
 	passive     []*capture.AFPacketSource
@@ -132,7 +138,9 @@ func (d *daemon) stopOnSignal() context.Context {
 // kernel, since the cure is the same for all.
 const notBlind = "ftpgate will not run blind: it must be able to program nftables (root or CAP_NET_ADMIN, kernel with nf_tables)"
 
-// openFirewall creates ftpgate's table.
+// openFirewall creates ftpgate's table and, inline, the rules that copy
+// and hold control traffic right after: from then on the kernel sends
+// what ftpgate reads.
 func (d *daemon) openFirewall() error {
 	rv := d.rv
 	rcfg := rules.Config{
@@ -158,24 +166,29 @@ func (d *daemon) openFirewall() error {
 			d.log.Error("removing nftables table", "error", err)
 		}
 	})
+	if *rv.capture != "inline" {
+		return nil
+	}
+	mode, err := fw.AddInlineRules(uint16(*rv.queueNum), uint16(*rv.nflogGroup), d.cfg.ControlPorts)
+	if err != nil {
+		return err
+	}
+	d.captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
+		*rv.nflogGroup, *rv.queueNum, mode)
 	return nil
 }
 
 // openLocalSockets lets the tracker check announcements made from this
 // host's own sockets against them (see conntrack.LocalSockets), and NAT
-// keep clear of the public ports this host listens on or forwards.
+// keep clear of the public ports this host listens on.
 func (d *daemon) openLocalSockets() error {
 	sockets, err := capture.OpenLocalSockets()
 	if err != nil {
 		return err
 	}
 	d.closers.pushCloser(sockets)
+	d.sockets = sockets
 	d.cfg.LocalSockets = sockets
-	if d.natOn {
-		pp := &publicPorts{fw: d.fw, sockets: sockets, log: d.log}
-		pp.warnOverlap(d.rv.nf.ports)
-		d.cfg.PublicPortInUse = pp.inUse
-	}
 	return nil
 }
 
@@ -221,9 +234,10 @@ func (d *daemon) openPassive() error {
 	return nil
 }
 
-// openInline opens the queue and sets its mark before it adds the rules
-// that queue packets, so that the first packet they hold is read, and
-// admitted with the mark ftpgate means.
+// openInline opens the queue and sets its mark, and sets the NFLOG
+// group's batching, before openFirewall adds the rules that send them
+// packets: the first packet held is read, and admitted with the mark
+// ftpgate means, and no copy arrives while the group is configured.
 func (d *daemon) openInline() error {
 	rv := d.rv
 	for _, name := range d.ifaces {
@@ -242,10 +256,6 @@ func (d *daemon) openInline() error {
 	}
 	d.closers.pushCloser(queue)
 	queue.Mark, queue.MarkMask = rv.m.value, rv.m.mask
-	mode, err := d.fw.AddInlineRules(uint16(*rv.queueNum), uint16(*rv.nflogGroup), d.cfg.ControlPorts)
-	if err != nil {
-		return err
-	}
 	// Copies come in batches; a held data SYN flushes them (see
 	// rules.AddInlineRules). Under the lab's load one wakeup then
 	// reads about five copies instead of one.
@@ -260,8 +270,6 @@ func (d *daemon) openInline() error {
 	}
 	d.cfg.Inline = true
 	warnConntrackLax(d.log)
-	d.captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
-		*rv.nflogGroup, *rv.queueNum, mode)
 	return nil
 }
 
@@ -284,6 +292,13 @@ func (d *daemon) startTracker(ctx context.Context) error {
 	d.cfg.ReportWindow = 2 * time.Second
 	d.cfg.ConfirmAdmitted = true
 	warnRuleset(d.fw, d.rv.m.acceptLine(), d.log)
+	if d.natOn {
+		// NAT keeps clear of the public ports this host listens on or
+		// the admin's rules forward.
+		pp := &publicPorts{fw: d.fw, sockets: d.sockets, log: d.log}
+		pp.warnOverlap(d.rv.nf.ports)
+		d.cfg.PublicPortInUse = pp.inUse
+	}
 	if *d.rv.reportDir != "" {
 		finish, err := startReport(ctx, *d.rv.reportDir, &d.cfg, d.log)
 		if err != nil {
