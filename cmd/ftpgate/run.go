@@ -60,7 +60,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := d.startSideServices(ctx); err != nil {
 		return err
 	}
-	d.logRunning()
 	d.closers.push(reloadOnHUP(ctx, d.reloader()))
 	return d.run(ctx)
 }
@@ -326,6 +325,9 @@ func (d *daemon) startSideServices(ctx context.Context) error {
 	d.closers.pushCloser(calls)
 	d.calls = calls
 	d.sources = append(d.sources, calls)
+	// The loop's first call, before any status request can be queued:
+	// status answers only once ftpgate has said it is ready.
+	calls.Do(d.ready)
 	if *d.rv.statusSocket != "" {
 		status := func() any { return daemonStatus{Version: version, Status: d.tr.Status()} }
 		ss, err := startStatus(*d.rv.statusSocket, calls, status, d.log)
@@ -335,6 +337,16 @@ func (d *daemon) startSideServices(ctx context.Context) error {
 		d.closers.pushCloser(ss)
 	}
 	return nil
+}
+
+// ready runs in the loop's first round, once the table takes traffic
+// and the loop reads every socket, what arrived during the start first.
+// It says so in the log and to the service manager (Type=notify).
+func (d *daemon) ready() {
+	d.logRunning()
+	if err := sdNotify("READY=1\nSTATUS=watching FTP control traffic"); err != nil {
+		d.log.Warn("could not tell the service manager that ftpgate is ready", "error", err)
+	}
 }
 
 func (d *daemon) logRunning() {
@@ -356,6 +368,9 @@ func (d *daemon) reloader() *reloader {
 func (d *daemon) run(ctx context.Context) error {
 	d.loop.t, d.loop.log, d.loop.heldWait = d.tr, d.logged, d.met.heldWait
 	err := capture.Run(ctx, &d.loop, d.sources...)
+	if nerr := sdNotify("STOPPING=1"); nerr != nil {
+		d.log.Warn("could not tell the service manager that ftpgate is stopping", "error", nerr)
+	}
 	d.tr.CloseAll("daemon stopping")
 	if cerr := d.tr.Commit(); err == nil {
 		err = cerr
@@ -487,6 +502,14 @@ this host listens on, or one your rules forward), and maps each data
 connection in the kernel (DNAT, and SNAT where needed): a 227/229's before
 the client sees it, a PORT/EPRT's once the server accepted it. Add the ruleset line to your input chain too: proxied control
 connections arrive there. A restart of ftpgate ends proxied sessions.
+
+At start-up ftpgate binds and configures its sockets first, then makes its
+table and its rules; what they send meanwhile waits for it (held SYNs in
+the queue, copies in the NFLOG socket), and control connections that were
+already open are picked up mid-stream. Once it reads all of that it logs
+"ftpgate running", tells the service manager it is ready (READY=1 on
+$NOTIFY_SOCKET: systemd's Type=notify), and answers ftpgate status. Wait
+for that, not for the table, which shows in nft list a moment earlier.
 
 Logs: one line per session start and end, and per channel opened, refused
 or closed. In a channel's line, orig_h is the host that will open the data
