@@ -45,6 +45,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := plan.checkKernelFlags(); err != nil {
 		return err
 	}
+	if err := d.probeFirewall(); err != nil {
+		return err
+	}
 	if err := d.openLocalSockets(); err != nil {
 		return err
 	}
@@ -136,6 +139,18 @@ func (d *daemon) stopOnSignal() context.Context {
 // notBlind follows the errors that leave ftpgate unable to program the
 // kernel, since the cure is the same for all.
 const notBlind = "ftpgate will not run blind: it must be able to program nftables (root or CAP_NET_ADMIN, kernel with nf_tables)"
+
+// probeFirewall refuses, before any socket is bound, to start where the
+// table cannot be made: without the privilege, or while another ftpgate
+// owns it. Bound first, the NFLOG group would refuse in both cases with
+// the same EPERM, which tells neither.
+func (d *daemon) probeFirewall() error {
+	err := rules.Probe(*d.rv.table, 0)
+	if errors.Is(err, rules.ErrNoNftables) {
+		return fmt.Errorf("%w\n%s", err, notBlind)
+	}
+	return err
+}
 
 // openFirewall creates ftpgate's table and, inline, the rules that copy
 // and hold control traffic right after: from then on the kernel sends
