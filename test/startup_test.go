@@ -131,7 +131,8 @@ func startupRound(t *testing.T, round int) {
 	}
 	background = append(background, startClient(t, ctx, "churn v4", "python3", "ftpclient.py", "churn", server4, "120"))
 	background = append(background, startClient(t, ctx, "churn v6", "python3", "ftpclient.py", "churn", server6, "120"))
-	deadline := time.Now().Add(20 * time.Second)
+	// Generous: six Pythons starting at once take seconds in a TCG guest.
+	deadline := time.Now().Add(60 * time.Second)
 	for _, p := range background {
 		for !strings.Contains(p.out.String(), "ready") {
 			if time.Now().After(deadline) {
