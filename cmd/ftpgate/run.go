@@ -145,7 +145,7 @@ const notBlind = "ftpgate will not run blind: it must be able to program nftable
 // owns it. Bound first, the NFLOG group would refuse in both cases with
 // the same EPERM, which tells neither.
 func (d *daemon) probeFirewall() error {
-	err := rules.Probe(*d.rv.table, 0)
+	err := rules.CheckTable(*d.rv.table, 0)
 	if errors.Is(err, rules.ErrNoNftables) {
 		return fmt.Errorf("%w\n%s", err, notBlind)
 	}

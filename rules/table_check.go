@@ -9,14 +9,14 @@ import (
 	"github.com/google/nftables"
 )
 
-// Probe says, changing nothing, whether Open could take the table now:
+// CheckTable says, changing nothing, whether Open could take the table now:
 // ErrNoNftables when nf_tables cannot be programmed from here (not root,
 // no CAP_NET_ADMIN), ErrTableBusy when a process owns a table of that
 // name. The daemon asks before it binds its sockets, which it must do
 // before the table exists, so that these failures still read as what
 // they are rather than as a socket refused. (A table nobody owns is a
 // leftover, which Open replaces.)
-func Probe(table string, netns int) error {
+func CheckTable(table string, netns int) error {
 	if table == "" {
 		table = DefaultTable
 	}
