@@ -42,6 +42,7 @@ type Classify func(prefix []byte) (Kind, bool)
 type LogReader struct {
 	conn     *netlink.Conn
 	fd       int
+	req      requester
 	group    uint16
 	classify Classify
 	buf      []byte
@@ -74,6 +75,7 @@ func OpenLog(group uint16, netns int, classify Classify) (*LogReader, error) {
 	}
 	_ = raw.Control(func(fd uintptr) {
 		l.fd = int(fd)
+		l.req = requester{conn: conn, fd: l.fd}
 		// Bursts of control traffic must not overflow the socket while
 		// the daemon commits; FORCE passes net.core.rmem_max (root only).
 		if unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
@@ -81,7 +83,7 @@ func OpenLog(group uint16, netns int, classify Classify) (*LogReader, error) {
 		}
 	})
 	if err := l.config([]netlink.Attribute{{Type: nfulaCfgCmd, Data: []byte{nfulnlCfgCmdBind}}}); err != nil {
-		return fail(fmt.Errorf("binding NFLOG group %d (is it used by another program? see --nflog-group): %w", group, err))
+		return fail(fmt.Errorf("binding NFLOG group %d (is another ftpgate running, or another program using it? see --nflog-group): %w", group, err))
 	}
 	mode := make([]byte, 6)
 	binary.BigEndian.PutUint32(mode, 0xffff)
@@ -127,13 +129,9 @@ func (l *LogReader) config(attrs []netlink.Attribute) error {
 		return err
 	}
 	hdr := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, byte(l.group >> 8), byte(l.group)}
-	_, err = l.conn.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_ULOG<<8 | nfulnlMsgConfig),
-			Flags: netlink.Request | netlink.Acknowledge,
-		},
-		Data: append(hdr, data...),
-	})
+	err = l.req.request(unix.NFNL_SUBSYS_ULOG<<8|nfulnlMsgConfig, append(hdr, data...))
+	l.lost.Add(l.req.overflowed)
+	l.req.overflowed = 0
 	return err
 }
 
@@ -152,6 +150,11 @@ func (l *LogReader) Counts() (datagrams, records uint64) { return l.datagrams.Lo
 // not an error.
 func (l *LogReader) Read(fn func(*Packet)) error {
 	now := time.Now()
+	// Records that came while a configuration request waited for its
+	// answer come first: they were logged first.
+	for _, b := range l.req.takeEarly() {
+		l.deliver(b, now, fn)
+	}
 	for !l.closed.Load() {
 		n, err := recvNonblocking(l.fd, l.buf, 0)
 		switch {
@@ -165,18 +168,23 @@ func (l *LogReader) Read(fn func(*Packet)) error {
 		case err != nil:
 			return fmt.Errorf("reading NFLOG group %d: %w", l.group, err)
 		}
-		l.datagrams.Add(1)
-		l.pkts = l.pkts[:0]
-		l.records.Add(uint64(parseLogMessages(l.buf[:n], func(prefix, payload []byte) {
-			if kind, ok := l.classify(prefix); ok {
-				l.pkts = append(l.pkts, Packet{Data: payload, Link: LinkTypeRawIP, Time: now, Kind: kind})
-			}
-		})))
-		for i := range l.pkts {
-			fn(&l.pkts[i])
-		}
+		l.deliver(l.buf[:n], now, fn)
 	}
 	return nil
+}
+
+// deliver hands the records of one datagram that classify keeps to fn.
+func (l *LogReader) deliver(b []byte, now time.Time, fn func(*Packet)) {
+	l.datagrams.Add(1)
+	l.pkts = l.pkts[:0]
+	l.records.Add(uint64(parseLogMessages(b, func(prefix, payload []byte) {
+		if kind, ok := l.classify(prefix); ok {
+			l.pkts = append(l.pkts, Packet{Data: payload, Link: LinkTypeRawIP, Time: now, Kind: kind})
+		}
+	})))
+	for i := range l.pkts {
+		fn(&l.pkts[i])
+	}
 }
 
 // parseLogMessages walks the netlink messages of one datagram and hands
@@ -208,6 +216,7 @@ func parseLogMessages(b []byte, fn func(prefix, payload []byte)) int {
 // Close unbinds the group and closes the socket.
 func (l *LogReader) Close() error {
 	if !l.closed.Swap(true) {
+		l.req.closing = true
 		_ = l.config([]netlink.Attribute{{Type: nfulaCfgCmd, Data: []byte{nfulnlCfgCmdUnbind}}})
 	}
 	_ = l.conn.Close()

@@ -49,6 +49,7 @@ const (
 type QueueSource struct {
 	conn   *netlink.Conn
 	fd     int
+	req    requester
 	closed atomic.Bool
 	num    uint16
 	buf    []byte
@@ -79,6 +80,7 @@ func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
 	}
 	_ = raw.Control(func(fd uintptr) {
 		q.fd = int(fd)
+		q.req = requester{conn: conn, fd: q.fd}
 		if unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
 			_ = unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
 		}
@@ -101,7 +103,7 @@ func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
 	} {
 		if err := q.config(attrs); err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("binding NFQUEUE %d (used by another program? see --queue): %w", num, err)
+			return nil, fmt.Errorf("binding NFQUEUE %d (is another ftpgate running, or another program using it? see --queue): %w", num, err)
 		}
 	}
 	return q, nil
@@ -116,14 +118,7 @@ func (q *QueueSource) config(attrs []netlink.Attribute) error {
 	if err != nil {
 		return err
 	}
-	_, err = q.conn.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_QUEUE<<8 | nfqnlMsgConfig),
-			Flags: netlink.Request | netlink.Acknowledge,
-		},
-		Data: append(q.header(), data...),
-	})
-	return err
+	return q.req.request(unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgConfig, append(q.header(), data...))
 }
 
 // appendVerdict appends one verdict message for id (accept, or repeat
@@ -201,6 +196,11 @@ func (q *QueueSource) Fd() int { return q.fd }
 // packets stay valid, and their Verdicts are read, until Release.
 func (q *QueueSource) Read(fn func(*Packet)) error {
 	q.held, q.ids, q.marks = q.held[:0], q.ids[:0], q.marks[:0]
+	// Packets queued while a configuration request waited for its
+	// answer: each waits for its verdict like any other.
+	for _, b := range q.req.takeEarly() {
+		q.collect(b)
+	}
 	off := 0
 	for len(q.buf)-off >= 65536 && !q.closed.Load() {
 		n, err := recvNonblocking(q.fd, q.buf[off:], 0)
@@ -213,22 +213,28 @@ func (q *QueueSource) Read(fn func(*Packet)) error {
 		if err != nil {
 			return fmt.Errorf("reading NFQUEUE %d: %w", q.num, err)
 		}
-		netlinkMessages(q.buf[off:off+n], func(typ uint16, data []byte) {
-			if typ != unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgPacket || len(data) < 4 {
-				return
-			}
-			if p, id, mark, ok := decodeQueued(data[4:]); ok {
-				q.held = append(q.held, p)
-				q.ids = append(q.ids, id)
-				q.marks = append(q.marks, mark)
-			}
-		})
+		q.collect(q.buf[off : off+n])
 		off += n
 	}
 	for i := range q.held {
 		fn(&q.held[i])
 	}
 	return nil
+}
+
+// collect adds the packets of one datagram to those of this Read. They
+// point into b, which must stay untouched until Release.
+func (q *QueueSource) collect(b []byte) {
+	netlinkMessages(b, func(typ uint16, data []byte) {
+		if typ != unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgPacket || len(data) < 4 {
+			return
+		}
+		if p, id, mark, ok := decodeQueued(data[4:]); ok {
+			q.held = append(q.held, p)
+			q.ids = append(q.ids, id)
+			q.marks = append(q.marks, mark)
+		}
+	})
 }
 
 // Release gives every packet of the last Read its verdict in one system
@@ -266,6 +272,7 @@ func (q *QueueSource) Release() error {
 // released by the kernel (the queue rules carry the bypass flag).
 func (q *QueueSource) Close() error {
 	if !q.closed.Swap(true) {
+		q.req.closing = true
 		_ = q.config([]netlink.Attribute{{Type: nfqaCfgCmd, Data: []byte{nfqnlCfgCmdUnbind, 0, 0, 0}}})
 	}
 	_ = q.conn.Close()

@@ -3,7 +3,12 @@
 
   ftpclient.py get HOST MODE FILE OUT [WAIT]
                                         download FILE in MODE (pasv, epsv, port, eprt),
-                                        WAIT seconds after logging in
+                                        WAIT seconds after logging in (@PATH: once PATH
+                                        exists)
+  ftpclient.py chatter HOST SECS        log in, print "ready", then send NOOP after NOOP
+                                        for SECS seconds
+  ftpclient.py churn HOST SECS          open control connections one after another for
+                                        SECS seconds: greeting, QUIT, close
   ftpclient.py hold HOST COMMAND SECS   log in, send COMMAND (e.g. PASV) and keep the
                                         session open SECS seconds without connecting;
                                         prints the reply, then QUIT
@@ -91,7 +96,14 @@ def set_mode(ftp, mode):
 
 def get(host, mode, name, out, wait="0"):
     ftp = connect(host)
-    time.sleep(float(wait))
+    if wait.startswith("@"):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(wait[1:]):
+            if time.monotonic() > deadline:
+                raise SystemExit("no " + wait[1:] + " within 60 s")
+            time.sleep(0.01)
+    else:
+        time.sleep(float(wait))
     set_mode(ftp, mode)
     with open(out, "wb") as f:
         ftp.retrbinary("RETR " + name, f.write)
@@ -114,6 +126,33 @@ def raw(host, secs, lines):
             print(e, flush=True)
     time.sleep(float(secs))
     ftp.quit()
+
+
+def chatter(host, secs):
+    """A control connection that is never quiet: copies of its segments
+    keep arriving at the gateway's ftpgate."""
+    ftp = connect(host)
+    print("ready", flush=True)
+    end = time.monotonic() + float(secs)
+    while time.monotonic() < end:
+        ftp.voidcmd("NOOP")
+        time.sleep(0.001)
+    ftp.quit()
+
+
+def churn(host, secs):
+    """New control connections, one after another: their SYNs keep
+    arriving at the gateway's ftpgate."""
+    h, port = split_host(host)
+    end = time.monotonic() + float(secs)
+    print("ready", flush=True)
+    while time.monotonic() < end:
+        try:
+            ftp = ftplib.FTP(timeout=5)
+            ftp.connect(h, port)
+            ftp.quit()
+        except (ftplib.Error, OSError):
+            time.sleep(0.01)
 
 
 def retr_many(ftp, name, n):
@@ -249,6 +288,10 @@ def main(argv):
             get(*args)
         elif cmd == "hold":
             hold(*args)
+        elif cmd == "chatter":
+            chatter(*args)
+        elif cmd == "churn":
+            churn(*args)
         elif cmd == "raw":
             raw(args[0], args[1], args[2:])
         elif cmd == "load":

@@ -55,7 +55,7 @@ func TestMakeInstall(t *testing.T) {
 	if !strings.Contains(string(unitText), "ExecStart=/usr/local/sbin/ftpgate run") {
 		t.Errorf("unit ExecStart:\n%s", unitText)
 	}
-	for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=on-failure", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW", "ExecReload=/bin/kill -HUP $MAINPID"} {
+	for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=on-failure", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW", "ExecReload=/bin/kill -HUP $MAINPID", "Type=notify"} {
 		if !strings.Contains(string(unitText), want) {
 			t.Errorf("unit lacks %s", want)
 		}

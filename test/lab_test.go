@@ -12,9 +12,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -164,6 +166,11 @@ type daemon struct {
 	logs []map[string]any
 	raw  bytes.Buffer
 	done chan error
+	// exited is closed when the process has exited, with its status in
+	// exitErr; ready when it sent READY=1 to its NOTIFY_SOCKET.
+	exited  chan struct{}
+	exitErr error
+	ready   chan struct{}
 }
 
 func startFtpgate(t *testing.T, args ...string) *daemon {
@@ -171,12 +178,52 @@ func startFtpgate(t *testing.T, args ...string) *daemon {
 	return startFtpgateIn(t, ns("gw"), args...)
 }
 
-// startFtpgateIn starts ftpgate run in the namespace netns.
+// startFtpgateIn starts ftpgate run in the namespace netns and waits
+// until it is ready.
 func startFtpgateIn(t *testing.T, netns string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{done: make(chan error, 1)}
+	d := launchFtpgateIn(t, netns, args...)
+	d.waitReady(t, 20*time.Second)
+	return d
+}
+
+// launchFtpgateIn starts ftpgate run in the namespace netns, as systemd
+// would start the unit (Type=notify): with a NOTIFY_SOCKET on which it
+// says when it is ready. It does not wait for that.
+func launchFtpgateIn(t *testing.T, netns string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{done: make(chan error, 1), exited: make(chan struct{}), ready: make(chan struct{})}
+	// A path, not an abstract name: those are per network namespace.
+	dir, err := os.MkdirTemp("", "ftpgate-notify")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	notify := filepath.Join(dir, "notify.sock")
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
+	if err != nil {
+		t.Fatalf("notify socket: %v", err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, err := nc.Read(b)
+			if err != nil {
+				return
+			}
+			if slices.Contains(strings.Split(string(b[:n]), "\n"), "READY=1") {
+				select {
+				case <-d.ready:
+				default:
+					close(d.ready)
+				}
+			}
+		}
+	}()
 	argv := append([]string{"netns", "exec", netns, bin, "run", "--log-format", "json"}, args...)
 	d.cmd = exec.Command("ip", argv...)
+	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +243,10 @@ func startFtpgateIn(t *testing.T, netns string, args ...string) *daemon {
 			}
 			d.mu.Unlock()
 		}
-		d.done <- d.cmd.Wait()
+		err := d.cmd.Wait()
+		d.exitErr = err
+		close(d.exited)
+		d.done <- err
 	}()
 	t.Cleanup(func() {
 		if d.cmd.ProcessState == nil {
@@ -208,8 +258,31 @@ func startFtpgateIn(t *testing.T, netns string, args ...string) *daemon {
 			d.mu.Unlock()
 		}
 	})
-	d.waitLog(t, 10*time.Second, "ftpgate running")
 	return d
+}
+
+// waitReady waits for READY=1 (timeout times slow), and fails if
+// ftpgate exits first.
+func (d *daemon) waitReady(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	timeout *= time.Duration(slow)
+	select {
+	case <-d.ready:
+	case <-d.exited:
+		t.Fatalf("ftpgate exited before it was ready: %v", d.exitErr)
+	case <-time.After(timeout):
+		t.Fatalf("ftpgate sent no READY=1 within %v", timeout)
+	}
+}
+
+// running fails the test if ftpgate has exited.
+func (d *daemon) running(t *testing.T) {
+	t.Helper()
+	select {
+	case <-d.exited:
+		t.Fatalf("ftpgate exited: %v", d.exitErr)
+	default:
+	}
 }
 
 // stop sends SIGTERM and requires exit status 0.

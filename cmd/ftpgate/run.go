@@ -21,10 +21,16 @@ import (
 )
 
 // cmdRun runs the daemon. Its steps keep this order because each needs
-// what the ones before it opened: the table before the rules put in it,
-// the NFLOG and queue sockets before the rules that send them packets,
-// the tracker's configuration complete before the tracker is made from
-// it, the tracker before the status socket that reads it.
+// what the ones before it opened (the kernel's features are probed
+// before anything is bound or built), and because the table takes traffic
+// as soon as its rules exist: every socket its rules send to (the NFLOG
+// group, the queue, the control proxy) is bound and configured before
+// the table is made, so that nothing it sends arrives unread or before a
+// socket's configuration is answered; the table and its rules are made
+// in a row; the tracker's configuration is complete before the tracker
+// is made from it, and the tracker is there before the status socket
+// that reads it. What arrives meanwhile waits in the sockets (held SYNs
+// in the queue) for the loop, which says it is ready in its first round.
 func cmdRun(args []string, stdout, stderr io.Writer) error {
 	plan, err := planRun(args, stdout, stderr)
 	if err != nil {
@@ -40,10 +46,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := plan.checkKernelFlags(); err != nil {
 		return err
 	}
-	if err := d.checkKernel(); err != nil {
+	if err := d.probeFirewall(); err != nil {
 		return err
 	}
-	if err := d.openFirewall(); err != nil {
+	if err := d.checkKernel(); err != nil {
 		return err
 	}
 	if err := d.openLocalSockets(); err != nil {
@@ -52,13 +58,15 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := d.openSources(); err != nil {
 		return err
 	}
+	if err := d.openFirewall(); err != nil {
+		return err
+	}
 	if err := d.startTracker(ctx); err != nil {
 		return err
 	}
 	if err := d.startSideServices(ctx); err != nil {
 		return err
 	}
-	d.logRunning()
 	d.closers.push(reloadOnHUP(ctx, d.reloader()))
 	return d.run(ctx)
 }
@@ -67,6 +75,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 type daemon struct {
 	*runPlan
 	fw          *rules.Nftables
+	sockets     *capture.LocalSockets
 	logged      *capture.LogReader // the NFLOG group: copies and reports
 	sources     []capture.Source   // what the loop reads, logged first
 	passive     []*capture.AFPacketSource
@@ -135,7 +144,21 @@ func (d *daemon) stopOnSignal() context.Context {
 // kernel, since the cure is the same for all.
 const notBlind = "ftpgate will not run blind: it must be able to program nftables (root or CAP_NET_ADMIN, kernel with nf_tables)"
 
-// openFirewall creates ftpgate's table.
+// probeFirewall refuses, before any socket is bound, to start where the
+// table cannot be made: without the privilege, or while another ftpgate
+// owns it. Bound first, the NFLOG group would refuse in both cases with
+// the same EPERM, which tells neither.
+func (d *daemon) probeFirewall() error {
+	err := rules.CheckTable(*d.rv.table, 0)
+	if errors.Is(err, rules.ErrNoNftables) {
+		return fmt.Errorf("%w\n%s", err, notBlind)
+	}
+	return err
+}
+
+// openFirewall creates ftpgate's table and, inline, the rules that copy
+// and hold control traffic right after: from then on the kernel sends
+// what ftpgate reads.
 func (d *daemon) openFirewall() error {
 	rv := d.rv
 	rcfg := rules.Config{
@@ -161,24 +184,29 @@ func (d *daemon) openFirewall() error {
 			d.log.Error("removing nftables table", "error", err)
 		}
 	})
+	if *rv.capture != "inline" {
+		return nil
+	}
+	mode, err := fw.AddInlineRules(uint16(*rv.queueNum), uint16(*rv.nflogGroup), d.cfg.ControlPorts)
+	if err != nil {
+		return err
+	}
+	d.captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
+		*rv.nflogGroup, *rv.queueNum, mode)
 	return nil
 }
 
 // openLocalSockets lets the tracker check announcements made from this
 // host's own sockets against them (see conntrack.LocalSockets), and NAT
-// keep clear of the public ports this host listens on or forwards.
+// keep clear of the public ports this host listens on.
 func (d *daemon) openLocalSockets() error {
 	sockets, err := capture.OpenLocalSockets()
 	if err != nil {
 		return err
 	}
 	d.closers.pushCloser(sockets)
+	d.sockets = sockets
 	d.cfg.LocalSockets = sockets
-	if d.natOn {
-		pp := &publicPorts{fw: d.fw, sockets: sockets, log: d.log}
-		pp.warnOverlap(d.rv.nf.ports)
-		d.cfg.PublicPortInUse = pp.inUse
-	}
 	return nil
 }
 
@@ -224,9 +252,10 @@ func (d *daemon) openPassive() error {
 	return nil
 }
 
-// openInline opens the queue and sets its mark before it adds the rules
-// that queue packets, so that the first packet they hold is read, and
-// admitted with the mark ftpgate means.
+// openInline opens the queue and sets its mark, and sets the NFLOG
+// group's batching, before openFirewall adds the rules that send them
+// packets: the first packet held is read, and admitted with the mark
+// ftpgate means, and no copy arrives while the group is configured.
 func (d *daemon) openInline() error {
 	rv := d.rv
 	for _, name := range d.ifaces {
@@ -245,10 +274,6 @@ func (d *daemon) openInline() error {
 	}
 	d.closers.pushCloser(queue)
 	queue.Mark, queue.MarkMask = rv.m.value, rv.m.mask
-	mode, err := d.fw.AddInlineRules(uint16(*rv.queueNum), uint16(*rv.nflogGroup), d.cfg.ControlPorts)
-	if err != nil {
-		return err
-	}
 	// Copies come in batches; a held data SYN flushes them (see
 	// rules.AddInlineRules). Under the lab's load one wakeup then
 	// reads about five copies instead of one.
@@ -263,8 +288,6 @@ func (d *daemon) openInline() error {
 	}
 	d.cfg.Inline = true
 	warnConntrackLax(d.log)
-	d.captureDesc = fmt.Sprintf("inline (copies on NFLOG group %d; new control connections and early data SYNs held on queue %d, %s, bypass if ftpgate is gone)",
-		*rv.nflogGroup, *rv.queueNum, mode)
 	return nil
 }
 
@@ -287,6 +310,13 @@ func (d *daemon) startTracker(ctx context.Context) error {
 	d.cfg.ReportWindow = 2 * time.Second
 	d.cfg.ConfirmAdmitted = true
 	warnRuleset(d.fw, d.rv.m.acceptLine(), d.log)
+	if d.natOn {
+		// NAT keeps clear of the public ports this host listens on or
+		// the admin's rules forward.
+		pp := &publicPorts{fw: d.fw, sockets: d.sockets, log: d.log}
+		pp.warnOverlap(d.rv.nf.ports)
+		d.cfg.PublicPortInUse = pp.inUse
+	}
 	if *d.rv.reportDir != "" {
 		finish, err := startReport(ctx, *d.rv.reportDir, &d.cfg, d.log)
 		if err != nil {
@@ -314,6 +344,9 @@ func (d *daemon) startSideServices(ctx context.Context) error {
 	d.closers.pushCloser(calls)
 	d.calls = calls
 	d.sources = append(d.sources, calls)
+	// The loop's first call, before any status request can be queued:
+	// status answers only once ftpgate has said it is ready.
+	calls.Do(d.ready)
 	if *d.rv.statusSocket != "" {
 		status := func() any { return daemonStatus{Version: version, Status: d.tr.Status()} }
 		ss, err := startStatus(*d.rv.statusSocket, calls, status, d.log)
@@ -323,6 +356,16 @@ func (d *daemon) startSideServices(ctx context.Context) error {
 		d.closers.pushCloser(ss)
 	}
 	return nil
+}
+
+// ready runs in the loop's first round, once the table takes traffic
+// and the loop reads every socket, what arrived during the start first.
+// It says so in the log and to the service manager (Type=notify).
+func (d *daemon) ready() {
+	d.logRunning()
+	if err := sdNotify("READY=1\nSTATUS=watching FTP control traffic"); err != nil {
+		d.log.Warn("could not tell the service manager that ftpgate is ready", "error", err)
+	}
 }
 
 func (d *daemon) logRunning() {
@@ -344,6 +387,9 @@ func (d *daemon) reloader() *reloader {
 func (d *daemon) run(ctx context.Context) error {
 	d.loop.t, d.loop.log, d.loop.heldWait = d.tr, d.logged, d.met.heldWait
 	err := capture.Run(ctx, &d.loop, d.sources...)
+	if nerr := sdNotify("STOPPING=1"); nerr != nil {
+		d.log.Warn("could not tell the service manager that ftpgate is stopping", "error", nerr)
+	}
 	d.tr.CloseAll("daemon stopping")
 	if cerr := d.tr.Commit(); err == nil {
 		err = cerr
@@ -475,6 +521,14 @@ this host listens on, or one your rules forward), and maps each data
 connection in the kernel (DNAT, and SNAT where needed): a 227/229's before
 the client sees it, a PORT/EPRT's once the server accepted it. Add the ruleset line to your input chain too: proxied control
 connections arrive there. A restart of ftpgate ends proxied sessions.
+
+At start-up ftpgate binds and configures its sockets first, then makes its
+table and its rules; what they send meanwhile waits for it (held SYNs in
+the queue, copies in the NFLOG socket), and control connections that were
+already open are picked up mid-stream. Once it reads all of that it logs
+"ftpgate running", tells the service manager it is ready (READY=1 on
+$NOTIFY_SOCKET: systemd's Type=notify), and answers ftpgate status. Wait
+for that, not for the table, which shows in nft list a moment earlier.
 
 Logs: one line per session start and end, and per channel opened, refused
 or closed. In a channel's line, orig_h is the host that will open the data

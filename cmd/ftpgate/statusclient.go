@@ -69,6 +69,7 @@ or nat, and whether it was picked up mid-stream), every open pinhole with
 its key, its expiry and whether it has been committed to the kernel yet
 (nft list shows only those that have; within --commit-delay a pinhole
 lives in ftpgate alone, and most are used there), and every counter.
-The socket is root's alone by default.
+The daemon answers once it is ready (see run), and the socket is root's
+alone by default.
 
 `
