@@ -68,26 +68,18 @@ type QueueSource struct {
 // OpenQueue binds queue num in the given network namespace (0: current).
 // The queue fails open when full, so control traffic never stalls.
 func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
+	q, err := dialQueue(num, netns)
 	if err != nil {
-		return nil, fmt.Errorf("opening nfqueue socket: %w", err)
+		return nil, err
 	}
-	q := &QueueSource{conn: conn, num: num, buf: make([]byte, 1<<17)}
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("nfqueue socket: %w", err)
+	conn := q.conn
+	q.buf = make([]byte, 1<<17)
+	if unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
+		_ = unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
 	}
-	_ = raw.Control(func(fd uintptr) {
-		q.fd = int(fd)
-		q.req = requester{conn: conn, fd: q.fd}
-		if unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
-			_ = unix.SetsockoptInt(q.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
-		}
-		// Errors of verdicts for packets that left the queue meanwhile
-		// are of no use; the reader would only have to skip them.
-		_ = unix.SetsockoptInt(q.fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 1)
-	})
+	// Errors of verdicts for packets that left the queue meanwhile
+	// are of no use; the reader would only have to skip them.
+	_ = unix.SetsockoptInt(q.fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 1)
 	cmd := []byte{nfqnlCfgCmdBind, 0, 0, 0} // command, pad, pf (unused since Linux 3.8)
 	params := binary.BigEndian.AppendUint32(nil, 0xffff)
 	params = append(params, nfqnlCopyPacket)
@@ -106,6 +98,24 @@ func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
 			return nil, fmt.Errorf("binding NFQUEUE %d (is another ftpgate running, or another program using it? see --queue): %w", num, err)
 		}
 	}
+	return q, nil
+}
+
+// dialQueue opens the netlink socket of queue num, not bound yet.
+func dialQueue(num uint16, netns int) (*QueueSource, error) {
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
+	if err != nil {
+		return nil, fmt.Errorf("opening nfqueue socket: %w", err)
+	}
+	q := &QueueSource{conn: conn, num: num}
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("nfqueue socket: %w", err)
+	}
+	// The descriptor stays valid while conn is open: the loop polls it.
+	_ = raw.Control(func(fd uintptr) { q.fd = int(fd) })
+	q.req = requester{conn: conn, fd: q.fd}
 	return q, nil
 }
 

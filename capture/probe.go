@@ -21,13 +21,12 @@ const nfqaCfgFConntrack = 0x02
 // refuses with EOPNOTSUPP without the glue. An error means the probe
 // could not tell (the queue is in use, no nfnetlink_queue).
 func ProbeQueueConntrack(num uint16, netns int) (bool, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
+	q, err := dialQueue(num, netns)
 	if err != nil {
-		return false, fmt.Errorf("opening nfqueue socket: %w", err)
+		return false, err
 	}
 	// Closing the socket unbinds the queue.
-	defer conn.Close()
-	q := &QueueSource{conn: conn, num: num}
+	defer q.conn.Close()
 	if err := q.config([]netlink.Attribute{{Type: nfqaCfgCmd, Data: []byte{nfqnlCfgCmdBind, 0, 0, 0}}}); err != nil {
 		return false, fmt.Errorf("binding NFQUEUE %d to probe it: %w", num, err)
 	}
