@@ -174,7 +174,9 @@ func startupRound(t *testing.T, round int) {
 		func(i int) transfer {
 			return curl(fmt.Sprintf("curl PASV v4 #%d", i), "ftp://"+server4+"/file.bin", "--ftp-pasv", "--disable-epsv")
 		},
-		func(i int) transfer { return curl(fmt.Sprintf("curl EPSV v4 #%d", i), "ftp://"+server4+"/file.bin", "--ftp-pasv") },
+		func(i int) transfer {
+			return curl(fmt.Sprintf("curl EPSV v4 #%d", i), "ftp://"+server4+"/file.bin", "--ftp-pasv")
+		},
 		func(i int) transfer {
 			return curl(fmt.Sprintf("curl EPSV v6 #%d", i), "ftp://["+server6+"]/file.bin", "--ftp-pasv")
 		},
