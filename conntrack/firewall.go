@@ -71,7 +71,10 @@ func (f *firewall) delPinhole(p *pinhole) {
 		return
 	}
 	f.queued()
-	f.failed(f.backend.DelPinhole(p.key), "closing pinhole", "pinhole", p.key.String())
+	// The key is formatted only for an error: this runs for every pinhole.
+	if err := f.backend.DelPinhole(p.key); err != nil {
+		f.failed(err, "closing pinhole", "pinhole", p.key.String())
+	}
 }
 
 // cancelAdd takes back the add of a pinhole not yet committed, if it is
@@ -86,7 +89,9 @@ func (f *firewall) cancelAdd(key rules.Pinhole) bool {
 
 func (f *firewall) delMapping(m rules.Mapping) {
 	f.queued()
-	f.failed(f.backend.DelMapping(m), "removing NAT mapping", "mapping", m.String())
+	if err := f.backend.DelMapping(m); err != nil {
+		f.failed(err, "removing NAT mapping", "mapping", m.String())
+	}
 }
 
 // commitDue says whether the queue must be committed at now, given the

@@ -29,7 +29,10 @@ func (r *refSet[K]) hold(k K) bool {
 		return false
 	}
 	r.fw.queued()
-	r.fw.failed(r.add(k), "adding "+r.what, "element", k.String())
+	// Formatted only for an error: this runs for every session.
+	if err := r.add(k); err != nil {
+		r.fw.failed(err, "adding "+r.what, "element", k.String())
+	}
 	return true
 }
 
@@ -46,7 +49,9 @@ func (r *refSet[K]) release(k K) bool {
 	}
 	delete(r.refs, k)
 	r.fw.queued()
-	r.fw.failed(r.del(k), "removing "+r.what, "element", k.String())
+	if err := r.del(k); err != nil {
+		r.fw.failed(err, "removing "+r.what, "element", k.String())
+	}
 	return true
 }
 
