@@ -52,7 +52,7 @@ deps:
 # TCG), and prints one summary line per kernel; FTPGATE_VM_KERNELS="PKG..."
 # adds kernels, FTPGATE_VM=0 leaves the VM out. Where qemu or the kernel
 # package cannot be had it says so and skips.
-.PHONY: vmtest
+.PHONY: vmtest vmbench
 test: deps
 	$(GO) vet ./...
 	PATH=$$PATH:/usr/sbin:/sbin $(GO) test -count=1 -timeout 30m ./...
@@ -81,6 +81,17 @@ bench: deps
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/ftpgate
 	$(GO) test -run '^$$' -bench . -benchmem ./parser ./conntrack ./rules | tee bench-go.txt
 	PATH=$$PATH:/usr/sbin:/sbin test/bench.sh
+
+# vmbench runs test/bench.sh (kernel helper against ftpgate, side by side)
+# inside the VM of test/vm on Debian 12's kernel; only its ratios compare
+# with the host's. SESSIONS, TRANSFERS, MODES and NAT_MODES as for bench.
+vmbench: deps
+	$(GO) build -o bin/vm/ftpload ./cmd/ftpload
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/vm/ftpgate ./cmd/ftpgate
+	test/vm/run.sh --mem 3G --cpus 2 --timeout 5400 --env FTPGATE=$(CURDIR)/bin/vm/ftpgate \
+	  --env FTPLOAD=$(CURDIR)/bin/vm/ftpload --env SESSIONS=$${SESSIONS:-10} --env TRANSFERS=$${TRANSFERS:-100} \
+	  --env IDLE=0 --env "MODES=$${MODES:-pasv4 port4 epsv6}" --env "NAT_MODES=$${NAT_MODES-lan-port4 dmz-pasv4}" \
+	  -- $(CURDIR) bash test/bench.sh
 
 # fuzz runs each fuzz target for FUZZTIME (seed corpora also run in make test).
 FUZZTIME ?= 30s

@@ -60,8 +60,15 @@ echo "command:   SESSIONS=$SESSIONS TRANSFERS=$TRANSFERS CAPTURE=$CAPTURE IDLE=$
 start_ftpgate() {
 	ip netns exec "${NS:-$G}" "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 "$@" >>"$OUT/ftpgate.log" 2>&1 &
 	pid=$!
-	sleep 1
-	kill -0 "$pid" || { cat "$OUT/ftpgate.log"; exit 1; }
+	# ftpgate status answers once ftpgate is ready (READY=1): on a slow
+	# machine (the VM of test/vm) that can take seconds.
+	local i
+	for i in $(seq 600); do
+		kill -0 "$pid" 2>/dev/null || { cat "$OUT/ftpgate.log"; exit 1; }
+		"$FTPGATE" status >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "ftpgate not ready after 60 s" >&2; cat "$OUT/ftpgate.log"; exit 1
 }
 stop_ftpgate() {
 	if [ -n "$pid" ]; then kill "$pid"; wait "$pid" || true; pid=""; fi
