@@ -211,13 +211,15 @@ func createPinholeSets(conn *netlink.Conn, table string, size uint32) error {
 		return fmt.Errorf("sending the pinhole sets of table %s: %w", table, err)
 	}
 	// One acknowledgement (or error) comes back for each message between
-	// the batch's begin and end.
+	// the batch's begin and end; all are read, so that none is left for
+	// the next request on this socket to take for its own.
+	var first error
 	for range len(msgs) - 2 {
-		if _, err := conn.Receive(); err != nil {
-			return fmt.Errorf("creating the pinhole sets of table inet %s (a set limit needs Linux 5.11 or later): %w", table, err)
+		if _, err := conn.Receive(); err != nil && first == nil {
+			first = fmt.Errorf("creating the pinhole sets of table inet %s (a set limit needs Linux 5.11 or later): %w", table, err)
 		}
 	}
-	return nil
+	return first
 }
 
 // pinholeSetsBatch is the batch createPinholeSets sends.

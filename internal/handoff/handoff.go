@@ -16,6 +16,7 @@ type Queue[T any] struct {
 	wake    int // an eventfd
 	mu      sync.Mutex
 	pending []T
+	closed  bool // wake is closed: its number may be another file's now
 }
 
 // New returns an empty queue.
@@ -27,26 +28,42 @@ func New[T any]() (*Queue[T], error) {
 	return &Queue[T]{wake: fd}, nil
 }
 
-// Push queues v and wakes the loop.
+// Push queues v and wakes the loop; after Close it drops v (the loop is
+// gone). The write is under the lock so that it never reaches a
+// descriptor Close has released and another open has taken.
 func (q *Queue[T]) Push(v T) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return
+	}
 	q.pending = append(q.pending, v)
-	q.mu.Unlock()
 	_, _ = unix.Write(q.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 }
 
 // Take clears the wake-up and returns what was queued.
 func (q *Queue[T]) Take() []T {
-	var b [8]byte
-	_, _ = unix.Read(q.wake, b[:])
 	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.closed {
+		var b [8]byte
+		_, _ = unix.Read(q.wake, b[:])
+	}
 	vs := q.pending
 	q.pending = nil
-	q.mu.Unlock()
 	return vs
 }
 
 // Fd is readable while values are queued.
 func (q *Queue[T]) Fd() int { return q.wake }
 
-func (q *Queue[T]) Close() error { return unix.Close(q.wake) }
+// Close releases the descriptor; later Pushes are dropped.
+func (q *Queue[T]) Close() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return nil
+	}
+	q.closed = true
+	return unix.Close(q.wake)
+}
