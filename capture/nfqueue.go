@@ -63,6 +63,12 @@ type QueueSource struct {
 	// conntrack mark: how a held data SYN whose pinhole is open passes
 	// the admin's rules, like one that met its pinhole in the kernel.
 	Mark, MarkMask uint32
+
+	// Conntrack says whether the kernel can attach conntrack entries to
+	// queued packets (CONFIG_NETFILTER_NETLINK_GLUE_CT), as found when
+	// the queue was bound; ConntrackErr when it could not tell.
+	Conntrack    bool
+	ConntrackErr error
 }
 
 // OpenQueue binds queue num in the given network namespace (0: current).
@@ -98,6 +104,10 @@ func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
 			return nil, fmt.Errorf("binding NFQUEUE %d (is another ftpgate running, or another program using it? see --queue): %w", num, err)
 		}
 	}
+	// Whether this kernel could carry conntrack attributes on the queue
+	// (the NFQUEUE glue): asked here, on the bound queue, rather than by
+	// binding the number a second time.
+	q.Conntrack, q.ConntrackErr = q.askConntrack()
 	return q, nil
 }
 

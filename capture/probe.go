@@ -30,14 +30,25 @@ func ProbeQueueConntrack(num uint16, netns int) (bool, error) {
 	if err := q.config([]netlink.Attribute{{Type: nfqaCfgCmd, Data: []byte{nfqnlCfgCmdBind, 0, 0, 0}}}); err != nil {
 		return false, fmt.Errorf("binding NFQUEUE %d to probe it: %w", num, err)
 	}
+	return q.askConntrack()
+}
+
+// askConntrack asks the bound queue for conntrack attributes and, if the
+// kernel has them, switches them off again: ftpgate does not use them
+// yet, and they make every queued packet longer.
+func (q *QueueSource) askConntrack() (bool, error) {
 	flag := binary.BigEndian.AppendUint32(nil, nfqaCfgFConntrack)
-	err = q.config([]netlink.Attribute{{Type: nfqaCfgMask, Data: flag}, {Type: nfqaCfgFlags, Data: flag}})
+	err := q.config([]netlink.Attribute{{Type: nfqaCfgMask, Data: flag}, {Type: nfqaCfgFlags, Data: flag}})
 	switch {
 	case err == nil:
+		off := binary.BigEndian.AppendUint32(nil, 0)
+		if err := q.config([]netlink.Attribute{{Type: nfqaCfgMask, Data: flag}, {Type: nfqaCfgFlags, Data: off}}); err != nil {
+			return true, fmt.Errorf("switching NFQUEUE %d's conntrack attributes off again: %w", q.num, err)
+		}
 		return true, nil
 	case errors.Is(err, unix.EOPNOTSUPP):
 		return false, nil
 	default:
-		return false, fmt.Errorf("asking NFQUEUE %d for conntrack attributes: %w", num, err)
+		return false, fmt.Errorf("asking NFQUEUE %d for conntrack attributes: %w", q.num, err)
 	}
 }

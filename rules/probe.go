@@ -3,6 +3,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/google/nftables"
@@ -37,26 +38,38 @@ const (
 	FeatureXtQueue
 	// FeatureTProxy is nft's tproxy statement (the NAT control proxy).
 	FeatureTProxy
+	// FeatureSocket is nft's socket expression (the proxy's own
+	// connections are told by their transparent socket).
+	FeatureSocket
+	// FeatureNAT is a nat chain in an inet table with dnat (the NAT
+	// mappings of announced data connections).
+	FeatureNAT
 	// NumFeatures is how many there are.
 	NumFeatures
 )
 
 // Since is the first Linux version that has the feature.
 func (f Feature) Since() string {
-	return [...]string{"5.12", "5.11", "5.14", "5.16", "4.10", "4.2", "4.2", "4.19"}[f]
+	// fib: the iif flag in the forward and input hooks came with the
+	// "reverse path filter for policy-based routing on iif" change (5.19
+	// by the kernel's history; 5.10 refuses it, no kernel in between was
+	// booted here).
+	return [...]string{"5.12", "5.11", "5.14", "5.16", "5.19", "4.2", "4.2", "4.19", "4.19", "5.2"}[f]
 }
 
 // Config is the kernel configuration option that builds the feature.
 func (f Feature) Config() string {
 	return [...]string{"CONFIG_NF_TABLES", "CONFIG_NFT_LIMIT", "CONFIG_NF_TABLES", "CONFIG_NF_TABLES",
-		"CONFIG_NFT_FIB_INET", "CONFIG_NFT_QUEUE", "CONFIG_NFT_COMPAT and CONFIG_NETFILTER_XT_TARGET_NFQUEUE", "CONFIG_NFT_TPROXY"}[f]
+		"CONFIG_NFT_FIB_INET", "CONFIG_NFT_QUEUE", "CONFIG_NFT_COMPAT and CONFIG_NETFILTER_XT_TARGET_NFQUEUE", "CONFIG_NFT_TPROXY",
+		"CONFIG_NFT_SOCKET", "CONFIG_NFT_NAT"}[f]
 }
 
 // String is the feature as nft spells it.
 func (f Feature) String() string {
 	return [...]string{
 		"the table owner flag", "set element limits", "set element deletion from the packet path",
-		"@ih payload matches", "fib", "nft queue", "the xtables NFQUEUE target (nft_compat)", "tproxy",
+		"@ih payload matches", "fib in the forward and input hooks", "nft queue", "the xtables NFQUEUE target (nft_compat)", "tproxy",
+		"socket", "inet nat",
 	}[f]
 }
 
@@ -106,8 +119,11 @@ func (fs Features) Require(want ...Feature) error {
 	return nil
 }
 
-// probeTable is the throwaway table the probes build in.
-const probeTable = "ftpgate_probe"
+// probeTablePrefix names the throwaway table the probes build in,
+// followed by the process ID: two probes at once (a run starting while
+// `ftpgate kernel` runs) never share one, and a table of that name
+// that is not this process's is never touched.
+const probeTablePrefix = "ftpgate_probe_"
 
 // ProbeKernel asks the kernel, in the network namespace netns (0: the
 // current one), which Features it has, by building each in a throwaway
@@ -138,7 +154,7 @@ func ProbeKernel(netns int) (Features, error) {
 		return fs, fmt.Errorf("%w: opening netlink socket: %v", ErrNoNftables, err)
 	}
 	defer conn.CloseLasting()
-	p := prober{conn: conn, raw: raw, fs: &fs}
+	p := prober{conn: conn, raw: raw, fs: &fs, name: fmt.Sprintf("%s%d", probeTablePrefix, os.Getpid())}
 	if err := p.createTable(); err != nil {
 		return fs, err
 	}
@@ -158,14 +174,16 @@ type prober struct {
 	conn                *nftables.Conn
 	raw                 *netlink.Conn // conn's socket, for the hand-made set messages
 	fs                  *Features
+	name                string
 	table               *nftables.Table
 	forward, prerouting *nftables.Chain
+	nat                 *nftables.Chain // nil when the kernel refused it
 	peers               *nftables.Set
 }
 
 // createTable probes the owner flag with the table itself.
 func (p *prober) createTable() error {
-	p.table = &nftables.Table{Name: probeTable, Family: nftables.TableFamilyINet, Flags: nftables.TableFlagOwner}
+	p.table = &nftables.Table{Name: p.name, Family: nftables.TableFamilyINet, Flags: nftables.TableFlagOwner}
 	p.conn.AddTable(p.table)
 	p.fs.Set(FeatureOwner, p.conn.Flush())
 	if p.fs.Has(FeatureOwner) {
@@ -176,9 +194,9 @@ func (p *prober) createTable() error {
 	p.conn.AddTable(p.table)
 	if err := p.conn.Flush(); err != nil {
 		if errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("%w: creating table inet %s: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, probeTable, err)
+			return fmt.Errorf("%w: creating table inet %s: %v (run as root or with CAP_NET_ADMIN)", ErrNoNftables, p.name, err)
 		}
-		return fmt.Errorf("%w: creating table inet %s: %v", ErrNoNftables, probeTable, err)
+		return fmt.Errorf("%w: creating table inet %s: %v", ErrNoNftables, p.name, err)
 	}
 	return nil
 }
@@ -195,16 +213,25 @@ func (p *prober) createChainsAndSets() error {
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
 	})
 	if err := p.conn.Flush(); err != nil {
-		return fmt.Errorf("%w: creating the chains of table inet %s: %v", ErrNoNftables, probeTable, err)
+		return fmt.Errorf("%w: creating the chains of table inet %s: %v", ErrNoNftables, p.name, err)
 	}
-	p.fs.Set(FeatureSetLimit, createPinholeSets(p.raw, probeTable, 1))
+	nat := p.conn.AddChain(&nftables.Chain{
+		Name: "nat", Table: p.table, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest,
+	})
+	if err := p.conn.Flush(); err != nil {
+		p.fs.Set(FeatureNAT, err)
+	} else {
+		p.nat = nat
+	}
+	p.fs.Set(FeatureSetLimit, createPinholeSets(p.raw, p.name, 1))
 	// A plain set for the deletion probe, in case the pinhole sets failed.
 	p.peers = &nftables.Set{Table: p.table, Name: "peers", KeyType: nftables.TypeIPAddr, ID: 9}
 	if err := p.conn.AddSet(p.peers, nil); err != nil {
 		return fmt.Errorf("describing set %s: %w", p.peers.Name, err)
 	}
 	if err := p.conn.Flush(); err != nil {
-		return fmt.Errorf("%w: creating a set in table inet %s: %v", ErrNoNftables, probeTable, err)
+		return fmt.Errorf("%w: creating a set in table inet %s: %v", ErrNoNftables, p.name, err)
 	}
 	return nil
 }
@@ -230,12 +257,23 @@ func (p *prober) probeRules() {
 		}},
 		FeatureQueue:   {p.forward, []expr.Any{nftQueue(65535)}},
 		FeatureXtQueue: {p.forward, []expr.Any{xtQueue(65535)}},
+		FeatureSocket: {p.prerouting, []expr.Any{
+			&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
+		}},
 		FeatureTProxy: {p.prerouting, []expr.Any{
 			&expr.Immediate{Register: 1, Data: []byte{0x7f, 0, 0, 1}},
 			&expr.Immediate{Register: 2, Data: []byte{0, 21}},
 			&expr.TProxy{Family: byte(nftables.TableFamilyIPv4), TableFamily: byte(nftables.TableFamilyINet), RegAddr: 1, RegPort: 2},
 		}},
+		FeatureNAT: {p.nat, []expr.Any{
+			&expr.Immediate{Register: 1, Data: []byte{0x7f, 0, 0, 1}},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
+		}},
 	} {
+		if probe.chain == nil {
+			continue // its chain was refused: the answer is recorded
+		}
 		p.conn.AddRule(&nftables.Rule{Table: p.table, Chain: probe.chain, Exprs: append(neverMatch(), probe.exprs...)})
 		p.fs.Set(f, p.conn.Flush())
 	}

@@ -48,6 +48,9 @@ func TestProbeKernel(t *testing.T) {
 		{FeatureFib, "add rule inet probe_check forward meta mark 1 meta mark 2 fib saddr . iif oif 0"},
 		{FeatureQueue, "add rule inet probe_check forward meta mark 1 meta mark 2 queue num 65535 bypass"},
 		{FeatureTProxy, "add rule inet probe_check prerouting meta mark 1 meta mark 2 meta l4proto tcp tproxy ip to 127.0.0.1:21"},
+		{FeatureSocket, "add rule inet probe_check prerouting meta mark 1 meta mark 2 socket transparent 1"},
+		{FeatureNAT, "add chain inet probe_check nat { type nat hook prerouting priority -100; }\n" +
+			"add rule inet probe_check nat meta mark 1 meta mark 2 dnat ip to 127.0.0.1"},
 	} {
 		var out []byte
 		var nftErr error
@@ -77,7 +80,7 @@ func TestProbeKernel(t *testing.T) {
 		n.Close()
 	}
 	// Nothing of the probe is left.
-	if listing := netnstest.Nft(t, ns, "list", "tables"); strings.Contains(listing, probeTable) {
+	if listing := netnstest.Nft(t, ns, "list", "tables"); strings.Contains(listing, probeTablePrefix) {
 		t.Errorf("probe table left behind:\n%s", listing)
 	}
 }

@@ -40,13 +40,13 @@ func (d *daemon) checkKernel() error {
 	if kc.nat {
 		kc.conntrackErr = nat.ProbeConntrack(0)
 	}
-	if kc.inline {
-		kc.queueGlue, kc.glueErr = capture.ProbeQueueConntrack(uint16(*d.rv.queueNum), 0)
-	}
 	if err := kc.verdict(); err != nil {
 		return err
 	}
-	kc.log(d.log)
+	// The NFQUEUE glue is read off the queue itself when it is bound
+	// (QueueSource.Conntrack): probing it here would bind the queue
+	// number once more, and drop what the kernel queues meanwhile.
+	d.kernel = kc
 	return nil
 }
 
@@ -58,16 +58,18 @@ type kernelCheck struct {
 	conntrackErr error // ctnetlink, probed when nat
 	queueGlue    bool  // NFQUEUE carries conntrack, probed when inline
 	glueErr      error
+	glueKnown    bool // queueGlue and glueErr are set
 }
 
 // verdict is nil when the kernel has what the run needs.
 func (kc kernelCheck) verdict() error {
-	need := []rules.Feature{rules.FeatureOwner, rules.FeatureSetLimit, rules.FeatureDynsetDelete}
+	// fib is in the mark chains of every mode (the reverse-path check).
+	need := []rules.Feature{rules.FeatureOwner, rules.FeatureSetLimit, rules.FeatureDynsetDelete, rules.FeatureFib}
 	if kc.inline {
-		need = append(need, rules.FeatureInnerHeader, rules.FeatureFib)
+		need = append(need, rules.FeatureInnerHeader)
 	}
 	if kc.nat {
-		need = append(need, rules.FeatureTProxy)
+		need = append(need, rules.FeatureTProxy, rules.FeatureSocket, rules.FeatureNAT)
 	}
 	if err := kc.fs.Require(need...); err != nil {
 		return fmt.Errorf("kernel %s: %w", kc.release, err)
@@ -92,6 +94,7 @@ func (kc kernelCheck) log(log *slog.Logger) {
 		}
 		attrs = append(attrs, "hold", hold)
 		switch {
+		case !kc.glueKnown:
 		case kc.glueErr != nil:
 			attrs = append(attrs, "nfqueue_conntrack", "unknown: "+kc.glueErr.Error())
 		case kc.queueGlue:
@@ -112,13 +115,13 @@ for each nf_tables feature ftpgate uses, and says which capture modes and
 which NAT path can run on it, with the Linux version that has what is
 missing. 'ftpgate run' makes the same check before it creates its table and
 refuses to start, with the same one line, on a kernel that lacks a feature
-the run needs. Exits 0 when the default run (--capture inline) can run, 1
-otherwise. Needs root or CAP_NET_ADMIN.
+the run needs. Exits 0 when the default run (--capture inline, with NAT)
+can run, 1 otherwise. Needs root or CAP_NET_ADMIN.
 `
 
 func kernelFlags() *flag.FlagSet {
 	fs := flag.NewFlagSet("kernel", flag.ContinueOnError)
-	fs.Uint("queue", 2121, "NFQUEUE number to probe for conntrack attributes (bound for a moment; as run's --queue)")
+	fs.Uint("queue", 65535, "a free NFQUEUE number, bound for a moment to ask for conntrack attributes (not the running ftpgate's --queue: what the kernel queues there meanwhile would be lost)")
 	return fs
 }
 
@@ -144,6 +147,7 @@ func cmdKernel(args []string, stdout, stderr io.Writer) error {
 	kc := kernelCheck{release: kernelRelease(), fs: fs, inline: true, nat: true}
 	kc.conntrackErr = nat.ProbeConntrack(0)
 	kc.queueGlue, kc.glueErr = capture.ProbeQueueConntrack(uint16(queue), 0)
+	kc.glueKnown = true
 	fmt.Fprintf(stdout, "kernel %s\n", kc.release)
 	for f := range rules.NumFeatures {
 		fmt.Fprintf(stdout, "  %-44s %s\n", f, yesNo(fs.Has(f), fs.Err(f), f.Since(), f.Config()))
@@ -154,18 +158,24 @@ func cmdKernel(args []string, stdout, stderr io.Writer) error {
 		glue = yesNo(kc.queueGlue, errors.New("the kernel refused the flag"), "4.3", "CONFIG_NETFILTER_NETLINK_GLUE_CT")
 	}
 	fmt.Fprintf(stdout, "  %-44s %s\n", "NFQUEUE conntrack attributes", glue)
+	// The default run is inline, with NAT wherever the admin's rules
+	// translate control connections (--nat on).
 	modes := []struct {
-		name        string
-		inline, nat bool
-	}{{"--capture inline", true, false}, {"--capture inline with NAT", true, true}, {"--capture passive", false, false}}
+		name                   string
+		inline, nat, isDefault bool
+	}{
+		{"--capture inline (the default, with NAT)", true, true, true},
+		{"--capture inline --nat off", true, false, false},
+		{"--capture passive", false, false, false},
+	}
 	var first error
-	for i, m := range modes {
+	for _, m := range modes {
 		c := kc
 		c.inline, c.nat = m.inline, m.nat
 		verdict := "can run"
 		if err := c.verdict(); err != nil {
 			verdict = "cannot run: " + strings.TrimPrefix(err.Error(), "kernel "+kc.release+": ")
-			if i == 0 {
+			if m.isDefault {
 				first = err
 			}
 		} else if m.inline && !fs.Has(rules.FeatureQueue) {

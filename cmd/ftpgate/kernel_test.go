@@ -11,8 +11,7 @@ import (
 // everything is a kernel with every feature.
 func everything() rules.Features {
 	var fs rules.Features
-	for _, f := range []rules.Feature{rules.FeatureOwner, rules.FeatureSetLimit, rules.FeatureDynsetDelete,
-		rules.FeatureInnerHeader, rules.FeatureFib, rules.FeatureQueue, rules.FeatureXtQueue, rules.FeatureTProxy} {
+	for f := range rules.NumFeatures {
 		fs.Set(f, nil)
 	}
 	return fs
@@ -42,7 +41,11 @@ func TestKernelCheckVerdict(t *testing.T) {
 		{"no owner flag", kernelCheck{fs: without(rules.FeatureOwner)}, "the table owner flag (Linux 5.12 or later"},
 		{"no set limit", kernelCheck{fs: without(rules.FeatureSetLimit)}, "set element limits (Linux 5.11 or later"},
 		{"no element delete", kernelCheck{fs: without(rules.FeatureDynsetDelete)}, "(Linux 5.14 or later"},
-		{"no fib inline", kernelCheck{fs: without(rules.FeatureFib), inline: true}, "fib (Linux 4.10 or later"},
+		{"no fib inline", kernelCheck{fs: without(rules.FeatureFib), inline: true}, "fib in the forward and input hooks (Linux 5.19 or later"},
+		{"no fib passive", kernelCheck{fs: without(rules.FeatureFib)}, "fib in the forward and input hooks (Linux 5.19 or later"},
+		{"no socket, NAT", kernelCheck{fs: without(rules.FeatureSocket), inline: true, nat: true}, "socket (Linux 4.19 or later"},
+		{"no inet nat, NAT", kernelCheck{fs: without(rules.FeatureNAT), inline: true, nat: true}, "inet nat (Linux 5.2 or later"},
+		{"no inet nat, no NAT", kernelCheck{fs: without(rules.FeatureNAT), inline: true}, ""},
 		{"no tproxy, NAT", kernelCheck{fs: without(rules.FeatureTProxy), inline: true, nat: true}, "tproxy (Linux 4.19 or later"},
 		{"no tproxy, no NAT", kernelCheck{fs: without(rules.FeatureTProxy), inline: true}, ""},
 		{"no ctnetlink, NAT", kernelCheck{fs: everything(), inline: true, nat: true, conntrackErr: refused}, "CONFIG_NF_CT_NETLINK"},

@@ -58,6 +58,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	if err := d.openSources(); err != nil {
 		return err
 	}
+	d.kernel.log(d.log)
 	if err := d.openFirewall(); err != nil {
 		return err
 	}
@@ -87,6 +88,7 @@ type daemon struct {
 	// points at it before the tracker exists (run gives it the tracker).
 	loop    daemonLoop
 	closers closeStack
+	kernel  kernelCheck // what the kernel can do, logged once the sources say the rest
 }
 
 // closeStack is how to close what a run opened. Each step pushes its
@@ -173,10 +175,10 @@ func (d *daemon) openFirewall() error {
 	}
 	fw, err := rules.Open(rcfg)
 	if err != nil {
-		if errors.Is(err, rules.ErrNoNftables) {
-			return fmt.Errorf("%w\n%s", err, notBlind)
-		}
-		return err
+		// The privilege was proven by probeFirewall and the features by
+		// checkKernel: what is left is a kernel refusing something the
+		// probes do not cover.
+		return fmt.Errorf("%w (ftpgate kernel lists what this kernel can do)", err)
 	}
 	d.fw = fw
 	d.closers.push(func() {
@@ -216,7 +218,9 @@ func (d *daemon) openLocalSockets() error {
 func (d *daemon) openSources() error {
 	logged, err := capture.OpenLog(uint16(*d.rv.nflogGroup), 0, classifyLog)
 	if err != nil {
-		return fmt.Errorf("%w\n%s", err, notBlind)
+		// Privilege was proven by probeFirewall; a group in use is the
+		// usual cause now.
+		return fmt.Errorf("%w (is another program logging to NFLOG group %d? see --nflog-group)", err, *d.rv.nflogGroup)
 	}
 	d.closers.pushCloser(logged)
 	d.logged = logged
@@ -281,6 +285,7 @@ func (d *daemon) openInline() error {
 		return err
 	}
 	d.sources = append(d.sources, queue)
+	d.kernel.queueGlue, d.kernel.glueErr, d.kernel.glueKnown = queue.Conntrack, queue.ConntrackErr, true
 	if d.natOn {
 		if err := d.startProxy(); err != nil {
 			return err
