@@ -25,5 +25,9 @@ func TestProbeQueueConntrack(t *testing.T) {
 	if err != nil {
 		t.Fatalf("queue 7777 still bound after the probe: %v", err)
 	}
-	q.Close()
+	defer q.Close()
+	// OpenQueue asks the same on the queue it binds.
+	if q.Conntrack != got || q.ConntrackErr != nil {
+		t.Errorf("OpenQueue found conntrack attributes %v (%v), the probe %v", q.Conntrack, q.ConntrackErr, got)
+	}
 }
