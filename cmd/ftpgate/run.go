@@ -139,6 +139,10 @@ func useOneProcessor() {
 func (d *daemon) stopOnSignal() context.Context {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	d.closers.push(stop)
+	// A reload asked for while ftpgate starts (systemctl reload racing
+	// the start) would otherwise kill it: SIGHUP's default. The file is
+	// read at start anyway; reloadOnHUP takes the signal over once ready.
+	signal.Ignore(syscall.SIGHUP)
 	return ctx
 }
 
