@@ -115,6 +115,12 @@ ruleset() {
 	case $mode in
 	ftpgate) admit='ct mark & 0x01000000 == 0x01000000 accept' ;;
 	kernel)
+		# A distribution kernel has the helpers as modules: the ct helper
+		# object loads nf_conntrack_ftp, but nothing loads nf_nat_ftp,
+		# without which the helper tracks PORT but never rewrites it
+		# (Debian 12's 6.1 in test/vm: every LAN PORT refused by the
+		# server). Built in on the host, where this does nothing.
+		modprobe nf_nat_ftp 2>/dev/null || true
 		helpobj='ct helper ftp-standard { type "ftp" protocol tcp; }'
 		helper='tcp dport { 21, 2121, 2122 } ct state new ct helper set "ftp-standard"'
 		admit='ct state related accept'
