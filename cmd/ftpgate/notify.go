@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"time"
 )
 
 // sdNotify tells the service manager that started ftpgate (systemd, for
@@ -26,6 +27,9 @@ func sdNotify(state string) error {
 		return fmt.Errorf("sending %q to NOTIFY_SOCKET: %w", state, err)
 	}
 	defer c.Close()
+	// It is sent from the loop: a manager that stops reading must not
+	// stop ftpgate.
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 	if _, err := c.Write([]byte(state)); err != nil {
 		return fmt.Errorf("sending %q to NOTIFY_SOCKET: %w", state, err)
 	}
