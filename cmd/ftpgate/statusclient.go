@@ -50,6 +50,11 @@ func cmdStatus(args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("reading the daemon's status: %w", err)
 	}
+	if len(b) == 0 {
+		// The daemon closes without an answer when its loop did not get
+		// to the question in time: still starting, or stuck.
+		return fmt.Errorf("the daemon on %s gave no status (still starting, or its loop is stuck; try again)", *socket)
+	}
 	if *format == "json" {
 		_, err = stdout.Write(b)
 		return err
