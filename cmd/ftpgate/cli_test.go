@@ -17,6 +17,7 @@ func TestCommandLineMistakes(t *testing.T) {
 		{[]string{"run", "--pinhole-timeout", "5"}, `invalid argument "5" for "--pinhole-timeout" flag: must be a duration like "30s"`},
 		{[]string{"run", "extra"}, `ftpgate run: no arguments expected, got "extra"`},
 		{[]string{"run", "--table", "a/b"}, `ftpgate run: --table "a/b": want a letter`},
+		{[]string{"run", "--table", "ftpgate_probe_1"}, `ftpgate run: --table "ftpgate_probe_1": names starting with ftpgate_probe_ are the kernel probe's`},
 		{[]string{"run", "--mark", "0x3/0x1"}, "value must be non-zero and within the mask"},
 		{[]string{"analyze"}, "ftpgate analyze: no capture file given"},
 		{[]string{"analyze", "a.pcap", "b.pcap"}, "a.pcap"},

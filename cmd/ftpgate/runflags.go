@@ -114,6 +114,9 @@ func planRun(args []string, stdout, stderr io.Writer) (*runPlan, error) {
 	if !tableName.MatchString(*rv.table) {
 		return nil, usagef("--table %q: want a letter, then up to 63 letters, digits, _ or -", *rv.table)
 	}
+	if strings.HasPrefix(*rv.table, "ftpgate_probe_") {
+		return nil, usagef("--table %q: names starting with ftpgate_probe_ are the kernel probe's", *rv.table)
+	}
 	return &runPlan{rv: rv, args: args, log: log, cfg: cfg, servers: servers, serverRanges: serverRanges,
 		ifaces: splitInterfaces(*rv.ifaces)}, nil
 }
