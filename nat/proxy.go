@@ -72,7 +72,9 @@ type ProxyConfig struct {
 	MaxConns, MaxPerSource int
 	// ConnectTimeout bounds the connection to the server.
 	ConnectTimeout time.Duration
-	Log            *slog.Logger
+	// NoIPv6 listens on 127.0.0.1 only (see IPv6Enabled).
+	NoIPv6 bool
+	Log    *slog.Logger
 }
 
 // Proxy is the control proxy: it terminates translated control
@@ -143,7 +145,11 @@ func OpenProxy(cfg ProxyConfig) (*Proxy, error) {
 	}
 	lc := net.ListenConfig{Control: p.control}
 	ctx := p.ctx
-	for _, addr := range []string{"127.0.0.1", "::1"} {
+	addrs := []string{"127.0.0.1", "::1"}
+	if cfg.NoIPv6 {
+		addrs = addrs[:1]
+	}
+	for _, addr := range addrs {
 		network := "tcp4"
 		if addr == "::1" {
 			network = "tcp6"

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -24,18 +26,20 @@ import (
 type ProxyRoutes struct {
 	mark  uint32
 	table int
+	ipv6  bool
 }
 
 // AddProxyRoutes adds the routes, first removing any left by an earlier
-// run with the same table.
-func AddProxyRoutes(mark uint32, table int) (*ProxyRoutes, error) {
-	r := &ProxyRoutes{mark: mark, table: table}
+// run with the same table; the IPv6 ones only when ipv6 (see
+// IPv6Enabled: a host with IPv6 disabled refuses them).
+func AddProxyRoutes(mark uint32, table int, ipv6 bool) (*ProxyRoutes, error) {
+	r := &ProxyRoutes{mark: mark, table: table, ipv6: ipv6}
 	_ = r.Close()
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return nil, fmt.Errorf("finding the loopback interface: %w", err)
 	}
-	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+	for _, fam := range r.families() {
 		dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
 		if fam == unix.AF_INET6 {
 			dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
@@ -53,6 +57,13 @@ func AddProxyRoutes(mark uint32, table int) (*ProxyRoutes, error) {
 	return r, nil
 }
 
+func (r *ProxyRoutes) families() []int {
+	if r.ipv6 {
+		return []int{unix.AF_INET, unix.AF_INET6}
+	}
+	return []int{unix.AF_INET}
+}
+
 func (r *ProxyRoutes) rule(family int) *netlink.Rule {
 	rule := netlink.NewRule()
 	rule.Family = family
@@ -67,7 +78,7 @@ func (r *ProxyRoutes) rule(family int) *netlink.Rule {
 // Close removes the rules and routes.
 func (r *ProxyRoutes) Close() error {
 	var errs []error
-	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+	for _, fam := range r.families() {
 		for {
 			err := netlink.RuleDel(r.rule(fam))
 			if err != nil {
@@ -89,4 +100,14 @@ func (r *ProxyRoutes) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// IPv6Enabled reports whether this network namespace's loopback has
+// IPv6, which the proxy needs for its IPv6 side (its listener on ::1, its
+// local route): not when the kernel has no IPv6 at all, nor when
+// net.ipv6.conf.all (and so lo) has disable_ipv6 set, as IPv4-only
+// gateways often do.
+func IPv6Enabled() bool {
+	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+	return err == nil && strings.TrimSpace(string(b)) == "0"
 }

@@ -405,3 +405,38 @@ func TestNATFTPS(t *testing.T) {
 	}
 	waitNATClean(t, 10*time.Second)
 }
+
+// TestNATIPv4OnlyGateway: a gateway with IPv6 disabled (IPv4-only NAT
+// boxes often are; the proxy's IPv6 route and ::1 listener cannot be had
+// there) runs ftpgate, which says NAT of IPv6 is off, and IPv4 NAT works
+// both ways.
+func TestNATIPv4OnlyGateway(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "ftpgate")
+	if out, err := natLabCmd("gw-ipv6", "off").CombinedOutput(); err != nil {
+		t.Fatalf("natlab.sh gw-ipv6 off: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := natLabCmd("gw-ipv6", "on").CombinedOutput(); err != nil {
+			t.Errorf("natlab.sh gw-ipv6 on: %v\n%s", err, out)
+		}
+	})
+	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
+	if r := d.find("IPv6 is disabled on this host (net.ipv6.conf.lo.disable_ipv6): NAT of IPv6 control connections is off, IPv4 NAT works"); len(r) == 0 {
+		t.Errorf("no log line says NAT of IPv6 is off")
+	}
+	srv4, pub4 := "ftp://"+inetServer4+"/file.bin", "ftp://"+public4+"/file.bin"
+	xs := []transfer{
+		in("lan", curl("LAN curl PASV v4", srv4, "--ftp-pasv", "--disable-epsv")),
+		in("lan", curl("LAN curl PORT v4", srv4, "--ftp-port", "-", "--disable-eprt")),
+		in("inet", curl("internet curl PASV v4", pub4, "--ftp-pasv", "--disable-epsv")),
+		in("inet", curl("internet curl PORT v4", pub4, "--ftp-port", "-", "--disable-eprt")),
+	}
+	errs := runAll(t, xs)
+	for _, name := range names(errs, false) {
+		t.Errorf("%s: %v", name, errs[name])
+	}
+	if n := len(d.find("session start", "proxied", "true")); n < len(xs) {
+		t.Errorf("%d proxied sessions for %d transfers: not through the proxy", n, len(xs))
+	}
+}

@@ -169,8 +169,29 @@ table inet filter {
 EOF
 }
 
+# gw_ipv6 off|on: the gateway as an IPv4-only box (disable_ipv6 on all of
+# its interfaces, which drops their IPv6 addresses), and back as up made it.
+gw_ipv6() {
+	case $1 in
+	off) nsx "$G" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
+		net.ipv6.conf.lo.disable_ipv6=1 net.ipv6.conf.lan.disable_ipv6=1 net.ipv6.conf.wan.disable_ipv6=1 \
+		net.ipv6.conf.dmz.disable_ipv6=1 ;;
+	on)
+		nsx "$G" sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0 \
+			net.ipv6.conf.lo.disable_ipv6=0 net.ipv6.conf.lan.disable_ipv6=0 net.ipv6.conf.wan.disable_ipv6=0 \
+			net.ipv6.conf.dmz.disable_ipv6=0
+		nsx "$G" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.all.forwarding=1
+		nsx "$G" ip addr replace 2001:db8:1::1/64 dev lan nodad
+		nsx "$G" ip addr replace 2001:db8:3::1/64 dev wan nodad
+		nsx "$G" ip addr replace 2001:db8:2::1/64 dev dmz nodad
+		;;
+	*) echo "gw-ipv6 off|on" >&2; exit 2 ;;
+	esac
+}
+
 case ${1:-} in
 up) up ;;
+gw-ipv6) gw_ipv6 "${2:-}" ;;
 down) down ;;
 ruleset) ruleset "${2:-ftpgate}" ;;
 ns) case ${2:-} in lan) echo "$L" ;; gw | gateway) echo "$G" ;; inet) echo "$I" ;; dmz) echo "$D" ;; *) exit 2 ;; esac ;;

@@ -120,12 +120,16 @@ func (f *natFlags) perClientShare() int {
 
 // startProxy adds the proxy's routes and starts it.
 func (f *natFlags) startProxy(log *slog.Logger) (*nat.Proxy, *nat.ProxyRoutes, error) {
-	routes, err := nat.AddProxyRoutes(uint32(f.routeMark), f.table)
+	ipv6 := nat.IPv6Enabled()
+	if !ipv6 {
+		log.Warn("IPv6 is disabled on this host (net.ipv6.conf.lo.disable_ipv6): NAT of IPv6 control connections is off, IPv4 NAT works")
+	}
+	routes, err := nat.AddProxyRoutes(uint32(f.routeMark), f.table, ipv6)
 	if err != nil {
 		return nil, nil, err
 	}
 	p, err := nat.OpenProxy(nat.ProxyConfig{Port: uint16(f.proxyPort), SocketMark: uint32(f.socketMark),
-		MaxConns: f.maxProxied, MaxPerSource: f.perClientShare(), Log: log})
+		MaxConns: f.maxProxied, MaxPerSource: f.perClientShare(), Log: log, NoIPv6: !ipv6})
 	if err != nil {
 		routes.Close()
 		return nil, nil, err
