@@ -86,12 +86,11 @@ func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
 	// Errors of verdicts for packets that left the queue meanwhile
 	// are of no use; the reader would only have to skip them.
 	_ = unix.SetsockoptInt(q.fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 1)
-	cmd := []byte{nfqnlCfgCmdBind, 0, 0, 0} // command, pad, pf (unused since Linux 3.8)
 	params := binary.BigEndian.AppendUint32(nil, 0xffff)
 	params = append(params, nfqnlCopyPacket)
 	flags := binary.BigEndian.AppendUint32(nil, nfqaCfgFFailOpen)
 	for _, attrs := range [][]netlink.Attribute{
-		{{Type: nfqaCfgCmd, Data: cmd}},
+		bindCommand,
 		{
 			{Type: nfqaCfgParams, Data: params},
 			{Type: nfqaCfgQueueMaxlen, Data: binary.BigEndian.AppendUint32(nil, maxLen)},
@@ -110,6 +109,10 @@ func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
 	q.Conntrack, q.ConntrackErr = q.askConntrack()
 	return q, nil
 }
+
+// bindCommand binds a queue to the socket that sends it: command, pad,
+// pf (unused since Linux 3.8).
+var bindCommand = []netlink.Attribute{{Type: nfqaCfgCmd, Data: []byte{nfqnlCfgCmdBind, 0, 0, 0}}}
 
 // dialQueue opens the netlink socket of queue num, not bound yet.
 func dialQueue(num uint16, netns int) (*QueueSource, error) {

@@ -27,7 +27,7 @@ func ProbeQueueConntrack(num uint16, netns int) (bool, error) {
 	}
 	// Closing the socket unbinds the queue.
 	defer q.conn.Close()
-	if err := q.config([]netlink.Attribute{{Type: nfqaCfgCmd, Data: []byte{nfqnlCfgCmdBind, 0, 0, 0}}}); err != nil {
+	if err := q.config(bindCommand); err != nil {
 		return false, fmt.Errorf("binding NFQUEUE %d to probe it: %w", num, err)
 	}
 	return q.askConntrack()
