@@ -16,7 +16,9 @@
 # that ftpgate refuses to start, saying why), and each of
 # $FTPGATE_VM_KERNELS (space-separated). --only runs some of the guest's
 # packages (rules, capture, nat, lab). The binaries go to $FTPGATE_VM_OUT
-# (default bin/vm in the checkout: the guest has its own /tmp).
+# (default bin/vm in the checkout), the guests' output to bin/vm/guest-*.log.
+# A checkout under /tmp (which the guest has of its own) is run from a copy
+# in the VM cache.
 #
 # Exit status: 0 when every kernel passed, 1 when a test failed on one, 77
 # with "skipping: ..." when no guest can run here (qemu missing and not
@@ -25,7 +27,23 @@
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-OUT=${FTPGATE_VM_OUT:-$ROOT/bin/vm}
+# GUEST is the checkout the guest runs in. The guest has its own /tmp,
+# /run, /dev, /proc and /sys, so a checkout under one of them (a CI clone
+# in /tmp) is copied, without .git, next to the kernel cache for the run.
+GUEST=$ROOT
+case $ROOT/ in
+/tmp/*|/run/*|/dev/*|/proc/*|/sys/*)
+	GUEST=${FTPGATE_VM_CACHE:-/var/cache/ftpgate-vm}/checkout.$$
+	rm -rf "$GUEST" && mkdir -p "$GUEST" &&
+		tar -C "$ROOT" --exclude=./.git --exclude=./bin -cf - . | tar -C "$GUEST" -xf - ||
+		{ echo "vm-matrix: cannot copy $ROOT to $GUEST for the guest" >&2; exit 125; }
+	trap 'rm -rf "$GUEST"' EXIT
+	echo "vm-matrix: $ROOT is hidden in the guest; running a copy in $GUEST" >&2
+	;;
+esac
+OUT=${FTPGATE_VM_OUT:-$GUEST/bin/vm}
+LOGS=$ROOT/bin/vm # the guests' output, kept in the checkout itself
+mkdir -p "$LOGS" || exit 125
 TIMEOUT=3000 ONLY=
 GO=${GO:-go}
 
@@ -59,7 +77,7 @@ say "building the test binaries into $OUT"
 status=0
 summary=()
 for k in "${KERNELS[@]}"; do
-	log=$OUT/guest-${k}.log
+	log=$LOGS/guest-${k}.log
 	start=$(date +%s)
 	# which kernel: the environment run.sh reads.
 	case $k in
@@ -67,16 +85,16 @@ for k in "${KERNELS[@]}"; do
 	linux-image-*) kenv=("FTPGATE_VM_KERNEL_PKG=$k") ;;
 	*) kenv=("FTPGATE_VM_SUITE=$k") ;;
 	esac
-	env -u FTPGATE_VM_KERNEL_PKG -u FTPGATE_VM_SUITE "${kenv[@]}" "$HERE/run.sh" --prepare >/dev/null 2>"$OUT/prepare.log"
+	env -u FTPGATE_VM_KERNEL_PKG -u FTPGATE_VM_SUITE "${kenv[@]}" "$HERE/run.sh" --prepare >/dev/null 2>"$LOGS/prepare.log"
 	rc=$?
 	if [ $rc = 77 ]; then
-		cat "$OUT/prepare.log" >&2
-		summary+=("$k: skipped ($(grep -m1 '^skipping' "$OUT/prepare.log"))")
+		cat "$LOGS/prepare.log" >&2
+		summary+=("$k: skipped ($(grep -m1 '^skipping' "$LOGS/prepare.log"))")
 		[ $status = 0 ] && status=77
 		continue
 	fi
 	envs=(--env "FTPGATE_VM_OUT=$OUT" --env "FTPGATE_VM_ONLY=$ONLY" --env "FTPGATE_VM_CACHE=${FTPGATE_VM_CACHE:-/var/cache/ftpgate-vm}")
-	env -u FTPGATE_VM_KERNEL_PKG -u FTPGATE_VM_SUITE "${kenv[@]}" "$HERE/run.sh" --mem 3G --cpus 2 --timeout "$TIMEOUT" "${envs[@]}" -- "$ROOT" bash test/vm/guest.sh 2> >(tee "$log.vm" >&2) | tee "$log"
+	env -u FTPGATE_VM_KERNEL_PKG -u FTPGATE_VM_SUITE "${kenv[@]}" "$HERE/run.sh" --mem 3G --cpus 2 --timeout "$TIMEOUT" "${envs[@]}" -- "$GUEST" bash test/vm/guest.sh 2> >(tee "$log.vm" >&2) | tee "$log"
 	rc=${PIPESTATUS[0]}
 	sleep 0.2 # the tee of stderr
 	kver=$(sed -n 's/^vm: kernel \([^ ]*\) (\([A-Z]*\)).*/\1 (\2)/p' "$log.vm" | tail -1)
