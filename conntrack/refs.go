@@ -54,5 +54,3 @@ func (r *refSet[K]) release(k K) bool {
 	}
 	return true
 }
-
-func (r *refSet[K]) len() int { return len(r.refs) }

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,8 +52,6 @@ type proxyLab struct {
 	p              *Proxy
 	client, server *net.TCPConn // the programs' ends
 	id             uint64
-	mu             sync.Mutex
-	events         []Event
 }
 
 var labTranslation = Translation{

@@ -68,7 +68,6 @@ type summary struct {
 	encryptedExplicit   int
 	encryptedImplicit   int
 	first, last         time.Time
-	linesHidden         int
 	sessionsWithRefusal int
 }
 

@@ -31,17 +31,6 @@ func openTest(t *testing.T, ns netns.NsHandle) *Nftables {
 	return n
 }
 
-// openTestLogging is openTest with reports of used pinholes on NFLOG group.
-func openTestLogging(t *testing.T, ns netns.NsHandle, group uint16) *Nftables {
-	t.Helper()
-	n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, NetNS: int(ns), LogGroup: group})
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	return n
-}
-
 func TestOpenCreatesReadableTable(t *testing.T) {
 	ns := netnstest.New(t)
 	openTest(t, ns)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,28 +28,6 @@ type record struct {
 	Client  string `json:"client"`
 	Server  string `json:"server"`
 	Record  string `json:"record"`
-}
-
-// analyzeRecords returns the session records (encrypted sessions).
-func analyzeRecords(t *testing.T, file string) []map[string]string {
-	t.Helper()
-	var stdout, stderr bytes.Buffer
-	if code := run([]string{"analyze", file}, &stdout, &stderr); code != 0 {
-		t.Fatalf("ftpgate analyze %s: exit %d\n%s", file, code, stderr.String())
-	}
-	var out []map[string]string
-	sc := bufio.NewScanner(&stdout)
-	for sc.Scan() {
-		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) == nil && m["record"] != nil {
-			r := map[string]string{}
-			for k, v := range m {
-				r[k] = fmt.Sprint(v)
-			}
-			out = append(out, r)
-		}
-	}
-	return out
 }
 
 func analyze(t *testing.T, file string, extra ...string) []record {
