@@ -107,27 +107,18 @@ func (r *requester) takeEarly() [][]byte {
 }
 
 // ackOf finds, in a datagram, the kernel's acknowledgement (NLMSG_ERROR,
-// with error 0 on success) of the request of type typ and sequence seq.
-func ackOf(b []byte, typ uint16, seq uint32) (syscall.Errno, bool) {
-	for len(b) >= unix.NLMSG_HDRLEN {
-		mlen := int(binary.NativeEndian.Uint32(b))
-		if mlen < unix.NLMSG_HDRLEN || mlen > len(b) {
-			return 0, false
+// with error 0 on success) of the request of type typ and sequence seq:
+// the acknowledgement carries the error and the request's own header,
+// whose type and sequence must be the request's.
+func ackOf(b []byte, typ uint16, seq uint32) (errno syscall.Errno, found bool) {
+	netlinkMessages(b, func(t uint16, data []byte) {
+		if found || t != unix.NLMSG_ERROR || len(data) < 4+unix.NLMSG_HDRLEN {
+			return
 		}
-		// The acknowledgement carries the error and the request's own
-		// header, whose type and sequence must be the request's too.
-		if binary.NativeEndian.Uint16(b[4:]) == unix.NLMSG_ERROR && binary.NativeEndian.Uint32(b[8:]) == seq &&
-			mlen >= unix.NLMSG_HDRLEN+4+unix.NLMSG_HDRLEN {
-			orig := b[unix.NLMSG_HDRLEN+4:]
-			if binary.NativeEndian.Uint16(orig[4:]) == typ && binary.NativeEndian.Uint32(orig[8:]) == seq {
-				return syscall.Errno(-int32(binary.NativeEndian.Uint32(b[unix.NLMSG_HDRLEN:]))), true
-			}
+		orig := data[4:]
+		if binary.NativeEndian.Uint16(orig[4:]) == typ && binary.NativeEndian.Uint32(orig[8:]) == seq {
+			errno, found = syscall.Errno(-int32(binary.NativeEndian.Uint32(data))), true
 		}
-		next := (mlen + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
-		if next >= len(b) {
-			return 0, false
-		}
-		b = b[next:]
-	}
-	return 0, false
+	})
+	return errno, found
 }
