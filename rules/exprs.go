@@ -132,6 +132,21 @@ func portIs(off uint32, port uint16) []expr.Any {
 	}
 }
 
+// carriesData matches a segment with data: loading the first byte after
+// the TCP header (nft's @ih, the kernel's own header offsets, IP options
+// and IPv6 extension headers included) fails for a pure ACK, and the
+// failed load ends the rule. The masked compare is only there so that
+// `nft list` can print it.
+//
+//	@ih,0,8 & 0x0 == 0x0
+func carriesData() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: payloadBaseInnerHeader, Offset: 0, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
+	}
+}
+
 // payloadBaseInnerHeader is NFT_PAYLOAD_INNER_HEADER (Linux 5.16): the
 // bytes after the transport header, nft's @ih.
 const payloadBaseInnerHeader expr.PayloadBase = 3

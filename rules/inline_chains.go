@@ -276,15 +276,6 @@ func inspectRules(local bool, p ruleParams, chain *nftables.Chain) []*nftables.R
 		rule("not validated by conntrack for an established connection: not copied",
 			ctState(expr.CtStateBitESTABLISHED, expr.CmpOpEq), []expr.Any{ret}),
 		rule("FTP control: copy to ftpgate", tcp(), tcpFlags(0x07, 0, expr.CmpOpNeq), copyToDaemon),
-		// Loading the first byte after the TCP header (nft's @ih, the
-		// kernel's own header offsets, IP options and IPv6 extension
-		// headers included) fails for a pure ACK, and the failed load
-		// ends the rule. The masked compare is only there so that `nft
-		// list` can print it.
-		rule("FTP control: carries data, copy to ftpgate", tcp(), []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: payloadBaseInnerHeader, Offset: 0, Len: 1},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0}, Xor: []byte{0}},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
-		}, copyToDaemon),
+		rule("FTP control: carries data, copy to ftpgate", tcp(), carriesData(), copyToDaemon),
 	)
 }

@@ -247,16 +247,11 @@ func (p *prober) probeRules() {
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 			&expr.Dynset{SrcRegKey: 1, SetName: p.peers.Name, SetID: p.peers.ID, Operation: dynsetOpDelete},
 		}},
-		FeatureInnerHeader: {p.forward, []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: payloadBaseInnerHeader, Offset: 0, Len: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
-		}},
-		FeatureFib: {p.forward, []expr.Any{
-			&expr.Fib{Register: 1, FlagSADDR: true, FlagIIF: true, ResultOIF: true},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
-		}},
-		FeatureQueue:   {p.forward, []expr.Any{nftQueue(65535)}},
-		FeatureXtQueue: {p.forward, []expr.Any{xtQueue(65535)}},
+		// The very expressions ftpgate's chains use, where there is one.
+		FeatureInnerHeader: {p.forward, carriesData()},
+		FeatureFib:         {p.forward, reversePathFails()},
+		FeatureQueue:       {p.forward, []expr.Any{nftQueue(65535)}},
+		FeatureXtQueue:     {p.forward, []expr.Any{xtQueue(65535)}},
 		FeatureSocket: {p.prerouting, []expr.Any{
 			&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
