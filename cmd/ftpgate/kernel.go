@@ -24,10 +24,10 @@ func kernelRelease() string {
 }
 
 // checkKernel asks the kernel, before any of ftpgate's table exists,
-// for each feature this run will use, logs which path each part takes,
-// and fails with one line naming the first missing one and the Linux
-// version that has it: a kernel too old for ftpgate never gets half a
-// table.
+// for each feature this run will use, and fails with one line naming the
+// first missing one and the Linux version that has it: a kernel too old
+// for ftpgate never gets half a table. What it found is logged once the
+// sources are open (kernelCheck.log), with the queue's own answer.
 func (d *daemon) checkKernel() error {
 	fs, err := rules.ProbeKernel(0)
 	if err != nil {
