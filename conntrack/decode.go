@@ -2,6 +2,7 @@ package conntrack
 
 import (
 	"encoding/binary"
+	"github.com/ftpgate/ftpgate/internal/inetsum"
 	"net/netip"
 
 	"github.com/gopacket/gopacket/layers"
@@ -145,7 +146,7 @@ func decodeIPv4(b []byte, seg *segment) decodeStatus {
 	}
 	// A header checksum of zero is one left to the hardware, as hosts
 	// with offload capture their own packets.
-	if fold(sum(b[:ihl], 0)) != 0xffff && binary.BigEndian.Uint16(b[10:]) != 0 {
+	if inetsum.Fold(inetsum.Sum(b[:ihl], 0)) != 0xffff && binary.BigEndian.Uint16(b[10:]) != 0 {
 		return decodeBadSum
 	}
 	if b[9] != 6 {
@@ -156,7 +157,7 @@ func decodeIPv4(b []byte, seg *segment) decodeStatus {
 	}
 	src := netip.AddrFrom4([4]byte(b[12:16]))
 	dst := netip.AddrFrom4([4]byte(b[16:20]))
-	pseudo := sum(b[12:20], uint32(6)+uint32(total-ihl))
+	pseudo := inetsum.Sum(b[12:20], uint32(6)+uint32(total-ihl))
 	return decodeTCP(b[ihl:total], src, dst, pseudo, seg)
 }
 
@@ -185,7 +186,7 @@ func decodeIPv6(b []byte, seg *segment) decodeStatus {
 		case 6:
 			src := netip.AddrFrom16([16]byte(b[8:24]))
 			dst := netip.AddrFrom16([16]byte(b[24:40]))
-			pseudo := sum(b[8:40], uint32(6)+uint32(len(rest)))
+			pseudo := inetsum.Sum(b[8:40], uint32(6)+uint32(len(rest)))
 			return decodeTCP(rest, src, dst, pseudo, seg)
 		case ip6HopByHop, ip6DestOpts, ip6Mobility, ip6Routing:
 			if len(rest) < 8 {
@@ -227,10 +228,10 @@ func decodeTCP(b []byte, src, dst netip.Addr, pseudo uint32, seg *segment) decod
 	if off < 20 || off > len(b) {
 		return decodeBroken
 	}
-	if got := fold(sum(b, pseudo)); got != 0xffff {
+	if got := inetsum.Fold(inetsum.Sum(b, pseudo)); got != 0xffff {
 		// Offloaded: the field holds the folded pseudo-header sum that
 		// the hardware was to complete.
-		if binary.BigEndian.Uint16(b[16:]) != fold(pseudo) {
+		if binary.BigEndian.Uint16(b[16:]) != inetsum.Fold(pseudo) {
 			return decodeBadSum
 		}
 	}
@@ -269,38 +270,6 @@ func windowScale(opts []byte) int8 {
 		opts = opts[opts[1]:]
 	}
 	return -1
-}
-
-// sum adds b as big-endian 16-bit words to s (RFC 1071).
-func sum(b []byte, s uint32) uint32 {
-	acc := uint64(s)
-	for len(b) >= 8 {
-		v := binary.BigEndian.Uint64(b)
-		acc += v >> 48
-		acc += (v >> 32) & 0xffff
-		acc += (v >> 16) & 0xffff
-		acc += v & 0xffff
-		b = b[8:]
-	}
-	for len(b) >= 2 {
-		acc += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		acc += uint64(b[0]) << 8
-	}
-	for acc > 0xffffffff {
-		acc = acc>>32 + acc&0xffffffff
-	}
-	return uint32(acc)
-}
-
-// fold folds a 32-bit one's-complement sum to 16 bits.
-func fold(s uint32) uint16 {
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint16(s)
 }
 
 // synKey reads the pinhole key a data SYN matches (source, destination,

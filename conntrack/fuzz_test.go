@@ -2,6 +2,7 @@ package conntrack
 
 import (
 	"encoding/binary"
+	"github.com/ftpgate/ftpgate/internal/inetsum"
 	"log/slog"
 	"testing"
 	"time"
@@ -105,19 +106,19 @@ func fixSums(frame []byte, link layers.LinkType) []byte {
 			return out
 		}
 		ip[10], ip[11] = 0, 0
-		binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip[:ihl], 0)))
+		binary.BigEndian.PutUint16(ip[10:], ^inetsum.Fold(inetsum.Sum(ip[:ihl], 0)))
 		if ip[9] != 6 {
 			return out
 		}
 		tcp = ip[ihl:total]
-		pseudo = sum(ip[12:20], uint32(6)+uint32(len(tcp)))
+		pseudo = inetsum.Sum(ip[12:20], uint32(6)+uint32(len(tcp)))
 	case 6:
 		plen := int(binary.BigEndian.Uint16(ip[4:]))
 		if len(ip) < 40 || ip[6] != 6 || 40+plen > len(ip) {
 			return out
 		}
 		tcp = ip[40 : 40+plen]
-		pseudo = sum(ip[8:40], uint32(6)+uint32(len(tcp)))
+		pseudo = inetsum.Sum(ip[8:40], uint32(6)+uint32(len(tcp)))
 	default:
 		return out
 	}
@@ -125,6 +126,6 @@ func fixSums(frame []byte, link layers.LinkType) []byte {
 		return out
 	}
 	tcp[16], tcp[17] = 0, 0
-	binary.BigEndian.PutUint16(tcp[16:], ^fold(sum(tcp, pseudo)))
+	binary.BigEndian.PutUint16(tcp[16:], ^inetsum.Fold(inetsum.Sum(tcp, pseudo)))
 	return out
 }

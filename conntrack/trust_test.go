@@ -3,6 +3,7 @@ package conntrack
 import (
 	"bytes"
 	"fmt"
+	"github.com/ftpgate/ftpgate/internal/inetsum"
 	"log/slog"
 	"strings"
 	"testing"
@@ -37,7 +38,7 @@ func offloaded(frame []byte) []byte {
 	ip := p[14:]
 	ihl := int(ip[0]&0x0f) * 4
 	tlen := len(ip) - ihl
-	ps := fold(sum(ip[12:20], uint32(6)+uint32(tlen)))
+	ps := inetsum.Fold(inetsum.Sum(ip[12:20], uint32(6)+uint32(tlen)))
 	ip[ihl+16], ip[ihl+17] = byte(ps>>8), byte(ps)
 	return p
 }
