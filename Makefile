@@ -104,6 +104,7 @@ fuzz:
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzProxiedLines$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzLineSplitter$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./report -run '^$$' -fuzz '^FuzzReportLine$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./nat -run '^$$' -fuzz '^FuzzSegment$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin
