@@ -45,6 +45,8 @@ const (
 	Admit
 	// Retry sends it through ftpgate's chain again without the mark.
 	Retry
+	// Drop drops it: its sender sends it again.
+	Drop
 )
 
 // Packet is one captured packet.
@@ -57,6 +59,10 @@ type Packet struct {
 	Kind Kind
 	// Verdict is set by whoever handles a Held packet.
 	Verdict Verdict
+	// Replace, set with Accept, is the packet to let go on in this one's
+	// place, from its IP header: checksums and lengths its sender's
+	// business (the kernel takes it as it is).
+	Replace []byte
 }
 
 // LinkTypeRawIP is the link type of sources that deliver packets from

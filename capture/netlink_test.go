@@ -30,6 +30,26 @@ func TestVerdictBytes(t *testing.T) {
 	}
 }
 
+// TestVerdictBytesReplaceDrop checks a verdict that replaces the packet
+// (NF_ACCEPT with NFQA_PAYLOAD, padded to four bytes) and a drop.
+func TestVerdictBytesReplaceDrop(t *testing.T) {
+	q := &QueueSource{num: 2121}
+	got := q.appendVerdictOf(nil, false, 7, nfAccept, 0, []byte{0x45, 1, 2, 3, 4})
+	got = q.appendVerdictOf(got, false, 8, nfDrop, 0, nil)
+	le := func(v uint32) string { return hex.EncodeToString(binary.NativeEndian.AppendUint32(nil, v)) }
+	le16 := func(v uint16) string { return hex.EncodeToString(binary.NativeEndian.AppendUint16(nil, v)) }
+	want := le(44) + le16(unix.NFNL_SUBSYS_QUEUE<<8|1) + le16(unix.NLM_F_REQUEST) + le(0) + le(0) +
+		"00000849" +
+		le16(12) + le16(2) + "00000001" + "00000007" + // NF_ACCEPT, id 7
+		le16(9) + le16(10) + "4501020304" + "000000" + // NFQA_PAYLOAD, padded
+		le(32) + le16(unix.NFNL_SUBSYS_QUEUE<<8|1) + le16(unix.NLM_F_REQUEST) + le(0) + le(0) +
+		"00000849" +
+		le16(12) + le16(2) + "00000000" + "00000008" // NF_DROP, id 8
+	if h := hex.EncodeToString(got); h != want {
+		t.Errorf("verdicts\n got %s\nwant %s", h, want)
+	}
+}
+
 // TestParseLogMessages reads a datagram of two NFLOG records: prefixes
 // and payloads come out as the kernel wrote them.
 func TestParseLogMessages(t *testing.T) {

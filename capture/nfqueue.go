@@ -36,6 +36,7 @@ const (
 	nfqnlCopyPacket   = 2
 	nfqaCfgFFailOpen  = 1
 
+	nfDrop   = 0
 	nfAccept = 1
 	nfRepeat = 4
 )
@@ -74,6 +75,19 @@ type QueueSource struct {
 // OpenQueue binds queue num in the given network namespace (0: current).
 // The queue fails open when full, so control traffic never stalls.
 func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
+	return openQueue(num, maxLen, netns, true)
+}
+
+// OpenRewriteQueue binds queue num for packets that must not go on as
+// they came: when the queue is full the kernel drops them, and their
+// senders send them again. A translated control connection whose
+// sequence numbers ftpgate shifts would lose its place in the stream if
+// one segment slipped through unshifted.
+func OpenRewriteQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
+	return openQueue(num, maxLen, netns, false)
+}
+
+func openQueue(num uint16, maxLen uint32, netns int, failOpen bool) (*QueueSource, error) {
 	q, err := dialQueue(num, netns)
 	if err != nil {
 		return nil, err
@@ -88,13 +102,17 @@ func OpenQueue(num uint16, maxLen uint32, netns int) (*QueueSource, error) {
 	_ = unix.SetsockoptInt(q.fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 1)
 	params := binary.BigEndian.AppendUint32(nil, 0xffff)
 	params = append(params, nfqnlCopyPacket)
-	flags := binary.BigEndian.AppendUint32(nil, nfqaCfgFFailOpen)
+	mask := binary.BigEndian.AppendUint32(nil, nfqaCfgFFailOpen)
+	flags := binary.BigEndian.AppendUint32(nil, 0)
+	if failOpen {
+		flags = mask
+	}
 	for _, attrs := range [][]netlink.Attribute{
 		bindCommand,
 		{
 			{Type: nfqaCfgParams, Data: params},
 			{Type: nfqaCfgQueueMaxlen, Data: binary.BigEndian.AppendUint32(nil, maxLen)},
-			{Type: nfqaCfgMask, Data: flags},
+			{Type: nfqaCfgMask, Data: mask},
 			{Type: nfqaCfgFlags, Data: flags},
 		},
 	} {
@@ -148,6 +166,17 @@ func (q *QueueSource) config(attrs []netlink.Attribute) error {
 // with the packet mark set to mark), or a batch accept of every id up to
 // id.
 func (q *QueueSource) appendVerdict(b []byte, batch bool, id uint32, repeat bool, mark uint32) []byte {
+	v := uint32(nfAccept)
+	if repeat {
+		v = nfRepeat
+	}
+	return q.appendVerdictOf(b, batch, id, v, mark, nil)
+}
+
+// appendVerdictOf appends one verdict message: v for id (with the packet
+// mark set to mark, for a repeat; the packet replaced by payload, if
+// any), or for every id up to id.
+func (q *QueueSource) appendVerdictOf(b []byte, batch bool, id, v, mark uint32, payload []byte) []byte {
 	typ := uint16(unix.NFNL_SUBSYS_QUEUE<<8 | nfqnlMsgVerdict)
 	if batch {
 		typ = unix.NFNL_SUBSYS_QUEUE<<8 | nfqnlMsgBatch
@@ -164,15 +193,18 @@ func (q *QueueSource) appendVerdict(b []byte, batch bool, id uint32, repeat bool
 		return binary.NativeEndian.AppendUint16(b, typ)
 	}
 	b = attr(b, nfqaVerdictHdr, 8)
-	if repeat {
-		b = binary.BigEndian.AppendUint32(b, nfRepeat)
-	} else {
-		b = binary.BigEndian.AppendUint32(b, nfAccept)
-	}
+	b = binary.BigEndian.AppendUint32(b, v)
 	b = binary.BigEndian.AppendUint32(b, id)
-	if repeat {
+	if v == nfRepeat {
 		b = attr(b, nfqaMark, 4)
 		b = binary.BigEndian.AppendUint32(b, mark)
+	}
+	if payload != nil {
+		b = attr(b, nfqaPayload, len(payload))
+		b = append(b, payload...)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
 	}
 	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
 	return b
@@ -275,6 +307,10 @@ func (q *QueueSource) Release() error {
 			out = q.appendVerdict(out, false, q.ids[i], true, q.marks[i]&^q.MarkMask|q.Mark)
 		case v == Retry:
 			out = q.appendVerdict(out, false, q.ids[i], true, q.marks[i]&^q.MarkMask)
+		case v == Drop:
+			out = q.appendVerdictOf(out, false, q.ids[i], nfDrop, 0, nil)
+		case q.held[i].Replace != nil:
+			out = q.appendVerdictOf(out, false, q.ids[i], nfAccept, 0, q.held[i].Replace)
 		default:
 			acceptUpTo, accept = q.ids[i], true
 		}
