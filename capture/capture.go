@@ -57,6 +57,9 @@ type Packet struct {
 	Link layers.LinkType
 	Time time.Time
 	Kind Kind
+	// Hook is the netfilter hook a Held packet was queued at
+	// (HookPrerouting...).
+	Hook uint8
 	// Verdict is set by whoever handles a Held packet.
 	Verdict Verdict
 	// Replace, set with Accept, is the packet to let go on in this one's
@@ -64,6 +67,15 @@ type Packet struct {
 	// business (the kernel takes it as it is).
 	Replace []byte
 }
+
+// The netfilter hooks (NF_INET_*) of Packet.Hook.
+const (
+	HookPrerouting  = 0
+	HookInput       = 1
+	HookForward     = 2
+	HookOutput      = 3
+	HookPostrouting = 4
+)
 
 // LinkTypeRawIP is the link type of sources that deliver packets from
 // the IP header (NFLOG, NFQUEUE, AF_PACKET SOCK_DGRAM): the version

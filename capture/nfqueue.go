@@ -214,14 +214,15 @@ func (q *QueueSource) appendVerdictOf(b []byte, batch bool, id, v, mark uint32, 
 // packet mark.
 func decodeQueued(attrs []byte) (Packet, uint32, uint32, bool) {
 	var id, mark uint32
+	var hook uint8
 	var haveID bool
 	var payload []byte
 	var ts time.Time
 	nlattr.Walk(attrs, func(typ uint16, v []byte) {
 		switch typ {
 		case nfqaPacketHdr:
-			if len(v) >= 4 {
-				id, haveID = binary.BigEndian.Uint32(v), true
+			if len(v) >= 7 { // packet id, hw protocol, hook
+				id, haveID, hook = binary.BigEndian.Uint32(v), true, v[6]
 			}
 		case nfqaPayload:
 			payload = v
@@ -241,7 +242,7 @@ func decodeQueued(attrs []byte) (Packet, uint32, uint32, bool) {
 	if ts.IsZero() {
 		ts = time.Now()
 	}
-	return Packet{Data: payload, Link: LinkTypeRawIP, Time: ts, Kind: Held}, id, mark, true
+	return Packet{Data: payload, Link: LinkTypeRawIP, Time: ts, Kind: Held, Hook: hook}, id, mark, true
 }
 
 // Fd is the socket to poll for held packets.

@@ -21,13 +21,20 @@ type tcpSeg struct {
 	sack     [][2]uint32
 	payload  []byte
 	ipv6Opts bool // an IPv6 destination options header before TCP
+	// sport, dport: 40000 and 21 unless set; syn, fin, rst: flags.
+	sport, dport  uint16
+	syn, fin, rst bool
 }
 
 // build serializes s with gopacket, lengths and checksums computed: the
 // oracle the rewriter's output is compared with, byte for byte.
 func (s tcpSeg) build(t testing.TB) []byte {
 	t.Helper()
-	tcp := &layers.TCP{SrcPort: 40000, DstPort: 21, Seq: s.seq, Ack: s.ack, ACK: s.acked, PSH: len(s.payload) > 0, Window: 502}
+	if s.sport == 0 {
+		s.sport, s.dport = 40000, 21
+	}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(s.sport), DstPort: layers.TCPPort(s.dport), Seq: s.seq, Ack: s.ack, ACK: s.acked,
+		SYN: s.syn, FIN: s.fin, RST: s.rst, PSH: len(s.payload) > 0, Window: 502}
 	tcp.Options = append(tcp.Options, layers.TCPOption{OptionType: layers.TCPOptionKindNop}, layers.TCPOption{OptionType: layers.TCPOptionKindNop},
 		layers.TCPOption{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: []byte{0, 0, 0, 1, 0, 0, 0, 2}})
 	if len(s.sack) > 0 {

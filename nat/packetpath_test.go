@@ -1,0 +1,191 @@
+package nat
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// fakeUser rewrites "PORT a\r\n" to "PORT bbbb\r\n" (longer) from the
+// client and "227 long text\r\n" to "227 x\r\n" (shorter) from the
+// server, and records what it was given.
+type fakeUser struct {
+	opened, closed []uint64
+	bytes          []string
+	acks           []uint32
+	refuse, end    bool
+}
+
+func (f *fakeUser) Opened(id uint64, client, serverSeen netip.AddrPort) bool {
+	f.opened = append(f.opened, id)
+	return !f.refuse
+}
+
+func (f *fakeUser) Bytes(id uint64, fromServer bool, seq uint32, data []byte, ack uint32) ([]byte, bool) {
+	f.bytes = append(f.bytes, string(data))
+	f.acks = append(f.acks, ack)
+	if f.end {
+		return nil, true
+	}
+	out := bytes.ReplaceAll(data, []byte("PORT a\r\n"), []byte("PORT bbbb\r\n"))
+	return bytes.ReplaceAll(out, []byte("227 long text\r\n"), []byte("227 x\r\n")), false
+}
+
+func (f *fakeUser) Closed(id uint64, reason string) { f.closed = append(f.closed, id) }
+
+// pathLab drives one connection through a PacketPath: client
+// 192.0.2.10:40000 to server 198.51.100.2:21, ISNs 1000 (client) and
+// 5000 (server).
+type pathLab struct {
+	t    *testing.T
+	p    *PacketPath
+	user *fakeUser
+	gone []netip.AddrPort
+	now  time.Time
+}
+
+func newPathLab(t *testing.T) *pathLab {
+	l := &pathLab{t: t, user: &fakeUser{}, now: time.Unix(1000, 0)}
+	l.p = NewPacketPath(l.user, 10, func(c, _ netip.AddrPort) { l.gone = append(l.gone, c) })
+	return l
+}
+
+var (
+	labClient = netip.MustParseAddr("192.0.2.10")
+	labServer = netip.MustParseAddr("198.51.100.2")
+)
+
+// send passes one segment and returns the verdict and what went on.
+func (l *pathLab) send(fromClient bool, s tcpSeg) (PacketVerdict, Segment) {
+	l.t.Helper()
+	s.src, s.dst = labClient, labServer
+	if !fromClient {
+		s.src, s.dst, s.sport, s.dport = labServer, labClient, 21, 40000
+	}
+	pkt := s.build(l.t)
+	out, v := l.p.Segment(nil, pkt, fromClient, l.now)
+	if v == PassAsIs {
+		out = pkt
+	}
+	seg, err := ParseSegment(out)
+	if v != DropSegment && err != nil {
+		l.t.Fatalf("what went on does not parse: %v", err)
+	}
+	return v, seg
+}
+
+func TestPacketPathStream(t *testing.T) {
+	l := newPathLab(t)
+	// SYN-ACK from the server opens it; nothing shifted yet.
+	if v, _ := l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true}); v != PassAsIs {
+		t.Fatalf("SYN-ACK: verdict %d", v)
+	}
+	if len(l.user.opened) != 1 {
+		t.Fatalf("opened %v", l.user.opened)
+	}
+	// The greeting, untouched: as it came.
+	if v, _ := l.send(false, tcpSeg{seq: 5001, ack: 1001, acked: true, payload: []byte("220 hi\r\n")}); v != PassAsIs {
+		t.Fatalf("greeting: verdict %d", v)
+	}
+	// PORT grows by 3.
+	v, seg := l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\n")})
+	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" || seg.Seq != 1001 {
+		t.Fatalf("PORT: verdict %d, %q at %d", v, seg.Payload(), seg.Seq)
+	}
+	// The server acks the rewritten line (1001+11): the client sees its own 1009.
+	_, seg = l.send(false, tcpSeg{seq: 5009, ack: 1012, acked: true, payload: []byte("227 long text\r\n")})
+	if seg.Ack != 1009 || string(seg.Payload()) != "227 x\r\n" {
+		t.Fatalf("server's reply: ack %d payload %q", seg.Ack, seg.Payload())
+	}
+	if got := l.user.acks[len(l.user.acks)-1]; got != 1009 {
+		t.Errorf("the user got the server's ack as %d, want the client's own 1009", got)
+	}
+	// The client's next line is shifted by 3; its ack of the shrunk
+	// reply (5009+7) comes back as the server's 5024.
+	_, seg = l.send(true, tcpSeg{seq: 1009, ack: 5016, acked: true, payload: []byte("RETR f\r\n"), sack: [][2]uint32{{5016, 5020}}})
+	if seg.Seq != 1012 || seg.Ack != 5024 {
+		t.Fatalf("next line: seq %d ack %d, want 1012 5024", seg.Seq, seg.Ack)
+	}
+	// An exact retransmission of the PORT segment is rewritten the same.
+	v, seg = l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\n")})
+	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" || seg.Seq != 1001 {
+		t.Fatalf("retransmitted PORT: verdict %d, %q at %d", v, seg.Payload(), seg.Seq)
+	}
+	// A retransmission merged across the rewritten line cannot be
+	// repeated: dropped, for the sender to try again.
+	if v, _ := l.send(true, tcpSeg{seq: 1005, ack: 5016, acked: true, payload: []byte("a\r\nRETR f\r\n")}); v != DropSegment {
+		t.Fatalf("merged retransmission over a rewrite: verdict %d", v)
+	}
+	// After a gap: dropped.
+	if v, _ := l.send(true, tcpSeg{seq: 1100, ack: 5016, acked: true, payload: []byte("QUIT\r\n")}); v != DropSegment {
+		t.Fatalf("after a gap: verdict %d", v)
+	}
+	// Old bytes and new in one: the old as they were, the new to the user.
+	n := len(l.user.bytes)
+	_, seg = l.send(true, tcpSeg{seq: 1012, ack: 5016, acked: true, payload: []byte("R f\r\nPORT a\r\n")})
+	if string(seg.Payload()) != "R f\r\nPORT bbbb\r\n" || seg.Seq != 1015 || l.user.bytes[n] != "PORT a\r\n" {
+		t.Fatalf("old and new: %q at %d, user got %q", seg.Payload(), seg.Seq, l.user.bytes[n:])
+	}
+	// FINs both ways: the user is told; the connection lingers for the
+	// last acknowledgements, then is forgotten.
+	l.send(true, tcpSeg{seq: 1025, ack: 5016, acked: true, fin: true})
+	l.send(false, tcpSeg{seq: 5024, ack: 1032, acked: true, fin: true})
+	if len(l.user.closed) != 1 || len(l.gone) != 0 {
+		t.Fatalf("after FINs: closed %v gone %v", l.user.closed, l.gone)
+	}
+	_, seg = l.send(true, tcpSeg{seq: 1026, ack: 5017, acked: true})
+	if seg.Seq != 1032 || seg.Ack != 5025 {
+		t.Fatalf("last ack: seq %d ack %d, want 1032 5025", seg.Seq, seg.Ack)
+	}
+	l.now = l.now.Add(linger + time.Second)
+	l.p.Sweep(l.now)
+	if l.p.Len() != 0 || len(l.gone) != 1 || l.gone[0].Addr() != labClient {
+		t.Fatalf("after the linger: %d followed, gone %v", l.p.Len(), l.gone)
+	}
+}
+
+func TestPacketPathCut(t *testing.T) {
+	l := newPathLab(t)
+	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")})
+	l.p.Forget(l.user.opened[0])
+	for _, fromClient := range []bool{true, false} {
+		if v, _ := l.send(fromClient, tcpSeg{seq: 1012, ack: 5001, acked: true, payload: []byte("x\r\n")}); v != DropSegment {
+			t.Errorf("after Forget, from client %v: verdict %d, want drop", fromClient, v)
+		}
+	}
+	// A session the user ends on its bytes is cut the same.
+	l2 := newPathLab(t)
+	l2.user.end = true
+	l2.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	if v, _ := l2.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("USER x\r\n")}); v != DropSegment {
+		t.Fatalf("closed by the user: verdict %d", v)
+	}
+	if v, _ := l2.send(false, tcpSeg{seq: 5001, ack: 1001, acked: true, payload: []byte("220 x\r\n")}); v != DropSegment {
+		t.Fatalf("after the user closed it: verdict %d", v)
+	}
+	// A refused one goes on as it comes, unread.
+	l3 := newPathLab(t)
+	l3.user.refuse = true
+	l3.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	if v, seg := l3.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")}); v != PassAsIs || string(seg.Payload()) != "PORT a\r\n" || len(l3.user.bytes) != 0 {
+		t.Fatalf("refused: verdict %d payload %q, user read %q", v, seg.Payload(), l3.user.bytes)
+	}
+}
+
+// TestPacketPathBounded: no more than max connections are followed;
+// a pure ACK of an unknown connection opens none.
+func TestPacketPathBounded(t *testing.T) {
+	user := &fakeUser{}
+	p := NewPacketPath(user, 3, func(netip.AddrPort, netip.AddrPort) {})
+	for i := range 10 {
+		s := tcpSeg{src: labClient, dst: labServer, sport: uint16(40000 + i), dport: 21, seq: 1, ack: 1, acked: true, payload: []byte("x")}
+		p.Segment(nil, s.build(t), true, time.Now())
+	}
+	s := tcpSeg{src: labClient, dst: labServer, sport: 50000, dport: 21, seq: 1, ack: 1, acked: true}
+	p.Segment(nil, s.build(t), true, time.Now())
+	if p.Len() != 3 || len(user.opened) != 3 {
+		t.Fatalf("%d followed, %d opened; want 3", p.Len(), len(user.opened))
+	}
+}
