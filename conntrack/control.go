@@ -35,6 +35,9 @@ func (s *Session) passOn(d int, b []byte) {
 
 // line takes one framed line of direction d.
 func (s *Session) line(d int, l line) {
+	if s.nat != nil {
+		s.nat.lineAt = l.start
+	}
 	switch {
 	case l.blanks > 0:
 		s.env.stats.Lines += uint64(l.blanks)

@@ -88,7 +88,7 @@ func (c *decider) decideNAT(s *Session, ch Channel) {
 		c.refuse(s, ch, kind, why)
 		return
 	}
-	plan, kind, why := planNAT(c.ports, s.nat.tr, ch)
+	plan, kind, why := c.planNAT(s, ch)
 	if why != "" {
 		c.refuse(s, ch, kind, why)
 		return
@@ -96,6 +96,15 @@ func (c *decider) decideNAT(s *Session, ch Channel) {
 	if c.open(s, plan.describe(ch), plan, timeout) {
 		s.nat.rewrite = plan.line
 	}
+}
+
+// planNAT plans an announcement of a translated session, unless its line
+// cannot be rewritten where it is (see natSession.splitLine).
+func (c *decider) planNAT(s *Session, ch Channel) (natPlan, RefusalKind, string) {
+	if why := s.nat.splitLine(); why != "" {
+		return natPlan{}, refusedNAT, why
+	}
+	return planNAT(c.ports, s.nat.tr, ch)
 }
 
 // checkNAT is the policy check of an announcement on a proxied session.
@@ -125,7 +134,7 @@ func (c *decider) planActive(s *Session, ch Channel) *natPlan {
 		c.refuse(s, ch, kind, why)
 		return nil
 	}
-	plan, kind, why := planNAT(c.ports, s.nat.tr, ch)
+	plan, kind, why := c.planNAT(s, ch)
 	if why != "" {
 		c.refuse(s, ch, kind, why)
 		return nil

@@ -29,11 +29,57 @@ type natSession struct {
 	scratch    []byte
 	serverSeen bool      // the server has sent something
 	closingAt  time.Time // one side has closed
+	// packet: the session runs in the packet path (nat.PacketPath), not
+	// through the proxy. Each call then covers one segment's new bytes,
+	// which go on as they came but for whole lines rewritten (edits);
+	// nothing is held back, and a line begun in an earlier segment has
+	// gone on in part and cannot be rewritten.
+	packet   bool
+	segStart uint32    // where the segment being handled starts
+	lineAt   uint32    // where the line being handled starts
+	edits    []natEdit // this segment's rewritten lines
+}
+
+// natEdit is a line of the segment being handled, rewritten: bytes
+// [start, end) are replaced by text.
+type natEdit struct {
+	start, end uint32
+	text       []byte
+}
+
+// splitLine says why the line being handled cannot be rewritten, or "".
+func (n *natSession) splitLine() string {
+	if n.packet && seqAfter(n.segStart, n.lineAt) {
+		return "the line began in an earlier segment, which has gone on as it came: the packet path rewrites lines whole within one segment"
+	}
+	return ""
+}
+
+// applyEdits is the segment's bytes (data, at seq) with its rewritten
+// lines in place.
+func (n *natSession) applyEdits(data []byte, seq uint32) []byte {
+	if len(n.edits) == 0 {
+		return data
+	}
+	out := make([]byte, 0, len(data)+64)
+	at := 0
+	for _, e := range n.edits {
+		from, to := int(e.start-seq), int(e.end-seq)
+		if from < at || to > len(data) {
+			continue // not within this segment: refused before it was planned (splitLine)
+		}
+		out = append(append(out, data[at:from]...), e.text...)
+		at = to
+	}
+	return append(out, data[at:]...)
 }
 
 // send appends bytes to what goes on in direction d, after any lines
 // held before them, so that nothing goes on out of order.
 func (n *natSession) send(d int, b []byte) {
+	if n.packet {
+		return // the segment's bytes go on as they came (applyEdits)
+	}
 	if d == fromServer && len(n.held) > 0 {
 		n.out[d] = append(n.out[d], n.held...)
 		n.held = n.held[:0]
@@ -45,6 +91,13 @@ func (n *natSession) send(d int, b []byte) {
 // rewritten; a line of a multi-line announcement reply waits for the
 // reply's last line. holding says the reply is still open.
 func (n *natSession) lineDone(d int, l line, holding bool, limit int) {
+	if n.packet {
+		if n.rewrite != nil {
+			n.edits = append(n.edits, natEdit{start: l.start, end: l.end, text: n.rewrite})
+			n.rewrite = nil
+		}
+		return
+	}
 	n.scratch = n.scratch[:0]
 	if l.tooLong {
 		return // its bytes went on as they came (lineSplitter.pass)

@@ -18,7 +18,43 @@ type ProxyConns interface {
 // SYN the gateway dropped to hand it over, ends.
 func (t *Tracker) OpenProxied(id uint64, tr nat.Translation, now time.Time) {
 	t.env.advance(now)
-	t.sessions.openProxied(id, tr)
+	t.sessions.openProxied(id, tr, false)
+}
+
+// OpenTranslated starts the session of a translated control connection
+// the packet path follows (nat.PacketPath): its bytes come in
+// TranslatedBytes, segment by segment. A half-open session of the same
+// connection, from its held SYN, ends.
+func (t *Tracker) OpenTranslated(id uint64, tr nat.Translation, now time.Time) {
+	t.env.advance(now)
+	t.sessions.openProxied(id, tr, true)
+}
+
+// TranslatedBytes takes the new bytes of one segment of session id, in
+// order, at seq (the sender's sequence number; ack its acknowledgement
+// of the other side, in that side's numbers), and returns what goes on
+// in their place: the same bytes, with whole lines rewritten. What a
+// line made ftpgate open must be committed before the segment goes on
+// (Commit). closed says the session is gone: the connection must be cut.
+func (t *Tracker) TranslatedBytes(id uint64, fromServer bool, seq uint32, data []byte, ack uint32, now time.Time) (out []byte, closed bool) {
+	s := t.sessions.proxied[id]
+	if s == nil || s.life.ended || !s.nat.packet {
+		return nil, true
+	}
+	t.env.advance(now)
+	d := fromClient
+	if fromServer {
+		d = 1 // from the server
+		s.nat.serverSeen = true
+	}
+	n := s.nat
+	n.segStart, n.edits = seq, n.edits[:0]
+	s.Last = t.env.now
+	s.bytes(d, seq, data, ack, t.env.now)
+	if s.life.ended {
+		return nil, true
+	}
+	return n.applyEdits(data, seq), false
 }
 
 // ProxiedBytes takes bytes the control proxy read on session id from one

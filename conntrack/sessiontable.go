@@ -241,15 +241,19 @@ func (t *sessionTable) endSession(s *Session, kind CloseKind, reason string) {
 
 // openProxied starts the session of a control connection the control
 // proxy took over (see Tracker.OpenProxied).
-func (t *sessionTable) openProxied(id uint64, tr nat.Translation) {
+func (t *sessionTable) openProxied(id uint64, tr nat.Translation, packet bool) {
 	if _, dup := t.proxied[id]; dup {
 		return
 	}
+	path := "proxy"
+	if packet {
+		path = "packet"
+	}
 	if old := t.tracked[makeConnKey(tr.Client, tr.Server)]; old != nil && !old.life.established {
-		t.endSession(old, closedOther, "handed to the control proxy")
+		t.endSession(old, closedOther, "translated: followed by the NAT "+path+" path")
 	}
 	s := &Session{ID: t.sessionID(tr.Client, tr.Server), Client: tr.Client, Server: tr.Server,
-		Start: t.env.now, Last: t.env.now, host: t.host, env: t.env, nat: &natSession{id: id, tr: tr}}
+		Start: t.env.now, Last: t.env.now, host: t.host, env: t.env, nat: &natSession{id: id, tr: tr, packet: packet}}
 	s.pair.inStep, s.pair.greeting = true, true
 	s.life.established = true
 	for d := range s.lines {
@@ -258,9 +262,13 @@ func (t *sessionTable) openProxied(id uint64, tr nat.Translation) {
 	}
 	t.proxied[id] = s
 	t.env.stats.SessionsStarted++
-	t.env.stats.SessionsProxied++
+	if packet {
+		t.env.stats.SessionsTranslated++
+	} else {
+		t.env.stats.SessionsProxied++
+	}
 	t.env.log.Info("session start", "session", s.ID, "client", tr.Client.String(), "server", tr.Server.String(),
-		"proxied", true, "client_seen_as", tr.ClientSeen.Addr().String(), "server_seen_as", tr.ServerSeen.String(),
+		"proxied", !packet, "nat_path", path, "client_seen_as", tr.ClientSeen.Addr().String(), "server_seen_as", tr.ServerSeen.String(),
 		"translated", tr.Translated())
 	if slices.Contains(t.env.cfg.ImplicitPorts, tr.Server.Port()) {
 		s.ftps.startImplicit()
@@ -286,7 +294,7 @@ func (t *sessionTable) logEnd(s *Session, reason string) {
 	t.env.stats.SessionsEnded++
 	attrs := []any{"session", s.ID, "reason", reason, "duration", s.Last.Sub(s.Start).Round(time.Millisecond).String()}
 	if s.nat != nil {
-		attrs = append(attrs, "proxied", true)
+		attrs = append(attrs, "proxied", !s.nat.packet)
 	}
 	if s.limiter.suppressed > 0 {
 		attrs = append(attrs, "log_lines_suppressed", s.limiter.suppressed)
