@@ -1,6 +1,9 @@
 package rules
 
-import "github.com/google/nftables"
+import (
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
 
 // hookChain is one of ftpgate's base chains.
 type hookChain struct {
@@ -110,6 +113,35 @@ func (c *chains) queueNAT() {
 	}
 	c.addChain(baseChain(c.table, "nat_ftp_data_dnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, DNATChainPriority), with(natRules(false)))
 	c.addChain(baseChain(c.table, "nat_ftp_data_snat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, SNATChainPriority), with(natRules(true)))
-	c.addChain(baseChain(c.table, natProxyChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ProxyChainPriority), with(proxyRules))
+	if !c.cfg.NAT.Packet {
+		c.addChain(baseChain(c.table, natProxyChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ProxyChainPriority), with(proxyRules))
+	}
 	c.addChain(baseChain(c.table, natDetectChain, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, DetectChainPriority), with(detectRules))
+}
+
+// queuePacketPath queues, in the NAT packet path, the chains that queue
+// translated control connections' segments (packetQueueRules), with the
+// kind of queue the inline rules took (native or xtables).
+//
+//	nft add chain inet ftpgate queue_translated_ftp_control_from_client { type filter hook prerouting priority -250; }
+//	nft add chain inet ftpgate queue_translated_ftp_control_from_server { type filter hook postrouting priority srcnat + 2; }
+func (c *chains) queuePacketPath(inlineQueue expr.Any) {
+	if c.cfg.NAT == nil || !c.cfg.NAT.Packet {
+		return
+	}
+	q := natQueue(inlineQueue, c.cfg.NAT.Queue)
+	p := c.params()
+	for _, h := range []struct {
+		name       string
+		hook       *nftables.ChainHook
+		prio       int32
+		fromServer bool
+	}{
+		{natFromClientChain, nftables.ChainHookPrerouting, FromClientQueuePriority, false},
+		{natFromServerChain, nftables.ChainHookPostrouting, FromServerQueuePriority, true},
+	} {
+		rules := packetQueueRules(h.fromServer, q)
+		c.addChain(baseChain(c.table, h.name, nftables.ChainTypeFilter, h.hook, h.prio),
+			func(ch *nftables.Chain) []*nftables.Rule { return rules(p, ch) })
+	}
 }

@@ -109,7 +109,9 @@ func (c *chains) setControlPorts(ports []uint16) error {
 	if c.cfg.NAT != nil {
 		c.cfg.NAT.Ports = ports
 		p := c.params()
-		c.replaceRules(natProxyChain, func(ch *nftables.Chain) []*nftables.Rule { return proxyRules(p, ch) })
+		if !c.cfg.NAT.Packet {
+			c.replaceRules(natProxyChain, func(ch *nftables.Chain) []*nftables.Rule { return proxyRules(p, ch) })
+		}
 		c.replaceRules(natDetectChain, func(ch *nftables.Chain) []*nftables.Rule { return detectRules(p, ch) })
 	}
 	if err := c.conn.Flush(); err != nil {
@@ -159,19 +161,31 @@ func (c *chains) queueInline(ports []uint16, logGroup uint16, queue expr.Any) {
 	for _, h := range copyChains {
 		c.addChain(h.chain(c.table), func(ch *nftables.Chain) []*nftables.Rule { return copyChainRules(h, p, ch) })
 	}
+	c.queuePacketPath(queue)
 }
 
 // nftQueue is `queue num N bypass`.
 func nftQueue(num uint16) expr.Any { return &expr.Queue{Num: num, Flag: expr.QueueFlagBypass} }
 
 // xtQueue is the xtables `NFQUEUE --queue-num N --queue-bypass` target.
-func xtQueue(num uint16) expr.Any {
+func xtQueue(num uint16) expr.Any { return xtQueueFlags(num, nfqFlagBypass) }
+
+func xtQueueFlags(num, flags uint16) expr.Any {
 	info := make([]byte, 8) // xt_NFQ_info_v3, host order, aligned to 8
 	binary.NativeEndian.PutUint16(info[0:], num)
 	binary.NativeEndian.PutUint16(info[2:], 1)
-	binary.NativeEndian.PutUint16(info[4:], nfqFlagBypass)
+	binary.NativeEndian.PutUint16(info[4:], flags)
 	unknown := xt.Unknown(info)
 	return &expr.Target{Name: "NFQUEUE", Rev: 3, Info: &unknown}
+}
+
+// natQueue is the packet path's queue, num, of the kind inline took,
+// without bypass: `queue num N`, or `NFQUEUE --queue-num N`.
+func natQueue(inline expr.Any, num uint16) expr.Any {
+	if _, ok := inline.(*expr.Target); ok {
+		return xtQueueFlags(num, 0)
+	}
+	return &expr.Queue{Num: num}
 }
 
 // The chains that copy control segments (inline capture) run after the
@@ -235,6 +249,9 @@ func copyChainRules(c hookChain, p ruleParams, chain *nftables.Chain) []*nftable
 	}
 	if p.nat != nil && c.hook != nftables.ChainHookForward {
 		rules = append(rules, &nftables.Rule{Table: p.table, Chain: chain, Exprs: proxiedSkipExprs(p)})
+	}
+	if p.nat != nil && p.nat.cfg.Packet && c.hook == nftables.ChainHookForward {
+		rules = append(rules, &nftables.Rule{Table: p.table, Chain: chain, UserData: comment("translated: the NAT packet path reads its segments"), Exprs: translatedSkipExprs()})
 	}
 	for _, port := range p.ports {
 		for _, off := range []uint32{2, 0} { // destination port, source port

@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/binary"
 	"slices"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -40,6 +41,16 @@ type NATConfig struct {
 	SocketMark uint32
 	// Ports are the control ports, as the servers listen on them.
 	Ports []uint16
+
+	// Packet runs translated control connections through the packet
+	// path instead of the proxy: nothing is dropped, and every segment
+	// of theirs is queued to Queue, both ways (packetQueueRules), for
+	// ftpgate to rewrite and shift. A connection stays queued while
+	// segments come at least every TranslatedTimeout (ftpgate forgets it
+	// sooner when it ends). ProxyPort and the marks are then unused.
+	Packet            bool
+	Queue             uint16
+	TranslatedTimeout time.Duration
 }
 
 // The NAT chains' priorities. The data connection maps come just before
@@ -53,12 +64,19 @@ const (
 	SNATChainPriority   = 99
 	ProxyChainPriority  = -99
 	DetectChainPriority = 101
+	// The packet path's queue chains (packetQueueRules): the client's
+	// segments after defragmentation and raw, before conntrack; the
+	// server's after source NAT and the detect chain.
+	FromClientQueuePriority = -250
+	FromServerQueuePriority = 102
 )
 
 // The chains of the control proxy, whose rules name the control ports.
 const (
-	natProxyChain  = "proxy_ftp_control"
-	natDetectChain = "detect_translated_ftp_control"
+	natProxyChain      = "proxy_ftp_control"
+	natDetectChain     = "detect_translated_ftp_control"
+	natFromClientChain = "queue_translated_ftp_control_from_client"
+	natFromServerChain = "queue_translated_ftp_control_from_server"
 )
 
 // natRules map the first packet of an announced data connection:
@@ -166,30 +184,123 @@ var netipLoopback6 = [16]byte{15: 1}
 //	meta nfproto ipv4 tcp dport PORT tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 \
 //	  add @ftp_control_to_proxy_v4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst } \
 //	  counter drop
+//
+// In the packet path nothing is dropped: the SYN goes on, and the
+// connection's tuple goes into ftp_control_translated_v4/v6, whose
+// segments are queued from then on (packetQueueRules):
+//
+//	meta nfproto ipv4 tcp dport PORT tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 \
+//	  add @ftp_control_translated_v4 { ct original ip saddr . ... timeout T } counter
 func detectRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 	rule := func(note string, exprs ...[]expr.Any) *nftables.Rule {
 		return &nftables.Rule{Table: p.table, Chain: chain, UserData: comment(note), Exprs: slices.Concat(exprs...)}
 	}
-	sm := p.nat.cfg.SocketMark
-	out := []*nftables.Rule{rule("ftpgate's control proxy's own connection",
-		markIs(&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}, sm, sm, expr.CmpOpEq), []expr.Any{ret})}
+	var out []*nftables.Rule
+	packet := p.nat.cfg.Packet
+	if !packet {
+		sm := p.nat.cfg.SocketMark
+		out = append(out, rule("ftpgate's control proxy's own connection",
+			markIs(&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}, sm, sm, expr.CmpOpEq), []expr.Any{ret}))
+	}
 	const ctStatusNAT = 0x10 | 0x20 // IPS_SRC_NAT | IPS_DST_NAT
 	for _, v6 := range []bool{false, true} {
-		set := p.nat.maps.proxyNext.of(v6)
+		set := p.nat.maps.control().of(v6)
+		note, last := "new FTP control connection the admin's NAT translated: its next SYN goes to ftpgate's control proxy",
+			[]expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
+		add := &expr.Dynset{SrcRegKey: keyReg, SetName: set.Name, SetID: set.ID, Operation: uint32(unix.NFT_DYNSET_OP_ADD)}
+		if packet {
+			note, last = "new FTP control connection the admin's NAT translated: ftpgate rewrites and shifts its segments", []expr.Any{&expr.Counter{}}
+			add.Timeout = p.nat.cfg.TranslatedTimeout
+		}
 		for _, port := range p.nat.cfg.Ports {
-			out = append(out, rule("new FTP control connection the admin's NAT translated: its next SYN goes to ftpgate's control proxy",
+			out = append(out, rule(note,
 				tcp(), nfproto(v6), portIs(2, port), synOnly(), ctState(expr.CtStateBitNEW, expr.CmpOpNeq), []expr.Any{
 					&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
 					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(ctStatusNAT), Xor: ne32(0)},
 					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ne32(0)},
-				}, ctOriginalTuple(v6), []expr.Any{
-					&expr.Dynset{SrcRegKey: keyReg, SetName: set.Name, SetID: set.ID, Operation: uint32(unix.NFT_DYNSET_OP_ADD)},
-					&expr.Counter{},
-					&expr.Verdict{Kind: expr.VerdictDrop},
-				}))
+				}, ctOriginalTuple(v6), []expr.Any{add}, last))
 		}
 	}
 	return out
+}
+
+// packetQueueRules queue every segment of a translated control
+// connection to the packet path, refreshing its element:
+//
+//	from the client (prerouting, before conntrack):
+//	meta nfproto ipv4 ip saddr . tcp sport . ip daddr . tcp dport @ftp_control_translated_v4 \
+//	  update @ftp_control_translated_v4 { ip saddr . tcp sport . ip daddr . tcp dport timeout T } queue num Q
+//	from the server (postrouting, after source NAT):
+//	meta nfproto ipv4 ct direction reply ip daddr . tcp dport . ip saddr . tcp sport @ftp_control_translated_v4 \
+//	  update @ftp_control_translated_v4 { ip daddr . tcp dport . ip saddr . tcp sport timeout T } queue num Q
+//
+// Where they are queued decides what conntrack sees (nat.PacketConn):
+// the client's segments already shifted, the server's not yet, so both
+// as the server sees them. Without bypass: with no ftpgate listening,
+// a segment that went on unshifted would break the connection; dropped,
+// it is sent again.
+func packetQueueRules(fromServer bool, queue expr.Any) func(ruleParams, *nftables.Chain) []*nftables.Rule {
+	return func(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
+		var out []*nftables.Rule
+		for _, v6 := range []bool{false, true} {
+			set := p.nat.maps.translated.of(v6)
+			exprs := slices.Concat(tcp(), nfproto(v6))
+			if fromServer {
+				exprs = append(exprs, &expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}}) // IP_CT_DIR_REPLY
+			}
+			exprs = append(exprs, tupleOf(v6, fromServer)...)
+			exprs = append(exprs,
+				&expr.Lookup{SourceRegister: keyReg, SetName: set.Name, SetID: set.ID},
+				&expr.Dynset{SrcRegKey: keyReg, SetName: set.Name, SetID: set.ID, Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: p.nat.cfg.TranslatedTimeout},
+				queue)
+			note := "a segment from the client of a translated FTP control connection: to ftpgate's packet path"
+			if fromServer {
+				note = "a segment from the server of a translated FTP control connection: to ftpgate's packet path"
+			}
+			out = append(out, &nftables.Rule{Table: p.table, Chain: chain, UserData: comment(note), Exprs: exprs})
+		}
+		return out
+	}
+}
+
+// tupleOf loads a segment's connection's original tuple into keyReg
+// onwards, from a client's segment (source first) or a server's
+// (reversed):
+//
+//	ip saddr . tcp sport . ip daddr . tcp dport
+//	ip daddr . tcp dport . ip saddr . tcp sport
+func tupleOf(v6, reversed bool) []expr.Any {
+	src, dst, alen := uint32(12), uint32(16), uint32(4)
+	if v6 {
+		src, dst, alen = 8, 24, 16
+	}
+	sport, dport := uint32(0), uint32(2)
+	if reversed {
+		src, dst, sport, dport = dst, src, dport, sport
+	}
+	r := uint32(keyReg)
+	return []expr.Any{
+		&expr.Payload{DestRegister: r, Base: expr.PayloadBaseNetworkHeader, Offset: src, Len: alen},
+		&expr.Payload{DestRegister: r + alen/4, Base: expr.PayloadBaseTransportHeader, Offset: sport, Len: 2},
+		&expr.Payload{DestRegister: r + alen/4 + 1, Base: expr.PayloadBaseNetworkHeader, Offset: dst, Len: alen},
+		&expr.Payload{DestRegister: r + 2*alen/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: dport, Len: 2},
+	}
+}
+
+// translatedSkipExprs (the forward copy chain, in the packet path):
+//
+//	ct status & (snat | dnat) != 0 return
+//
+// The packet path reads a translated control connection's segments; a
+// copy of them would make a second session of it.
+func translatedSkipExprs() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(0x10 | 0x20), Xor: ne32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ne32(0)},
+		ret,
+	}
 }
 
 // proxyAdmitExprs (input chain):

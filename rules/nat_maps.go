@@ -14,6 +14,9 @@ const (
 	DNATMapV6   = "ftp_data_dnat_v6"
 	SNATMapV4   = "ftp_data_snat_v4"
 	SNATMapV6   = "ftp_data_snat_v6"
+	// The NAT packet path's translated control connections.
+	TranslatedV4 = "ftp_control_translated_v4"
+	TranslatedV6 = "ftp_control_translated_v6"
 )
 
 // proxyNextTimeout is how long a translated control connection's tuple
@@ -25,9 +28,10 @@ const proxyNextTimeoutSeconds = 30
 // connections whose next SYN goes to the control proxy, and the data
 // connections' mappings.
 type natMaps struct {
-	proxyNext setPair
-	dnat      setPair
-	snat      setPair
+	proxyNext  setPair // the control proxy's (nil sets in the packet path)
+	translated setPair // the packet path's (nil sets with the proxy)
+	dnat       setPair
+	snat       setPair
 }
 
 // newNATMaps describes the NAT sets and maps; the proxy sets have one
@@ -36,7 +40,12 @@ type natMaps struct {
 //	nft add set inet ftpgate ftp_control_to_proxy_v4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; flags dynamic,timeout; timeout 30s; }
 //	nft add map inet ftpgate ftp_data_dnat_v4 { type ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service; flags timeout; }
 //	nft add map inet ftpgate ftp_data_snat_v4 { type ipv4_addr . ipv4_addr . inet_service : ipv4_addr; flags timeout; }
-func newNATMaps(t *nftables.Table, pinholes, peers uint32) *natMaps {
+//
+// In the packet path, the translated control connections instead, each
+// kept while its segments come (NATConfig.TranslatedTimeout):
+//
+//	nft add set inet ftpgate ftp_control_translated_v4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; flags dynamic,timeout; }
+func newNATMaps(t *nftables.Table, pinholes, peers uint32, packet bool) *natMaps {
 	proxyNext := func(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
 		return &nftables.Set{
 			ID: id, Table: t, Name: name,
@@ -63,16 +72,38 @@ func newNATMaps(t *nftables.Table, pinholes, peers uint32) *natMaps {
 			Comment: comment,
 		}
 	}
-	return &natMaps{
-		proxyNext: setPair{proxyNext(ProxyNextV4, nftables.TypeIPAddr, 5), proxyNext(ProxyNextV6, nftables.TypeIP6Addr, 6)},
-		dnat:      setPair{natMap(DNATMapV4, nftables.TypeIPAddr, false, 7), natMap(DNATMapV6, nftables.TypeIP6Addr, false, 8)},
-		snat:      setPair{natMap(SNATMapV4, nftables.TypeIPAddr, true, 9), natMap(SNATMapV6, nftables.TypeIP6Addr, true, 10)},
+	m := &natMaps{
+		dnat: setPair{natMap(DNATMapV4, nftables.TypeIPAddr, false, 7), natMap(DNATMapV6, nftables.TypeIP6Addr, false, 8)},
+		snat: setPair{natMap(SNATMapV4, nftables.TypeIPAddr, true, 9), natMap(SNATMapV6, nftables.TypeIP6Addr, true, 10)},
 	}
+	if !packet {
+		m.proxyNext = setPair{proxyNext(ProxyNextV4, nftables.TypeIPAddr, 5), proxyNext(ProxyNextV6, nftables.TypeIP6Addr, 6)}
+		return m
+	}
+	translated := func(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
+		return &nftables.Set{
+			ID: id, Table: t, Name: name,
+			KeyType:       nftables.MustConcatSetType(addr, nftables.TypeInetService, addr, nftables.TypeInetService),
+			Concatenation: true, HasTimeout: true, Dynamic: true,
+			Size:    peers,
+			Comment: "translated FTP control connections (original tuple): ftpgate rewrites and shifts every segment of theirs",
+		}
+	}
+	m.translated = setPair{translated(TranslatedV4, nftables.TypeIPAddr, 5), translated(TranslatedV6, nftables.TypeIP6Addr, 6)}
+	return m
+}
+
+// control is the set pair of translated control connections.
+func (m *natMaps) control() setPair {
+	if m.translated.v4 != nil {
+		return m.translated
+	}
+	return m.proxyNext
 }
 
 // add queues the sets and maps, empty.
 func (m *natMaps) add(conn *nftables.Conn) error {
-	for _, p := range []setPair{m.proxyNext, m.dnat, m.snat} {
+	for _, p := range []setPair{m.control(), m.dnat, m.snat} {
 		if err := p.add(conn); err != nil {
 			return err
 		}

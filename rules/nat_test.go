@@ -2,6 +2,8 @@ package rules
 
 import (
 	"net/netip"
+
+	"github.com/google/nftables"
 	"strings"
 	"testing"
 	"time"
@@ -88,5 +90,75 @@ func TestNATRulesInKernel(t *testing.T) {
 	}
 	if err := n.AddMapping(Mapping{Peer: d.Peer, Addr: d6.Addr, Port: 1, ToAddr: d.ToAddr, ToPort: 1}, time.Minute); err == nil {
 		t.Error("a mapping that mixes families was queued")
+	}
+}
+
+// TestNATPacketPathRulesInKernel: in the packet path the detect chain
+// adds the translated connection without dropping its SYN, both queue
+// chains queue its segments without bypass, the forward copy chain
+// skips them, there is no proxy chain; and ForgetTranslated removes an
+// element, also one that is not there.
+func TestNATPacketPathRulesInKernel(t *testing.T) {
+	ns := netnstest.New(t)
+	nat := NATConfig{Ports: []uint16{21, 2121}, Packet: true, Queue: 2122, TranslatedTimeout: 2 * time.Hour}
+	n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, MaxPinholes: 1024, NetNS: int(ns), NAT: &nat})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer n.Close()
+	mode, err := n.AddInlineRules(2121, DefaultLogGroup, nat.Ports)
+	if err != nil {
+		t.Fatalf("AddInlineRules: %v", err)
+	}
+	got := netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate")
+	for _, want := range []string{
+		"set ftp_control_translated_v4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service",
+		"ct status snat,dnat add @ftp_control_translated_v4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst timeout 2h } counter packets 0 bytes 0 comment",
+		"type filter hook prerouting priority -250; policy accept;\n\t\tip saddr . tcp sport . ip daddr . tcp dport @ftp_control_translated_v4 update @ftp_control_translated_v4 { ip saddr . tcp sport . ip daddr . tcp dport timeout 2h } ",
+		"type filter hook postrouting priority srcnat + 2; policy accept;\n\t\tct direction reply ip daddr . tcp dport . ip saddr . tcp sport @ftp_control_translated_v4 update @ftp_control_translated_v4 { ip daddr . tcp dport . ip saddr . tcp sport timeout 2h } ",
+		"ip6 saddr . tcp sport . ip6 daddr . tcp dport @ftp_control_translated_v6",
+		"ct status snat,dnat return comment \"translated: the NAT packet path reads its segments\"",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("nft list lacks\n%s\nin:\n%s", want, got)
+		}
+	}
+	for _, absent := range []string{"tproxy", "ftp_control_to_proxy", "proxy_ftp_control"} {
+		if strings.Contains(got, absent) {
+			t.Errorf("the packet path's table has %q:\n%s", absent, got)
+		}
+	}
+	if detect := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate", natDetectChain); strings.Contains(detect, "drop") {
+		t.Errorf("the packet path drops in the detect chain:\n%s", detect)
+	}
+	// Each queue chain queues to 2122, without bypass.
+	for _, chain := range []string{natFromClientChain, natFromServerChain} {
+		text := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate", chain)
+		want := "queue to 2122"
+		if mode == QueueXtables {
+			want = "NFQUEUE"
+		}
+		if strings.Count(text, want) != 2 || strings.Contains(text, "bypass") {
+			t.Errorf("%s does not queue both families to 2122 without bypass:\n%s", chain, text)
+		}
+	}
+	client, server := netip.MustParseAddrPort("192.0.2.10:40000"), netip.MustParseAddrPort("198.51.100.2:21")
+	// The owned table takes no element from nft: as the detect chain would.
+	if err := n.conn.SetAddElements(n.sets.nat.translated.v4, []nftables.SetElement{{Key: translatedKey(client, server), Timeout: time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate", TranslatedV4); !strings.Contains(got, "192.0.2.10 . 40000 . 198.51.100.2 . 21") {
+		t.Fatalf("the element is not as nft writes it:\n%s", got)
+	}
+	for range 2 {
+		if err := n.ForgetTranslated(client, server); err != nil {
+			t.Fatalf("ForgetTranslated: %v", err)
+		}
+	}
+	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate", TranslatedV4); strings.Contains(got, "elements") {
+		t.Errorf("element left:\n%s", got)
 	}
 }

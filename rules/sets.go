@@ -51,7 +51,7 @@ func newTableSets(t *nftables.Table, cfg Config) *tableSets {
 		scoped:   newScopedSets(t, cfg.NAT != nil),
 	}
 	if cfg.NAT != nil {
-		s.nat = newNATMaps(t, cfg.MaxPinholes, cfg.MaxPeers)
+		s.nat = newNATMaps(t, cfg.MaxPinholes, cfg.MaxPeers, cfg.NAT.Packet)
 	}
 	return s
 }

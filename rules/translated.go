@@ -1,0 +1,42 @@
+package rules
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+)
+
+// ForgetTranslated stops the queueing of a translated control
+// connection's segments to the packet path: the connection ended, or
+// was cut and has lingered (nat.PacketPath). client is the client's own
+// address, serverSeen the server as the client addressed it.
+//
+//	nft delete element inet ftpgate ftp_control_translated_v4 { CLIENT . CPORT . SERVER . SPORT }
+//
+// Like every removal it first adds the element with a short timeout, so
+// that it cannot fail on one the kernel let expire meanwhile.
+func (n *Nftables) ForgetTranslated(client, serverSeen netip.AddrPort) error {
+	if n.sets.nat == nil || n.sets.nat.translated.v4 == nil {
+		return nil
+	}
+	s := n.sets.nat.translated.forAddr(client.Addr())
+	if err := queueTimedElements(n.conn, s, [][]byte{translatedKey(client, serverSeen)}, false, 0); err != nil {
+		return err
+	}
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("forgetting translated control connection %s -> %s: %w", client, serverSeen, err)
+	}
+	return nil
+}
+
+// translatedKey is the element of a connection's original tuple:
+// address . port . address . port, each port padded to four bytes.
+func translatedKey(client, serverSeen netip.AddrPort) []byte {
+	var b []byte
+	for _, ap := range []netip.AddrPort{client, serverSeen} {
+		b = append(b, ap.Addr().AsSlice()...)
+		b = binary.BigEndian.AppendUint16(b, ap.Port())
+		b = append(b, 0, 0)
+	}
+	return b
+}
