@@ -37,33 +37,67 @@ var errNoConntrack = errors.New("no conntrack entry")
 //
 //	conntrack -G -p tcp -s SRC --sport SPORT -d DST --dport DPORT
 func conntrackReply(conn *netlink.Conn, src, dst netip.AddrPort) (netip.AddrPort, error) {
+	_, reply, err := conntrackReplyTuple(conn, src, dst)
+	return reply, err
+}
+
+// conntrackReplyTuple is the reply direction of the TCP connection whose
+// original direction goes from src to dst: from (the server after
+// destination NAT) and to (the client after source NAT).
+func conntrackReplyTuple(conn *netlink.Conn, src, dst netip.AddrPort) (from, to netip.AddrPort, err error) {
 	req, err := conntrackGetRequest(src, dst)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return from, to, err
 	}
 	msgs, err := conn.Execute(req)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return netip.AddrPort{}, fmt.Errorf("%s -> %s: %w", src, dst, errNoConntrack)
+			return from, to, fmt.Errorf("%s -> %s: %w", src, dst, errNoConntrack)
 		}
-		return netip.AddrPort{}, fmt.Errorf("asking conntrack for %s -> %s: %w", src, dst, err)
+		return from, to, fmt.Errorf("asking conntrack for %s -> %s: %w", src, dst, err)
 	}
 	for _, m := range msgs {
 		if len(m.Data) < 4 {
 			continue
 		}
-		var reply netip.AddrPort
 		nlattr.Walk(m.Data[4:], func(typ uint16, v []byte) {
 			if typ == ctaTupleReply {
-				_, reply = parseTuple(v)
+				from, to = parseTuple(v)
 			}
 		})
-		if reply.IsValid() {
-			return reply, nil
+		if to.IsValid() && from.IsValid() {
+			return from, to, nil
 		}
 	}
-	return netip.AddrPort{}, fmt.Errorf("conntrack's answer for %s -> %s has no reply tuple", src, dst)
+	return from, to, fmt.Errorf("conntrack's answer for %s -> %s has no reply tuple", src, dst)
 }
+
+// Conntrack asks the kernel's conntrack what the admin's NAT rules did to
+// a connection.
+type Conntrack struct{ conn *netlink.Conn }
+
+// OpenConntrack opens ctnetlink in the network namespace netns (0: this
+// one).
+func OpenConntrack(netns int) (*Conntrack, error) {
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
+	if err != nil {
+		return nil, fmt.Errorf("opening ctnetlink: %w", err)
+	}
+	return &Conntrack{conn: conn}, nil
+}
+
+// Translation is the translation of the TCP connection from client to
+// serverSeen (its original direction, as the client sent it).
+func (c *Conntrack) Translation(client, serverSeen netip.AddrPort) (Translation, error) {
+	from, to, err := conntrackReplyTuple(c.conn, client, serverSeen)
+	if err != nil {
+		return Translation{}, err
+	}
+	return Translation{Client: client, ServerSeen: serverSeen, Server: from, ClientSeen: to}, nil
+}
+
+// Close closes the socket.
+func (c *Conntrack) Close() error { return c.conn.Close() }
 
 // conntrackGetRequest builds IPCTNL_MSG_CT_GET for a TCP tuple.
 func conntrackGetRequest(src, dst netip.AddrPort) (netlink.Message, error) {

@@ -228,6 +228,7 @@ func detectRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 // connection to the packet path, refreshing its element:
 //
 //	from the client (prerouting, before conntrack):
+//	fib saddr . iif oif missing return
 //	meta nfproto ipv4 ip saddr . tcp sport . ip daddr . tcp dport @ftp_control_translated_v4 \
 //	  update @ftp_control_translated_v4 { ip saddr . tcp sport . ip daddr . tcp dport timeout T } queue num Q
 //	from the server (postrouting, after source NAT):
@@ -242,6 +243,13 @@ func detectRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 func packetQueueRules(fromServer bool, queue expr.Any) func(ruleParams, *nftables.Chain) []*nftables.Rule {
 	return func(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 		var out []*nftables.Rule
+		if !fromServer {
+			// Before conntrack, nothing has checked the source: one that
+			// could not have come in where it did is left to the
+			// kernel's own checks, unread.
+			out = append(out, &nftables.Rule{Table: p.table, Chain: chain, UserData: comment("a source that cannot come from there: not ftpgate's"),
+				Exprs: append(reversePathFails(), ret)})
+		}
 		for _, v6 := range []bool{false, true} {
 			set := p.nat.maps.translated.of(v6)
 			exprs := slices.Concat(tcp(), nfproto(v6))

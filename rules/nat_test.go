@@ -114,7 +114,7 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 	for _, want := range []string{
 		"set ftp_control_translated_v4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service",
 		"ct status snat,dnat add @ftp_control_translated_v4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst timeout 2h } counter packets 0 bytes 0 comment",
-		"type filter hook prerouting priority -250; policy accept;\n\t\tip saddr . tcp sport . ip daddr . tcp dport @ftp_control_translated_v4 update @ftp_control_translated_v4 { ip saddr . tcp sport . ip daddr . tcp dport timeout 2h } ",
+		"type filter hook prerouting priority -250; policy accept;\n\t\tfib saddr . iif oif 0 return comment \"a source that cannot come from there: not ftpgate's\"\n\t\tip saddr . tcp sport . ip daddr . tcp dport @ftp_control_translated_v4 update @ftp_control_translated_v4 { ip saddr . tcp sport . ip daddr . tcp dport timeout 2h } ",
 		"type filter hook postrouting priority srcnat + 2; policy accept;\n\t\tct direction reply ip daddr . tcp dport . ip saddr . tcp sport @ftp_control_translated_v4 update @ftp_control_translated_v4 { ip daddr . tcp dport . ip saddr . tcp sport timeout 2h } ",
 		"ip6 saddr . tcp sport . ip6 daddr . tcp dport @ftp_control_translated_v6",
 		"ct status snat,dnat return comment \"translated: the NAT packet path reads its segments\"",
