@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"time"
+
+	"github.com/ftpgate/ftpgate/internal/source"
 )
 
 // PacketPath carries translated control connections through the gateway
@@ -19,12 +21,21 @@ import (
 // rewrite it does not repeat) and are dropped, for the sender to send
 // again. What a line says is the user's business.
 type PacketPath struct {
-	user   PacketUser
-	gone   func(client, serverSeen netip.AddrPort)
-	max    int
-	conns  map[connKey]*pathConn
-	nextID uint64
-	stats  PacketStats
+	user     PacketUser
+	gone     func(client, serverSeen netip.AddrPort)
+	cfg      PacketPathConfig
+	conns    map[connKey]*pathConn
+	bySource source.Shares
+	nextID   uint64
+	stats    PacketStats
+}
+
+// PacketPathConfig bounds what the packet path follows: MaxConns
+// connections at once, MaxPerSource of one client (an address, an IPv6
+// /64). Beyond, a connection goes on as it comes, its announcements
+// untranslated, and the chains stop queueing it.
+type PacketPathConfig struct {
+	MaxConns, MaxPerSource int
 }
 
 // PacketUser is who reads the lines of translated control connections:
@@ -47,7 +58,7 @@ type PacketUser interface {
 
 // PacketStats count what the packet path did.
 type PacketStats struct {
-	Segments, Rewritten, Shifted, Dropped, Retransmitted uint64
+	Segments, Rewritten, Shifted, Dropped, Retransmitted, BadChecksum, Refused uint64
 }
 
 // connKey is a connection's original direction as the client sent it.
@@ -55,6 +66,7 @@ type connKey struct{ client, serverSeen netip.AddrPort }
 
 type pathConn struct {
 	id       uint64
+	source   netip.Prefix
 	shift    PacketConn
 	next     [2]uint32 // the next new sequence number, per direction (0: client)
 	known    [2]bool
@@ -77,11 +89,11 @@ type rewriteRecord struct {
 // control connection has a line or two in flight.
 const maxRewriteRecords = 8
 
-// NewPacketPath follows at most max connections at once; more go on as
-// they come. gone is told of each connection forgotten (ended, or cut
-// and idle), whose segments ftpgate's chains need not queue any longer.
-func NewPacketPath(user PacketUser, max int, gone func(client, serverSeen netip.AddrPort)) *PacketPath {
-	return &PacketPath{user: user, gone: gone, max: max, conns: map[connKey]*pathConn{}}
+// NewPacketPath follows connections within cfg's bounds. gone is told of
+// each connection forgotten (ended, cut and idle, or beyond the bounds),
+// whose segments ftpgate's chains need not queue any longer.
+func NewPacketPath(user PacketUser, cfg PacketPathConfig, gone func(client, serverSeen netip.AddrPort)) *PacketPath {
+	return &PacketPath{user: user, gone: gone, cfg: cfg, conns: map[connKey]*pathConn{}, bySource: source.Shares{}}
 }
 
 // PacketVerdict is what becomes of a queued segment.
@@ -106,6 +118,11 @@ func (p *PacketPath) Segment(dst, pkt []byte, fromClient bool, now time.Time) ([
 		p.stats.Dropped++
 		return dst, DropSegment
 	}
+	if !seg.ChecksumOK() {
+		// Its receiver would drop it: nothing in it is read.
+		p.stats.BadChecksum++
+		return dst, DropSegment
+	}
 	src, dstAP := endpoints(seg)
 	key := connKey{client: src, serverSeen: dstAP}
 	d := 0
@@ -116,13 +133,24 @@ func (p *PacketPath) Segment(dst, pkt []byte, fromClient bool, now time.Time) ([
 	if c == nil {
 		// A connection is followed from its handshake's SYN-ACK, or
 		// (picked up: ftpgate started after it) its first data.
-		if seg.Flags&FlagRST != 0 || (seg.Flags&FlagSYN == 0 && len(seg.Payload()) == 0) || len(p.conns) >= p.max {
+		if seg.Flags&FlagRST != 0 || (seg.Flags&FlagSYN == 0 && len(seg.Payload()) == 0) {
+			return dst, PassAsIs
+		}
+		src := source.Of(key.client.Addr())
+		if len(p.conns) >= p.cfg.MaxConns || p.bySource[src] >= p.cfg.MaxPerSource {
+			p.stats.Refused++
+			p.gone(key.client, key.serverSeen)
 			return dst, PassAsIs
 		}
 		p.nextID++
-		c = &pathConn{id: p.nextID}
+		c = &pathConn{id: p.nextID, source: src}
 		p.conns[key] = c
-		c.user = p.user.Opened(c.id, key.client, key.serverSeen)
+		p.bySource.Add(src)
+		if c.user = p.user.Opened(c.id, key.client, key.serverSeen); !c.user {
+			p.stats.Refused++
+			p.end(key, c, "not followed")
+			return dst, PassAsIs
+		}
 	}
 	c.last = now
 	if c.cut {
@@ -263,6 +291,7 @@ func (c *pathConn) remember(d int, seq uint32, orig, out []byte) {
 // end forgets a connection and tells the user.
 func (p *PacketPath) end(key connKey, c *pathConn, reason string) {
 	delete(p.conns, key)
+	p.bySource.Remove(c.source)
 	p.gone(key.client, key.serverSeen)
 	if c.user {
 		p.user.Closed(c.id, reason)

@@ -47,7 +47,7 @@ type pathLab struct {
 
 func newPathLab(t *testing.T) *pathLab {
 	l := &pathLab{t: t, user: &fakeUser{}, now: time.Unix(1000, 0)}
-	l.p = NewPacketPath(l.user, 10, func(c, _ netip.AddrPort) { l.gone = append(l.gone, c) })
+	l.p = NewPacketPath(l.user, PacketPathConfig{MaxConns: 10, MaxPerSource: 10}, func(c, _ netip.AddrPort) { l.gone = append(l.gone, c) })
 	return l
 }
 
@@ -172,20 +172,53 @@ func TestPacketPathCut(t *testing.T) {
 	if v, seg := l3.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")}); v != PassAsIs || string(seg.Payload()) != "PORT a\r\n" || len(l3.user.bytes) != 0 {
 		t.Fatalf("refused: verdict %d payload %q, user read %q", v, seg.Payload(), l3.user.bytes)
 	}
+	if len(l3.gone) == 0 || l3.p.Len() != 0 {
+		t.Fatalf("refused: not given up (gone %v, %d followed)", l3.gone, l3.p.Len())
+	}
 }
 
-// TestPacketPathBounded: no more than max connections are followed;
-// a pure ACK of an unknown connection opens none.
+// TestPacketPathBounded: no more than MaxConns connections are
+// followed, no more than MaxPerSource of one client; those beyond are
+// given up (gone) and go on as they come; a pure ACK of an unknown
+// connection opens none.
 func TestPacketPathBounded(t *testing.T) {
 	user := &fakeUser{}
-	p := NewPacketPath(user, 3, func(netip.AddrPort, netip.AddrPort) {})
+	var gone int
+	p := NewPacketPath(user, PacketPathConfig{MaxConns: 5, MaxPerSource: 3}, func(netip.AddrPort, netip.AddrPort) { gone++ })
 	for i := range 10 {
 		s := tcpSeg{src: labClient, dst: labServer, sport: uint16(40000 + i), dport: 21, seq: 1, ack: 1, acked: true, payload: []byte("x")}
+		if _, v := p.Segment(nil, s.build(t), true, time.Now()); i >= 3 && v != PassAsIs {
+			t.Errorf("connection %d beyond the share: verdict %d", i, v)
+		}
+	}
+	if p.Len() != 3 || len(user.opened) != 3 || gone != 7 {
+		t.Fatalf("one client: %d followed, %d opened, %d given up; want 3, 3, 7", p.Len(), len(user.opened), gone)
+	}
+	for i := range 5 {
+		s := tcpSeg{src: netip.AddrFrom4([4]byte{192, 0, 2, byte(20 + i)}), dst: labServer, sport: 40000, dport: 21, seq: 1, ack: 1, acked: true, payload: []byte("x")}
 		p.Segment(nil, s.build(t), true, time.Now())
 	}
-	s := tcpSeg{src: labClient, dst: labServer, sport: 50000, dport: 21, seq: 1, ack: 1, acked: true}
+	if p.Len() != 5 {
+		t.Fatalf("%d followed, want MaxConns 5", p.Len())
+	}
+	s := tcpSeg{src: netip.MustParseAddr("192.0.2.99"), dst: labServer, sport: 50000, dport: 21, seq: 1, ack: 1, acked: true}
 	p.Segment(nil, s.build(t), true, time.Now())
-	if p.Len() != 3 || len(user.opened) != 3 {
-		t.Fatalf("%d followed, %d opened; want 3", p.Len(), len(user.opened))
+	if p.Len() != 5 || len(user.opened) != 5 {
+		t.Fatalf("a pure ACK: %d followed, %d opened", p.Len(), len(user.opened))
+	}
+}
+
+// TestPacketPathBadChecksum: a segment with a wrong checksum (queued
+// before conntrack, forged or broken) is dropped unread.
+func TestPacketPathBadChecksum(t *testing.T) {
+	l := newPathLab(t)
+	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	pkt := tcpSeg{src: labClient, dst: labServer, seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")}.build(t)
+	pkt[len(pkt)-3] ^= 0x20 // a letter's case: the sum is off
+	if _, v := l.p.Segment(nil, pkt, true, l.now); v != DropSegment {
+		t.Fatalf("bad checksum: verdict %d", v)
+	}
+	if len(l.user.bytes) != 0 || l.p.Stats().BadChecksum != 1 {
+		t.Fatalf("bad checksum read: %q, stats %+v", l.user.bytes, l.p.Stats())
 	}
 }

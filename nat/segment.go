@@ -135,6 +135,18 @@ func (s *Segment) parseIPv6() error {
 	return fmt.Errorf("%w: too many IPv6 extension headers", ErrNotRewritable)
 }
 
+// ChecksumOK says whether the TCP checksum is right, or left for the
+// hardware to fill in (the pseudo-header sum in its place). A segment
+// queued before conntrack has not been checked by anyone yet.
+func (s Segment) ChecksumOK() bool {
+	tcp := s.pkt[s.tcpAt:s.end]
+	pseudo := s.pseudo(s.pkt, len(tcp))
+	if inetsum.Fold(inetsum.Sum(tcp, pseudo)) == 0xffff {
+		return true
+	}
+	return binary.BigEndian.Uint16(tcp[16:]) == inetsum.Fold(pseudo)
+}
+
 // Payload is the segment's data.
 func (s Segment) Payload() []byte { return s.pkt[s.dataAt:s.end] }
 
