@@ -28,6 +28,7 @@ type PacketPath struct {
 	bySource source.Shares
 	nextID   uint64
 	stats    PacketStats
+	swept    time.Time
 }
 
 // PacketPathConfig bounds what the packet path follows: MaxConns
@@ -316,8 +317,13 @@ func (p *PacketPath) Forget(id uint64) {
 // dropped, a closed one's last acknowledgements shifted.
 const linger = 2 * time.Minute
 
-// Sweep forgets cut and closed connections idle for linger.
+// Sweep forgets cut and closed connections idle for linger; it looks at
+// most once a second.
 func (p *PacketPath) Sweep(now time.Time) {
+	if now.Sub(p.swept) < time.Second {
+		return
+	}
+	p.swept = now
 	for k, c := range p.conns {
 		if (c.cut || c.closed) && now.Sub(c.last) > linger {
 			p.end(k, c, "forgotten")

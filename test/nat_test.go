@@ -167,13 +167,44 @@ func TestNATTransfersKernel(t *testing.T) {
 	}
 }
 
-// TestNATTransfersEveryMode runs the matrix through ftpgate, with the
-// admin's rules unchanged and no NAT setting given to ftpgate; then
-// nothing may be left in the kernel.
+// TestNATTransfersEveryMode runs the matrix through ftpgate's packet
+// path (the default), with the admin's rules unchanged and no NAT
+// setting given to ftpgate; then nothing may be left in the kernel.
+//
+// No SYN of a translated control connection is dropped, so none is sent
+// again: the gateway counts every control SYN that comes in (the admin's
+// prerouting counter) and sees one per session; so does ftpgate's detect
+// chain, which finds them translated.
 func TestNATTransfersEveryMode(t *testing.T) {
 	needNATLab(t)
 	setNATRuleset(t, "ftpgate")
 	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
+	n := checkNATTransfers(t, d, "packet")
+	if syns := natCounter(t, "control_syn"); syns != n {
+		t.Errorf("the gateway saw %d control SYNs for %d translated sessions: SYNs were sent again", syns, n)
+	}
+	if syns := natDetectedSYNs(t); syns != n {
+		t.Errorf("the detect chain saw %d SYNs of translated control connections for %d sessions", syns, n)
+	}
+	waitNATClean(t, 10*time.Second)
+}
+
+// TestNATTransfersProxy runs the matrix through the control proxy
+// (--nat-path proxy), which takes each translated control connection
+// over from the client's SYN retry.
+func TestNATTransfersProxy(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "ftpgate")
+	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122", "--nat-path", "proxy")
+	n := checkNATTransfers(t, d, "proxy")
+	t.Logf("through the control proxy: %d control SYNs for %d sessions (each first one dropped)", natCounter(t, "control_syn"), n)
+	waitNATClean(t, 10*time.Second)
+}
+
+// checkNATTransfers runs the matrix through a running ftpgate whose NAT
+// runs in path, and returns how many sessions it translated.
+func checkNATTransfers(t *testing.T, d *daemon, path string) int {
+	t.Helper()
 	before := natDroppedSYNs(t)
 	errs := runAll(t, natTransfers())
 	for _, name := range names(errs, false) {
@@ -186,8 +217,9 @@ func TestNATTransfersEveryMode(t *testing.T) {
 		t.Errorf("the admin's rules dropped %d SYNs during the transfers: data connections that came before their mapping", after-before)
 	}
 	// Each kind of translation showed up in the logs.
-	if n := len(d.find("session start", "proxied", "true")); n < len(errs) {
-		t.Errorf("%d proxied sessions for %d transfers", n, len(errs))
+	n := len(d.find("session start", "nat_path", path, "translated", "true"))
+	if n < len(errs) {
+		t.Errorf("%d sessions in the %s path for %d transfers", n, path, len(errs))
 	}
 	rewritten := 0
 	for _, r := range d.find("channel open") {
@@ -198,23 +230,44 @@ func TestNATTransfersEveryMode(t *testing.T) {
 	if rewritten == 0 {
 		t.Error("no channel was logged with its translated address")
 	}
-	waitNATClean(t, 10*time.Second)
+	return n
+}
+
+// natDetectedSYNs reads the counters of ftpgate's detect chain: the SYNs
+// of new translated control connections.
+func natDetectedSYNs(t *testing.T) int {
+	t.Helper()
+	total := 0
+	out := natNft(t, "list", "chain", "inet", "ftpgate", "detect_translated_ftp_control")
+	for rest := out; ; {
+		i := strings.Index(rest, "counter packets ")
+		if i < 0 {
+			break
+		}
+		var n int
+		fmt.Sscanf(rest[i:], "counter packets %d", &n)
+		total += n
+		rest = rest[i+1:]
+	}
+	return total
 }
 
 // natDroppedSYNs reads the gateway's counters of SYNs its forward and
 // input chains dropped.
 func natDroppedSYNs(t *testing.T) int {
 	t.Helper()
-	total := 0
-	for _, c := range []string{"dropped_syn", "dropped_syn_input"} {
-		out := natNft(t, "list", "counter", "inet", "filter", c)
-		var n int
-		if i := strings.Index(out, "packets "); i >= 0 {
-			fmt.Sscanf(out[i:], "packets %d", &n)
-		}
-		total += n
+	return natCounter(t, "dropped_syn") + natCounter(t, "dropped_syn_input")
+}
+
+// natCounter reads one of the gateway's named counters (natlab.sh).
+func natCounter(t *testing.T, name string) int {
+	t.Helper()
+	out := natNft(t, "list", "counter", "inet", "filter", name)
+	var n int
+	if i := strings.Index(out, "packets "); i >= 0 {
+		fmt.Sscanf(out[i:], "packets %d", &n)
 	}
-	return total
+	return n
 }
 
 // natKernelState lists what ftpgate holds in the kernel for data
@@ -356,31 +409,41 @@ func lastLine(s string) string {
 
 // TestNATKill9LeavesNothing: with a mapping announced and unused, kill
 // -9: the table and its maps go with the process, the announced port is
-// closed, and the next start replaces the routing rule it left.
+// closed, and the next start works; through the proxy, it replaces the
+// routing rule the last one left, and the packet path adds none.
 func TestNATKill9LeavesNothing(t *testing.T) {
-	needNATLab(t)
-	setNATRuleset(t, "ftpgate")
-	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
-	port, wait := holdPASV(t, "inet", public4, 3)
-	if len(natKernelState(t)) == 0 {
-		t.Fatal("no mapping in the kernel while the session holds an announced port")
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
-	wait()
-	if strings.Contains(natNft(t, "list", "tables"), "table inet ftpgate") {
-		t.Fatal("the table survived kill -9")
-	}
-	if probe(t, "inet", "203.0.113.10", public4, port) {
-		t.Errorf("announced port %d still open after kill -9", port)
-	}
-	startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
-	rules, _ := exec.Command("ip", "-n", natNS("gw"), "rule", "show").CombinedOutput()
-	if n := strings.Count(string(rules), "lookup 2121"); n != 1 {
-		t.Errorf("%d routing rules for the control proxy after a restart, want 1:\n%s", n, rules)
-	}
-	if errs := runAll(t, natTransfers()[:2]); len(names(errs, false)) > 0 {
-		t.Errorf("after the restart: %v", errs)
+	for _, path := range []string{"packet", "proxy"} {
+		t.Run(path, func(t *testing.T) {
+			needNATLab(t)
+			setNATRuleset(t, "ftpgate")
+			args := []string{"--control-ports", "21,2121,2122", "--nat-path", path}
+			d := startFtpgateIn(t, natNS("gw"), args...)
+			port, wait := holdPASV(t, "inet", public4, 3)
+			if len(natKernelState(t)) == 0 {
+				t.Fatal("no mapping in the kernel while the session holds an announced port")
+			}
+			_ = d.cmd.Process.Signal(syscall.SIGKILL)
+			<-d.done
+			wait()
+			if strings.Contains(natNft(t, "list", "tables"), "table inet ftpgate") {
+				t.Fatal("the table survived kill -9")
+			}
+			if probe(t, "inet", "203.0.113.10", public4, port) {
+				t.Errorf("announced port %d still open after kill -9", port)
+			}
+			startFtpgateIn(t, natNS("gw"), args...)
+			rules, _ := exec.Command("ip", "-n", natNS("gw"), "rule", "show").CombinedOutput()
+			want := 1
+			if path == "packet" {
+				want = 0
+			}
+			if n := strings.Count(string(rules), "lookup 2121"); n != want {
+				t.Errorf("%d routing rules for the control proxy after a restart, want %d:\n%s", n, want, rules)
+			}
+			if errs := runAll(t, natTransfers()[:2]); len(names(errs, false)) > 0 {
+				t.Errorf("after the restart: %v", errs)
+			}
+		})
 	}
 }
 
@@ -409,34 +472,38 @@ func TestNATFTPS(t *testing.T) {
 // TestNATIPv4OnlyGateway: a gateway with IPv6 disabled (IPv4-only NAT
 // boxes often are; the proxy's IPv6 route and ::1 listener cannot be had
 // there) runs ftpgate, which says NAT of IPv6 is off, and IPv4 NAT works
-// both ways.
+// both ways, in either path.
 func TestNATIPv4OnlyGateway(t *testing.T) {
-	needNATLab(t)
-	setNATRuleset(t, "ftpgate")
-	if out, err := natLabCmd("gw-ipv6", "off").CombinedOutput(); err != nil {
-		t.Fatalf("natlab.sh gw-ipv6 off: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := natLabCmd("gw-ipv6", "on").CombinedOutput(); err != nil {
-			t.Errorf("natlab.sh gw-ipv6 on: %v\n%s", err, out)
-		}
-	})
-	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
-	if r := d.find("IPv6 is disabled on this host (net.ipv6.conf.lo.disable_ipv6): NAT of IPv6 control connections is off, IPv4 NAT works"); len(r) == 0 {
-		t.Errorf("no log line says NAT of IPv6 is off")
-	}
-	srv4, pub4 := "ftp://"+inetServer4+"/file.bin", "ftp://"+public4+"/file.bin"
-	xs := []transfer{
-		in("lan", curl("LAN curl PASV v4", srv4, "--ftp-pasv", "--disable-epsv")),
-		in("lan", curl("LAN curl PORT v4", srv4, "--ftp-port", "-", "--disable-eprt")),
-		in("inet", curl("internet curl PASV v4", pub4, "--ftp-pasv", "--disable-epsv")),
-		in("inet", curl("internet curl PORT v4", pub4, "--ftp-port", "-", "--disable-eprt")),
-	}
-	errs := runAll(t, xs)
-	for _, name := range names(errs, false) {
-		t.Errorf("%s: %v", name, errs[name])
-	}
-	if n := len(d.find("session start", "proxied", "true")); n < len(xs) {
-		t.Errorf("%d proxied sessions for %d transfers: not through the proxy", n, len(xs))
+	for _, path := range []string{"packet", "proxy"} {
+		t.Run(path, func(t *testing.T) {
+			needNATLab(t)
+			setNATRuleset(t, "ftpgate")
+			if out, err := natLabCmd("gw-ipv6", "off").CombinedOutput(); err != nil {
+				t.Fatalf("natlab.sh gw-ipv6 off: %v\n%s", err, out)
+			}
+			t.Cleanup(func() {
+				if out, err := natLabCmd("gw-ipv6", "on").CombinedOutput(); err != nil {
+					t.Errorf("natlab.sh gw-ipv6 on: %v\n%s", err, out)
+				}
+			})
+			d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122", "--nat-path", path)
+			if r := d.find("IPv6 is disabled on this host (net.ipv6.conf.lo.disable_ipv6): NAT of IPv6 control connections is off, IPv4 NAT works"); len(r) == 0 {
+				t.Errorf("no log line says NAT of IPv6 is off")
+			}
+			srv4, pub4 := "ftp://"+inetServer4+"/file.bin", "ftp://"+public4+"/file.bin"
+			xs := []transfer{
+				in("lan", curl("LAN curl PASV v4", srv4, "--ftp-pasv", "--disable-epsv")),
+				in("lan", curl("LAN curl PORT v4", srv4, "--ftp-port", "-", "--disable-eprt")),
+				in("inet", curl("internet curl PASV v4", pub4, "--ftp-pasv", "--disable-epsv")),
+				in("inet", curl("internet curl PORT v4", pub4, "--ftp-port", "-", "--disable-eprt")),
+			}
+			errs := runAll(t, xs)
+			for _, name := range names(errs, false) {
+				t.Errorf("%s: %v", name, errs[name])
+			}
+			if n := len(d.find("session start", "nat_path", path, "translated", "true")); n < len(xs) {
+				t.Errorf("%d translated sessions in the %s path for %d transfers", n, path, len(xs))
+			}
+		})
 	}
 }

@@ -145,6 +145,7 @@ table inet filter {
 	$helpobj
 	chain prerouting {
 		type filter hook prerouting priority filter; policy accept;
+		tcp dport { 21, 2121, 2122 } tcp flags syn / syn,ack counter name control_syn
 		$helper
 	}
 	chain forward {
@@ -165,6 +166,7 @@ table inet filter {
 	}
 	counter dropped_syn { }
 	counter dropped_syn_input { }
+	counter control_syn { }
 }
 EOF
 }

@@ -36,7 +36,7 @@ func (d *daemon) checkKernel() error {
 		}
 		return err
 	}
-	kc := kernelCheck{release: kernelRelease(), fs: fs, inline: *d.rv.capture == "inline", nat: d.natOn}
+	kc := kernelCheck{release: kernelRelease(), fs: fs, inline: *d.rv.capture == "inline", nat: d.natOn, natPacket: d.rv.nf.packet()}
 	if kc.nat {
 		kc.conntrackErr = nat.ProbeConntrack(0)
 	}
@@ -55,6 +55,7 @@ type kernelCheck struct {
 	release      string
 	fs           rules.Features
 	inline, nat  bool
+	natPacket    bool  // NAT in the packet path, not through the proxy
 	conntrackErr error // ctnetlink, probed when nat
 	queueGlue    bool  // NFQUEUE carries conntrack, probed when inline
 	glueErr      error
@@ -68,7 +69,10 @@ func (kc kernelCheck) verdict() error {
 	if kc.inline {
 		need = append(need, rules.FeatureInnerHeader)
 	}
-	if kc.nat {
+	switch {
+	case kc.nat && kc.natPacket:
+		need = append(need, rules.FeatureNAT)
+	case kc.nat:
 		need = append(need, rules.FeatureTProxy, rules.FeatureSocket, rules.FeatureNAT)
 	}
 	if err := kc.fs.Require(need...); err != nil {
@@ -103,7 +107,10 @@ func (kc kernelCheck) log(log *slog.Logger) {
 			attrs = append(attrs, "nfqueue_conntrack", "no (CONFIG_NETFILTER_NETLINK_GLUE_CT off)")
 		}
 	}
-	if kc.nat {
+	switch {
+	case kc.nat && kc.natPacket:
+		attrs = append(attrs, "nat", "packet path: translated control connections' segments queued both ways, rewritten and shifted by ftpgate (ctnetlink)")
+	case kc.nat:
 		attrs = append(attrs, "nat", "control proxy (tproxy, ctnetlink)")
 	}
 	log.Info("kernel", attrs...)

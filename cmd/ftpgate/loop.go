@@ -36,6 +36,8 @@ type daemonLoop struct {
 	// proxiedLine: bytes of the control proxy were handled; what they
 	// opened must be in the kernel before they go on.
 	proxiedLine bool
+	// packets is the NAT packet path, if it runs: swept every round.
+	packets *nat.PacketPath
 	// heldAt: when the held data SYNs of this round were read.
 	heldAt   []time.Time
 	heldWait prometheus.Observer
@@ -125,6 +127,9 @@ func (d *daemonLoop) Tick(now time.Time) time.Time {
 		// No commit delay: the far side may connect the moment it reads
 		// the line. A failed commit is logged; the line still goes on.
 		d.t.CommitNow()
+	}
+	if d.packets != nil {
+		d.packets.Sweep(now)
 	}
 	if d.heldControl {
 		d.heldControl = false

@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/ftpgate/ftpgate/conntrack"
 	"github.com/ftpgate/ftpgate/nat"
@@ -48,6 +49,8 @@ func (h *hexBit) Set(v string) error {
 // natFlags are run's flags for NAT gateways.
 type natFlags struct {
 	mode       string
+	path       string
+	queue      uint
 	ports      portRange
 	proxyPort  uint
 	routeMark  hexBit
@@ -60,7 +63,9 @@ type natFlags struct {
 
 func (f *natFlags) register(fs *flag.FlagSet) {
 	f.ports = portRange(conntrack.DefaultNATPorts)
-	fs.StringVar(&f.mode, "nat", "on", "on: control connections your NAT rules translate (masquerade, dnat) run through ftpgate's control proxy, which rewrites their announcements and maps their data connections (inline capture only); off: they are treated like any other")
+	fs.StringVar(&f.mode, "nat", "on", "on: ftpgate rewrites the announcements of control connections your NAT rules translate (masquerade, dnat) and maps their data connections (inline capture only; see --nat-path); off: they are treated like any other")
+	fs.StringVar(&f.path, "nat-path", "packet", "packet: translated control connections' segments are queued both ways (--nat-queue), announcements rewritten in them and every later segment's sequence numbers shifted by ftpgate, with nothing dropped; proxy: they run through ftpgate's control proxy, which takes them over from the client's SYN retry (a second's delay at every login)")
+	fs.UintVar(&f.queue, "nat-queue", 2122, "NFQUEUE `number` of the NAT packet path (0-65535, not --queue's)")
 	fs.Var(&f.ports, "nat-ports", "`LO-HI` range of public ports ftpgate hands out for rewritten announcements; keep it outside net.ipv4.ip_local_port_range")
 	fs.IntVar(&f.portsShare, "nat-ports-per-client", 0, "at most this many of --nat-ports held for one client (per address; per /64 for IPv6) at once; 0: a sixteenth of the range, at least 4")
 	fs.UintVar(&f.proxyPort, "proxy-port", 8021, "`port` of the control proxy on 127.0.0.1 and ::1 (only ftpgate's tproxy rules reach it)")
@@ -81,10 +86,15 @@ func (f *natFlags) enabled(inline bool, admit mark) (bool, error) {
 	default:
 		return false, fmt.Errorf("--nat %q: want on or off", f.mode)
 	}
+	if f.path != "packet" && f.path != "proxy" {
+		return false, fmt.Errorf("--nat-path %q: want packet or proxy", f.path)
+	}
 	if !inline {
 		return false, nil
 	}
 	switch {
+	case f.packet() && f.queue > 65535:
+		return false, fmt.Errorf("--nat-queue %d: want 0-65535", f.queue)
 	case f.proxyPort == 0 || f.proxyPort > 65535:
 		return false, fmt.Errorf("--proxy-port %d: want 1-65535", f.proxyPort)
 	case bits.OnesCount(uint(f.routeMark)) != 1:
@@ -106,8 +116,15 @@ func (f *natFlags) enabled(inline bool, admit mark) (bool, error) {
 	return true, nil
 }
 
-func (f *natFlags) rules(ports []uint16) *rules.NATConfig {
-	return &rules.NATConfig{ProxyPort: uint16(f.proxyPort), RouteMark: uint32(f.routeMark), SocketMark: uint32(f.socketMark), Ports: ports}
+// packet says whether NAT runs in the packet path.
+func (f *natFlags) packet() bool { return f.path == "packet" }
+
+// rules is the NAT part of the ruleset. A translated connection's
+// element outlives its session's idle timeout by a minute: the tracker
+// ends an idle session first, and ftpgate then forgets the element.
+func (f *natFlags) rules(ports []uint16, idle time.Duration) *rules.NATConfig {
+	return &rules.NATConfig{ProxyPort: uint16(f.proxyPort), RouteMark: uint32(f.routeMark), SocketMark: uint32(f.socketMark), Ports: ports,
+		Packet: f.packet(), Queue: uint16(f.queue), TranslatedTimeout: idle + time.Minute}
 }
 
 // perClientShare is --max-proxied-per-client, its default worked out.
@@ -118,11 +135,14 @@ func (f *natFlags) perClientShare() int {
 	return f.perClient
 }
 
+// ipv6OffWarning is logged at start on a host with IPv6 disabled.
+const ipv6OffWarning = "IPv6 is disabled on this host (net.ipv6.conf.lo.disable_ipv6): NAT of IPv6 control connections is off, IPv4 NAT works"
+
 // startProxy adds the proxy's routes and starts it.
 func (f *natFlags) startProxy(log *slog.Logger) (*nat.Proxy, *nat.ProxyRoutes, error) {
 	ipv6 := nat.IPv6Enabled()
 	if !ipv6 {
-		log.Warn("IPv6 is disabled on this host (net.ipv6.conf.lo.disable_ipv6): NAT of IPv6 control connections is off, IPv4 NAT works")
+		log.Warn(ipv6OffWarning)
 	}
 	routes, err := nat.AddProxyRoutes(uint32(f.routeMark), f.table, ipv6)
 	if err != nil {

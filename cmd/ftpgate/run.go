@@ -172,7 +172,7 @@ func (d *daemon) openFirewall() error {
 		MaxPinholes: uint32(d.cfg.MaxPinholes), MaxPeers: uint32(2 * (d.cfg.MaxSessions + d.cfg.MaxHalfOpen)), Logger: d.log,
 	}
 	if d.natOn {
-		rcfg.NAT = rv.nf.rules(d.cfg.ControlPorts)
+		rcfg.NAT = rv.nf.rules(d.cfg.ControlPorts, d.cfg.IdleTimeout)
 	}
 	if *rv.capture == "inline" {
 		rcfg.Interfaces = d.ifaces
@@ -290,7 +290,12 @@ func (d *daemon) openInline() error {
 	}
 	d.sources = append(d.sources, queue)
 	d.kernel.queueGlue, d.kernel.glueErr, d.kernel.glueKnown = queue.Conntrack, queue.ConntrackErr, true
-	if d.natOn {
+	switch {
+	case d.natOn && d.rv.nf.packet():
+		if err := d.startPacketPath(); err != nil {
+			return err
+		}
+	case d.natOn:
 		if err := d.startProxy(); err != nil {
 			return err
 		}
@@ -436,6 +441,9 @@ func warnRuleset(fw *rules.Nftables, line string, log *slog.Logger) {
 func natDesc(on bool, nf natFlags) string {
 	if !on {
 		return "off"
+	}
+	if nf.packet() {
+		return fmt.Sprintf("on (translated control connections in the packet path on queue %d, rewritten and shifted in their segments; public ports %s)", nf.queue, nf.ports.String())
 	}
 	return fmt.Sprintf("on (translated control connections through the control proxy on port %d; public ports %s)", nf.proxyPort, nf.ports.String())
 }

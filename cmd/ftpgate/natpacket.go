@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/ftpgate/ftpgate/capture"
+	"github.com/ftpgate/ftpgate/nat"
+)
+
+// packetSource is the NAT packet path's queue as a source of the loop:
+// each segment goes through the path as it is read, and goes on, as it
+// came, rewritten or shifted, at Release, after Tick has committed what
+// its lines opened.
+type packetSource struct {
+	*capture.QueueSource
+	path *nat.PacketPath
+}
+
+func (s packetSource) Read(func(*capture.Packet)) error {
+	return s.QueueSource.Read(func(p *capture.Packet) {
+		// Each replaced packet has its own buffer: it must stay as it is
+		// until Release, while later ones are built.
+		out, v := s.path.Segment(nil, p.Data, p.Hook == capture.HookPrerouting, p.Time)
+		switch v {
+		case nat.PassReplaced:
+			p.Replace = out
+		case nat.DropSegment:
+			p.Verdict = capture.Drop
+		}
+	})
+}
+
+// packetUser is the tracker as the packet path's user: a connection it
+// sees is looked up in conntrack for its translation, and its bytes go
+// to the tracker's session of it.
+type packetUser struct {
+	loop *daemonLoop
+	ct   *nat.Conntrack
+	log  *slog.Logger
+}
+
+func (u *packetUser) Opened(id uint64, client, serverSeen netip.AddrPort) bool {
+	tr, err := u.ct.Translation(client, serverSeen)
+	if err != nil {
+		u.log.Warn("NAT packet path: translated control connection not followed: its announcements go on untranslated",
+			"client", client.String(), "server", serverSeen.String(), "error", err)
+		return false
+	}
+	u.loop.t.OpenTranslated(id, tr, time.Now())
+	return true
+}
+
+func (u *packetUser) Bytes(id uint64, fromServer bool, seq uint32, data []byte, ack uint32) ([]byte, bool) {
+	u.loop.proxiedLine = true
+	return u.loop.t.TranslatedBytes(id, fromServer, seq, data, ack, time.Now())
+}
+
+func (u *packetUser) Closed(id uint64, reason string) {
+	u.loop.t.CloseProxied(id, reason, time.Now())
+}
+
+// packetConns is the packet path as the tracker's ProxyConns: a session
+// the tracker ends has its connection cut.
+type packetConns struct{ path *nat.PacketPath }
+
+func (c packetConns) CloseConn(id uint64) { c.path.Forget(id) }
+
+// startPacketPath binds the NAT packet path's queue (without fail-open:
+// a segment of a shifted connection must never go on unshifted) and
+// opens ctnetlink for the translations.
+func (d *daemon) startPacketPath() error {
+	nf := &d.rv.nf
+	if nf.queue == *d.rv.queueNum {
+		return fmt.Errorf("--nat-queue %d: must differ from --queue", nf.queue)
+	}
+	if !nat.IPv6Enabled() {
+		d.log.Warn(ipv6OffWarning)
+	}
+	ct, err := nat.OpenConntrack(0)
+	if err != nil {
+		return fmt.Errorf("starting the NAT packet path (--nat off runs without it): %w", err)
+	}
+	d.closers.pushCloser(ct)
+	q, err := capture.OpenRewriteQueue(uint16(nf.queue), 8192, 0)
+	if err != nil {
+		return fmt.Errorf("starting the NAT packet path (--nat off runs without it): %w", err)
+	}
+	d.closers.pushCloser(q)
+	user := &packetUser{loop: &d.loop, ct: ct, log: d.log}
+	path := nat.NewPacketPath(user, nat.PacketPathConfig{MaxConns: nf.maxProxied, MaxPerSource: nf.perClientShare()},
+		func(client, serverSeen netip.AddrPort) { d.forgetTranslated(client, serverSeen) })
+	d.loop.packets = path
+	d.sources = append(d.sources, packetSource{QueueSource: q, path: path})
+	d.cfg.ProxyConns = packetConns{path}
+	warnPortsOverlap(nf.ports, d.log)
+	return nil
+}
+
+// forgetTranslated stops the queueing of a connection the packet path
+// is done with. A failure is logged: the element times out by itself.
+func (d *daemon) forgetTranslated(client, serverSeen netip.AddrPort) {
+	if d.fw == nil {
+		return
+	}
+	if err := d.fw.ForgetTranslated(client, serverSeen); err != nil {
+		d.log.Warn("NAT packet path: could not forget a translated control connection; its element expires by itself",
+			"client", client.String(), "server", serverSeen.String(), "error", err)
+	}
+}
+
+var _ nat.PacketUser = (*packetUser)(nil)
