@@ -20,7 +20,7 @@ type translated struct {
 func newTranslated(t *testing.T, tr nat.Translation) *translated {
 	h := newHarness(t, Config{Inline: true})
 	p := &translated{harness: h, id: 9, seq: [2]uint32{1000, 5000}}
-	h.tr.OpenTranslated(p.id, tr, h.ts)
+	h.tr.OpenTranslated(p.id, tr, false, h.ts)
 	p.segment(true, "220 hello\r\n")
 	return p
 }

@@ -24,10 +24,15 @@ func (t *Tracker) OpenProxied(id uint64, tr nat.Translation, now time.Time) {
 // OpenTranslated starts the session of a translated control connection
 // the packet path follows (nat.PacketPath): its bytes come in
 // TranslatedBytes, segment by segment. A half-open session of the same
-// connection, from its held SYN, ends.
-func (t *Tracker) OpenTranslated(id uint64, tr nat.Translation, now time.Time) {
+// connection, from its held SYN, ends. pickedUp: the connection is seen
+// mid-stream (ftpgate started, or restarted, after it began).
+func (t *Tracker) OpenTranslated(id uint64, tr nat.Translation, pickedUp bool, now time.Time) {
 	t.env.advance(now)
 	t.sessions.openProxied(id, tr, true)
+	if s := t.sessions.proxied[id]; s != nil && pickedUp {
+		s.pickUp(fromClient)
+		s.pickUp(1)
+	}
 }
 
 // TranslatedBytes takes the new bytes of one segment of session id, in

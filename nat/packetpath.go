@@ -29,6 +29,7 @@ type PacketPath struct {
 	nextID   uint64
 	stats    PacketStats
 	swept    time.Time
+	dirty    bool // a state file's content changed (Snapshot)
 }
 
 // PacketPathConfig bounds what the packet path follows: MaxConns
@@ -44,9 +45,10 @@ type PacketPathConfig struct {
 type PacketUser interface {
 	// Opened says a translated control connection was seen: client is
 	// the client's own address, serverSeen the server as the client
-	// addressed it. false: it is not followed (its segments go on as
-	// they come, nothing rewritten).
-	Opened(id uint64, client, serverSeen netip.AddrPort) bool
+	// addressed it; pickedUp, that it is seen mid-stream (ftpgate
+	// started after it, or restarted). false: it is not followed (its
+	// segments go on as they come, nothing rewritten).
+	Opened(id uint64, client, serverSeen netip.AddrPort, pickedUp bool) bool
 	// Bytes are new bytes of one side, in order, at seq (the sender's
 	// sequence number); ack is the sender's acknowledgement of the other
 	// side, in that side's numbers. out is what goes on instead: data
@@ -76,6 +78,7 @@ type pathConn struct {
 	user     bool               // the user follows it
 	cut      bool               // the user ended it: every segment is dropped
 	closed   bool               // both sides sent FIN
+	restored bool               // from a state file: its session is picked up
 	last     time.Time
 }
 
@@ -137,7 +140,7 @@ func (p *PacketPath) Segment(dst, pkt []byte, fromClient bool, now time.Time) ([
 		if seg.Flags&FlagRST != 0 || (seg.Flags&FlagSYN == 0 && len(seg.Payload()) == 0) {
 			return dst, PassAsIs
 		}
-		src := source.Of(key.client.Addr())
+		src := sourceOf(key.client)
 		if len(p.conns) >= p.cfg.MaxConns || p.bySource[src] >= p.cfg.MaxPerSource {
 			p.stats.Refused++
 			p.gone(key.client, key.serverSeen)
@@ -147,13 +150,20 @@ func (p *PacketPath) Segment(dst, pkt []byte, fromClient bool, now time.Time) ([
 		c = &pathConn{id: p.nextID, source: src}
 		p.conns[key] = c
 		p.bySource.Add(src)
-		if c.user = p.user.Opened(c.id, key.client, key.serverSeen); !c.user {
+		if c.user = p.user.Opened(c.id, key.client, key.serverSeen, seg.Flags&FlagSYN == 0); !c.user {
 			p.stats.Refused++
 			p.end(key, c, "not followed")
 			return dst, PassAsIs
 		}
 	}
 	c.last = now
+	if c.restored {
+		// Back from a state file: its session starts again here.
+		c.restored = false
+		if c.user = p.user.Opened(c.id, key.client, key.serverSeen, true); !c.user {
+			c.cut = true
+		}
+	}
 	if c.cut {
 		p.stats.Dropped++
 		if seg.Flags&FlagRST != 0 {
@@ -220,6 +230,7 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 				payload = append(append(make([]byte, 0, int(old)+len(out)), data[:old]...), out...)
 				c.remember(d, seg.Seq, data, payload)
 				p.stats.Rewritten++
+				p.dirty = true
 			}
 		}
 	}
@@ -291,6 +302,9 @@ func (c *pathConn) remember(d int, seq uint32, orig, out []byte) {
 
 // end forgets a connection and tells the user.
 func (p *PacketPath) end(key connKey, c *pathConn, reason string) {
+	if c.shift.Shifted() {
+		p.dirty = true
+	}
 	delete(p.conns, key)
 	p.bySource.Remove(c.source)
 	p.gone(key.client, key.serverSeen)
@@ -331,11 +345,31 @@ func (p *PacketPath) Sweep(now time.Time) {
 	}
 }
 
+// Stop gives up, as ftpgate stops, every connection that can go on
+// without it (nothing shifted: gone is told, and the chains stop
+// queueing it), and returns how many cannot: those are in the state
+// file, and their segments wait in the kernel for the next ftpgate.
+func (p *PacketPath) Stop() (kept int) {
+	for k, c := range p.conns {
+		if c.shift.Shifted() && !c.cut && !c.closed {
+			kept++
+			continue
+		}
+		delete(p.conns, k)
+		p.bySource.Remove(c.source)
+		p.gone(k.client, k.serverSeen)
+	}
+	return kept
+}
+
 // Len is how many connections are followed.
 func (p *PacketPath) Len() int { return len(p.conns) }
 
 // Stats are the counts so far.
 func (p *PacketPath) Stats() PacketStats { return p.stats }
+
+// sourceOf is the share a client counts against.
+func sourceOf(client netip.AddrPort) netip.Prefix { return source.Of(client.Addr()) }
 
 // endpoints are the segment's source and destination.
 func endpoints(s Segment) (src, dst netip.AddrPort) {

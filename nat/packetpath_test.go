@@ -17,7 +17,7 @@ type fakeUser struct {
 	refuse, end    bool
 }
 
-func (f *fakeUser) Opened(id uint64, client, serverSeen netip.AddrPort) bool {
+func (f *fakeUser) Opened(id uint64, client, serverSeen netip.AddrPort, pickedUp bool) bool {
 	f.opened = append(f.opened, id)
 	return !f.refuse
 }
@@ -220,5 +220,61 @@ func TestPacketPathBadChecksum(t *testing.T) {
 	}
 	if len(l.user.bytes) != 0 || l.p.Stats().BadChecksum != 1 {
 		t.Fatalf("bad checksum read: %q, stats %+v", l.user.bytes, l.p.Stats())
+	}
+}
+
+// TestPacketPathRestore: a shifted connection written to a state file
+// and read back by a new PacketPath (a restart) goes on with the same
+// shift, its retransmitted rewrite rewritten the same, its session
+// picked up; an unshifted one is not kept, and Stop gives it up.
+func TestPacketPathRestore(t *testing.T) {
+	l := newPathLab(t)
+	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")})
+	// A second connection, never shifted.
+	other := tcpSeg{src: netip.MustParseAddr("192.0.2.11"), dst: labServer, seq: 1, ack: 1, acked: true, payload: []byte("NOOP\r\n")}
+	l.p.Segment(nil, other.build(t), true, l.now)
+	if !l.p.Dirty() {
+		t.Fatal("a rewrite did not make the state dirty")
+	}
+	path := t.TempDir() + "/state.json"
+	if err := WriteState(path, l.p.Snapshot(l.now)); err != nil {
+		t.Fatal(err)
+	}
+	if l.p.Dirty() {
+		t.Fatal("dirty after Snapshot")
+	}
+	if kept := l.p.Stop(); kept != 1 || len(l.gone) != 1 || l.gone[0].Addr() != other.src {
+		t.Fatalf("Stop kept %d, gave up %v; want the shifted one kept and the other given up", kept, l.gone)
+	}
+
+	st, err := ReadState(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2 := newPathLab(t)
+	if n, err := l2.p.Restore(st); n != 1 || err != nil {
+		t.Fatalf("Restore: %d, %v", n, err)
+	}
+	// The server's ack of the rewritten line comes back unshifted for the
+	// client; the client's next line is shifted by 3.
+	_, seg := l2.send(false, tcpSeg{seq: 5001, ack: 1012, acked: true, payload: []byte("200 ok\r\n")})
+	if seg.Ack != 1009 {
+		t.Fatalf("after the restart: the server's ack went on as %d, want 1009", seg.Ack)
+	}
+	if len(l2.user.opened) != 1 {
+		t.Fatalf("session not picked up: opened %v", l2.user.opened)
+	}
+	_, seg = l2.send(true, tcpSeg{seq: 1009, ack: 5009, acked: true, payload: []byte("RETR f\r\n")})
+	if seg.Seq != 1012 {
+		t.Fatalf("after the restart: next line at %d, want 1012", seg.Seq)
+	}
+	v, seg := l2.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")})
+	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" {
+		t.Fatalf("retransmitted rewrite after the restart: verdict %d, %q", v, seg.Payload())
+	}
+	// A missing file is an empty state; a broken one an error.
+	if st, err := ReadState(t.TempDir() + "/none"); err != nil || len(st.Conns) != 0 {
+		t.Fatalf("missing file: %v, %d conns", err, len(st.Conns))
 	}
 }

@@ -33,6 +33,9 @@ func baseChain(t *nftables.Table, name string, typ nftables.ChainType, hook *nft
 type chains struct {
 	conn  *nftables.Conn
 	table *nftables.Table
+	// natTable is the NAT packet path's table (nil otherwise): its
+	// detect and queue chains live there (see NATConfig.Packet).
+	natTable *nftables.Table
 	cfg   *Config
 	sets  *tableSets
 	// Inline capture: what its rules were built with, and the interfaces set.
@@ -113,10 +116,13 @@ func (c *chains) queueNAT() {
 	}
 	c.addChain(baseChain(c.table, "nat_ftp_data_dnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, DNATChainPriority), with(natRules(false)))
 	c.addChain(baseChain(c.table, "nat_ftp_data_snat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, SNATChainPriority), with(natRules(true)))
-	if !c.cfg.NAT.Packet {
+	detectIn := c.table
+	if c.natTable != nil {
+		detectIn = c.natTable
+	} else {
 		c.addChain(baseChain(c.table, natProxyChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ProxyChainPriority), with(proxyRules))
 	}
-	c.addChain(baseChain(c.table, natDetectChain, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, DetectChainPriority), with(detectRules))
+	c.addChain(baseChain(detectIn, natDetectChain, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, DetectChainPriority), with(detectRules))
 }
 
 // queuePacketPath queues, in the NAT packet path, the chains that queue
@@ -126,7 +132,7 @@ func (c *chains) queueNAT() {
 //	nft add chain inet ftpgate queue_translated_ftp_control_from_client { type filter hook prerouting priority -250; }
 //	nft add chain inet ftpgate queue_translated_ftp_control_from_server { type filter hook postrouting priority srcnat + 2; }
 func (c *chains) queuePacketPath(inlineQueue expr.Any) {
-	if c.cfg.NAT == nil || !c.cfg.NAT.Packet {
+	if c.natTable == nil {
 		return
 	}
 	q := natQueue(inlineQueue, c.cfg.NAT.Queue)
@@ -141,7 +147,7 @@ func (c *chains) queuePacketPath(inlineQueue expr.Any) {
 		{natFromServerChain, nftables.ChainHookPostrouting, FromServerQueuePriority, true},
 	} {
 		rules := packetQueueRules(h.fromServer, q)
-		c.addChain(baseChain(c.table, h.name, nftables.ChainTypeFilter, h.hook, h.prio),
+		c.addChain(baseChain(c.natTable, h.name, nftables.ChainTypeFilter, h.hook, h.prio),
 			func(ch *nftables.Chain) []*nftables.Rule { return rules(p, ch) })
 	}
 }

@@ -45,7 +45,7 @@ func newRecorder(t *testing.T) *recorder {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Nftables = newNftables(testRecorderConfig, conn, &nftables.Table{Name: DefaultTable, Family: nftables.TableFamilyINet})
+	r.Nftables = newNftables(testRecorderConfig, conn, &nftables.Table{Name: DefaultTable, Family: nftables.TableFamilyINet}, nil)
 	return r
 }
 
@@ -53,7 +53,7 @@ var testRecorderConfig = Config{Table: DefaultTable, Mark: 0x01000000, MarkMask:
 
 // reconfigure rebuilds the recorder's parts for cfg, on the same connection.
 func (r *recorder) reconfigure(cfg Config) {
-	r.Nftables = newNftables(cfg, r.conn, r.table)
+	r.Nftables = newNftables(cfg, r.conn, r.table, nil)
 }
 
 func (r *recorder) flush(t *testing.T) []netlink.Message {

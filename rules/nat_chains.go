@@ -48,6 +48,14 @@ type NATConfig struct {
 	// ftpgate to rewrite and shift. A connection stays queued while
 	// segments come at least every TranslatedTimeout (ftpgate forgets it
 	// sooner when it ends). ProxyPort and the marks are then unused.
+	//
+	// The translated connections, the detect chain and the queue chains
+	// are in a table of their own, TABLE_nat, without the owner flag:
+	// a connection whose sequence numbers ftpgate shifts cannot go on
+	// without it, so across a restart (or kill -9) its segments must
+	// wait in the kernel, dropped for want of a listener on the queue,
+	// never passed unshifted. The next ftpgate adopts the table;
+	// StopTranslating removes it when nothing needs it.
 	Packet            bool
 	Queue             uint16
 	TranslatedTimeout time.Duration
@@ -192,8 +200,10 @@ var netipLoopback6 = [16]byte{15: 1}
 //	meta nfproto ipv4 tcp dport PORT tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 \
 //	  add @ftp_control_translated_v4 { ct original ip saddr . ... timeout T } counter
 func detectRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
+	// The chain's own table: in the packet path, the table of its own
+	// that outlives ftpgate (see NATConfig).
 	rule := func(note string, exprs ...[]expr.Any) *nftables.Rule {
-		return &nftables.Rule{Table: p.table, Chain: chain, UserData: comment(note), Exprs: slices.Concat(exprs...)}
+		return &nftables.Rule{Table: chain.Table, Chain: chain, UserData: comment(note), Exprs: slices.Concat(exprs...)}
 	}
 	var out []*nftables.Rule
 	packet := p.nat.cfg.Packet
@@ -247,7 +257,7 @@ func packetQueueRules(fromServer bool, queue expr.Any) func(ruleParams, *nftable
 			// Before conntrack, nothing has checked the source: one that
 			// could not have come in where it did is left to the
 			// kernel's own checks, unread.
-			out = append(out, &nftables.Rule{Table: p.table, Chain: chain, UserData: comment("a source that cannot come from there: not ftpgate's"),
+			out = append(out, &nftables.Rule{Table: chain.Table, Chain: chain, UserData: comment("a source that cannot come from there: not ftpgate's"),
 				Exprs: append(reversePathFails(), ret)})
 		}
 		for _, v6 := range []bool{false, true} {
@@ -266,7 +276,7 @@ func packetQueueRules(fromServer bool, queue expr.Any) func(ruleParams, *nftable
 			if fromServer {
 				note = "a segment from the server of a translated FTP control connection: to ftpgate's packet path"
 			}
-			out = append(out, &nftables.Rule{Table: p.table, Chain: chain, UserData: comment(note), Exprs: exprs})
+			out = append(out, &nftables.Rule{Table: chain.Table, Chain: chain, UserData: comment(note), Exprs: exprs})
 		}
 		return out
 	}

@@ -45,7 +45,7 @@ type natMaps struct {
 // kept while its segments come (NATConfig.TranslatedTimeout):
 //
 //	nft add set inet ftpgate ftp_control_translated_v4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; flags dynamic,timeout; }
-func newNATMaps(t *nftables.Table, pinholes, peers uint32, packet bool) *natMaps {
+func newNATMaps(t *nftables.Table, pinholes, peers uint32, natTable *nftables.Table) *natMaps {
 	proxyNext := func(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
 		return &nftables.Set{
 			ID: id, Table: t, Name: name,
@@ -76,13 +76,13 @@ func newNATMaps(t *nftables.Table, pinholes, peers uint32, packet bool) *natMaps
 		dnat: setPair{natMap(DNATMapV4, nftables.TypeIPAddr, false, 7), natMap(DNATMapV6, nftables.TypeIP6Addr, false, 8)},
 		snat: setPair{natMap(SNATMapV4, nftables.TypeIPAddr, true, 9), natMap(SNATMapV6, nftables.TypeIP6Addr, true, 10)},
 	}
-	if !packet {
+	if natTable == nil {
 		m.proxyNext = setPair{proxyNext(ProxyNextV4, nftables.TypeIPAddr, 5), proxyNext(ProxyNextV6, nftables.TypeIP6Addr, 6)}
 		return m
 	}
 	translated := func(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
 		return &nftables.Set{
-			ID: id, Table: t, Name: name,
+			ID: id, Table: natTable, Name: name,
 			KeyType:       nftables.MustConcatSetType(addr, nftables.TypeInetService, addr, nftables.TypeInetService),
 			Concatenation: true, HasTimeout: true, Dynamic: true,
 			Size:    peers,

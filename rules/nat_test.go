@@ -3,7 +3,6 @@ package rules
 import (
 	"net/netip"
 
-	"github.com/google/nftables"
 	"strings"
 	"testing"
 	"time"
@@ -110,7 +109,7 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("AddInlineRules: %v", err)
 	}
-	got := netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate")
+	got := netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate") + netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate_nat")
 	for _, want := range []string{
 		"set ftp_control_translated_v4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service",
 		"ct status snat,dnat add @ftp_control_translated_v4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst timeout 2h } counter packets 0 bytes 0 comment",
@@ -128,12 +127,12 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 			t.Errorf("the packet path's table has %q:\n%s", absent, got)
 		}
 	}
-	if detect := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate", natDetectChain); strings.Contains(detect, "drop") {
+	if detect := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate_nat", natDetectChain); strings.Contains(detect, "drop") {
 		t.Errorf("the packet path drops in the detect chain:\n%s", detect)
 	}
 	// Each queue chain queues to 2122, without bypass.
 	for _, chain := range []string{natFromClientChain, natFromServerChain} {
-		text := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate", chain)
+		text := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate_nat", chain)
 		want := "queue to 2122"
 		if mode == QueueXtables {
 			want = "NFQUEUE"
@@ -143,14 +142,8 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 		}
 	}
 	client, server := netip.MustParseAddrPort("192.0.2.10:40000"), netip.MustParseAddrPort("198.51.100.2:21")
-	// The owned table takes no element from nft: as the detect chain would.
-	if err := n.conn.SetAddElements(n.sets.nat.translated.v4, []nftables.SetElement{{Key: translatedKey(client, server), Timeout: time.Hour}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := n.conn.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate", TranslatedV4); !strings.Contains(got, "192.0.2.10 . 40000 . 198.51.100.2 . 21") {
+	netnstest.Nft(t, ns, "add", "element", "inet", "ftpgate_nat", TranslatedV4, "{ 192.0.2.10 . 40000 . 198.51.100.2 . 21 timeout 1h }")
+	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate_nat", TranslatedV4); !strings.Contains(got, "192.0.2.10 . 40000 . 198.51.100.2 . 21") {
 		t.Fatalf("the element is not as nft writes it:\n%s", got)
 	}
 	for range 2 {
@@ -158,7 +151,61 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 			t.Fatalf("ForgetTranslated: %v", err)
 		}
 	}
-	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate", TranslatedV4); strings.Contains(got, "elements") {
+	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate_nat", TranslatedV4); strings.Contains(got, "elements") {
 		t.Errorf("element left:\n%s", got)
+	}
+}
+
+// TestNATTableOutlivesRestart: the packet path's table stays when a
+// stop keeps it (shifted connections) and after kill -9 (the socket
+// closes: only the owned table goes); the next Open adopts it with its
+// translated connections and without doubled rules; a stop that keeps
+// nothing removes it.
+func TestNATTableOutlivesRestart(t *testing.T) {
+	ns := netnstest.New(t)
+	open := func() *Nftables {
+		nat := NATConfig{Ports: []uint16{21}, Packet: true, Queue: 2122, TranslatedTimeout: time.Hour}
+		n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, MaxPinholes: 1024, NetNS: int(ns), NAT: &nat})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		if _, err := n.AddInlineRules(2121, DefaultLogGroup, nat.Ports); err != nil {
+			t.Fatalf("AddInlineRules: %v", err)
+		}
+		return n
+	}
+	n := open()
+	netnstest.Nft(t, ns, "add", "element", "inet", "ftpgate_nat", TranslatedV4, "{ 192.0.2.10 . 40000 . 198.51.100.2 . 21 timeout 1h }")
+	if err := n.StopTranslating(true); err != nil {
+		t.Fatal(err)
+	}
+	if detect := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate_nat", natDetectChain); strings.Contains(detect, "add @") {
+		t.Errorf("a stop that keeps the table still detects new connections:\n%s", detect)
+	}
+	n.Close()
+	// The socket's end (kill -9 or Close) takes the owned table only.
+	tables := netnstest.Nft(t, ns, "list", "tables")
+	if !strings.Contains(tables, "table inet ftpgate_nat\n") || strings.Contains(tables, "table inet ftpgate\n") {
+		t.Fatalf("after the stop: %s", tables)
+	}
+	n = open()
+	defer n.Close()
+	set := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate_nat", TranslatedV4)
+	if !strings.Contains(set, "192.0.2.10 . 40000 . 198.51.100.2 . 21") {
+		t.Errorf("the translated connection did not outlive the restart:\n%s", set)
+	}
+	// One port, both families; the client's chain has the reverse-path
+	// rule first.
+	for chain, want := range map[string]int{natDetectChain: 2, natFromClientChain: 3, natFromServerChain: 2} {
+		text := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate_nat", chain)
+		if n := strings.Count(text, "comment"); n != want {
+			t.Errorf("%s after adoption has %d rules, want %d:\n%s", chain, n, want, text)
+		}
+	}
+	if err := n.StopTranslating(false); err != nil {
+		t.Fatal(err)
+	}
+	if tables := netnstest.Nft(t, ns, "list", "tables"); strings.Contains(tables, "ftpgate_nat") {
+		t.Errorf("a stop that keeps nothing left the table: %s", tables)
 	}
 }

@@ -11,7 +11,7 @@ import (
 // was cut and has lingered (nat.PacketPath). client is the client's own
 // address, serverSeen the server as the client addressed it.
 //
-//	nft delete element inet ftpgate ftp_control_translated_v4 { CLIENT . CPORT . SERVER . SPORT }
+//	nft delete element inet ftpgate_nat ftp_control_translated_v4 { CLIENT . CPORT . SERVER . SPORT }
 //
 // Like every removal it first adds the element with a short timeout, so
 // that it cannot fail on one the kernel let expire meanwhile.

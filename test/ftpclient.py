@@ -5,6 +5,10 @@
                                         download FILE in MODE (pasv, epsv, port, eprt),
                                         WAIT seconds after logging in (@PATH: once PATH
                                         exists)
+  ftpclient.py again HOST MODE FILE @PATH
+                                        download FILE, print "first N" (bytes), wait until
+                                        PATH exists, download it again on the same
+                                        session, print "second N"
   ftpclient.py chatter HOST SECS        log in, print "ready", then send NOOP after NOOP
                                         for SECS seconds
   ftpclient.py churn HOST SECS          open control connections one after another for
@@ -107,6 +111,24 @@ def get(host, mode, name, out, wait="0"):
     set_mode(ftp, mode)
     with open(out, "wb") as f:
         ftp.retrbinary("RETR " + name, f.write)
+    ftp.quit()
+
+
+def again(host, mode, name, gate):
+    """One session, a transfer before and one after something happens
+    (a restart of ftpgate): the second proves the session survived."""
+    ftp = connect(host, timeout=30)
+    set_mode(ftp, mode)
+    for label in ("first", "second"):
+        if label == "second":
+            deadline = time.monotonic() + 60
+            while not os.path.exists(gate[1:]):
+                if time.monotonic() > deadline:
+                    raise SystemExit("no " + gate[1:] + " within 60 s")
+                time.sleep(0.05)
+        got = bytearray()
+        ftp.retrbinary("RETR " + name, got.extend)
+        print(label, len(got), flush=True)
     ftp.quit()
 
 
@@ -286,6 +308,8 @@ def main(argv):
     try:
         if cmd == "get":
             get(*args)
+        elif cmd == "again":
+            again(*args)
         elif cmd == "hold":
             hold(*args)
         elif cmd == "chatter":

@@ -42,14 +42,14 @@ type packetUser struct {
 	log  *slog.Logger
 }
 
-func (u *packetUser) Opened(id uint64, client, serverSeen netip.AddrPort) bool {
+func (u *packetUser) Opened(id uint64, client, serverSeen netip.AddrPort, pickedUp bool) bool {
 	tr, err := u.ct.Translation(client, serverSeen)
 	if err != nil {
 		u.log.Warn("NAT packet path: translated control connection not followed: its announcements go on untranslated",
 			"client", client.String(), "server", serverSeen.String(), "error", err)
 		return false
 	}
-	u.loop.t.OpenTranslated(id, tr, time.Now())
+	u.loop.t.OpenTranslated(id, tr, pickedUp, time.Now())
 	return true
 }
 

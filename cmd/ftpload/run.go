@@ -30,9 +30,11 @@ type Result struct {
 	Slow      int     `json:"slow"`            // setup > 900 ms: a dropped first SYN
 	PerSecond float64 `json:"transfers_per_s"` // from when every session had logged in
 	Seconds   float64 `json:"seconds"`
-	// LoginMax is the longest a session took to connect and log in (a
-	// NAT gateway's control proxy takes over a connection on the
-	// client's second SYN, about a second after the first).
+	// LoginMax is the slowest login of the sessions that logged in: from
+	// the start of the control connection's connect() to the reply that
+	// logs it in (230), so a dropped first SYN counts in it (a NAT
+	// gateway's control proxy takes over a connection on the client's
+	// second SYN, about a second after the first).
 	LoginMax float64 `json:"login_max_ms"`
 	FirstErr string  `json:"first_error,omitempty"`
 }
@@ -87,7 +89,7 @@ type loadTally struct {
 	mu       sync.Mutex
 	setups   []time.Duration // one a transfer that succeeded
 	firstErr string
-	loginMax time.Duration // the slowest session's login, from the start
+	loginMax time.Duration // the slowest session's login (dial)
 	elapsed  time.Duration // from the last login to the last transfer
 }
 
@@ -96,7 +98,6 @@ type loadTally struct {
 // logins (slow through a NAT gateway's control proxy).
 func runSessions(lf loadFlags) *loadTally {
 	t := &loadTally{}
-	start := time.Now()
 	var loggedIn sync.WaitGroup
 	loggedIn.Add(lf.sessions)
 	var transfersFrom time.Time
@@ -111,8 +112,8 @@ func runSessions(lf loadFlags) *loadTally {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			setups, err := session(lf.ctrl, lf.mode, lf.file, lf.transfers, func() {
-				t.loggedIn(time.Since(start))
+			setups, err := session(lf.ctrl, lf.mode, lf.file, lf.transfers, func(login time.Duration) {
+				t.loggedIn(login)
 				loggedIn.Done()
 				<-ready
 			})
@@ -125,10 +126,10 @@ func runSessions(lf loadFlags) *loadTally {
 	return t
 }
 
-func (t *loadTally) loggedIn(after time.Duration) {
+func (t *loadTally) loggedIn(login time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.loginMax = max(t.loginMax, after)
+	t.loginMax = max(t.loginMax, login)
 }
 
 func (t *loadTally) add(setups []time.Duration, err error) {
@@ -174,20 +175,23 @@ type ftpConn struct {
 	tp *textproto.Conn
 }
 
-func dial(ctrl string) (*ftpConn, error) {
+// dial connects and logs in; login is how long that took, from the
+// start of connect() to the reply that logged in.
+func dial(ctrl string) (f *ftpConn, login time.Duration, err error) {
+	t0 := time.Now()
 	c, err := net.DialTimeout("tcp", ctrl, 10*time.Second)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	f := &ftpConn{c: c, tp: textproto.NewConn(c)}
+	f = &ftpConn{c: c, tp: textproto.NewConn(c)}
 	if _, _, err := f.tp.ReadResponse(220); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("greeting: %w", err)
+		return nil, 0, fmt.Errorf("greeting: %w", err)
 	}
 	// Anonymous login: some servers want a password (331), some do not (230).
 	if err := f.tp.PrintfLine("USER anonymous"); err != nil {
 		c.Close()
-		return nil, err
+		return nil, 0, err
 	}
 	code, _, err := f.tp.ReadResponse(0)
 	if err == nil && code == 331 {
@@ -195,14 +199,15 @@ func dial(ctrl string) (*ftpConn, error) {
 	} else if err == nil && code/100 != 2 {
 		err = fmt.Errorf("USER: %d", code)
 	}
+	login = time.Since(t0)
 	if err == nil {
 		_, err = f.cmd(2, "TYPE I")
 	}
 	if err != nil {
 		c.Close()
-		return nil, err
+		return nil, 0, err
 	}
-	return f, nil
+	return f, login, nil
 }
 
 // cmd sends a command and reads its reply, expecting the code class or code.
@@ -219,10 +224,11 @@ func (f *ftpConn) cmd(expect int, format string, args ...any) (string, error) {
 }
 
 // session runs n transfers and returns the setup time of each that
-// succeeded and the first error.
-func session(ctrl, mode, file string, n int, loggedIn func()) ([]time.Duration, error) {
-	f, err := dial(ctrl)
-	loggedIn()
+// succeeded and the first error. loggedIn is called once the session
+// has logged in, with its login time, or has failed to (with 0).
+func session(ctrl, mode, file string, n int, loggedIn func(login time.Duration)) ([]time.Duration, error) {
+	f, login, err := dial(ctrl)
+	loggedIn(login)
 	if err != nil {
 		return nil, err
 	}

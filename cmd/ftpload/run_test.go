@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftpgate/ftpgate/parser"
 )
@@ -16,6 +17,12 @@ import (
 // fakeFTPServer answers just what ftpload run sends, on host: a login,
 // TYPE, PASV, EPSV, PORT, EPRT and RETR of a file of ten bytes.
 func fakeFTPServer(t *testing.T, host string, refuseData bool) netip.AddrPort {
+	t.Helper()
+	return listenFake(t, host, func(c net.Conn) { serveFakeFTP(c, refuseData) })
+}
+
+// listenFake serves each connection to host with serve.
+func listenFake(t *testing.T, host string, serve func(net.Conn)) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
@@ -28,7 +35,7 @@ func fakeFTPServer(t *testing.T, host string, refuseData bool) netip.AddrPort {
 			if err != nil {
 				return
 			}
-			go serveFakeFTP(c, refuseData)
+			go serve(c)
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).AddrPort()
@@ -154,4 +161,31 @@ func TestRunFailures(t *testing.T) {
 			t.Errorf("%v: no error", args)
 		}
 	}
+}
+
+// TestRunLoginTime: the login time runs from connect() to the reply that
+// logs in: a slow greeting counts in it, a slow reply to TYPE after the
+// login does not.
+func TestRunLoginTime(t *testing.T) {
+	srv := listenFake(t, "127.0.0.1", func(c net.Conn) {
+		serveFakeFTP(&slowReplies{Conn: c, delay: map[int]time.Duration{1: 100 * time.Millisecond, 4: 400 * time.Millisecond}}, false)
+	})
+	r := runLoad(t, srv, "--sessions", "2", "--transfers", "1")
+	if r.Succeeded != 2 || r.LoginMax < 100 || r.LoginMax >= 400 {
+		t.Errorf("login max %.1f ms, want 100-400 (greeting late by 100, TYPE's reply by 400): %+v", r.LoginMax, r)
+	}
+}
+
+// slowReplies delays the server's nth reply (from 1: the greeting, 331,
+// the 230 of PASS, the reply to TYPE, ...) by delay[n].
+type slowReplies struct {
+	net.Conn
+	n     int
+	delay map[int]time.Duration
+}
+
+func (s *slowReplies) Write(b []byte) (int, error) {
+	s.n++
+	time.Sleep(s.delay[s.n])
+	return s.Conn.Write(b)
 }

@@ -1,0 +1,154 @@
+package nat
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// A restart of ftpgate must not cut translated sessions whose sequence
+// numbers it shifts: the two ends no longer agree on the stream without
+// it. What the packet path knows of such a connection (where each side's
+// stream is, the corrections, the segments rewritten) is written to a
+// state file before the segments that changed it go on, and a new
+// ftpgate reads it back. The kernel keeps the rest: the element that
+// queues the connection's segments lives in a table of its own that
+// outlives the process (rules.Config.NAT), and while no ftpgate listens
+// the segments are dropped, not passed unshifted, so their senders send
+// them again once it is back.
+
+// PacketState is what a state file holds.
+type PacketState struct {
+	Version int         `json:"version"`
+	Saved   time.Time   `json:"saved"`
+	Conns   []ConnState `json:"conns"`
+}
+
+// ConnState is one connection in a state file.
+type ConnState struct {
+	Client     netip.AddrPort    `json:"client"`
+	ServerSeen netip.AddrPort    `json:"server_seen"`
+	Next       [2]uint32         `json:"next"`
+	Known      [2]bool           `json:"known"`
+	Fin        [2]bool           `json:"fin,omitempty"`
+	Corr       [2][]CorrState    `json:"corrections"`
+	Rewrites   [2][]RewriteState `json:"rewrites,omitempty"`
+}
+
+// CorrState is one correction of a SeqAdjust.
+type CorrState struct {
+	Pos    uint32 `json:"pos"`
+	Before int32  `json:"before"`
+	After  int32  `json:"after"`
+}
+
+// RewriteState is one rewritten segment.
+type RewriteState struct {
+	Seq  uint32 `json:"seq"`
+	Orig []byte `json:"orig"`
+	Out  []byte `json:"out"`
+}
+
+const packetStateVersion = 1
+
+// Dirty says whether what a state file must hold changed since the last
+// Snapshot: a rewrite, or a shifted connection ended.
+func (p *PacketPath) Dirty() bool { return p.dirty }
+
+// Snapshot is the state of every shifted connection: only those need
+// it (one that was never shifted can be picked up afresh).
+func (p *PacketPath) Snapshot(now time.Time) PacketState {
+	p.dirty = false
+	st := PacketState{Version: packetStateVersion, Saved: now}
+	for k, c := range p.conns {
+		if !c.shift.Shifted() || c.cut {
+			continue
+		}
+		cs := ConnState{Client: k.client, ServerSeen: k.serverSeen, Next: c.next, Known: c.known, Fin: c.fin}
+		for d := range 2 {
+			for _, x := range c.shift.adj[d].corr {
+				cs.Corr[d] = append(cs.Corr[d], CorrState{Pos: x.pos, Before: x.before, After: x.after})
+			}
+			for _, r := range c.rewrites[d] {
+				cs.Rewrites[d] = append(cs.Rewrites[d], RewriteState{Seq: r.seq, Orig: r.orig, Out: r.out})
+			}
+		}
+		st.Conns = append(st.Conns, cs)
+	}
+	return st
+}
+
+// Restore takes connections back from a state file, before any segment
+// is read: each is followed again from its next segment, its session
+// picked up by the user (Opened) then.
+func (p *PacketPath) Restore(st PacketState) (int, error) {
+	if st.Version != packetStateVersion {
+		return 0, fmt.Errorf("state file version %d, want %d", st.Version, packetStateVersion)
+	}
+	n := 0
+	for _, cs := range st.Conns {
+		if !cs.Client.IsValid() || !cs.ServerSeen.IsValid() || len(p.conns) >= p.cfg.MaxConns {
+			continue
+		}
+		c := &pathConn{next: cs.Next, known: cs.Known, fin: cs.Fin, restored: true}
+		for d := range 2 {
+			if len(cs.Corr[d]) > MaxCorrections || len(cs.Rewrites[d]) > maxRewriteRecords {
+				return n, fmt.Errorf("state of %s -> %s: more corrections or rewrites than kept", cs.Client, cs.ServerSeen)
+			}
+			for _, x := range cs.Corr[d] {
+				c.shift.adj[d].corr = append(c.shift.adj[d].corr, correction{pos: x.Pos, before: x.Before, after: x.After})
+			}
+			for _, r := range cs.Rewrites[d] {
+				c.rewrites[d] = append(c.rewrites[d], rewriteRecord{seq: r.Seq, orig: r.Orig, out: r.Out})
+			}
+		}
+		p.nextID++
+		c.id = p.nextID
+		c.source = sourceOf(cs.Client)
+		p.conns[connKey{client: cs.Client, serverSeen: cs.ServerSeen}] = c
+		p.bySource.Add(c.source)
+		n++
+	}
+	return n, nil
+}
+
+// WriteState writes st to path, whole or not at all (a new file renamed
+// over the old one).
+func WriteState(path string, st PacketState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("writing the NAT state: %w", err)
+	}
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("writing the NAT state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing the NAT state: %w", err)
+	}
+	return nil
+}
+
+// ReadState reads a state file; a missing one is an empty state.
+func ReadState(path string) (PacketState, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return PacketState{Version: packetStateVersion}, nil
+	}
+	if err != nil {
+		return PacketState{}, fmt.Errorf("reading the NAT state: %w", err)
+	}
+	var st PacketState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return PacketState{}, fmt.Errorf("reading the NAT state %s: %w", path, err)
+	}
+	return st, nil
+}
