@@ -66,11 +66,13 @@ echo "command:   SESSIONS=$SESSIONS TRANSFERS=$TRANSFERS MODES=\"$MODES\" NAT_MO
 # that a lab slowly filling up (conntrack entries, TIME_WAIT sockets) does
 # not always count against the same one. ftpgate starts afresh for each
 # mode, so its CPU and peak RSS are that mode's. TAG names its profile.
+# The idle sessions all come from one client: its share of the session
+# cap (a sixteenth by default) is raised to the whole cap.
 start_ftpgate() {
 	local prof=()
 	[ -n "$CPU_PROFILE" ] && prof=(--cpu-profile "$OUT/cpu-${TAG:-run}.prof")
 	# shellcheck disable=SC2086 # FTPGATE_ARGS is a list of flags
-	ip netns exec "${NS:-$G}" "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 "${prof[@]}" "$@" $FTPGATE_ARGS \
+	ip netns exec "${NS:-$G}" "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 --max-sessions-per-client 65536 "${prof[@]}" "$@" $FTPGATE_ARGS \
 		>>"$OUT/ftpgate.log" 2>&1 &
 	pid=$!
 	# ftpgate status answers once ftpgate is ready (READY=1): on a slow
