@@ -109,3 +109,23 @@ func TestPacketPathMultiLineNotHeld(t *testing.T) {
 		t.Fatalf("last line went on as %q", got)
 	}
 }
+
+// TestPacketPathPickedUpBackInStep: a session picked up after a restart
+// refuses active mode until a quiet point (every byte acknowledged both
+// ways, the server's reply final), which the packet path's segments
+// show: after TYPE I and its 200, a PORT is rewritten again.
+func TestPacketPathPickedUpBackInStep(t *testing.T) {
+	h := newHarness(t, Config{Inline: true})
+	p := &translated{harness: h, id: 11, seq: [2]uint32{1000, 5000}}
+	h.tr.OpenTranslated(p.id, masqueraded, true, h.ts)
+	if out := p.segment(false, "PORT 192,0,2,2,156,64\r\n"); strings.Contains(out, "203,0,113,1") {
+		t.Fatalf("active mode right after the pickup: %q", out)
+	}
+	p.segment(true, "500 Illegal PORT command.\r\n")
+	p.segment(false, "TYPE I\r\n")
+	p.segment(true, "200 Switching to Binary mode.\r\n")
+	out := p.segment(false, "PORT 192,0,2,2,156,65\r\n")
+	if !strings.Contains(out, "203,0,113,1") {
+		t.Fatalf("after a quiet point the PORT went on as %q", out)
+	}
+}

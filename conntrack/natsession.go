@@ -38,6 +38,12 @@ type natSession struct {
 	segStart uint32    // where the segment being handled starts
 	lineAt   uint32    // where the line being handled starts
 	edits    []natEdit // this segment's rewritten lines
+	// Per side, in the packet path: where its bytes read so far end,
+	// the acknowledgement of the other side its latest segment carried
+	// (in the other side's numbers), and whether it has sent anything;
+	// for pairing's quiet points (see pairing.quietPoint).
+	delivered, lastAck [2]uint32
+	started            [2]bool
 }
 
 // natEdit is a line of the segment being handled, rewritten: bytes

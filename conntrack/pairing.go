@@ -309,6 +309,17 @@ func (p *pairing) pop() pendingCommand {
 // server writes after receiving l answers l. That holds for what
 // ftpgate saw; see pairing for what it cannot rule out.
 func (p *pairing) quietPoint(s *Session, l line) bool {
+	if n := s.nat; n != nil && n.packet {
+		// The packet path's session has no TCP tracking of its own: the
+		// same test on what its segments said.
+		switch {
+		case !l.framed, !n.started[fromServer]:
+			return false
+		case !s.lines[fromServer].empty(), s.reply.inMulti, !s.reply.atFinal:
+			return false
+		}
+		return !seqAfter(n.delivered[fromServer], l.ack) && !seqAfter(l.start, n.lastAck[fromServer])
+	}
 	srv := &s.tcp.h[fromServer]
 	switch {
 	case !l.framed, !srv.started, !srv.lastAckOK:

@@ -54,8 +54,10 @@ func (t *Tracker) TranslatedBytes(id uint64, fromServer bool, seq uint32, data [
 	}
 	n := s.nat
 	n.segStart, n.edits = seq, n.edits[:0]
+	n.lastAck[d], n.started[d] = ack, true
 	s.Last = t.env.now
 	s.bytes(d, seq, data, ack, t.env.now)
+	n.delivered[d] = seq + uint32(len(data))
 	if s.life.ended {
 		return nil, true
 	}

@@ -38,6 +38,9 @@ type PacketPath struct {
 // untranslated, and the chains stop queueing it.
 type PacketPathConfig struct {
 	MaxConns, MaxPerSource int
+	// Idle: a connection without a segment for this long is forgotten
+	// (the kernel's element of it has expired by then); 0: never.
+	Idle time.Duration
 }
 
 // PacketUser is who reads the lines of translated control connections:
@@ -193,44 +196,34 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 	data := seg.Payload()
 	var payload []byte // nil: the segment's own
 	if len(data) > 0 && c.known[d] {
-		switch start, end := seg.Seq, seg.Seq+uint32(len(data)); {
-		case seqAfter(start, c.next[d]):
-			// After a gap: its line may begin in what is missing.
-			p.stats.Dropped++
-			return dst, DropSegment
-		case !seqAfter(end, c.next[d]):
-			// Old bytes only: a retransmission.
+		start, end := seg.Seq, seg.Seq+uint32(len(data))
+		if r := c.rewriteOf(d, start, data); r != nil {
+			// A rewritten segment again: rewritten the same, whatever
+			// ftpgate thinks of where the stream is (a restart may
+			// have lost that).
 			p.stats.Retransmitted++
-			if r := c.rewriteOf(d, start, data); r != nil {
-				payload = r.out
-			} else if c.overlapsRewrite(d, start, end) {
+			payload = r.out
+			if !seqAfter(c.next[d], end) {
+				c.next[d] = end
+			}
+		} else {
+			switch {
+			case seqAfter(start, c.next[d]):
+				// After a gap: its line may begin in what is missing.
 				p.stats.Dropped++
 				return dst, DropSegment
-			}
-		default:
-			// New bytes, maybe after old ones (a retransmission the
-			// sender merged with what followed).
-			old := c.next[d] - start
-			if old > 0 && c.overlapsRewrite(d, start, c.next[d]) {
-				p.stats.Dropped++
-				return dst, DropSegment
-			}
-			out := data[old:]
-			if c.user {
-				var closed bool
-				out, closed = p.user.Bytes(c.id, d == 1, c.next[d], data[old:], c.ackOf(seg, d))
-				if closed {
-					c.user, c.cut = false, true
+			case !seqAfter(end, c.next[d]):
+				// Old bytes only: a retransmission.
+				p.stats.Retransmitted++
+				if c.overlapsRewrite(d, start, end) {
 					p.stats.Dropped++
 					return dst, DropSegment
 				}
-			}
-			c.next[d] = end
-			if !bytes.Equal(out, data[old:]) {
-				payload = append(append(make([]byte, 0, int(old)+len(out)), data[:old]...), out...)
-				c.remember(d, seg.Seq, data, payload)
-				p.stats.Rewritten++
-				p.dirty = true
+			default:
+				var v PacketVerdict
+				if payload, v = p.newBytes(c, seg, d, data); v == DropSegment {
+					return dst, v
+				}
 			}
 		}
 	}
@@ -248,6 +241,37 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 	}
 	p.stats.Shifted++
 	return out, PassReplaced
+}
+
+// newBytes hands the new bytes of a segment (maybe after old ones: a
+// retransmission the sender merged with what followed) to the user, and
+// returns the payload to send instead, if it changed.
+func (p *PacketPath) newBytes(c *pathConn, seg Segment, d int, data []byte) ([]byte, PacketVerdict) {
+	start, end := seg.Seq, seg.Seq+uint32(len(data))
+	old := c.next[d] - start
+	if old > 0 && c.overlapsRewrite(d, start, c.next[d]) {
+		p.stats.Dropped++
+		return nil, DropSegment
+	}
+	out := data[old:]
+	if c.user {
+		var closed bool
+		out, closed = p.user.Bytes(c.id, d == 1, c.next[d], data[old:], c.ackOf(seg, d))
+		if closed {
+			c.user, c.cut = false, true
+			p.stats.Dropped++
+			return nil, DropSegment
+		}
+	}
+	c.next[d] = end
+	if bytes.Equal(out, data[old:]) {
+		return nil, PassReplaced
+	}
+	payload := append(append(make([]byte, 0, int(old)+len(out)), data[:old]...), out...)
+	c.remember(d, seg.Seq, data, payload)
+	p.stats.Rewritten++
+	p.dirty = true
+	return payload, PassReplaced
 }
 
 // learn takes the initial sequence numbers from the handshake; a
@@ -331,16 +355,20 @@ func (p *PacketPath) Forget(id uint64) {
 // dropped, a closed one's last acknowledgements shifted.
 const linger = 2 * time.Minute
 
-// Sweep forgets cut and closed connections idle for linger; it looks at
-// most once a second.
+// Sweep forgets cut and closed connections idle for linger, and any idle
+// for cfg.Idle (one restored from a state file that never came back);
+// it looks at most once a second.
 func (p *PacketPath) Sweep(now time.Time) {
 	if now.Sub(p.swept) < time.Second {
 		return
 	}
 	p.swept = now
 	for k, c := range p.conns {
-		if (c.cut || c.closed) && now.Sub(c.last) > linger {
+		switch {
+		case (c.cut || c.closed) && now.Sub(c.last) > linger:
 			p.end(k, c, "forgotten")
+		case p.cfg.Idle > 0 && now.Sub(c.last) > p.cfg.Idle:
+			p.end(k, c, "idle")
 		}
 	}
 }

@@ -238,7 +238,7 @@ func TestPacketPathRestore(t *testing.T) {
 		t.Fatal("a rewrite did not make the state dirty")
 	}
 	path := t.TempDir() + "/state.json"
-	if err := WriteState(path, l.p.Snapshot(l.now)); err != nil {
+	if err := WriteState(path, l.p.Snapshot(l.now, true)); err != nil {
 		t.Fatal(err)
 	}
 	if l.p.Dirty() {
@@ -253,7 +253,7 @@ func TestPacketPathRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	l2 := newPathLab(t)
-	if n, err := l2.p.Restore(st); n != 1 || err != nil {
+	if n, err := l2.p.Restore(st, l2.now); n != 1 || err != nil {
 		t.Fatalf("Restore: %d, %v", n, err)
 	}
 	// The server's ack of the rewritten line comes back unshifted for the
@@ -272,6 +272,15 @@ func TestPacketPathRestore(t *testing.T) {
 	v, seg := l2.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")})
 	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" {
 		t.Fatalf("retransmitted rewrite after the restart: verdict %d, %q", v, seg.Payload())
+	}
+	// Written at a rewrite (then kill -9), the streams have moved on:
+	// they are picked up where the next segments say.
+	l3 := newPathLab(t)
+	st.Clean = false
+	l3.p.Restore(st, l3.now)
+	_, seg = l3.send(true, tcpSeg{seq: 1100, ack: 5101, acked: true, payload: []byte("TYPE I\r\n")})
+	if seg.Seq != 1103 || len(l3.user.bytes) != 1 {
+		t.Fatalf("restored from a rewrite's state: next line at %d (want 1103), user read %q", seg.Seq, l3.user.bytes)
 	}
 	// A missing file is an empty state; a broken one an error.
 	if st, err := ReadState(t.TempDir() + "/none"); err != nil || len(st.Conns) != 0 {

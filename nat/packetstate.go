@@ -24,9 +24,14 @@ import (
 
 // PacketState is what a state file holds.
 type PacketState struct {
-	Version int         `json:"version"`
-	Saved   time.Time   `json:"saved"`
-	Conns   []ConnState `json:"conns"`
+	Version int       `json:"version"`
+	Saved   time.Time `json:"saved"`
+	// Clean: written as ftpgate stopped, when every segment read had
+	// gone on; where each stream is then (ConnState.Next) is exact.
+	// Otherwise (written at a rewrite, before kill -9) the streams have
+	// moved on since, and are picked up where they are.
+	Clean bool        `json:"clean"`
+	Conns []ConnState `json:"conns"`
 }
 
 // ConnState is one connection in a state file.
@@ -61,10 +66,11 @@ const packetStateVersion = 1
 func (p *PacketPath) Dirty() bool { return p.dirty }
 
 // Snapshot is the state of every shifted connection: only those need
-// it (one that was never shifted can be picked up afresh).
-func (p *PacketPath) Snapshot(now time.Time) PacketState {
+// it (one that was never shifted can be picked up afresh). clean: every
+// segment read has gone on (ftpgate stops).
+func (p *PacketPath) Snapshot(now time.Time, clean bool) PacketState {
 	p.dirty = false
-	st := PacketState{Version: packetStateVersion, Saved: now}
+	st := PacketState{Version: packetStateVersion, Saved: now, Clean: clean}
 	for k, c := range p.conns {
 		if !c.shift.Shifted() || c.cut {
 			continue
@@ -86,7 +92,7 @@ func (p *PacketPath) Snapshot(now time.Time) PacketState {
 // Restore takes connections back from a state file, before any segment
 // is read: each is followed again from its next segment, its session
 // picked up by the user (Opened) then.
-func (p *PacketPath) Restore(st PacketState) (int, error) {
+func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 	if st.Version != packetStateVersion {
 		return 0, fmt.Errorf("state file version %d, want %d", st.Version, packetStateVersion)
 	}
@@ -95,7 +101,10 @@ func (p *PacketPath) Restore(st PacketState) (int, error) {
 		if !cs.Client.IsValid() || !cs.ServerSeen.IsValid() || len(p.conns) >= p.cfg.MaxConns {
 			continue
 		}
-		c := &pathConn{next: cs.Next, known: cs.Known, fin: cs.Fin, restored: true}
+		c := &pathConn{next: cs.Next, known: cs.Known, fin: cs.Fin, restored: true, last: now}
+		if !st.Clean {
+			c.known = [2]bool{}
+		}
 		for d := range 2 {
 			if len(cs.Corr[d]) > MaxCorrections || len(cs.Rewrites[d]) > maxRewriteRecords {
 				return n, fmt.Errorf("state of %s -> %s: more corrections or rewrites than kept", cs.Client, cs.ServerSeen)

@@ -507,3 +507,66 @@ func TestNATIPv4OnlyGateway(t *testing.T) {
 		})
 	}
 }
+
+// TestNATRestartKeepsSessions: a session logged in and shifted (its
+// announcement rewritten to another length) before ftpgate restarts
+// transfers again afterwards, in passive mode (an internet client of the
+// DMZ server behind the port forward: its 227 rewritten) and in active
+// mode (a LAN client behind masquerade: its PORT rewritten), after a
+// stop and start (systemctl restart) and after kill -9 and a start.
+func TestNATRestartKeepsSessions(t *testing.T) {
+	for _, c := range []struct {
+		name, role, host, mode string
+		kill                   bool
+	}{
+		{"passive restart", "inet", public4, "pasv", false},
+		{"active restart", "lan", inetServer4, "port", false},
+		{"passive kill -9", "inet", public4, "pasv", true},
+		{"active kill -9", "lan", inetServer4, "port", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			needNATLab(t)
+			setNATRuleset(t, "ftpgate")
+			args := []string{"--control-ports", "21,2121,2122"}
+			d := startFtpgateIn(t, natNS("gw"), args...)
+			gate := filepath.Join(t.TempDir(), "restarted")
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "ip", "netns", "exec", natNS(c.role), "python3", "ftpclient.py", "again", c.host, c.mode, "file.bin", "@"+gate)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out := bufio.NewReader(startPiped(t, cmd))
+			first, err := out.ReadString('\n')
+			if err != nil || !strings.HasPrefix(first, "first 262144") {
+				t.Fatalf("first transfer: %q %v %s", first, err, stderr.String())
+			}
+			if r := d.find("channel open"); len(r) == 0 || r[len(r)-1]["nat_p"] == nil {
+				t.Fatalf("the first transfer's announcement was not rewritten: %v", r)
+			}
+			if c.kill {
+				_ = d.cmd.Process.Signal(syscall.SIGKILL)
+			} else {
+				_ = d.cmd.Process.Signal(syscall.SIGTERM)
+			}
+			<-d.done
+			if !c.kill && len(d.find("NAT packet path: translated sessions wait for the next ftpgate (their segments are held back until then)")) == 0 {
+				t.Error("the stop did not say it kept the shifted session")
+			}
+			d2 := startFtpgateIn(t, natNS("gw"), args...)
+			if len(d2.find("NAT packet path: translated sessions carried over from the last run")) == 0 {
+				t.Error("the new ftpgate carried no session over")
+			}
+			if err := os.WriteFile(gate, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			second, err := out.ReadString('\n')
+			if werr := cmd.Wait(); err != nil || werr != nil || !strings.HasPrefix(second, "second 262144") {
+				t.Fatalf("after the restart: %q %v %v %s", second, err, werr, stderr.String())
+			}
+			if r := d2.find("channel open"); len(r) == 0 {
+				t.Error("the new ftpgate opened nothing for the second transfer")
+			}
+			waitNATClean(t, 10*time.Second)
+		})
+	}
+}

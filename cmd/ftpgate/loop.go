@@ -36,8 +36,11 @@ type daemonLoop struct {
 	// proxiedLine: bytes of the control proxy were handled; what they
 	// opened must be in the kernel before they go on.
 	proxiedLine bool
-	// packets is the NAT packet path, if it runs: swept every round.
-	packets *nat.PacketPath
+	// packets is the NAT packet path, if it runs: swept every round, and
+	// its state saved (saveState) before the segments that changed it
+	// go on.
+	packets   *nat.PacketPath
+	saveState func(now time.Time, clean bool)
 	// heldAt: when the held data SYNs of this round were read.
 	heldAt   []time.Time
 	heldWait prometheus.Observer
@@ -130,6 +133,9 @@ func (d *daemonLoop) Tick(now time.Time) time.Time {
 	}
 	if d.packets != nil {
 		d.packets.Sweep(now)
+		if d.packets.Dirty() {
+			d.saveState(now, false)
+		}
 	}
 	if d.heldControl {
 		d.heldControl = false

@@ -51,6 +51,7 @@ type natFlags struct {
 	mode       string
 	path       string
 	queue      uint
+	state      string
 	ports      portRange
 	proxyPort  uint
 	routeMark  hexBit
@@ -66,6 +67,7 @@ func (f *natFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.mode, "nat", "on", "on: ftpgate rewrites the announcements of control connections your NAT rules translate (masquerade, dnat) and maps their data connections (inline capture only; see --nat-path); off: they are treated like any other")
 	fs.StringVar(&f.path, "nat-path", "packet", "packet: translated control connections' segments are queued both ways (--nat-queue), announcements rewritten in them and every later segment's sequence numbers shifted by ftpgate, with nothing dropped; proxy: they run through ftpgate's control proxy, which takes them over from the client's SYN retry (a second's delay at every login)")
 	fs.UintVar(&f.queue, "nat-queue", 2122, "NFQUEUE `number` of the NAT packet path (0-65535, not --queue's)")
+	fs.StringVar(&f.state, "nat-state", "", "`file` where the NAT packet path keeps what a restart needs of translated sessions whose sequence numbers it shifts (default /run/ftpgate/TABLE-NETNS.nat.json, one per network namespace)")
 	fs.Var(&f.ports, "nat-ports", "`LO-HI` range of public ports ftpgate hands out for rewritten announcements; keep it outside net.ipv4.ip_local_port_range")
 	fs.IntVar(&f.portsShare, "nat-ports-per-client", 0, "at most this many of --nat-ports held for one client (per address; per /64 for IPv6) at once; 0: a sixteenth of the range, at least 4")
 	fs.UintVar(&f.proxyPort, "proxy-port", 8021, "`port` of the control proxy on 127.0.0.1 and ::1 (only ftpgate's tproxy rules reach it)")

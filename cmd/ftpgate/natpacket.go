@@ -4,10 +4,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ftpgate/ftpgate/capture"
 	"github.com/ftpgate/ftpgate/nat"
+	"github.com/ftpgate/ftpgate/rules"
 )
 
 // packetSource is the NAT packet path's queue as a source of the loop:
@@ -90,13 +94,66 @@ func (d *daemon) startPacketPath() error {
 	}
 	d.closers.pushCloser(q)
 	user := &packetUser{loop: &d.loop, ct: ct, log: d.log}
-	path := nat.NewPacketPath(user, nat.PacketPathConfig{MaxConns: nf.maxProxied, MaxPerSource: nf.perClientShare()},
+	path := nat.NewPacketPath(user, nat.PacketPathConfig{MaxConns: nf.maxProxied, MaxPerSource: nf.perClientShare(), Idle: d.cfg.IdleTimeout + time.Minute},
 		func(client, serverSeen netip.AddrPort) { d.forgetTranslated(client, serverSeen) })
+	file, err := nf.stateFile(*d.rv.table)
+	if err != nil {
+		return err
+	}
+	st, err := nat.ReadState(file)
+	if err == nil {
+		var n int
+		n, err = path.Restore(st, time.Now())
+		if n > 0 {
+			d.log.Info("NAT packet path: translated sessions carried over from the last run", "sessions", n, "state", file)
+		}
+	}
+	if err != nil {
+		// Their streams cannot be carried on: those sessions break, as
+		// they would have without the file.
+		d.log.Warn("NAT packet path: the last run's state cannot be read; its translated sessions are lost", "state", file, "error", err)
+	}
 	d.loop.packets = path
+	d.loop.saveState = func(now time.Time, clean bool) {
+		if err := nat.WriteState(file, path.Snapshot(now, clean)); err != nil {
+			d.log.Error("NAT packet path: writing the state a restart needs", "state", file, "error", err)
+		}
+	}
 	d.sources = append(d.sources, packetSource{QueueSource: q, path: path})
 	d.cfg.ProxyConns = packetConns{path}
 	warnPortsOverlap(nf.ports, d.log)
 	return nil
+}
+
+// stopPacketPath is the packet path's part of a stop: connections that
+// can go on without ftpgate are given up; those it shifts wait in the
+// kernel (their table stays) for the next ftpgate, which finds them in
+// the state file.
+func (d *daemon) stopPacketPath() {
+	kept := d.loop.packets.Stop()
+	d.loop.saveState(time.Now(), true)
+	if err := d.fw.StopTranslating(kept > 0); err != nil {
+		d.log.Error("stopping the NAT packet path", "error", err)
+	}
+	if kept > 0 {
+		d.log.Info("NAT packet path: translated sessions wait for the next ftpgate (their segments are held back until then)",
+			"sessions", kept, "table", "inet "+*d.rv.table+rules.NATTableSuffix)
+	}
+}
+
+// stateFile is --nat-state, or the default for table in this network
+// namespace.
+func (f *natFlags) stateFile(table string) (string, error) {
+	if f.state != "" {
+		return f.state, nil
+	}
+	ns, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return "", fmt.Errorf("--nat-state: naming the default state file: %w", err)
+	}
+	// "net:[4026531840]": the namespace's inode, stable while it lives.
+	ns = strings.Trim(strings.TrimPrefix(ns, "net:"), "[]")
+	return filepath.Join("/run/ftpgate", table+"-"+ns+".nat.json"), nil
 }
 
 // forgetTranslated stops the queueing of a connection the packet path

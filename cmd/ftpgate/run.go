@@ -190,6 +190,9 @@ func (d *daemon) openFirewall() error {
 			d.log.Error("removing nftables table", "error", err)
 		}
 	})
+	if d.loop.packets != nil {
+		d.closers.push(d.stopPacketPath)
+	}
 	if *rv.capture != "inline" {
 		return nil
 	}
