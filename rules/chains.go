@@ -36,8 +36,8 @@ type chains struct {
 	// natTable is the NAT packet path's table (nil otherwise): its
 	// detect and queue chains live there (see NATConfig.Packet).
 	natTable *nftables.Table
-	cfg   *Config
-	sets  *tableSets
+	cfg      *Config
+	sets     *tableSets
 	// Inline capture: what its rules were built with, and the interfaces set.
 	inline *inlineParams
 	ifaces *nftables.Set
