@@ -105,6 +105,7 @@ fuzz:
 	$(GO) test ./conntrack -run '^$$' -fuzz '^FuzzLineSplitter$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./report -run '^$$' -fuzz '^FuzzReportLine$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./nat -run '^$$' -fuzz '^FuzzSegment$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./nat -run '^$$' -fuzz '^FuzzPacketPathSegments$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin

@@ -30,6 +30,7 @@ type PacketPath struct {
 	stats    PacketStats
 	swept    time.Time
 	dirty    bool // a state file's content changed (Snapshot)
+	halfOpen int  // connections whose handshake is not complete
 }
 
 // PacketPathConfig bounds what the packet path follows: MaxConns
@@ -64,7 +65,7 @@ type PacketUser interface {
 
 // PacketStats count what the packet path did.
 type PacketStats struct {
-	Segments, Rewritten, Shifted, Dropped, Retransmitted, BadChecksum, Refused uint64
+	Segments, Rewritten, Shifted, Dropped, Retransmitted, Unfit, Refused uint64
 }
 
 // connKey is a connection's original direction as the client sent it.
@@ -77,12 +78,20 @@ type pathConn struct {
 	next     [2]uint32 // the next new sequence number, per direction (0: client)
 	known    [2]bool
 	fin      [2]bool
-	rewrites [2][]rewriteRecord // the last rewritten segments, oldest first
-	user     bool               // the user follows it
-	cut      bool               // the user ended it: every segment is dropped
-	closed   bool               // both sides sent FIN
-	restored bool               // from a state file: its session is picked up
-	last     time.Time
+	rewrites [2][]rewriteRecord // the rewritten segments not yet acknowledged, oldest first
+	// sent is what each side sent from sentAt on that its receiver has
+	// not acknowledged yet, as it came: a retransmission must match it.
+	sent     [2][]byte
+	sentAt   [2]uint32
+	user     bool // the user follows it
+	cut      bool // the user ended it: every segment is dropped
+	closed   bool // both sides sent FIN
+	pickedUp bool // seen first mid-stream (ftpgate started after it, or restarted)
+	// established: the handshake completed (or it was picked up), and
+	// the user follows it; counted: it counts against its client's share.
+	established, counted bool
+	created              time.Time
+	last                 time.Time
 }
 
 // rewriteRecord is a segment rewritten: a retransmission of it must be
@@ -125,9 +134,10 @@ func (p *PacketPath) Segment(dst, pkt []byte, fromClient bool, now time.Time) ([
 		p.stats.Dropped++
 		return dst, DropSegment
 	}
-	if !seg.ChecksumOK() {
-		// Its receiver would drop it: nothing in it is read.
-		p.stats.BadChecksum++
+	if why := seg.unfit(fromClient); why != "" {
+		// Its receiver, or the gateway itself, would drop it: nothing in
+		// it is read.
+		p.stats.Unfit++
 		return dst, DropSegment
 	}
 	src, dstAP := endpoints(seg)
@@ -137,46 +147,34 @@ func (p *PacketPath) Segment(dst, pkt []byte, fromClient bool, now time.Time) ([
 		key, d = connKey{client: dstAP, serverSeen: src}, 1
 	}
 	c := p.conns[key]
+	if c != nil && (c.closed || c.cut) && seg.Flags&FlagSYN != 0 && d == 1 && c.next[1] != seg.Seq+1 {
+		// The 4-tuple again, for a new connection.
+		p.end(key, c, "reused")
+		c = nil
+	}
 	if c == nil {
-		// A connection is followed from its handshake's SYN-ACK, or
-		// (picked up: ftpgate started after it) its first data.
-		if seg.Flags&FlagRST != 0 || (seg.Flags&FlagSYN == 0 && len(seg.Payload()) == 0) {
-			return dst, PassAsIs
-		}
-		src := sourceOf(key.client)
-		if len(p.conns) >= p.cfg.MaxConns || p.bySource[src] >= p.cfg.MaxPerSource {
-			p.stats.Refused++
-			p.gone(key.client, key.serverSeen)
-			return dst, PassAsIs
-		}
-		p.nextID++
-		c = &pathConn{id: p.nextID, source: src}
-		p.conns[key] = c
-		p.bySource.Add(src)
-		if c.user = p.user.Opened(c.id, key.client, key.serverSeen, seg.Flags&FlagSYN == 0); !c.user {
-			p.stats.Refused++
-			p.end(key, c, "not followed")
+		if c = p.open(key, seg, d, now); c == nil {
 			return dst, PassAsIs
 		}
 	}
 	c.last = now
-	if c.restored {
-		// Back from a state file: its session starts again here.
-		c.restored = false
-		if c.user = p.user.Opened(c.id, key.client, key.serverSeen, true); !c.user {
-			c.cut = true
+	if !c.established && !p.establish(key, c, seg, d) {
+		if c.cut {
+			return dst, DropSegment
 		}
+		return dst, PassAsIs
 	}
 	if c.cut {
 		p.stats.Dropped++
-		if seg.Flags&FlagRST != 0 {
+		if seg.Flags&FlagRST != 0 && c.exactRST(seg, d) {
 			p.end(key, c, "reset")
 		}
 		return dst, DropSegment
 	}
 	out, v := p.segment(dst, c, seg, d)
 	switch {
-	case seg.Flags&FlagRST != 0:
+	case v == DropSegment:
+	case seg.Flags&FlagRST != 0 && c.exactRST(seg, d):
 		p.end(key, c, "reset")
 	case c.fin[0] && c.fin[1] && !c.closed:
 		// The last acknowledgements still need their shift: the
@@ -190,12 +188,92 @@ func (p *PacketPath) Segment(dst, pkt []byte, fromClient bool, now time.Time) ([
 	return out, v
 }
 
+// open starts following a connection: from its handshake's SYN-ACK, or
+// (picked up: ftpgate started after it) its first data. Until the client
+// acknowledges the SYN-ACK it is half-open: a spoofed SYN gets that far
+// and no further, and costs a place only for handshakeTimeout.
+func (p *PacketPath) open(key connKey, seg Segment, d int, now time.Time) *pathConn {
+	synAck := seg.Flags&(FlagSYN|FlagACK) == FlagSYN|FlagACK && d == 1
+	if seg.Flags&FlagRST != 0 || (!synAck && len(seg.Payload()) == 0) || (seg.Flags&FlagSYN != 0 && !synAck) {
+		return nil
+	}
+	if len(p.conns) >= p.cfg.MaxConns || (synAck && p.halfOpen >= p.maxHalfOpen()) {
+		p.stats.Refused++
+		p.gone(key.client, key.serverSeen)
+		return nil
+	}
+	p.nextID++
+	c := &pathConn{id: p.nextID, source: sourceOf(key.client), created: now}
+	p.conns[key] = c
+	if synAck {
+		p.halfOpen++
+		c.learn(seg, d)
+	} else {
+		c.pickedUp = true
+	}
+	return c
+}
+
+// maxHalfOpen bounds the connections whose handshake is not complete.
+func (p *PacketPath) maxHalfOpen() int { return max(p.cfg.MaxConns/4, 1) }
+
+// establish makes a half-open connection followed once the client
+// acknowledges the server's SYN (or, picked up, at once), under the
+// client's share, and tells the user. false: not (yet) followed.
+func (p *PacketPath) establish(key connKey, c *pathConn, seg Segment, d int) bool {
+	if !c.pickedUp && (d != 0 || seg.Flags&FlagACK == 0 || !c.known[1] || seg.Ack != c.next[1]) {
+		return false
+	}
+	if !c.pickedUp {
+		p.halfOpen--
+	}
+	c.established = true
+	if p.bySource[c.source] >= p.cfg.MaxPerSource {
+		p.stats.Refused++
+		p.end(key, c, "share taken")
+		return false
+	}
+	p.bySource.Add(c.source)
+	c.counted = true
+	if c.user = p.user.Opened(c.id, key.client, key.serverSeen, c.pickedUp); !c.user {
+		if c.shift.Shifted() {
+			c.cut = true // restored, and its session cannot be had: cut
+			return true
+		}
+		p.stats.Refused++
+		p.end(key, c, "not followed")
+		return false
+	}
+	return true
+}
+
+// exactRST says whether a reset is at the sequence number its receiver
+// expects (RFC 5961): only such a one ends the connection here. Any
+// other goes on, for the receiver to answer with a challenge ACK, and
+// the connection stays followed: a blind reset must not cut it.
+func (c *pathConn) exactRST(seg Segment, d int) bool {
+	return !c.known[d] || seg.Seq == c.next[d]
+}
+
 // segment decides one segment of c, from side d.
 func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byte, PacketVerdict) {
 	c.learn(seg, d)
 	data := seg.Payload()
 	var payload []byte // nil: the segment's own
-	if len(data) > 0 && c.known[d] {
+	if len(data) > 0 && seg.Flags&FlagSYN == 0 && c.known[d] {
+		// Data in an established connection comes with an
+		// acknowledgement, of no more than the other side sent: a
+		// segment without one, or acknowledging the future, is forged or
+		// broken, and neither its receiver nor conntrack would take it.
+		if seg.Flags&FlagACK == 0 || (c.known[1-d] && seqAfter(c.ackOf(seg, d), c.next[1-d])) {
+			p.stats.Dropped++
+			return dst, DropSegment
+		}
+	}
+	if seg.Flags&FlagACK != 0 && c.known[1-d] && !seqAfter(c.ackOf(seg, d), c.next[1-d]) {
+		c.noteAck(1-d, c.ackOf(seg, d))
+	}
+	if len(data) > 0 && seg.Flags&FlagSYN == 0 && c.known[d] {
 		start, end := seg.Seq, seg.Seq+uint32(len(data))
 		if r := c.rewriteOf(d, start, data); r != nil {
 			// A rewritten segment again: rewritten the same, whatever
@@ -213,9 +291,13 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 				p.stats.Dropped++
 				return dst, DropSegment
 			case !seqAfter(end, c.next[d]):
-				// Old bytes only: a retransmission.
+				// Old bytes only: a retransmission, which must carry the
+				// bytes that went before (else the receiver and ftpgate
+				// would read different streams), with the rewrites in
+				// them done again.
 				p.stats.Retransmitted++
-				if c.overlapsRewrite(d, start, end) {
+				var ok bool
+				if payload, ok = c.again(d, start, data); !ok {
 					p.stats.Dropped++
 					return dst, DropSegment
 				}
@@ -249,7 +331,20 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 func (p *PacketPath) newBytes(c *pathConn, seg Segment, d int, data []byte) ([]byte, PacketVerdict) {
 	start, end := seg.Seq, seg.Seq+uint32(len(data))
 	old := c.next[d] - start
-	if old > 0 && c.overlapsRewrite(d, start, c.next[d]) {
+	var before []byte // the old part, as it goes on
+	if old > 0 {
+		var ok bool
+		if before, ok = c.again(d, start, data[:old]); !ok {
+			p.stats.Dropped++
+			return nil, DropSegment
+		}
+		if before == nil {
+			before = data[:old]
+		}
+	}
+	if len(c.sent[d])+len(data)-int(old) > maxUnacked {
+		// More than a control connection keeps unacknowledged: it waits
+		// for the receiver to catch up.
 		p.stats.Dropped++
 		return nil, DropSegment
 	}
@@ -263,11 +358,18 @@ func (p *PacketPath) newBytes(c *pathConn, seg Segment, d int, data []byte) ([]b
 			return nil, DropSegment
 		}
 	}
+	if len(c.sent[d]) == 0 {
+		c.sentAt[d] = c.next[d]
+	}
+	c.sent[d] = append(c.sent[d], data[old:]...)
 	c.next[d] = end
-	if bytes.Equal(out, data[old:]) {
+	if bytes.Equal(out, data[old:]) && bytes.Equal(before, data[:old]) {
 		return nil, PassReplaced
 	}
-	payload := append(append(make([]byte, 0, int(old)+len(out)), data[:old]...), out...)
+	payload := append(append(make([]byte, 0, len(before)+len(out)), before...), out...)
+	if bytes.Equal(out, data[old:]) {
+		return payload, PassReplaced // only the old part's rewrites, done again
+	}
 	c.remember(d, seg.Seq, data, payload)
 	p.stats.Rewritten++
 	p.dirty = true
@@ -278,7 +380,7 @@ func (p *PacketPath) newBytes(c *pathConn, seg Segment, d int, data []byte) ([]b
 // connection picked up later starts at the first segment seen.
 func (c *pathConn) learn(seg Segment, d int) {
 	switch {
-	case seg.Flags&FlagSYN != 0:
+	case seg.Flags&FlagSYN != 0 && !c.known[d]:
 		c.next[d], c.known[d] = seg.Seq+1, true
 		if d == 1 && seg.Flags&FlagACK != 0 && !c.known[0] {
 			c.next[0], c.known[0] = seg.Ack, true
@@ -292,6 +394,69 @@ func (c *pathConn) learn(seg Segment, d int) {
 // numbers.
 func (c *pathConn) ackOf(seg Segment, d int) uint32 {
 	return seg.Ack - uint32(c.shift.adj[1-d].Ack(seg.Ack))
+}
+
+// maxUnacked bounds what one side of a connection may have sent and not
+// had acknowledged: what ftpgate keeps of it to check retransmissions.
+const maxUnacked = 16 << 10
+
+// noteAck takes an acknowledgement of side d's bytes up to ack (in d's
+// numbers): what its receiver has need not be kept.
+func (c *pathConn) noteAck(d int, ack uint32) {
+	if n := int(ack - c.sentAt[d]); len(c.sent[d]) > 0 && n > 0 {
+		if n >= len(c.sent[d]) {
+			c.sent[d] = c.sent[d][:0]
+		} else {
+			c.sent[d] = append(c.sent[d][:0], c.sent[d][n:]...)
+		}
+		c.sentAt[d] = ack
+	}
+	kept := c.rewrites[d][:0]
+	for _, r := range c.rewrites[d] {
+		if seqAfter(r.seq+uint32(len(r.orig)), ack) {
+			kept = append(kept, r)
+		}
+	}
+	c.rewrites[d] = kept
+}
+
+// again is a retransmission of side d's bytes (data, at start) as it
+// must go on: nil if as it came; with the rewrites in it done again;
+// false if it cannot go on: its bytes differ from those that went
+// before (still unacknowledged, so known), or it holds part of a
+// rewritten segment but not all of it.
+func (c *pathConn) again(d int, start uint32, data []byte) ([]byte, bool) {
+	end := start + uint32(len(data))
+	// Compare what overlaps the unacknowledged bytes kept.
+	if len(c.sent[d]) > 0 {
+		from, to := start, end
+		if seqAfter(c.sentAt[d], from) {
+			from = c.sentAt[d]
+		}
+		if sentEnd := c.sentAt[d] + uint32(len(c.sent[d])); seqAfter(to, sentEnd) {
+			to = sentEnd
+		}
+		if seqAfter(to, from) && !bytes.Equal(data[from-start:to-start], c.sent[d][from-c.sentAt[d]:to-c.sentAt[d]]) {
+			return nil, false
+		}
+	}
+	var out []byte
+	at := 0
+	for _, r := range c.rewrites[d] {
+		rend := r.seq + uint32(len(r.orig))
+		if !seqAfter(end, r.seq) || !seqAfter(rend, start) {
+			continue // not in this one
+		}
+		if seqAfter(start, r.seq) || seqAfter(rend, end) || !bytes.Equal(data[r.seq-start:rend-start], r.orig) {
+			return nil, false
+		}
+		out = append(append(out, data[at:r.seq-start]...), r.out...)
+		at = int(rend - start)
+	}
+	if out == nil {
+		return nil, true
+	}
+	return append(out, data[at:]...), true
 }
 
 func (c *pathConn) rewriteOf(d int, seq uint32, data []byte) *rewriteRecord {
@@ -330,7 +495,12 @@ func (p *PacketPath) end(key connKey, c *pathConn, reason string) {
 		p.dirty = true
 	}
 	delete(p.conns, key)
-	p.bySource.Remove(c.source)
+	if c.counted {
+		p.bySource.Remove(c.source)
+	}
+	if !c.established && !c.pickedUp {
+		p.halfOpen--
+	}
 	p.gone(key.client, key.serverSeen)
 	if c.user {
 		p.user.Closed(c.id, reason)
@@ -350,6 +520,9 @@ func (p *PacketPath) Forget(id uint64) {
 	}
 }
 
+// handshakeTimeout is how long a connection may stay half-open.
+const handshakeTimeout = 30 * time.Second
+
 // linger is how long a cut or closed connection is still handled after
 // its last segment, before it is forgotten: a cut one's segments are
 // dropped, a closed one's last acknowledgements shifted.
@@ -367,6 +540,8 @@ func (p *PacketPath) Sweep(now time.Time) {
 		switch {
 		case (c.cut || c.closed) && now.Sub(c.last) > linger:
 			p.end(k, c, "forgotten")
+		case !c.established && now.Sub(c.created) > handshakeTimeout:
+			p.end(k, c, "handshake not completed")
 		case p.cfg.Idle > 0 && now.Sub(c.last) > p.cfg.Idle:
 			p.end(k, c, "idle")
 		}
@@ -383,9 +558,7 @@ func (p *PacketPath) Stop() (kept int) {
 			kept++
 			continue
 		}
-		delete(p.conns, k)
-		p.bySource.Remove(c.source)
-		p.gone(k.client, k.serverSeen)
+		p.end(k, c, "stop")
 	}
 	return kept
 }

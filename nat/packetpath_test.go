@@ -56,6 +56,14 @@ var (
 	labServer = netip.MustParseAddr("198.51.100.2")
 )
 
+// handshake passes the server's SYN-ACK and the client's ACK of it,
+// which makes the connection followed.
+func (l *pathLab) handshake() {
+	l.t.Helper()
+	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true})
+}
+
 // send passes one segment and returns the verdict and what went on.
 func (l *pathLab) send(fromClient bool, s tcpSeg) (PacketVerdict, Segment) {
 	l.t.Helper()
@@ -77,12 +85,16 @@ func (l *pathLab) send(fromClient bool, s tcpSeg) (PacketVerdict, Segment) {
 
 func TestPacketPathStream(t *testing.T) {
 	l := newPathLab(t)
-	// SYN-ACK from the server opens it; nothing shifted yet.
+	// SYN-ACK from the server starts it, half-open; the client's ACK
+	// of it makes it followed. Nothing shifted yet.
 	if v, _ := l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true}); v != PassAsIs {
 		t.Fatalf("SYN-ACK: verdict %d", v)
 	}
-	if len(l.user.opened) != 1 {
-		t.Fatalf("opened %v", l.user.opened)
+	if len(l.user.opened) != 0 {
+		t.Fatalf("opened on the SYN-ACK alone: %v", l.user.opened)
+	}
+	if v, _ := l.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true}); v != PassAsIs || len(l.user.opened) != 1 {
+		t.Fatalf("client's ACK: verdict %d, opened %v", v, l.user.opened)
 	}
 	// The greeting, untouched: as it came.
 	if v, _ := l.send(false, tcpSeg{seq: 5001, ack: 1001, acked: true, payload: []byte("220 hi\r\n")}); v != PassAsIs {
@@ -92,6 +104,15 @@ func TestPacketPathStream(t *testing.T) {
 	v, seg := l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\n")})
 	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" || seg.Seq != 1001 {
 		t.Fatalf("PORT: verdict %d, %q at %d", v, seg.Payload(), seg.Seq)
+	}
+	// Sent again before the server acknowledged it: rewritten the same;
+	// with other bytes at its place: dropped (the stream must stay one).
+	v, seg = l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\n")})
+	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" || seg.Seq != 1001 {
+		t.Fatalf("retransmitted PORT: verdict %d, %q at %d", v, seg.Payload(), seg.Seq)
+	}
+	if v, _ := l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PASV\r\n")}); v != DropSegment {
+		t.Fatalf("other bytes in place of the PORT: verdict %d", v)
 	}
 	// The server acks the rewritten line (1001+11): the client sees its own 1009.
 	_, seg = l.send(false, tcpSeg{seq: 5009, ack: 1012, acked: true, payload: []byte("227 long text\r\n")})
@@ -107,36 +128,41 @@ func TestPacketPathStream(t *testing.T) {
 	if seg.Seq != 1012 || seg.Ack != 5024 {
 		t.Fatalf("next line: seq %d ack %d, want 1012 5024", seg.Seq, seg.Ack)
 	}
-	// An exact retransmission of the PORT segment is rewritten the same.
-	v, seg = l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\n")})
-	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" || seg.Seq != 1001 {
-		t.Fatalf("retransmitted PORT: verdict %d, %q at %d", v, seg.Payload(), seg.Seq)
-	}
-	// A retransmission merged across the rewritten line cannot be
-	// repeated: dropped, for the sender to try again.
-	if v, _ := l.send(true, tcpSeg{seq: 1005, ack: 5016, acked: true, payload: []byte("a\r\nRETR f\r\n")}); v != DropSegment {
-		t.Fatalf("merged retransmission over a rewrite: verdict %d", v)
+	// Once acknowledged, the PORT's bytes are the server's: a copy goes
+	// on as it came (shifted), for the server to ignore.
+	if v, seg = l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\n")}); v == DropSegment || seg.Seq != 1001 {
+		t.Fatalf("acknowledged PORT sent again: verdict %d at %d", v, seg.Seq)
 	}
 	// After a gap: dropped.
 	if v, _ := l.send(true, tcpSeg{seq: 1100, ack: 5016, acked: true, payload: []byte("QUIT\r\n")}); v != DropSegment {
 		t.Fatalf("after a gap: verdict %d", v)
 	}
-	// Old bytes and new in one: the old as they were, the new to the user.
-	n := len(l.user.bytes)
-	_, seg = l.send(true, tcpSeg{seq: 1012, ack: 5016, acked: true, payload: []byte("R f\r\nPORT a\r\n")})
-	if string(seg.Payload()) != "R f\r\nPORT bbbb\r\n" || seg.Seq != 1015 || l.user.bytes[n] != "PORT a\r\n" {
-		t.Fatalf("old and new: %q at %d, user got %q", seg.Payload(), seg.Seq, l.user.bytes[n:])
+	// A retransmission merged across a rewritten line not yet
+	// acknowledged has the rewrite done again, whole; cutting into it, it
+	// cannot go on.
+	_, seg = l.send(true, tcpSeg{seq: 1017, ack: 5016, acked: true, payload: []byte("PORT a\r\n")})
+	if string(seg.Payload()) != "PORT bbbb\r\n" || seg.Seq != 1020 {
+		t.Fatalf("second PORT: %q at %d", seg.Payload(), seg.Seq)
+	}
+	if v, seg := l.send(true, tcpSeg{seq: 1017, ack: 5016, acked: true, payload: []byte("PORT a\r\nLIST\r\n")}); v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\nLIST\r\n" {
+		t.Fatalf("merged retransmission: verdict %d, %q", v, seg.Payload())
+	}
+	if v, _ := l.send(true, tcpSeg{seq: 1020, ack: 5016, acked: true, payload: []byte("T a\r\n")}); v != DropSegment {
+		t.Fatalf("a retransmission cutting into a rewrite: verdict %d", v)
+	}
+	if n := len(l.user.bytes); l.user.bytes[n-1] != "LIST\r\n" {
+		t.Fatalf("the merged retransmission's new bytes: user got %q", l.user.bytes[n-1])
 	}
 	// FINs both ways: the user is told; the connection lingers for the
 	// last acknowledgements, then is forgotten.
-	l.send(true, tcpSeg{seq: 1025, ack: 5016, acked: true, fin: true})
-	l.send(false, tcpSeg{seq: 5024, ack: 1032, acked: true, fin: true})
+	l.send(true, tcpSeg{seq: 1031, ack: 5016, acked: true, fin: true})
+	l.send(false, tcpSeg{seq: 5024, ack: 1038, acked: true, fin: true})
 	if len(l.user.closed) != 1 || len(l.gone) != 0 {
 		t.Fatalf("after FINs: closed %v gone %v", l.user.closed, l.gone)
 	}
-	_, seg = l.send(true, tcpSeg{seq: 1026, ack: 5017, acked: true})
-	if seg.Seq != 1032 || seg.Ack != 5025 {
-		t.Fatalf("last ack: seq %d ack %d, want 1032 5025", seg.Seq, seg.Ack)
+	_, seg = l.send(true, tcpSeg{seq: 1032, ack: 5017, acked: true})
+	if seg.Seq != 1038 || seg.Ack != 5025 {
+		t.Fatalf("last ack: seq %d ack %d, want 1038 5025", seg.Seq, seg.Ack)
 	}
 	l.now = l.now.Add(linger + time.Second)
 	l.p.Sweep(l.now)
@@ -147,7 +173,7 @@ func TestPacketPathStream(t *testing.T) {
 
 func TestPacketPathCut(t *testing.T) {
 	l := newPathLab(t)
-	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l.handshake()
 	l.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")})
 	l.p.Forget(l.user.opened[0])
 	for _, fromClient := range []bool{true, false} {
@@ -158,7 +184,7 @@ func TestPacketPathCut(t *testing.T) {
 	// A session the user ends on its bytes is cut the same.
 	l2 := newPathLab(t)
 	l2.user.end = true
-	l2.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l2.handshake()
 	if v, _ := l2.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("USER x\r\n")}); v != DropSegment {
 		t.Fatalf("closed by the user: verdict %d", v)
 	}
@@ -168,7 +194,7 @@ func TestPacketPathCut(t *testing.T) {
 	// A refused one goes on as it comes, unread.
 	l3 := newPathLab(t)
 	l3.user.refuse = true
-	l3.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l3.handshake()
 	if v, seg := l3.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")}); v != PassAsIs || string(seg.Payload()) != "PORT a\r\n" || len(l3.user.bytes) != 0 {
 		t.Fatalf("refused: verdict %d payload %q, user read %q", v, seg.Payload(), l3.user.bytes)
 	}
@@ -212,13 +238,13 @@ func TestPacketPathBounded(t *testing.T) {
 // before conntrack, forged or broken) is dropped unread.
 func TestPacketPathBadChecksum(t *testing.T) {
 	l := newPathLab(t)
-	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l.handshake()
 	pkt := tcpSeg{src: labClient, dst: labServer, seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")}.build(t)
 	pkt[len(pkt)-3] ^= 0x20 // a letter's case: the sum is off
 	if _, v := l.p.Segment(nil, pkt, true, l.now); v != DropSegment {
 		t.Fatalf("bad checksum: verdict %d", v)
 	}
-	if len(l.user.bytes) != 0 || l.p.Stats().BadChecksum != 1 {
+	if len(l.user.bytes) != 0 || l.p.Stats().Unfit != 1 {
 		t.Fatalf("bad checksum read: %q, stats %+v", l.user.bytes, l.p.Stats())
 	}
 }
@@ -229,7 +255,7 @@ func TestPacketPathBadChecksum(t *testing.T) {
 // picked up; an unshifted one is not kept, and Stop gives it up.
 func TestPacketPathRestore(t *testing.T) {
 	l := newPathLab(t)
-	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l.handshake()
 	l.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")})
 	// A second connection, never shifted.
 	other := tcpSeg{src: netip.MustParseAddr("192.0.2.11"), dst: labServer, seq: 1, ack: 1, acked: true, payload: []byte("NOOP\r\n")}
@@ -256,9 +282,14 @@ func TestPacketPathRestore(t *testing.T) {
 	if n, err := l2.p.Restore(st, l2.now); n != 1 || err != nil {
 		t.Fatalf("Restore: %d, %v", n, err)
 	}
+	// The PORT sent again, not yet acknowledged: rewritten as before.
+	v, seg := l2.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")})
+	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" {
+		t.Fatalf("retransmitted rewrite after the restart: verdict %d, %q", v, seg.Payload())
+	}
 	// The server's ack of the rewritten line comes back unshifted for the
 	// client; the client's next line is shifted by 3.
-	_, seg := l2.send(false, tcpSeg{seq: 5001, ack: 1012, acked: true, payload: []byte("200 ok\r\n")})
+	_, seg = l2.send(false, tcpSeg{seq: 5001, ack: 1012, acked: true, payload: []byte("200 ok\r\n")})
 	if seg.Ack != 1009 {
 		t.Fatalf("after the restart: the server's ack went on as %d, want 1009", seg.Ack)
 	}
@@ -269,10 +300,7 @@ func TestPacketPathRestore(t *testing.T) {
 	if seg.Seq != 1012 {
 		t.Fatalf("after the restart: next line at %d, want 1012", seg.Seq)
 	}
-	v, seg := l2.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")})
-	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" {
-		t.Fatalf("retransmitted rewrite after the restart: verdict %d, %q", v, seg.Payload())
-	}
+
 	// Written at a rewrite (then kill -9), the streams have moved on:
 	// they are picked up where the next segments say.
 	l3 := newPathLab(t)
@@ -286,4 +314,105 @@ func TestPacketPathRestore(t *testing.T) {
 	if st, err := ReadState(t.TempDir() + "/none"); err != nil || len(st.Conns) != 0 {
 		t.Fatalf("missing file: %v, %d conns", err, len(st.Conns))
 	}
+}
+
+// TestPacketPathBlindAttacks: what a host that cannot see the traffic
+// sends on a client's behalf (the client's side is queued before
+// conntrack) neither ends nor desynchronises the connection, and none of
+// it is read: a reset or a SYN at a guessed sequence number, data
+// without an acknowledgement, data acknowledging what the server never
+// sent, a segment whose TTL ends at the gateway.
+func TestPacketPathBlindAttacks(t *testing.T) {
+	l := newPathLab(t)
+	l.handshake()
+	l.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")}) // shifted by 3
+	read := len(l.user.bytes)
+	for name, s := range map[string]tcpSeg{
+		"blind RST":           {seq: 77777, ack: 5001, acked: true, rst: true},
+		"SYN with data":       {seq: 1009, ack: 5001, acked: true, syn: true, payload: []byte("PASV\r\n")},
+		"data without ACK":    {seq: 1009, payload: []byte("PASV\r\n")},
+		"ack of the future":   {seq: 1009, ack: 9000, acked: true, payload: []byte("PASV\r\n")},
+		"TTL ends at gateway": {seq: 1009, ack: 5001, acked: true, payload: []byte("PASV\r\n"), ttl: 1},
+	} {
+		l.send(true, s)
+		if l.p.Len() != 1 || len(l.user.closed) != 0 {
+			t.Fatalf("%s ended the connection", name)
+		}
+		if len(l.user.bytes) != read {
+			t.Fatalf("%s was read: %q", name, l.user.bytes[read:])
+		}
+	}
+	// The real next line is still at 1009, shifted as before.
+	_, seg := l.send(true, tcpSeg{seq: 1009, ack: 5001, acked: true, payload: []byte("NOOP\r\n")})
+	if seg.Seq != 1012 || len(l.user.bytes) != read+1 {
+		t.Fatalf("after the attacks: next line at %d (want 1012), read %q", seg.Seq, l.user.bytes[read:])
+	}
+	// A reset at the expected number ends it.
+	l.send(true, tcpSeg{seq: 1015, ack: 5001, acked: true, rst: true})
+	if l.p.Len() != 0 {
+		t.Fatal("an exact reset did not end the connection")
+	}
+}
+
+// TestPacketPathSpoofedSYN: the server's SYN-ACK to a client that never
+// sent the SYN (a spoofed source) opens no session and takes no share;
+// half-open connections are bounded and go after the handshake timeout.
+func TestPacketPathSpoofedSYN(t *testing.T) {
+	user := &fakeUser{}
+	var gone int
+	p := NewPacketPath(user, PacketPathConfig{MaxConns: 8, MaxPerSource: 8}, func(netip.AddrPort, netip.AddrPort) { gone++ })
+	now := time.Unix(1000, 0)
+	for i := range 5 {
+		s := tcpSeg{src: labServer, dst: netip.AddrFrom4([4]byte{192, 0, 2, byte(50 + i)}), sport: 21, dport: 40000, seq: 5000, ack: 1001, acked: true, syn: true}
+		p.Segment(nil, s.build(t), false, now)
+	}
+	if len(user.opened) != 0 || p.Len() != 2 || gone != 3 {
+		t.Fatalf("spoofed SYN-ACKs: %d sessions opened, %d followed, %d given up; want 0, 2 (a quarter of MaxConns), 3", len(user.opened), p.Len(), gone)
+	}
+	p.Sweep(now.Add(handshakeTimeout + time.Second))
+	if p.Len() != 0 || gone != 5 {
+		t.Fatalf("after the handshake timeout: %d followed, %d given up", p.Len(), gone)
+	}
+}
+
+// FuzzPacketPathSegments drives one connection with segments whose
+// numbers, flags and bytes the fuzzer picks, both ways: no panic, what
+// goes on parses with right checksums, and what is kept stays bounded.
+func FuzzPacketPathSegments(f *testing.F) {
+	f.Add([]byte("\x00\x01PORT a\r\n\x01\x02227 long text\r\n\x00\x00PORT a\r\n"), uint32(1001), uint32(5001))
+	f.Fuzz(func(t *testing.T, script []byte, seq0, ack0 uint32) {
+		user := &fakeUser{}
+		p := NewPacketPath(user, PacketPathConfig{MaxConns: 4, MaxPerSource: 4}, func(netip.AddrPort, netip.AddrPort) {})
+		now := time.Unix(1000, 0)
+		seq := [2]uint32{seq0, ack0}
+		syn := tcpSeg{src: labServer, dst: labClient, sport: 21, dport: 40000, seq: seq[1] - 1, ack: seq[0], acked: true, syn: true}
+		p.Segment(nil, syn.build(t), false, now)
+		for len(script) >= 2 {
+			d, flags, n := int(script[0]&1), script[0]>>1, int(script[1]%32)
+			script = script[2:]
+			n = min(n, len(script))
+			s := tcpSeg{src: labClient, dst: labServer, seq: seq[d] + uint32(flags&3) - 1, ack: seq[1-d], acked: flags&4 == 0,
+				rst: flags&8 != 0 && flags&16 != 0, fin: flags&32 != 0, payload: script[:n]}
+			if d == 1 {
+				s.src, s.dst, s.sport, s.dport = labServer, labClient, 21, 40000
+			}
+			script = script[n:]
+			out, v := p.Segment(nil, s.build(t), d == 0, now)
+			if v == PassReplaced {
+				seg, err := ParseSegment(out)
+				if err != nil || !seg.ChecksumOK() {
+					t.Fatalf("what went on: %v, checksum ok %v", err, err == nil && seg.ChecksumOK())
+				}
+			}
+			seq[d] += uint32(n)
+			now = now.Add(time.Second)
+		}
+		for _, c := range p.conns {
+			for d := range 2 {
+				if len(c.sent[d]) > maxUnacked || len(c.rewrites[d]) > maxRewriteRecords || len(c.shift.adj[d].corr) > MaxCorrections {
+					t.Fatalf("unbounded: %d sent, %d rewrites, %d corrections", len(c.sent[d]), len(c.rewrites[d]), len(c.shift.adj[d].corr))
+				}
+			}
+		}
+	})
 }

@@ -91,7 +91,8 @@ func (p *PacketPath) Snapshot(now time.Time, clean bool) PacketState {
 
 // Restore takes connections back from a state file, before any segment
 // is read: each is followed again from its next segment, its session
-// picked up by the user (Opened) then.
+// picked up by the user (Opened) then; it counts against its client's
+// share from then on.
 func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 	if st.Version != packetStateVersion {
 		return 0, fmt.Errorf("state file version %d, want %d", st.Version, packetStateVersion)
@@ -101,7 +102,7 @@ func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 		if !cs.Client.IsValid() || !cs.ServerSeen.IsValid() || len(p.conns) >= p.cfg.MaxConns {
 			continue
 		}
-		c := &pathConn{next: cs.Next, known: cs.Known, fin: cs.Fin, restored: true, last: now}
+		c := &pathConn{next: cs.Next, known: cs.Known, fin: cs.Fin, pickedUp: true, last: now, created: now}
 		if !st.Clean {
 			c.known = [2]bool{}
 		}
@@ -120,7 +121,6 @@ func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 		c.id = p.nextID
 		c.source = sourceOf(cs.Client)
 		p.conns[connKey{client: cs.Client, serverSeen: cs.ServerSeen}] = c
-		p.bySource.Add(c.source)
 		n++
 	}
 	return n, nil

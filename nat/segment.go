@@ -135,16 +135,35 @@ func (s *Segment) parseIPv6() error {
 	return fmt.Errorf("%w: too many IPv6 extension headers", ErrNotRewritable)
 }
 
-// ChecksumOK says whether the TCP checksum is right, or left for the
-// hardware to fill in (the pseudo-header sum in its place). A segment
-// queued before conntrack has not been checked by anyone yet.
+// ChecksumOK says whether the TCP checksum is right. Queued packets
+// carry a whole one: NFQUEUE fills in a checksum left to the hardware
+// before it copies the packet (without NFQA_CFG_F_GSO, which the packet
+// path does not ask for), so the pseudo-header sum in its place is
+// wrong here.
 func (s Segment) ChecksumOK() bool {
 	tcp := s.pkt[s.tcpAt:s.end]
-	pseudo := s.pseudo(s.pkt, len(tcp))
-	if inetsum.Fold(inetsum.Sum(tcp, pseudo)) == 0xffff {
-		return true
+	return inetsum.Fold(inetsum.Sum(tcp, s.pseudo(s.pkt, len(tcp)))) == 0xffff
+}
+
+// unfit says why a segment must not be read, or "": a wrong checksum
+// (its receiver drops it), and from the client's side, queued before
+// routing and conntrack, what the gateway itself would drop or its
+// receiver handle apart: a TTL or hop limit that ends here, IPv4
+// options (a source route, among others).
+func (s Segment) unfit(fromClient bool) string {
+	switch {
+	case !s.ChecksumOK():
+		return "wrong TCP checksum"
+	case !fromClient:
+		return ""
+	case s.v6 && s.pkt[7] <= 1:
+		return "hop limit ends at the gateway"
+	case !s.v6 && s.pkt[8] <= 1:
+		return "TTL ends at the gateway"
+	case !s.v6 && s.tcpAt > 20:
+		return "IPv4 options"
 	}
-	return binary.BigEndian.Uint16(tcp[16:]) == inetsum.Fold(pseudo)
+	return ""
 }
 
 // Payload is the segment's data.

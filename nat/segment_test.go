@@ -24,6 +24,7 @@ type tcpSeg struct {
 	// sport, dport: 40000 and 21 unless set; syn, fin, rst: flags.
 	sport, dport  uint16
 	syn, fin, rst bool
+	ttl           uint8 // 63 unless set
 }
 
 // build serializes s with gopacket, lengths and checksums computed: the
@@ -48,7 +49,10 @@ func (s tcpSeg) build(t testing.TB) []byte {
 	}
 	var ls []gopacket.SerializableLayer
 	if s.src.Is4() {
-		ip := &layers.IPv4{Version: 4, TTL: 63, Id: 0x1234, Flags: layers.IPv4DontFragment, Protocol: layers.IPProtocolTCP, SrcIP: s.src.AsSlice(), DstIP: s.dst.AsSlice()}
+		if s.ttl == 0 {
+			s.ttl = 63
+		}
+		ip := &layers.IPv4{Version: 4, TTL: s.ttl, Id: 0x1234, Flags: layers.IPv4DontFragment, Protocol: layers.IPProtocolTCP, SrcIP: s.src.AsSlice(), DstIP: s.dst.AsSlice()}
 		_ = tcp.SetNetworkLayerForChecksum(ip)
 		ls = append(ls, ip)
 	} else {

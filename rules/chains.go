@@ -131,6 +131,7 @@ func (c *chains) queueNAT() {
 //
 //	nft add chain inet ftpgate queue_translated_ftp_control_from_client { type filter hook prerouting priority -250; }
 //	nft add chain inet ftpgate queue_translated_ftp_control_from_server { type filter hook postrouting priority srcnat + 2; }
+//	nft add chain inet ftpgate check_translated_ftp_control_replies { type filter hook prerouting priority mangle; }
 func (c *chains) queuePacketPath(inlineQueue expr.Any) {
 	if c.natTable == nil {
 		return
@@ -150,4 +151,6 @@ func (c *chains) queuePacketPath(inlineQueue expr.Any) {
 		c.addChain(baseChain(c.natTable, h.name, nftables.ChainTypeFilter, h.hook, h.prio),
 			func(ch *nftables.Chain) []*nftables.Rule { return rules(p, ch) })
 	}
+	c.addChain(baseChain(c.natTable, natReplyCheckChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ReplyCheckPriority),
+		func(ch *nftables.Chain) []*nftables.Rule { return replyCheckRules(p, ch) })
 }

@@ -77,6 +77,7 @@ const (
 	// server's after source NAT and the detect chain.
 	FromClientQueuePriority = -250
 	FromServerQueuePriority = 102
+	ReplyCheckPriority      = -150
 )
 
 // The chains of the control proxy, whose rules name the control ports.
@@ -85,6 +86,7 @@ const (
 	natDetectChain     = "detect_translated_ftp_control"
 	natFromClientChain = "queue_translated_ftp_control_from_client"
 	natFromServerChain = "queue_translated_ftp_control_from_server"
+	natReplyCheckChain = "check_translated_ftp_control_replies"
 )
 
 // natRules map the first packet of an announced data connection:
@@ -219,8 +221,11 @@ func detectRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 			[]expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
 		add := &expr.Dynset{SrcRegKey: keyReg, SetName: set.Name, SetID: set.ID, Operation: uint32(unix.NFT_DYNSET_OP_ADD)}
 		if packet {
+			// A minute until its segments come (they refresh it to
+			// TranslatedTimeout): a SYN nobody answers leaves nothing
+			// for long.
 			note, last = "new FTP control connection the admin's NAT translated: ftpgate rewrites and shifts its segments", []expr.Any{&expr.Counter{}}
-			add.Timeout = p.nat.cfg.TranslatedTimeout
+			add.Timeout = detectTimeout
 		}
 		for _, port := range p.nat.cfg.Ports {
 			out = append(out, rule(note,
@@ -230,6 +235,36 @@ func detectRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ne32(0)},
 				}, ctOriginalTuple(v6), []expr.Any{add}, last))
 		}
+	}
+	return out
+}
+
+// detectTimeout is how long a translated control connection's element
+// waits for the connection's first queued segment.
+const detectTimeout = time.Minute
+
+// replyCheckRules drop a reply-direction segment of a translated control
+// connection whose source could not have come in where it did (after
+// conntrack, so that the connection's original tuple is known):
+//
+//	meta nfproto ipv4 ct direction reply ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst \
+//	  @ftp_control_translated_v4 fib saddr . iif oif 0 counter drop
+//
+// The server's segments are read after source NAT, where the interface
+// they came in on is no longer known: a host elsewhere that forged the
+// server's address would otherwise have its "227" read.
+func replyCheckRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
+	var out []*nftables.Rule
+	for _, v6 := range []bool{false, true} {
+		set := p.nat.maps.translated.of(v6)
+		out = append(out, &nftables.Rule{Table: chain.Table, Chain: chain,
+			UserData: comment("a reply of a translated FTP control connection from a source that cannot come from there"),
+			Exprs: slices.Concat(tcp(), nfproto(v6), []expr.Any{
+				&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
+			}, ctOriginalTuple(v6), []expr.Any{
+				&expr.Lookup{SourceRegister: keyReg, SetName: set.Name, SetID: set.ID},
+			}, reversePathFails(), []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}})})
 	}
 	return out
 }

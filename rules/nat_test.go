@@ -112,7 +112,8 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 	got := netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate") + netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate_nat")
 	for _, want := range []string{
 		"set ftp_control_translated_v4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service",
-		"ct status snat,dnat add @ftp_control_translated_v4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst timeout 2h } counter packets 0 bytes 0 comment",
+		"ct status snat,dnat add @ftp_control_translated_v4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst timeout 1m } counter packets 0 bytes 0 comment",
+		"ct direction reply ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst @ftp_control_translated_v4 fib saddr . iif oif 0 counter packets 0 bytes 0 drop",
 		"type filter hook prerouting priority -250; policy accept;\n\t\tfib saddr . iif oif 0 return comment \"a source that cannot come from there: not ftpgate's\"\n\t\tip saddr . tcp sport . ip daddr . tcp dport @ftp_control_translated_v4 update @ftp_control_translated_v4 { ip saddr . tcp sport . ip daddr . tcp dport timeout 2h } ",
 		"type filter hook postrouting priority srcnat + 2; policy accept;\n\t\tct direction reply ip daddr . tcp dport . ip saddr . tcp sport @ftp_control_translated_v4 update @ftp_control_translated_v4 { ip daddr . tcp dport . ip saddr . tcp sport timeout 2h } ",
 		"ip6 saddr . tcp sport . ip6 daddr . tcp dport @ftp_control_translated_v6",
@@ -196,7 +197,7 @@ func TestNATTableOutlivesRestart(t *testing.T) {
 	}
 	// One port, both families; the client's chain has the reverse-path
 	// rule first.
-	for chain, want := range map[string]int{natDetectChain: 2, natFromClientChain: 3, natFromServerChain: 2} {
+	for chain, want := range map[string]int{natDetectChain: 2, natFromClientChain: 3, natFromServerChain: 2, natReplyCheckChain: 2} {
 		text := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate_nat", chain)
 		if n := strings.Count(text, "comment"); n != want {
 			t.Errorf("%s after adoption has %d rules, want %d:\n%s", chain, n, want, text)
