@@ -530,17 +530,22 @@ not parsed until TLS really ends after CCC; its FTPS range (--ftps-passive-
 ports) closes unless the TLS handshake completes within --handshake-timeout.
 
 On a NAT gateway (--nat on, the default with inline capture), a control
-connection your own NAT rules translate (masquerade, dnat) has its first SYN
-dropped after all of your rules accepted it; the client's retry (about a
-second later) goes to ftpgate's control proxy (tproxy, and a policy routing
-rule ftpgate adds), which connects to the server from the client's address.
-It rewrites announcements whose address differs on the far side (PORT/EPRT
-of a masqueraded client, 227/229 of a server behind a port forward) to the
-public address and a port from --nat-ports (never the port announced, one
-this host listens on, or one your rules forward), and maps each data
+connection your own NAT rules translate (masquerade, dnat) goes on at once;
+after all of your rules accepted its SYN, ftpgate's detect chain adds it to
+ftp_control_translated_v4/v6 (table inet TABLE_nat), and from then on every
+segment of it is queued to ftpgate (--nat-queue), both ways. ftpgate rewrites
+announcements whose address differs on the far side (PORT/EPRT of a
+masqueraded client, 227/229 of a server behind a port forward) inside the
+segment, to the public address and a port from --nat-ports (never the port
+announced, one this host listens on, or one your rules forward), shifts the
+sequence numbers of every later segment itself, and maps each data
 connection in the kernel (DNAT, and SNAT where needed): a 227/229's before
-the client sees it, a PORT/EPRT's once the server accepted it. Add the ruleset line to your input chain too: proxied control
-connections arrive there. A restart of ftpgate ends proxied sessions.
+the client sees it, a PORT/EPRT's once the server accepted it. A restart
+keeps translated sessions: their segments wait in the kernel while no
+ftpgate runs, and what they need is kept in --nat-state. --nat-path proxy
+runs them through ftpgate's control proxy instead (the first SYN dropped and
+the client's retry taken over: a second's delay at every login; add the
+ruleset line to your input chain too; a restart ends proxied sessions).
 
 At start-up ftpgate binds and configures its sockets first, then makes its
 table and its rules; what they send meanwhile waits for it (held SYNs in
