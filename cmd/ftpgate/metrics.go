@@ -41,7 +41,8 @@ func u(f func(conntrack.Stats) uint64) func(conntrack.Stats) float64 {
 var snapshotMetrics = []metricDef{
 	{"ftpgate_sessions", "Control sessions tracked now, half-open and proxied ones included.", true, func(s conntrack.Stats) float64 { return float64(s.SessionsTracked + s.Proxied) }},
 	{"ftpgate_sessions_half_open", "Control connections that have carried no FTP yet.", true, func(s conntrack.Stats) float64 { return float64(s.HalfOpen) }},
-	{"ftpgate_sessions_proxied", "Control sessions through the control proxy (NAT) now.", true, func(s conntrack.Stats) float64 { return float64(s.Proxied) }},
+	{"ftpgate_sessions_proxied", "Translated control sessions (NAT) now, in the packet path or through the control proxy.", true, func(s conntrack.Stats) float64 { return float64(s.Proxied) }},
+	{"ftpgate_sessions_translated_total", "Translated control sessions the NAT packet path followed, picked up after a restart included.", false, u(func(s conntrack.Stats) uint64 { return s.SessionsTranslated })},
 	{"ftpgate_sessions_started_total", "Control sessions that carried FTP.", false, u(func(s conntrack.Stats) uint64 { return s.SessionsStarted })},
 	{"ftpgate_sessions_ended_total", "Control sessions ended.", false, u(func(s conntrack.Stats) uint64 { return s.SessionsEnded })},
 	{"ftpgate_sessions_refused_total", "New control sessions refused at the session or half-open cap.", false, u(func(s conntrack.Stats) uint64 { return s.SessionsRefused + s.HalfOpenRefused })},
