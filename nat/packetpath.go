@@ -21,8 +21,13 @@ import (
 // rewrite it does not repeat) and are dropped, for the sender to send
 // again. What a line says is the user's business.
 type PacketPath struct {
-	user     PacketUser
-	gone     func(client, serverSeen netip.AddrPort)
+	user PacketUser
+	gone func(client, serverSeen netip.AddrPort, shifted bool)
+	// OnShift, if set, is told when a connection is first shifted (a
+	// rewrite changed a length), before that segment goes on: from then
+	// on it cannot go on without ftpgate, and its queueing must outlive
+	// this process (rules.Nftables.ShiftTranslated).
+	OnShift  func(client, serverSeen netip.AddrPort)
 	cfg      PacketPathConfig
 	conns    map[connKey]*pathConn
 	bySource source.Shares
@@ -73,6 +78,7 @@ type connKey struct{ client, serverSeen netip.AddrPort }
 
 type pathConn struct {
 	id       uint64
+	key      connKey
 	source   netip.Prefix
 	shift    PacketConn
 	next     [2]uint32 // the next new sequence number, per direction (0: client)
@@ -108,7 +114,7 @@ const maxRewriteRecords = 8
 // NewPacketPath follows connections within cfg's bounds. gone is told of
 // each connection forgotten (ended, cut and idle, or beyond the bounds),
 // whose segments ftpgate's chains need not queue any longer.
-func NewPacketPath(user PacketUser, cfg PacketPathConfig, gone func(client, serverSeen netip.AddrPort)) *PacketPath {
+func NewPacketPath(user PacketUser, cfg PacketPathConfig, gone func(client, serverSeen netip.AddrPort, shifted bool)) *PacketPath {
 	return &PacketPath{user: user, gone: gone, cfg: cfg, conns: map[connKey]*pathConn{}, bySource: source.Shares{}}
 }
 
@@ -199,11 +205,11 @@ func (p *PacketPath) open(key connKey, seg Segment, d int, now time.Time) *pathC
 	}
 	if len(p.conns) >= p.cfg.MaxConns || (synAck && p.halfOpen >= p.maxHalfOpen()) {
 		p.stats.Refused++
-		p.gone(key.client, key.serverSeen)
+		p.gone(key.client, key.serverSeen, false)
 		return nil
 	}
 	p.nextID++
-	c := &pathConn{id: p.nextID, source: sourceOf(key.client), created: now}
+	c := &pathConn{id: p.nextID, key: key, source: sourceOf(key.client), created: now}
 	p.conns[key] = c
 	if synAck {
 		p.halfOpen++
@@ -316,10 +322,14 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 	if payload == nil && !c.shift.Shifted() {
 		return dst, PassAsIs
 	}
+	wasShifted := c.shift.Shifted()
 	out, err := c.shift.Pass(dst, seg, d == 1, payload)
 	if err != nil {
 		p.stats.Dropped++
 		return dst, DropSegment
+	}
+	if !wasShifted && c.shift.Shifted() && p.OnShift != nil {
+		p.OnShift(c.key.client, c.key.serverSeen)
 	}
 	p.stats.Shifted++
 	return out, PassReplaced
@@ -501,7 +511,7 @@ func (p *PacketPath) end(key connKey, c *pathConn, reason string) {
 	if !c.established && !c.pickedUp {
 		p.halfOpen--
 	}
-	p.gone(key.client, key.serverSeen)
+	p.gone(key.client, key.serverSeen, c.shift.Shifted())
 	if c.user {
 		p.user.Closed(c.id, reason)
 	}

@@ -47,7 +47,7 @@ type pathLab struct {
 
 func newPathLab(t *testing.T) *pathLab {
 	l := &pathLab{t: t, user: &fakeUser{}, now: time.Unix(1000, 0)}
-	l.p = NewPacketPath(l.user, PacketPathConfig{MaxConns: 10, MaxPerSource: 10}, func(c, _ netip.AddrPort) { l.gone = append(l.gone, c) })
+	l.p = NewPacketPath(l.user, PacketPathConfig{MaxConns: 10, MaxPerSource: 10}, func(c, _ netip.AddrPort, _ bool) { l.gone = append(l.gone, c) })
 	return l
 }
 
@@ -210,7 +210,7 @@ func TestPacketPathCut(t *testing.T) {
 func TestPacketPathBounded(t *testing.T) {
 	user := &fakeUser{}
 	var gone int
-	p := NewPacketPath(user, PacketPathConfig{MaxConns: 5, MaxPerSource: 3}, func(netip.AddrPort, netip.AddrPort) { gone++ })
+	p := NewPacketPath(user, PacketPathConfig{MaxConns: 5, MaxPerSource: 3}, func(netip.AddrPort, netip.AddrPort, bool) { gone++ })
 	for i := range 10 {
 		s := tcpSeg{src: labClient, dst: labServer, sport: uint16(40000 + i), dport: 21, seq: 1, ack: 1, acked: true, payload: []byte("x")}
 		if _, v := p.Segment(nil, s.build(t), true, time.Now()); i >= 3 && v != PassAsIs {
@@ -360,7 +360,7 @@ func TestPacketPathBlindAttacks(t *testing.T) {
 func TestPacketPathSpoofedSYN(t *testing.T) {
 	user := &fakeUser{}
 	var gone int
-	p := NewPacketPath(user, PacketPathConfig{MaxConns: 8, MaxPerSource: 8}, func(netip.AddrPort, netip.AddrPort) { gone++ })
+	p := NewPacketPath(user, PacketPathConfig{MaxConns: 8, MaxPerSource: 8}, func(netip.AddrPort, netip.AddrPort, bool) { gone++ })
 	now := time.Unix(1000, 0)
 	for i := range 5 {
 		s := tcpSeg{src: labServer, dst: netip.AddrFrom4([4]byte{192, 0, 2, byte(50 + i)}), sport: 21, dport: 40000, seq: 5000, ack: 1001, acked: true, syn: true}
@@ -382,7 +382,7 @@ func FuzzPacketPathSegments(f *testing.F) {
 	f.Add([]byte("\x00\x01PORT a\r\n\x01\x02227 long text\r\n\x00\x00PORT a\r\n"), uint32(1001), uint32(5001))
 	f.Fuzz(func(t *testing.T, script []byte, seq0, ack0 uint32) {
 		user := &fakeUser{}
-		p := NewPacketPath(user, PacketPathConfig{MaxConns: 4, MaxPerSource: 4}, func(netip.AddrPort, netip.AddrPort) {})
+		p := NewPacketPath(user, PacketPathConfig{MaxConns: 4, MaxPerSource: 4}, func(netip.AddrPort, netip.AddrPort, bool) {})
 		now := time.Unix(1000, 0)
 		seq := [2]uint32{seq0, ack0}
 		syn := tcpSeg{src: labServer, dst: labClient, sport: 21, dport: 40000, seq: seq[1] - 1, ack: seq[0], acked: true, syn: true}

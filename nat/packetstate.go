@@ -120,7 +120,8 @@ func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 		p.nextID++
 		c.id = p.nextID
 		c.source = sourceOf(cs.Client)
-		p.conns[connKey{client: cs.Client, serverSeen: cs.ServerSeen}] = c
+		c.key = connKey{client: cs.Client, serverSeen: cs.ServerSeen}
+		p.conns[c.key] = c
 		n++
 	}
 	return n, nil

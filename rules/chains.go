@@ -33,11 +33,11 @@ func baseChain(t *nftables.Table, name string, typ nftables.ChainType, hook *nft
 type chains struct {
 	conn  *nftables.Conn
 	table *nftables.Table
-	// natTable is the NAT packet path's table (nil otherwise): its
-	// detect and queue chains live there (see NATConfig.Packet).
-	natTable *nftables.Table
-	cfg      *Config
-	sets     *tableSets
+	// kept is the NAT packet path's table of shifted connections, which
+	// outlives ftpgate (nil without the packet path; see keptTable).
+	kept *keptTable
+	cfg  *Config
+	sets *tableSets
 	// Inline capture: what its rules were built with, and the interfaces set.
 	inline *inlineParams
 	ifaces *nftables.Set
@@ -116,27 +116,35 @@ func (c *chains) queueNAT() {
 	}
 	c.addChain(baseChain(c.table, "nat_ftp_data_dnat", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, DNATChainPriority), with(natRules(false)))
 	c.addChain(baseChain(c.table, "nat_ftp_data_snat", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, SNATChainPriority), with(natRules(true)))
-	detectIn := c.table
-	if c.natTable != nil {
-		detectIn = c.natTable
-	} else {
+	if !c.cfg.NAT.Packet {
 		c.addChain(baseChain(c.table, natProxyChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ProxyChainPriority), with(proxyRules))
 	}
-	c.addChain(baseChain(detectIn, natDetectChain, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, DetectChainPriority), with(detectRules))
+	c.addChain(baseChain(c.table, natDetectChain, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, DetectChainPriority), with(detectRules))
 }
 
 // queuePacketPath queues, in the NAT packet path, the chains that queue
-// translated control connections' segments (packetQueueRules), with the
-// kind of queue the inline rules took (native or xtables).
+// translated control connections' segments (packetQueueRules) and check
+// their replies' sources (replyCheckRules), with the kind of queue the
+// inline rules took (native or xtables); and adopts the table of shifted
+// connections a previous ftpgate left (keptTable).
 //
 //	nft add chain inet ftpgate queue_translated_ftp_control_from_client { type filter hook prerouting priority -250; }
 //	nft add chain inet ftpgate queue_translated_ftp_control_from_server { type filter hook postrouting priority srcnat + 2; }
 //	nft add chain inet ftpgate check_translated_ftp_control_replies { type filter hook prerouting priority mangle; }
 func (c *chains) queuePacketPath(inlineQueue expr.Any) {
-	if c.natTable == nil {
+	if c.kept == nil {
 		return
 	}
-	q := natQueue(inlineQueue, c.cfg.NAT.Queue)
+	c.kept.queue = natQueue(inlineQueue, c.cfg.NAT.Queue)
+	c.queueTranslatedChains(c.table, c.sets.nat.translated)
+	if c.kept.table != nil {
+		c.kept.adopt(c)
+	}
+}
+
+// queueTranslatedChains queues the three chains of a set pair of
+// translated connections in table t.
+func (c *chains) queueTranslatedChains(t *nftables.Table, sets setPair) {
 	p := c.params()
 	for _, h := range []struct {
 		name       string
@@ -147,10 +155,10 @@ func (c *chains) queuePacketPath(inlineQueue expr.Any) {
 		{natFromClientChain, nftables.ChainHookPrerouting, FromClientQueuePriority, false},
 		{natFromServerChain, nftables.ChainHookPostrouting, FromServerQueuePriority, true},
 	} {
-		rules := packetQueueRules(h.fromServer, q)
-		c.addChain(baseChain(c.natTable, h.name, nftables.ChainTypeFilter, h.hook, h.prio),
+		rules := packetQueueRules(h.fromServer, sets, c.kept.queue)
+		c.addChain(baseChain(t, h.name, nftables.ChainTypeFilter, h.hook, h.prio),
 			func(ch *nftables.Chain) []*nftables.Rule { return rules(p, ch) })
 	}
-	c.addChain(baseChain(c.natTable, natReplyCheckChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ReplyCheckPriority),
-		func(ch *nftables.Chain) []*nftables.Rule { return replyCheckRules(p, ch) })
+	c.addChain(baseChain(t, natReplyCheckChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ReplyCheckPriority),
+		func(ch *nftables.Chain) []*nftables.Rule { return replyCheckRules(sets)(p, ch) })
 }

@@ -109,16 +109,10 @@ func (c *chains) setControlPorts(ports []uint16) error {
 	if c.cfg.NAT != nil {
 		c.cfg.NAT.Ports = ports
 		p := c.params()
-		if c.natTable == nil {
+		if !c.cfg.NAT.Packet {
 			c.replaceRules(natProxyChain, func(ch *nftables.Chain) []*nftables.Rule { return proxyRules(p, ch) })
-			c.replaceRules(natDetectChain, func(ch *nftables.Chain) []*nftables.Rule { return detectRules(p, ch) })
-		} else {
-			ch := &nftables.Chain{Name: natDetectChain, Table: c.natTable}
-			c.conn.FlushChain(ch)
-			for _, r := range detectRules(p, ch) {
-				c.conn.AddRule(r)
-			}
 		}
+		c.replaceRules(natDetectChain, func(ch *nftables.Chain) []*nftables.Rule { return detectRules(p, ch) })
 	}
 	if err := c.conn.Flush(); err != nil {
 		return fmt.Errorf("changing the control ports to %v: %w", ports, err)

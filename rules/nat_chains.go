@@ -49,13 +49,12 @@ type NATConfig struct {
 	// segments come at least every TranslatedTimeout (ftpgate forgets it
 	// sooner when it ends). ProxyPort and the marks are then unused.
 	//
-	// The translated connections, the detect chain and the queue chains
-	// are in a table of their own, TABLE_nat, without the owner flag:
-	// a connection whose sequence numbers ftpgate shifts cannot go on
-	// without it, so across a restart (or kill -9) its segments must
-	// wait in the kernel, dropped for want of a listener on the queue,
-	// never passed unshifted. The next ftpgate adopts the table;
-	// StopTranslating removes it when nothing needs it.
+	// A connection whose sequence numbers ftpgate shifts cannot go on
+	// without it: across a restart (or kill -9) its segments must wait in
+	// the kernel, dropped for want of a listener on the queue, never
+	// passed unshifted. Once shifted, its element moves to a table of its
+	// own that outlives ftpgate (see keptTable); everything else stays
+	// in the owned table and goes with the process.
 	Packet            bool
 	Queue             uint16
 	TranslatedTimeout time.Duration
@@ -253,10 +252,14 @@ const detectTimeout = time.Minute
 // The server's segments are read after source NAT, where the interface
 // they came in on is no longer known: a host elsewhere that forged the
 // server's address would otherwise have its "227" read.
-func replyCheckRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
+func replyCheckRules(sets setPair) func(ruleParams, *nftables.Chain) []*nftables.Rule {
+	return func(p ruleParams, chain *nftables.Chain) []*nftables.Rule { return replyChecks(sets, chain) }
+}
+
+func replyChecks(sets setPair, chain *nftables.Chain) []*nftables.Rule {
 	var out []*nftables.Rule
 	for _, v6 := range []bool{false, true} {
-		set := p.nat.maps.translated.of(v6)
+		set := sets.of(v6)
 		out = append(out, &nftables.Rule{Table: chain.Table, Chain: chain,
 			UserData: comment("a reply of a translated FTP control connection from a source that cannot come from there"),
 			Exprs: slices.Concat(tcp(), nfproto(v6), []expr.Any{
@@ -285,7 +288,7 @@ func replyCheckRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 // as the server sees them. Without bypass: with no ftpgate listening,
 // a segment that went on unshifted would break the connection; dropped,
 // it is sent again.
-func packetQueueRules(fromServer bool, queue expr.Any) func(ruleParams, *nftables.Chain) []*nftables.Rule {
+func packetQueueRules(fromServer bool, sets setPair, queue expr.Any) func(ruleParams, *nftables.Chain) []*nftables.Rule {
 	return func(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 		var out []*nftables.Rule
 		if !fromServer {
@@ -296,7 +299,7 @@ func packetQueueRules(fromServer bool, queue expr.Any) func(ruleParams, *nftable
 				Exprs: append(reversePathFails(), ret)})
 		}
 		for _, v6 := range []bool{false, true} {
-			set := p.nat.maps.translated.of(v6)
+			set := sets.of(v6)
 			exprs := slices.Concat(tcp(), nfproto(v6))
 			if fromServer {
 				exprs = append(exprs, &expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},

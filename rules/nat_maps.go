@@ -45,7 +45,7 @@ type natMaps struct {
 // kept while its segments come (NATConfig.TranslatedTimeout):
 //
 //	nft add set inet ftpgate ftp_control_translated_v4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; flags dynamic,timeout; }
-func newNATMaps(t *nftables.Table, pinholes, peers uint32, natTable *nftables.Table) *natMaps {
+func newNATMaps(t *nftables.Table, pinholes, peers uint32, packet bool) *natMaps {
 	proxyNext := func(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
 		return &nftables.Set{
 			ID: id, Table: t, Name: name,
@@ -76,21 +76,28 @@ func newNATMaps(t *nftables.Table, pinholes, peers uint32, natTable *nftables.Ta
 		dnat: setPair{natMap(DNATMapV4, nftables.TypeIPAddr, false, 7), natMap(DNATMapV6, nftables.TypeIP6Addr, false, 8)},
 		snat: setPair{natMap(SNATMapV4, nftables.TypeIPAddr, true, 9), natMap(SNATMapV6, nftables.TypeIP6Addr, true, 10)},
 	}
-	if natTable == nil {
+	if !packet {
 		m.proxyNext = setPair{proxyNext(ProxyNextV4, nftables.TypeIPAddr, 5), proxyNext(ProxyNextV6, nftables.TypeIP6Addr, 6)}
 		return m
 	}
-	translated := func(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
+	m.translated = translatedSets(t, TranslatedV4, TranslatedV6, peers, 5,
+		"translated FTP control connections (original tuple): ftpgate reads and rewrites every segment of theirs")
+	return m
+}
+
+// translatedSets describes a pair of sets of translated control
+// connections' original tuples, v4 and v6, with set IDs id and id+1.
+func translatedSets(t *nftables.Table, v4, v6 string, size, id uint32, comment string) setPair {
+	mk := func(name string, addr nftables.SetDatatype, id uint32) *nftables.Set {
 		return &nftables.Set{
-			ID: id, Table: natTable, Name: name,
+			ID: id, Table: t, Name: name,
 			KeyType:       nftables.MustConcatSetType(addr, nftables.TypeInetService, addr, nftables.TypeInetService),
 			Concatenation: true, HasTimeout: true, Dynamic: true,
-			Size:    peers,
-			Comment: "translated FTP control connections (original tuple): ftpgate rewrites and shifts every segment of theirs",
+			Size:    size,
+			Comment: comment,
 		}
 	}
-	m.translated = setPair{translated(TranslatedV4, nftables.TypeIPAddr, 5), translated(TranslatedV6, nftables.TypeIP6Addr, 6)}
-	return m
+	return setPair{mk(v4, nftables.TypeIPAddr, id), mk(v6, nftables.TypeIP6Addr, id+1)}
 }
 
 // control is the set pair of translated control connections.

@@ -3,6 +3,8 @@ package rules
 import (
 	"net/netip"
 
+	"github.com/google/nftables"
+
 	"strings"
 	"testing"
 	"time"
@@ -95,8 +97,9 @@ func TestNATRulesInKernel(t *testing.T) {
 // TestNATPacketPathRulesInKernel: in the packet path the detect chain
 // adds the translated connection without dropping its SYN, both queue
 // chains queue its segments without bypass, the forward copy chain
-// skips them, there is no proxy chain; and ForgetTranslated removes an
-// element, also one that is not there.
+// skips them, replies from sources failing the reverse-path check are
+// dropped, there is no proxy chain and no kept table yet; and
+// ForgetTranslated removes an element, also one that is not there.
 func TestNATPacketPathRulesInKernel(t *testing.T) {
 	ns := netnstest.New(t)
 	nat := NATConfig{Ports: []uint16{21, 2121}, Packet: true, Queue: 2122, TranslatedTimeout: 2 * time.Hour}
@@ -109,7 +112,7 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("AddInlineRules: %v", err)
 	}
-	got := netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate") + netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate_nat")
+	got := netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate")
 	for _, want := range []string{
 		"set ftp_control_translated_v4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service",
 		"ct status snat,dnat add @ftp_control_translated_v4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst timeout 1m } counter packets 0 bytes 0 comment",
@@ -128,12 +131,15 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 			t.Errorf("the packet path's table has %q:\n%s", absent, got)
 		}
 	}
-	if detect := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate_nat", natDetectChain); strings.Contains(detect, "drop") {
+	if detect := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate", natDetectChain); strings.Contains(detect, "drop") {
 		t.Errorf("the packet path drops in the detect chain:\n%s", detect)
+	}
+	if tables := netnstest.Nft(t, ns, "list", "tables"); strings.Contains(tables, "ftpgate_nat") {
+		t.Errorf("a kept table before anything was shifted: %s", tables)
 	}
 	// Each queue chain queues to 2122, without bypass.
 	for _, chain := range []string{natFromClientChain, natFromServerChain} {
-		text := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate_nat", chain)
+		text := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate", chain)
 		want := "queue to 2122"
 		if mode == QueueXtables {
 			want = "NFQUEUE"
@@ -143,26 +149,36 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 		}
 	}
 	client, server := netip.MustParseAddrPort("192.0.2.10:40000"), netip.MustParseAddrPort("198.51.100.2:21")
-	netnstest.Nft(t, ns, "add", "element", "inet", "ftpgate_nat", TranslatedV4, "{ 192.0.2.10 . 40000 . 198.51.100.2 . 21 timeout 1h }")
-	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate_nat", TranslatedV4); !strings.Contains(got, "192.0.2.10 . 40000 . 198.51.100.2 . 21") {
-		t.Fatalf("the element is not as nft writes it:\n%s", got)
-	}
+	addTranslated(t, n, client, server)
 	for range 2 {
-		if err := n.ForgetTranslated(client, server); err != nil {
+		if err := n.ForgetTranslated(client, server, false); err != nil {
 			t.Fatalf("ForgetTranslated: %v", err)
 		}
 	}
-	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate_nat", TranslatedV4); strings.Contains(got, "elements") {
+	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate", TranslatedV4); strings.Contains(got, "elements") {
 		t.Errorf("element left:\n%s", got)
 	}
 }
 
-// TestNATTableOutlivesRestart: the packet path's table stays when a
-// stop keeps it (shifted connections) and after kill -9 (the socket
-// closes: only the owned table goes); the next Open adopts it with its
-// translated connections and without doubled rules; a stop that keeps
-// nothing removes it.
-func TestNATTableOutlivesRestart(t *testing.T) {
+// addTranslated puts a connection into the owned table's set, as the
+// detect chain would (nft may not change an owned table).
+func addTranslated(t *testing.T, n *Nftables, client, server netip.AddrPort) {
+	t.Helper()
+	if err := n.conn.SetAddElements(n.sets.nat.translated.v4, []nftables.SetElement{{Key: translatedKey(client, server), Timeout: time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNATKeptTable: a shifted connection moves, in one transaction, to
+// the kept table, made then; that table stays after the owned one is
+// gone (a stop that keeps it, or kill -9: the socket closes), holding
+// only the shifted connection; the next Open adopts it with the
+// connection and without doubled rules; a stop that keeps nothing
+// removes it.
+func TestNATKeptTable(t *testing.T) {
 	ns := netnstest.New(t)
 	open := func() *Nftables {
 		nat := NATConfig{Ports: []uint16{21}, Packet: true, Queue: 2122, TranslatedTimeout: time.Hour}
@@ -176,32 +192,47 @@ func TestNATTableOutlivesRestart(t *testing.T) {
 		return n
 	}
 	n := open()
-	netnstest.Nft(t, ns, "add", "element", "inet", "ftpgate_nat", TranslatedV4, "{ 192.0.2.10 . 40000 . 198.51.100.2 . 21 timeout 1h }")
+	client, server := netip.MustParseAddrPort("192.0.2.10:40000"), netip.MustParseAddrPort("198.51.100.2:21")
+	addTranslated(t, n, client, server)
+	if err := n.ShiftTranslated(client, server); err != nil {
+		t.Fatalf("ShiftTranslated: %v", err)
+	}
+	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate", TranslatedV4); strings.Contains(got, "192.0.2.10") {
+		t.Errorf("the shifted connection is still in the owned table's set:\n%s", got)
+	}
+	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate_nat", ShiftedV4); !strings.Contains(got, "192.0.2.10 . 40000 . 198.51.100.2 . 21") {
+		t.Errorf("the shifted connection is not in the kept table:\n%s", got)
+	}
 	if err := n.StopTranslating(true); err != nil {
 		t.Fatal(err)
 	}
-	if detect := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate_nat", natDetectChain); strings.Contains(detect, "add @") {
-		t.Errorf("a stop that keeps the table still detects new connections:\n%s", detect)
-	}
 	n.Close()
-	// The socket's end (kill -9 or Close) takes the owned table only.
 	tables := netnstest.Nft(t, ns, "list", "tables")
 	if !strings.Contains(tables, "table inet ftpgate_nat\n") || strings.Contains(tables, "table inet ftpgate\n") {
 		t.Fatalf("after the stop: %s", tables)
 	}
+	if kept := netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate_nat"); strings.Contains(kept, "detect") || strings.Contains(kept, "translated_v4") {
+		t.Errorf("the kept table holds more than the shifted connections:\n%s", kept)
+	}
 	n = open()
 	defer n.Close()
-	set := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate_nat", TranslatedV4)
+	set := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate_nat", ShiftedV4)
 	if !strings.Contains(set, "192.0.2.10 . 40000 . 198.51.100.2 . 21") {
-		t.Errorf("the translated connection did not outlive the restart:\n%s", set)
+		t.Errorf("the shifted connection did not outlive the restart:\n%s", set)
 	}
-	// One port, both families; the client's chain has the reverse-path
+	// Both families per chain; the client's chain has the reverse-path
 	// rule first.
-	for chain, want := range map[string]int{natDetectChain: 2, natFromClientChain: 3, natFromServerChain: 2, natReplyCheckChain: 2} {
+	for chain, want := range map[string]int{natFromClientChain: 3, natFromServerChain: 2, natReplyCheckChain: 2} {
 		text := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate_nat", chain)
 		if n := strings.Count(text, "comment"); n != want {
 			t.Errorf("%s after adoption has %d rules, want %d:\n%s", chain, n, want, text)
 		}
+	}
+	if err := n.ForgetTranslated(client, server, true); err != nil {
+		t.Fatal(err)
+	}
+	if set := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate_nat", ShiftedV4); strings.Contains(set, "192.0.2.10") {
+		t.Errorf("forgotten, still kept:\n%s", set)
 	}
 	if err := n.StopTranslating(false); err != nil {
 		t.Fatal(err)

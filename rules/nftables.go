@@ -101,13 +101,12 @@ func setup(cfg Config, conn *nftables.Conn, raw func() *netlink.Conn) (*Nftables
 	if err := createPinholeSets(raw(), cfg.Table, cfg.MaxPinholes); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoNftables, err)
 	}
-	var natTable *nftables.Table
+	var keep *keptTable
 	if cfg.NAT != nil && cfg.NAT.Packet {
-		if natTable, err = adoptNATTable(conn, cfg.Table+NATTableSuffix); err != nil {
-			return nil, err
-		}
+		keep = newKeptTable(cfg.Table+NATTableSuffix, cfg.MaxPeers)
+		keep.find(conn)
 	}
-	n := newNftables(cfg, conn, table, natTable)
+	n := newNftables(cfg, conn, table, keep)
 	if err := n.queueBase(); err != nil {
 		return nil, err
 	}
@@ -119,10 +118,10 @@ func setup(cfg Config, conn *nftables.Conn, raw func() *netlink.Conn) (*Nftables
 
 // newNftables wires the parts of a backend for table on conn; it sends
 // nothing.
-func newNftables(cfg Config, conn *nftables.Conn, table, natTable *nftables.Table) *Nftables {
+func newNftables(cfg Config, conn *nftables.Conn, table *nftables.Table, keep *keptTable) *Nftables {
 	n := &Nftables{cfg: cfg, conn: conn, table: table, log: cfg.Logger}
-	n.sets = newTableSets(table, n.cfg, natTable)
-	n.chains = &chains{conn: conn, table: table, natTable: natTable, cfg: &n.cfg, sets: n.sets}
+	n.sets = newTableSets(table, n.cfg)
+	n.chains = &chains{conn: conn, table: table, kept: keep, cfg: &n.cfg, sets: n.sets}
 	n.committer = committer{conn: conn, queue: n.sets.queue}
 	return n
 }

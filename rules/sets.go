@@ -44,14 +44,14 @@ type tableSets struct {
 }
 
 // newTableSets describes the sets of table; nothing is sent.
-func newTableSets(t *nftables.Table, cfg Config, natTable *nftables.Table) *tableSets {
+func newTableSets(t *nftables.Table, cfg Config) *tableSets {
 	s := &tableSets{
 		pinholes: newPinholeSets(t, cfg.MaxPinholes),
 		peers:    newPeersSets(t, cfg.MaxPeers),
 		scoped:   newScopedSets(t, cfg.NAT != nil),
 	}
 	if cfg.NAT != nil {
-		s.nat = newNATMaps(t, cfg.MaxPinholes, cfg.MaxPeers, natTable)
+		s.nat = newNATMaps(t, cfg.MaxPinholes, cfg.MaxPeers, cfg.NAT.Packet)
 	}
 	return s
 }

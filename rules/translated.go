@@ -9,17 +9,22 @@ import (
 // ForgetTranslated stops the queueing of a translated control
 // connection's segments to the packet path: the connection ended, or
 // was cut and has lingered (nat.PacketPath). client is the client's own
-// address, serverSeen the server as the client addressed it.
+// address, serverSeen the server as the client addressed it; shifted
+// says it is in the kept table's set (ShiftTranslated).
 //
-//	nft delete element inet ftpgate_nat ftp_control_translated_v4 { CLIENT . CPORT . SERVER . SPORT }
+//	nft delete element inet ftpgate ftp_control_translated_v4 { CLIENT . CPORT . SERVER . SPORT }
+//	nft delete element inet ftpgate_nat ftp_control_shifted_v4 { ... }     (shifted)
 //
 // Like every removal it first adds the element with a short timeout, so
 // that it cannot fail on one the kernel let expire meanwhile.
-func (n *Nftables) ForgetTranslated(client, serverSeen netip.AddrPort) error {
+func (n *Nftables) ForgetTranslated(client, serverSeen netip.AddrPort, shifted bool) error {
 	if n.sets.nat == nil || n.sets.nat.translated.v4 == nil {
 		return nil
 	}
 	s := n.sets.nat.translated.forAddr(client.Addr())
+	if k := n.chains.kept; shifted && k != nil && k.table != nil {
+		s = k.shifted.forAddr(client.Addr())
+	}
 	if err := queueTimedElements(n.conn, s, [][]byte{translatedKey(client, serverSeen)}, false, 0); err != nil {
 		return err
 	}

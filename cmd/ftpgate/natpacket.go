@@ -95,7 +95,8 @@ func (d *daemon) startPacketPath() error {
 	d.closers.pushCloser(q)
 	user := &packetUser{loop: &d.loop, ct: ct, log: d.log}
 	path := nat.NewPacketPath(user, nat.PacketPathConfig{MaxConns: nf.maxProxied, MaxPerSource: nf.perClientShare(), Idle: d.cfg.IdleTimeout + time.Minute},
-		func(client, serverSeen netip.AddrPort) { d.forgetTranslated(client, serverSeen) })
+		func(client, serverSeen netip.AddrPort, shifted bool) { d.forgetTranslated(client, serverSeen, shifted) })
+	path.OnShift = d.shiftTranslated
 	file, err := nf.stateFile(*d.rv.table)
 	if err != nil {
 		return err
@@ -141,6 +142,18 @@ func (d *daemon) stopPacketPath() {
 	}
 }
 
+// shiftTranslated moves a connection ftpgate has just shifted into the
+// kept table, before the segment goes on. A failure is logged: the
+// session works while this ftpgate runs, but a restart would cut it.
+func (d *daemon) shiftTranslated(client, serverSeen netip.AddrPort) {
+	if d.fw == nil {
+		return
+	}
+	if err := d.fw.ShiftTranslated(client, serverSeen); err != nil {
+		d.log.Error("NAT packet path: a shifted session could not be kept for a restart", "client", client.String(), "server", serverSeen.String(), "error", err)
+	}
+}
+
 // stateFile is --nat-state, or the default for table in this network
 // namespace.
 func (f *natFlags) stateFile(table string) (string, error) {
@@ -158,11 +171,11 @@ func (f *natFlags) stateFile(table string) (string, error) {
 
 // forgetTranslated stops the queueing of a connection the packet path
 // is done with. A failure is logged: the element times out by itself.
-func (d *daemon) forgetTranslated(client, serverSeen netip.AddrPort) {
+func (d *daemon) forgetTranslated(client, serverSeen netip.AddrPort, shifted bool) {
 	if d.fw == nil {
 		return
 	}
-	if err := d.fw.ForgetTranslated(client, serverSeen); err != nil {
+	if err := d.fw.ForgetTranslated(client, serverSeen, shifted); err != nil {
 		d.log.Warn("NAT packet path: could not forget a translated control connection; its element expires by itself",
 			"client", client.String(), "server", serverSeen.String(), "error", err)
 	}
