@@ -241,6 +241,7 @@ func (p *PacketPath) establish(key connKey, c *pathConn, seg Segment, d int) boo
 	}
 	p.bySource.Add(c.source)
 	c.counted = true
+	p.dirty = true // a new connection for the state file
 	if c.user = p.user.Opened(c.id, key.client, key.serverSeen, c.pickedUp); !c.user {
 		if c.shift.Shifted() {
 			c.cut = true // restored, and its session cannot be had: cut
@@ -501,7 +502,7 @@ func (c *pathConn) remember(d int, seq uint32, orig, out []byte) {
 
 // end forgets a connection and tells the user.
 func (p *PacketPath) end(key connKey, c *pathConn, reason string) {
-	if c.shift.Shifted() {
+	if c.established {
 		p.dirty = true
 	}
 	delete(p.conns, key)
@@ -558,17 +559,15 @@ func (p *PacketPath) Sweep(now time.Time) {
 	}
 }
 
-// Stop gives up, as ftpgate stops, every connection that can go on
-// without it (nothing shifted: gone is told, and the chains stop
-// queueing it), and returns how many cannot: those are in the state
-// file, and their segments wait in the kernel for the next ftpgate.
+// Stop says, as ftpgate stops, how many connections cannot go on
+// without it (shifted): their table must stay. Every connection followed
+// is in the state file (Snapshot) for the next ftpgate; those never
+// shifted go on meanwhile as they come.
 func (p *PacketPath) Stop() (kept int) {
-	for k, c := range p.conns {
+	for _, c := range p.conns {
 		if c.shift.Shifted() && !c.cut && !c.closed {
 			kept++
-			continue
 		}
-		p.end(k, c, "stop")
 	}
 	return kept
 }

@@ -65,14 +65,16 @@ const packetStateVersion = 1
 // Snapshot: a rewrite, or a shifted connection ended.
 func (p *PacketPath) Dirty() bool { return p.dirty }
 
-// Snapshot is the state of every shifted connection: only those need
-// it (one that was never shifted can be picked up afresh). clean: every
-// segment read has gone on (ftpgate stops).
+// Snapshot is the state of every connection followed: the shifted ones
+// need it to go on at all, the others to be followed again (their
+// elements are in the owned table, which goes with the process; the
+// next ftpgate adds them back: RestoredUnshifted). clean: every segment
+// read has gone on (ftpgate stops).
 func (p *PacketPath) Snapshot(now time.Time, clean bool) PacketState {
 	p.dirty = false
 	st := PacketState{Version: packetStateVersion, Saved: now, Clean: clean}
 	for k, c := range p.conns {
-		if !c.shift.Shifted() || c.cut {
+		if !c.established || c.cut || c.closed {
 			continue
 		}
 		cs := ConnState{Client: k.client, ServerSeen: k.serverSeen, Next: c.next, Known: c.known, Fin: c.fin}
@@ -125,6 +127,18 @@ func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// RestoredUnshifted are the connections restored that were never
+// shifted: their elements went with the last ftpgate's table, and must
+// be added again for their segments to be queued.
+func (p *PacketPath) RestoredUnshifted() (clients, servers []netip.AddrPort) {
+	for k, c := range p.conns {
+		if c.pickedUp && !c.established && !c.shift.Shifted() {
+			clients, servers = append(clients, k.client), append(servers, k.serverSeen)
+		}
+	}
+	return clients, servers
 }
 
 // WriteState writes st to path, whole or not at all (a new file renamed

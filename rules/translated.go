@@ -34,6 +34,25 @@ func (n *Nftables) ForgetTranslated(client, serverSeen netip.AddrPort, shifted b
 	return nil
 }
 
+// AddTranslated queues a translated control connection's segments to
+// the packet path again, as the detect chain did when it began: one
+// carried over from the last run, whose element went with its table.
+//
+//	nft add element inet ftpgate ftp_control_translated_v4 { CLIENT . CPORT . SERVER . SPORT timeout T }
+func (n *Nftables) AddTranslated(client, serverSeen netip.AddrPort) error {
+	if n.sets.nat == nil || n.sets.nat.translated.v4 == nil {
+		return nil
+	}
+	s := n.sets.nat.translated.forAddr(client.Addr())
+	if err := queueTimedElements(n.conn, s, [][]byte{translatedKey(client, serverSeen)}, true, n.cfg.NAT.TranslatedTimeout); err != nil {
+		return err
+	}
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("following translated control connection %s -> %s again: %w", client, serverSeen, err)
+	}
+	return nil
+}
+
 // translatedKey is the element of a connection's original tuple:
 // address . port . address . port, each port padded to four bytes.
 func translatedKey(client, serverSeen netip.AddrPort) []byte {

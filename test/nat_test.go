@@ -432,9 +432,11 @@ func TestNATKill9LeavesNothing(t *testing.T) {
 			if strings.Contains(tables, "table inet ftpgate\n") {
 				t.Fatal("the table survived kill -9")
 			}
-			if path == "packet" {
+			// (Whether the held session was shifted depends on the
+			// lengths of the addresses and ports in its 227.)
+			if path == "packet" && strings.Contains(tables, "ftpgate_nat") {
 				kept := natNft(t, "list", "table", "inet", "ftpgate_nat")
-				if !strings.Contains(kept, "elements = { 203.0.113.10 . ") || strings.Contains(kept, "ftp_data") {
+				if !strings.Contains(kept, "elements = { 203.0.113.10 . ") || strings.Contains(kept, "ftp_data") || strings.Contains(kept, "detect") {
 					t.Errorf("the kept table after kill -9 holds other than the shifted session:\n%s", kept)
 				}
 			} else if strings.Contains(tables, "ftpgate_nat") {

@@ -131,14 +131,26 @@ func (d *daemon) startPacketPath() error {
 // kernel (their table stays) for the next ftpgate, which finds them in
 // the state file.
 func (d *daemon) stopPacketPath() {
-	kept := d.loop.packets.Stop()
 	d.loop.saveState(time.Now(), true)
+	kept := d.loop.packets.Stop()
 	if err := d.fw.StopTranslating(kept > 0); err != nil {
 		d.log.Error("stopping the NAT packet path", "error", err)
 	}
 	if kept > 0 {
 		d.log.Info("NAT packet path: translated sessions wait for the next ftpgate (their segments are held back until then)",
 			"sessions", kept, "table", "inet "+*d.rv.table+rules.NATTableSuffix)
+	}
+}
+
+// readdTranslated queues again the connections carried over from the
+// last run that it never shifted: their elements went with its table.
+func (d *daemon) readdTranslated() {
+	clients, servers := d.loop.packets.RestoredUnshifted()
+	for i := range clients {
+		if err := d.fw.AddTranslated(clients[i], servers[i]); err != nil {
+			d.log.Warn("NAT packet path: a session carried over could not be followed again; its announcements go on untranslated",
+				"client", clients[i].String(), "server", servers[i].String(), "error", err)
+		}
 	}
 }
 

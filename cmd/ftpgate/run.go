@@ -192,6 +192,7 @@ func (d *daemon) openFirewall() error {
 	})
 	if d.loop.packets != nil {
 		d.closers.push(d.stopPacketPath)
+		d.readdTranslated()
 	}
 	if *rv.capture != "inline" {
 		return nil
