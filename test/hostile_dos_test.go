@@ -136,7 +136,7 @@ func TestHostileProxyShares(t *testing.T) {
 	needNATLab(t)
 	setNATRuleset(t, "ftpgate")
 	sock := filepath.Join(t.TempDir(), "status.sock")
-	startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122", "--max-proxied", "50", "--status-socket", sock)
+	startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122", "--max-proxied", "50", "--status-socket", sock, "--nat-path", "proxy")
 	addAddrs(t, natNS("inet"), natLab+"-i0", "203.0.113.66")
 	hog := holdConns(t, natNS("inet"), "203.0.113.66", public4, 21, 60, 30)
 	if n := hog.last(t, "greeted"); n > 4 {
@@ -168,13 +168,54 @@ func TestHostileProxyShares(t *testing.T) {
 	}
 }
 
+// TestHostilePacketPathShares: the same hog and burst against the NAT
+// packet path: one host holding 60 connections has at most its share of
+// 4 followed (the rest go on untranslated, and are no longer queued),
+// LAN and internet sessions keep working, and of a burst of 200 from 20
+// hosts no more than --max-proxied 50 are followed at once.
+func TestHostilePacketPathShares(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "ftpgate")
+	sock := filepath.Join(t.TempDir(), "status.sock")
+	startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122", "--max-proxied", "50", "--status-socket", sock)
+	addAddrs(t, natNS("inet"), natLab+"-i0", "203.0.113.67")
+	hog := holdConns(t, natNS("inet"), "203.0.113.67", public4, 21, 60, 30)
+	hog.last(t, "greeted")
+	if held := statusOf(t, sock)["proxied"]; held > 4 {
+		t.Errorf("one host has %v sessions followed, more than its share of 4", held)
+	}
+	for name, err := range runAll(t, natTransfers()[:2]) {
+		if err != nil {
+			t.Errorf("LAN %s while one host holds its share: %v", name, err)
+		}
+	}
+	if err := in("inet", curl("internet curl PASV", "ftp://"+public4+"/file.bin", "--ftp-pasv", "--disable-epsv")).run(t); err != nil {
+		t.Errorf("internet client while one host holds its share: %v", err)
+	}
+	var burst []string
+	for i := range 20 {
+		burst = append(burst, fmt.Sprintf("203.0.113.%d", 130+i))
+	}
+	addAddrs(t, natNS("inet"), natLab+"-i0", burst...)
+	var conns []*heldConns
+	for _, a := range burst {
+		conns = append(conns, holdConns(t, natNS("inet"), a, public4, 21, 10, 10))
+	}
+	for _, c := range conns {
+		c.last(t, "greeted")
+	}
+	if held := statusOf(t, sock)["proxied"]; held > 50 {
+		t.Errorf("after a burst of 200: %v sessions followed; the cap is 50", held)
+	}
+}
+
 // TestHostileProxiedExpire: proxied sessions that go idle, also after
 // their server closed, end on --idle-timeout, whatever their state.
 func TestHostileProxiedExpire(t *testing.T) {
 	needNATLab(t)
 	setNATRuleset(t, "ftpgate")
 	sock := filepath.Join(t.TempDir(), "status.sock")
-	startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122", "--idle-timeout", "2s", "--status-socket", sock)
+	startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122", "--idle-timeout", "2s", "--status-socket", sock, "--nat-path", "proxy")
 	idle := holdConns(t, natNS("inet"), "", public4, 21, 10, 10)
 	quit := rawSession(t, natNS("inet"), public4+":21", "@read", "QUIT\r\n", "@read", "@sleep=8")
 	if n := idle.last(t, "greeted"); n != 10 {
