@@ -34,7 +34,11 @@ type PacketPath struct {
 	nextID   uint64
 	stats    PacketStats
 	swept    time.Time
-	dirty    bool // a state file's content changed (Snapshot)
+	// dirty: a rewrite changed what a state file must hold, which must
+	// be written before the segment goes on; stale: a connection came or
+	// went, which can wait a little (SaveDue).
+	dirty, stale bool
+	saved        time.Time
 	halfOpen int  // connections whose handshake is not complete
 }
 
@@ -241,7 +245,7 @@ func (p *PacketPath) establish(key connKey, c *pathConn, seg Segment, d int) boo
 	}
 	p.bySource.Add(c.source)
 	c.counted = true
-	p.dirty = true // a new connection for the state file
+	p.stale = true // a new connection for the state file
 	if c.user = p.user.Opened(c.id, key.client, key.serverSeen, c.pickedUp); !c.user {
 		if c.shift.Shifted() {
 			c.cut = true // restored, and its session cannot be had: cut
@@ -503,7 +507,7 @@ func (c *pathConn) remember(d int, seq uint32, orig, out []byte) {
 // end forgets a connection and tells the user.
 func (p *PacketPath) end(key connKey, c *pathConn, reason string) {
 	if c.established {
-		p.dirty = true
+		p.stale = true
 	}
 	delete(p.conns, key)
 	if c.counted {

@@ -61,9 +61,19 @@ type RewriteState struct {
 
 const packetStateVersion = 1
 
-// Dirty says whether what a state file must hold changed since the last
-// Snapshot: a rewrite, or a shifted connection ended.
+// Dirty says whether a rewrite changed what a state file must hold since
+// the last Snapshot: it must be written before the segments go on.
 func (p *PacketPath) Dirty() bool { return p.dirty }
+
+// SaveDue says whether a state file must be written now: after a
+// rewrite at once; after connections came or went at most once a
+// second (a restart within that second forgets or re-adds them, which
+// costs their announcements a translation, not their streams: only a
+// rewrite shifts one). A state file costs its connections' size to
+// write, so it is not written for each.
+func (p *PacketPath) SaveDue(now time.Time) bool {
+	return p.dirty || (p.stale && now.Sub(p.saved) >= time.Second)
+}
 
 // Snapshot is the state of every connection followed: the shifted ones
 // need it to go on at all, the others to be followed again (their
@@ -71,7 +81,7 @@ func (p *PacketPath) Dirty() bool { return p.dirty }
 // next ftpgate adds them back: RestoredUnshifted). clean: every segment
 // read has gone on (ftpgate stops).
 func (p *PacketPath) Snapshot(now time.Time, clean bool) PacketState {
-	p.dirty = false
+	p.dirty, p.stale, p.saved = false, false, now
 	st := PacketState{Version: packetStateVersion, Saved: now, Clean: clean}
 	for k, c := range p.conns {
 		if !c.established || c.cut || c.closed {

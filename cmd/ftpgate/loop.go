@@ -133,7 +133,7 @@ func (d *daemonLoop) Tick(now time.Time) time.Time {
 	}
 	if d.packets != nil {
 		d.packets.Sweep(now)
-		if d.packets.Dirty() {
+		if d.packets.SaveDue(now) {
 			d.saveState(now, false)
 		}
 	}
@@ -143,5 +143,11 @@ func (d *daemonLoop) Tick(now time.Time) time.Time {
 		// commit must not cut the control connection: it goes on.
 		_ = d.t.CommitPeers()
 	}
-	return d.t.Tick(now)
+	next := d.t.Tick(now)
+	if d.packets != nil && d.packets.SaveDue(now.Add(time.Second)) && next.After(now.Add(time.Second)) {
+		// Connections came or went: the state file is written within
+		// a second, traffic or not.
+		next = now.Add(time.Second)
+	}
+	return next
 }
