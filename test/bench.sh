@@ -67,12 +67,18 @@ echo "command:   SESSIONS=$SESSIONS TRANSFERS=$TRANSFERS MODES=\"$MODES\" NAT_MO
 # not always count against the same one. ftpgate starts afresh for each
 # mode, so its CPU and peak RSS are that mode's. TAG names its profile.
 # The idle sessions all come from one client: its share of the session
-# cap (a sixteenth by default) is raised to the whole cap.
+# cap (a sixteenth by default) is raised to the whole cap. Each run has
+# a NAT packet path state file of its own, so that none carries over the
+# connections of an earlier run (the default file is named after the
+# network namespace's inode, which a new lab may get again).
+starts=0
 start_ftpgate() {
 	local prof=()
+	starts=$((starts + 1))
 	[ -n "$CPU_PROFILE" ] && prof=(--cpu-profile "$OUT/cpu-${TAG:-run}.prof")
 	# shellcheck disable=SC2086 # FTPGATE_ARGS is a list of flags
-	ip netns exec "${NS:-$G}" "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 --max-sessions-per-client 65536 "${prof[@]}" "$@" $FTPGATE_ARGS \
+	ip netns exec "${NS:-$G}" "$FTPGATE" run --capture "$CAPTURE" --log-level warn --max-sessions 65536 --max-sessions-per-client 65536 \
+		--nat-state "$OUT/nat-state-$starts.json" "${prof[@]}" "$@" $FTPGATE_ARGS \
 		>>"$OUT/ftpgate.log" 2>&1 &
 	pid=$!
 	# ftpgate status answers once ftpgate is ready (READY=1): on a slow
@@ -124,21 +130,30 @@ done
 # idle_sessions holds $1 idle control sessions from namespace $2 to the
 # idle server that namespace $3 runs on $4, through ftpgate (already
 # started), and writes OUT/$5.json: ftpgate's RSS before, its peak, the
-# KiB that each session took (the peak over the RSS before), its CPU, and
-# its counters of sessions (started, through the proxy, in the packet path).
+# KiB that each session took (the peak over the RSS before), its RSS at
+# the end of the hold (the last of a sample every half second), its CPU,
+# and its counters of sessions (started, through the proxy, in the
+# packet path).
 idle_sessions() {
-	local n=$1 from=$2 srvns=$3 addr=$4 name=$5 rss0 c0 c1 ires peak kib counters
+	local n=$1 from=$2 srvns=$3 addr=$4 name=$5 rss0 c0 c1 ires peak kib counters client held=0
 	ip netns exec "$srvns" "$FTPLOAD" idle-server --listen "$addr" &
 	idle=$!
 	sleep 1
 	rss0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 	c0=$(cpu_ticks "$pid")
-	ires=$(ip netns exec "$from" "$FTPLOAD" idle --server "$addr" --sessions "$n" --hold 15s)
+	ip netns exec "$from" "$FTPLOAD" idle --server "$addr" --sessions "$n" --hold 15s >"$OUT/$name.client" &
+	client=$!
+	while kill -0 "$client" 2>/dev/null; do
+		held=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+		sleep 0.5
+	done
+	wait "$client"
+	ires=$(cat "$OUT/$name.client")
 	c1=$(cpu_ticks "$pid")
 	peak=$(hwm_kib "$pid")
 	kib=$(awk -v a="$rss0" -v b="$peak" -v n="$(echo "$ires" | sed 's/.*"logged_in":\([0-9]*\).*/\1/')" 'BEGIN{printf "%.2f", (n > 0 ? (b-a)/n : 0)}')
 	counters=$(session_counters)
-	echo "{\"idle\":$ires,\"rss_before_kib\":$rss0,\"peak_rss_kib\":$peak,\"kib_per_session\":$kib,\"cpu_s\":$(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}'),$counters}" >"$OUT/$name.json"
+	echo "{\"idle\":$ires,\"rss_before_kib\":$rss0,\"peak_rss_kib\":$peak,\"kib_per_session\":$kib,\"rss_held_kib\":$held,\"cpu_s\":$(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN{printf "%.2f", (b-a)/t}'),$counters}" >"$OUT/$name.json"
 	echo "  $name: $(cat "$OUT/$name.json")"
 	kill "$idle"; wait "$idle" 2>/dev/null || true; idle=""
 }

@@ -563,9 +563,9 @@ func TestNATRestartKeepsSessions(t *testing.T) {
 				_ = d.cmd.Process.Signal(syscall.SIGTERM)
 			}
 			<-d.done
-			if !c.kill && len(d.find("NAT packet path: translated sessions wait for the next ftpgate (their segments are held back until then)")) == 0 {
-				t.Error("the stop did not say it kept the shifted session")
-			}
+			// (Whether the first rewrite shifted the session depends on
+			// the lengths in it: a shifted one waits in the kept table,
+			// one not shifted is queued again; both must go on.)
 			d2 := startFtpgateIn(t, natNS("gw"), args...)
 			if len(d2.find("NAT packet path: translated sessions carried over from the last run")) == 0 {
 				t.Error("the new ftpgate carried no session over")
