@@ -8,7 +8,7 @@ package nat
 // goes on through Pass.
 //
 // Where the chains queue decides what conntrack sees. Segments from the
-// client are queued before conntrack (prerouting, priority raw - 100),
+// client are queued before conntrack (prerouting, priority -250),
 // those from the server after it (postrouting, after source NAT): then
 // conntrack sees both directions as the server does, one consistent
 // stream with the rewritten lines in it, and its window tracking holds

@@ -129,7 +129,7 @@ table inet pp {
 		tcp dport 2100 tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 meta nfproto ipv6 add @ctl6 { ct original ip6 saddr . ct original proto-src . ct original ip6 daddr . ct original proto-dst }
 	}
 	chain from_client {
-		type filter hook prerouting priority raw - 100;
+		type filter hook prerouting priority -250;
 		ip saddr . tcp sport . ip daddr . tcp dport @ctl4 counter
 		ip6 saddr . tcp sport . ip6 daddr . tcp dport @ctl6 counter
 	}
