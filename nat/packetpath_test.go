@@ -315,6 +315,19 @@ func TestPacketPathRestore(t *testing.T) {
 	if seg.Seq != 1103 || len(l3.user.bytes) != 1 {
 		t.Fatalf("restored from a rewrite's state: next line at %d (want 1103), user read %q", seg.Seq, l3.user.bytes)
 	}
+	// Written in place: a shorter state over a longer one reads as the
+	// shorter.
+	w, err := OpenStateFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(PacketState{Version: packetStateVersion, Clean: true}); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if st, err := ReadState(path); err != nil || len(st.Conns) != 0 || !st.Clean {
+		t.Fatalf("in place: %v, %d conns, clean %v", err, len(st.Conns), st.Clean)
+	}
 	// A missing file is an empty state; a broken one an error.
 	if st, err := ReadState(t.TempDir() + "/none"); err != nil || len(st.Conns) != 0 {
 		t.Fatalf("missing file: %v, %d conns", err, len(st.Conns))

@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -171,6 +172,50 @@ func WriteState(path string, st PacketState) error {
 	return nil
 }
 
+// StateFile is a state file kept open while ftpgate runs, written in
+// place after every rewrite: one write of the whole state at the start
+// of the file, then the file cut to its length. A process that dies
+// (kill -9) dies between system calls, never inside the write, so the
+// file holds the last state, or the last state followed by the tail of
+// a longer earlier one, which ReadState ignores. (Rename and reopen
+// each time cost a third of ftpgate's CPU in make bench's NAT rows.)
+type StateFile struct {
+	f   *os.File
+	buf []byte
+}
+
+// OpenStateFile opens (creating) the state file at path.
+func OpenStateFile(path string) (*StateFile, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("opening the NAT state file: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening the NAT state file: %w", err)
+	}
+	return &StateFile{f: f}, nil
+}
+
+// Write writes st in place.
+func (w *StateFile) Write(st PacketState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	// A newline ends the state: what follows it is an older one's tail.
+	w.buf = append(append(w.buf[:0], b...), '\n')
+	if _, err := w.f.WriteAt(w.buf, 0); err != nil {
+		return fmt.Errorf("writing the NAT state: %w", err)
+	}
+	if err := w.f.Truncate(int64(len(w.buf))); err != nil {
+		return fmt.Errorf("writing the NAT state: %w", err)
+	}
+	return nil
+}
+
+// Close closes the file.
+func (w *StateFile) Close() error { return w.f.Close() }
+
 // ReadState reads a state file; a missing one is an empty state.
 func ReadState(path string) (PacketState, error) {
 	b, err := os.ReadFile(path)
@@ -180,8 +225,12 @@ func ReadState(path string) (PacketState, error) {
 	if err != nil {
 		return PacketState{}, fmt.Errorf("reading the NAT state: %w", err)
 	}
+	if len(b) == 0 {
+		return PacketState{Version: packetStateVersion}, nil
+	}
+	// The first value: a tail after it is an older state's (StateFile).
 	var st PacketState
-	if err := json.Unmarshal(b, &st); err != nil {
+	if err := json.NewDecoder(bytes.NewReader(b)).Decode(&st); err != nil {
 		return PacketState{}, fmt.Errorf("reading the NAT state %s: %w", path, err)
 	}
 	return st, nil

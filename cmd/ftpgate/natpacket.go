@@ -115,8 +115,13 @@ func (d *daemon) startPacketPath() error {
 		d.log.Warn("NAT packet path: the last run's state cannot be read; its translated sessions are lost", "state", file, "error", err)
 	}
 	d.loop.packets = path
+	sf, err := nat.OpenStateFile(file)
+	if err != nil {
+		return err
+	}
+	d.closers.pushCloser(sf)
 	d.loop.saveState = func(now time.Time, clean bool) {
-		if err := nat.WriteState(file, path.Snapshot(now, clean)); err != nil {
+		if err := sf.Write(path.Snapshot(now, clean)); err != nil {
 			d.log.Error("NAT packet path: writing the state a restart needs", "state", file, "error", err)
 		}
 	}
