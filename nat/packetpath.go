@@ -39,7 +39,7 @@ type PacketPath struct {
 	// went, which can wait a little (SaveDue).
 	dirty, stale bool
 	saved        time.Time
-	halfOpen int  // connections whose handshake is not complete
+	halfOpen     int // connections whose handshake is not complete
 }
 
 // PacketPathConfig bounds what the packet path follows: MaxConns

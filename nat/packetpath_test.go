@@ -260,15 +260,20 @@ func TestPacketPathRestore(t *testing.T) {
 	// A second connection, never shifted.
 	other := tcpSeg{src: netip.MustParseAddr("192.0.2.11"), dst: labServer, seq: 1, ack: 1, acked: true, payload: []byte("NOOP\r\n")}
 	l.p.Segment(nil, other.build(t), true, l.now)
-	if !l.p.Dirty() {
-		t.Fatal("a rewrite did not make the state dirty")
+	if !l.p.SaveDue(l.now) {
+		t.Fatal("a rewrite did not make the state due")
 	}
 	path := t.TempDir() + "/state.json"
-	if err := WriteState(path, l.p.Snapshot(l.now, true)); err != nil {
+	sf, err := OpenStateFile(path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if l.p.Dirty() {
-		t.Fatal("dirty after Snapshot")
+	if err := sf.Write(l.p.Snapshot(l.now, true)); err != nil {
+		t.Fatal(err)
+	}
+	sf.Close()
+	if l.p.SaveDue(l.now) {
+		t.Fatal("due after Snapshot")
 	}
 	if kept := l.p.Stop(); kept != 1 || len(l.gone) != 0 {
 		t.Fatalf("Stop: %d must stay, gave up %v; want the shifted one, none given up", kept, l.gone)

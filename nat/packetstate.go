@@ -62,10 +62,6 @@ type RewriteState struct {
 
 const packetStateVersion = 1
 
-// Dirty says whether a rewrite changed what a state file must hold since
-// the last Snapshot: it must be written before the segments go on.
-func (p *PacketPath) Dirty() bool { return p.dirty }
-
 // SaveDue says whether a state file must be written now: after a
 // rewrite at once; after connections came or went at most once a
 // second (a restart within that second forgets or re-adds them, which
@@ -150,26 +146,6 @@ func (p *PacketPath) RestoredUnshifted() (clients, servers []netip.AddrPort) {
 		}
 	}
 	return clients, servers
-}
-
-// WriteState writes st to path, whole or not at all (a new file renamed
-// over the old one).
-func WriteState(path string, st PacketState) error {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("writing the NAT state: %w", err)
-	}
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("writing the NAT state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("writing the NAT state: %w", err)
-	}
-	return nil
 }
 
 // StateFile is a state file kept open while ftpgate runs, written in
