@@ -1,7 +1,9 @@
 package test
 
 import (
+	"context"
 	"fmt"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -170,4 +172,35 @@ func TestHostileEchoedReply(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestHostilePacketPathBlindReset: a reset at a random sequence number,
+// forged from a LAN client's own address and port (it passes the
+// reverse-path check: the same link), into a translated session whose
+// PORT the packet path rewrote to another length, ends nothing: the
+// session's next command is answered through the gateway. (A packet
+// path that ended the connection on any reset would stop shifting its
+// segments, and the next command would never reach the server.)
+func TestHostilePacketPathBlindReset(t *testing.T) {
+	needNATLab(t)
+	setNATRuleset(t, "ftpgate")
+	d := startFtpgateIn(t, natNS("gw"), "--control-ports", "21,2121,2122")
+	mac, err := exec.Command("ip", "netns", "exec", natNS("gw"), "cat", "/sys/class/net/lan/address").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", natNS("lan"), forgeBin, "session",
+		"-dev", natLab+"-l0", "-gwmac", strings.TrimSpace(string(mac)), "-server", inetServer4+":21", "-inject", "random-rst",
+		"USER anonymous", "PASS x", "PORT 192,0,2,2,200,10", "@inject", "NOOP", "NOOP").CombinedOutput()
+	if err != nil {
+		t.Fatalf("forge session: %v\n%s", err, out)
+	}
+	if r := d.find("channel open", "command", "PORT"); len(r) == 0 || r[0]["nat_h"] == nil {
+		t.Fatalf("the PORT was not rewritten, so the test shifts nothing:\n%s", out)
+	}
+	if n := strings.Count(string(out), "200 NOOP ok"); n != 2 {
+		t.Errorf("after the forged reset, %d of 2 NOOPs answered:\n%s", n, out)
+	}
 }
