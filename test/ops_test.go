@@ -72,13 +72,16 @@ func testStatusDuringSession(t *testing.T, delay string, committed bool) {
 	needLab(t)
 	setRuleset(t, "ftpgate")
 	sock := filepath.Join(t.TempDir(), "status.sock")
-	startFtpgate(t, "--status-socket", sock, "--commit-delay", delay)
+	d := startFtpgate(t, "--status-socket", sock, "--commit-delay", delay)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	hold := inNS(ctx, "client", "python3", "ftpclient.py", "hold", server4, "PASV", "4")
 	out := startPiped(t, hold)
 	defer hold.Wait()
 	line, _ := bufio.NewReader(out).ReadString('\n')
+	// The client has the 227 as soon as the kernel forwards it; ftpgate
+	// reads its copy a moment later (copies come in batches).
+	d.waitLog(t, 3*time.Second, "channel open")
 	var h [6]int
 	if i := strings.IndexByte(line, '('); i < 0 {
 		t.Fatalf("PASV reply %q", line)
