@@ -483,20 +483,6 @@ func (c *pathConn) rewriteOf(d int, seq uint32, data []byte) *rewriteRecord {
 	return nil
 }
 
-// overlapsRewrite says whether bytes [start, end) of side d hold some of
-// a rewritten segment's.
-func (c *pathConn) overlapsRewrite(d int, start, end uint32) bool {
-	for _, r := range c.rewrites[d] {
-		rend := r.seq + uint32(len(r.orig))
-		if seqAfter(end, r.seq) && seqAfter(rend, start) {
-			return true
-		}
-	}
-	// Older rewrites than those remembered are long acknowledged: a
-	// correction before the first remembered one is older still.
-	return false
-}
-
 func (c *pathConn) remember(d int, seq uint32, orig, out []byte) {
 	if len(c.rewrites[d]) == maxRewriteRecords {
 		c.rewrites[d] = append(c.rewrites[d][:0], c.rewrites[d][1:]...)
