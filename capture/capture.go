@@ -66,6 +66,19 @@ type Packet struct {
 	// place, from its IP header: checksums and lengths its sender's
 	// business (the kernel takes it as it is).
 	Replace []byte
+	// KernelShifts, with Replace: the kernel shifts the sequence numbers
+	// of the connection's later segments by the change of length. The
+	// verdict carries an NFQA_CT, which is what makes a kernel with the
+	// glue (CONFIG_NETFILTER_NETLINK_GLUE_CT) record it in the
+	// connection's seqadj extension (nfqnl_recv_verdict); without the
+	// glue the kernel ignores it. The NFQA_CT also takes the
+	// connection's helper away (CTA_HELP with no name): the helper stub
+	// that gave it seqadj (nat.RegisterHelperStub) is a userspace one,
+	// and the kernel shifts a queued packet of a connection with such a
+	// helper once more as it reinjects it (nf_confirm_cthelper), as if
+	// the helper had queued it, then again at confirmation. The
+	// extension stays without the helper.
+	KernelShifts bool
 }
 
 // The netfilter hooks (NF_INET_*) of Packet.Hook.

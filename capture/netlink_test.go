@@ -34,8 +34,8 @@ func TestVerdictBytes(t *testing.T) {
 // (NF_ACCEPT with NFQA_PAYLOAD, padded to four bytes) and a drop.
 func TestVerdictBytesReplaceDrop(t *testing.T) {
 	q := &QueueSource{num: 2121}
-	got := q.appendVerdictOf(nil, false, 7, nfAccept, 0, []byte{0x45, 1, 2, 3, 4})
-	got = q.appendVerdictOf(got, false, 8, nfDrop, 0, nil)
+	got := q.appendVerdictOf(nil, false, 7, nfAccept, 0, []byte{0x45, 1, 2, 3, 4}, false)
+	got = q.appendVerdictOf(got, false, 8, nfDrop, 0, nil, false)
 	le := func(v uint32) string { return hex.EncodeToString(binary.NativeEndian.AppendUint32(nil, v)) }
 	le16 := func(v uint16) string { return hex.EncodeToString(binary.NativeEndian.AppendUint16(nil, v)) }
 	want := le(44) + le16(unix.NFNL_SUBSYS_QUEUE<<8|1) + le16(unix.NLM_F_REQUEST) + le(0) + le(0) +
@@ -47,6 +47,28 @@ func TestVerdictBytesReplaceDrop(t *testing.T) {
 		le16(12) + le16(2) + "00000000" + "00000008" // NF_DROP, id 8
 	if h := hex.EncodeToString(got); h != want {
 		t.Errorf("verdicts\n got %s\nwant %s", h, want)
+	}
+}
+
+// TestVerdictBytesReplaceWithConntrack checks the verdict that lets a
+// kernel with the glue shift sequence numbers: the replaced packet, then
+// an NFQA_CT (nfqnl_recv_verdict parses the conntrack only when the
+// attribute is there) that takes the helper away.
+func TestVerdictBytesReplaceWithConntrack(t *testing.T) {
+	q := &QueueSource{num: 2121}
+	q.held, q.ids, q.marks = []Packet{{Replace: []byte{0x45, 1, 2, 3, 4}, KernelShifts: true}}, []uint32{7}, []uint32{0}
+	got := q.verdicts()
+	le := func(v uint32) string { return hex.EncodeToString(binary.NativeEndian.AppendUint32(nil, v)) }
+	le16 := func(v uint16) string { return hex.EncodeToString(binary.NativeEndian.AppendUint16(nil, v)) }
+	want := le(60) + le16(unix.NFNL_SUBSYS_QUEUE<<8|1) + le16(unix.NLM_F_REQUEST) + le(0) + le(0) +
+		"00000849" +
+		le16(12) + le16(2) + "00000001" + "00000007" + // NF_ACCEPT, id 7
+		le16(9) + le16(10) + "4501020304" + "000000" + // NFQA_PAYLOAD, padded
+		le16(16) + le16(unix.NLA_F_NESTED|11) + // NFQA_CT
+		le16(12) + le16(unix.NLA_F_NESTED|5) + // CTA_HELP
+		le16(5) + le16(1) + "00000000" // CTA_HELP_NAME "", padded
+	if h := hex.EncodeToString(got); h != want {
+		t.Errorf("verdict\n got %s\nwant %s", h, want)
 	}
 }
 

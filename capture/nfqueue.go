@@ -24,6 +24,9 @@ const (
 	nfqaMark       = 3
 	nfqaTimestamp  = 4
 	nfqaPayload    = 10
+	nfqaCt         = 11
+	ctaHelp        = 5 // in NFQA_CT (linux/netfilter/nfnetlink_conntrack.h)
+	ctaHelpName    = 1
 
 	nfqaCfgCmd         = 1
 	nfqaCfgParams      = 2
@@ -170,13 +173,13 @@ func (q *QueueSource) appendVerdict(b []byte, batch bool, id uint32, repeat bool
 	if repeat {
 		v = nfRepeat
 	}
-	return q.appendVerdictOf(b, batch, id, v, mark, nil)
+	return q.appendVerdictOf(b, batch, id, v, mark, nil, false)
 }
 
 // appendVerdictOf appends one verdict message: v for id (with the packet
 // mark set to mark, for a repeat; the packet replaced by payload, if
-// any), or for every id up to id.
-func (q *QueueSource) appendVerdictOf(b []byte, batch bool, id, v, mark uint32, payload []byte) []byte {
+// any, with an empty NFQA_CT if ct), or for every id up to id.
+func (q *QueueSource) appendVerdictOf(b []byte, batch bool, id, v, mark uint32, payload []byte, ct bool) []byte {
 	typ := uint16(unix.NFNL_SUBSYS_QUEUE<<8 | nfqnlMsgVerdict)
 	if batch {
 		typ = unix.NFNL_SUBSYS_QUEUE<<8 | nfqnlMsgBatch
@@ -205,6 +208,13 @@ func (q *QueueSource) appendVerdictOf(b []byte, batch bool, id, v, mark uint32, 
 		for len(b)%4 != 0 {
 			b = append(b, 0)
 		}
+	}
+	if ct {
+		// NFQA_CT { CTA_HELP { CTA_HELP_NAME "" } }: see Packet.KernelShifts.
+		b = attr(b, unix.NLA_F_NESTED|nfqaCt, 12)
+		b = attr(b, unix.NLA_F_NESTED|ctaHelp, 8)
+		b = attr(b, ctaHelpName, 1)
+		b = append(b, 0, 0, 0, 0)
 	}
 	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
 	return b
@@ -299,6 +309,17 @@ func (q *QueueSource) Release() error {
 	if len(q.ids) == 0 || q.closed.Load() {
 		return nil
 	}
+	out := q.verdicts()
+	n := len(q.ids)
+	q.ids = q.ids[:0]
+	if err := sendToKernel(q.fd, out); err != nil {
+		return fmt.Errorf("releasing %d packets held on NFQUEUE %d: %w", n, q.num, err)
+	}
+	return nil
+}
+
+// verdicts are the messages that release the packets of the last Read.
+func (q *QueueSource) verdicts() []byte {
 	out := q.out[:0]
 	var acceptUpTo uint32
 	accept := false
@@ -309,9 +330,9 @@ func (q *QueueSource) Release() error {
 		case v == Retry:
 			out = q.appendVerdict(out, false, q.ids[i], true, q.marks[i]&^q.MarkMask)
 		case v == Drop:
-			out = q.appendVerdictOf(out, false, q.ids[i], nfDrop, 0, nil)
+			out = q.appendVerdictOf(out, false, q.ids[i], nfDrop, 0, nil, false)
 		case q.held[i].Replace != nil:
-			out = q.appendVerdictOf(out, false, q.ids[i], nfAccept, 0, q.held[i].Replace)
+			out = q.appendVerdictOf(out, false, q.ids[i], nfAccept, 0, q.held[i].Replace, q.held[i].KernelShifts)
 		default:
 			acceptUpTo, accept = q.ids[i], true
 		}
@@ -320,12 +341,7 @@ func (q *QueueSource) Release() error {
 		out = q.appendVerdict(out, true, acceptUpTo, false, 0)
 	}
 	q.out = out
-	n := len(q.ids)
-	q.ids = q.ids[:0]
-	if err := sendToKernel(q.fd, out); err != nil {
-		return fmt.Errorf("releasing %d packets held on NFQUEUE %d: %w", n, q.num, err)
-	}
-	return nil
+	return out
 }
 
 // Close unbinds the queue and closes the socket. Packets still queued are
