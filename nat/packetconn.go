@@ -13,9 +13,24 @@ package nat
 // conntrack sees both directions as the server does, one consistent
 // stream with the rewritten lines in it, and its window tracking holds
 // without the liberal flag.
+//
+// On a kernel with the NFQUEUE glue the kernel shifts instead
+// (KernelShifts): a rewritten segment goes on with its own numbers, and
+// its verdict has the kernel record the change of length in the
+// connection's seqadj extension, which shifts every later segment at
+// the last hook. adj then only follows what the kernel does, for reading
+// acknowledgements.
 type PacketConn struct {
-	adj [2]SeqAdjust // 0: from the client; 1: from the server
+	adj    [2]SeqAdjust // 0: from the client; 1: from the server
+	kernel bool
 }
+
+// KernelShiftedConn is a connection whose sequence numbers the kernel
+// shifts (see PacketConn).
+func KernelShiftedConn() PacketConn { return PacketConn{kernel: true} }
+
+// noShift is the shift of a connection the kernel shifts: none here.
+var noShift SeqAdjust
 
 // Pass appends to dst the segment as it must go on: with payload in
 // place of its own (nil: its own), and its numbers shifted by every
@@ -28,15 +43,23 @@ func (c *PacketConn) Pass(dst []byte, seg Segment, fromServer bool, payload []by
 	}
 	// The segment's own shift is the one before its rewrite: record the
 	// rewrite once the segment is built.
-	out, err := seg.Adjusted(dst, payload, &c.adj[d], &c.adj[1-d])
+	own, other := &c.adj[d], &c.adj[1-d]
+	if c.kernel {
+		own, other = &noShift, &noShift
+	}
+	out, err := seg.Adjusted(dst, payload, own, other)
 	if err == nil && payload != nil {
 		c.adj[d].Add(seg.Seq, int32(len(payload)-len(seg.Payload())))
 	}
 	return out, err
 }
 
-// Shifted says whether any rewrite has changed a length: until then a
-// segment that is not rewritten can go on as it came.
+// Shifted says whether any rewrite has changed a length and ftpgate
+// shifts the connection: until then (and always where the kernel
+// shifts) a segment that is not rewritten can go on as it came.
 func (c *PacketConn) Shifted() bool {
-	return len(c.adj[0].corr) > 0 || len(c.adj[1].corr) > 0
+	return !c.kernel && (len(c.adj[0].corr) > 0 || len(c.adj[1].corr) > 0)
 }
+
+// KernelShifts says whether the kernel shifts the connection.
+func (c *PacketConn) KernelShifts() bool { return c.kernel }

@@ -51,6 +51,12 @@ type PacketPathConfig struct {
 	// Idle: a connection without a segment for this long is forgotten
 	// (the kernel's element of it has expired by then); 0: never.
 	Idle time.Duration
+	// KernelShifts: the kernel shifts the sequence numbers of new IPv4
+	// connections (see PacketConn), and the chains queue only their
+	// segments that carry data, SYN, FIN or RST (rules.NATConfig): a
+	// rewritten segment's verdict is PassKernelShifts. IPv6 ones ftpgate
+	// shifts.
+	KernelShifts bool
 }
 
 // PacketUser is who reads the lines of translated control connections:
@@ -93,6 +99,11 @@ type pathConn struct {
 	// not acknowledged yet, as it came: a retransmission must match it.
 	sent     [2][]byte
 	sentAt   [2]uint32
+	// unchecked: bytes before uncheckedTo were let go from sent without
+	// an acknowledgement (KernelShifts): a retransmission of them
+	// cannot be checked.
+	unchecked   [2]bool
+	uncheckedTo [2]uint32
 	user     bool // the user follows it
 	cut      bool // the user ended it: every segment is dropped
 	closed   bool // both sides sent FIN
@@ -132,6 +143,10 @@ const (
 	PassReplaced
 	// DropSegment: it is dropped; its sender sends it again.
 	DropSegment
+	// PassKernelShifts: the packet returned goes on in its place, and
+	// the kernel shifts the connection's later segments by the change of
+	// length (capture.Packet.KernelShifts).
+	PassKernelShifts
 )
 
 // Segment takes one queued packet. fromClient says which of ftpgate's
@@ -214,6 +229,11 @@ func (p *PacketPath) open(key connKey, seg Segment, d int, now time.Time) *pathC
 	}
 	p.nextID++
 	c := &pathConn{id: p.nextID, key: key, source: sourceOf(key.client), created: now}
+	if p.cfg.KernelShifts && key.client.Addr().Is4() {
+		// IPv4 only: the kernel records an IPv6 correction at a wrong
+		// place (see rules.NATConfig.KernelShifts).
+		c.shift = KernelShiftedConn()
+	}
 	p.conns[key] = c
 	if synAck {
 		p.halfOpen++
@@ -230,8 +250,15 @@ func (p *PacketPath) maxHalfOpen() int { return max(p.cfg.MaxConns/4, 1) }
 // establish makes a half-open connection followed once the client
 // acknowledges the server's SYN (or, picked up, at once), under the
 // client's share, and tells the user. false: not (yet) followed.
+//
+// Where the kernel shifts, a bare acknowledgement is not queued: the
+// server's first data, acknowledging the client's SYN, is what shows
+// the handshake complete (a server sends only on an accepted
+// connection, and a SYN from a forged source never gets that far).
 func (p *PacketPath) establish(key connKey, c *pathConn, seg Segment, d int) bool {
-	if !c.pickedUp && (d != 0 || seg.Flags&FlagACK == 0 || !c.known[1] || seg.Ack != c.next[1]) {
+	clientAcked := d == 0 && c.known[1] && seg.Ack == c.next[1]
+	serverSent := c.shift.KernelShifts() && d == 1 && len(seg.Payload()) > 0 && seg.Flags&FlagSYN == 0 && c.known[0] && seg.Ack == c.next[0]
+	if !c.pickedUp && (seg.Flags&FlagACK == 0 || !(clientAcked || serverSent)) {
 		return false
 	}
 	if !c.pickedUp {
@@ -327,6 +354,14 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 	if payload == nil && !c.shift.Shifted() {
 		return dst, PassAsIs
 	}
+	if c.shift.KernelShifts() {
+		out, err := c.shift.Pass(dst, seg, d == 1, payload)
+		if err != nil {
+			p.stats.Dropped++
+			return dst, DropSegment
+		}
+		return out, PassKernelShifts
+	}
 	wasShifted := c.shift.Shifted()
 	out, err := c.shift.Pass(dst, seg, d == 1, payload)
 	if err != nil {
@@ -358,10 +393,21 @@ func (p *PacketPath) newBytes(c *pathConn, seg Segment, d int, data []byte) ([]b
 		}
 	}
 	if len(c.sent[d])+len(data)-int(old) > maxUnacked {
-		// More than a control connection keeps unacknowledged: it waits
-		// for the receiver to catch up.
-		p.stats.Dropped++
-		return nil, DropSegment
+		if !c.shift.KernelShifts() {
+			// More than a control connection keeps unacknowledged: it
+			// waits for the receiver to catch up.
+			p.stats.Dropped++
+			return nil, DropSegment
+		}
+		// Where the kernel shifts, the receiver's bare acknowledgements
+		// are not queued: what it has is known only from its own data,
+		// which may not come before this reply is whole (a long STAT).
+		// The oldest bytes kept go; a retransmission reaching back to
+		// them can no longer be checked, and is dropped (again).
+		n := min(len(c.sent[d])+len(data)-int(old)-maxUnacked, len(c.sent[d]))
+		c.sent[d] = append(c.sent[d][:0], c.sent[d][n:]...)
+		c.sentAt[d] += uint32(n)
+		c.unchecked[d], c.uncheckedTo[d] = true, c.sentAt[d]
 	}
 	out := data[old:]
 	if c.user {
@@ -418,6 +464,9 @@ const maxUnacked = 16 << 10
 // noteAck takes an acknowledgement of side d's bytes up to ack (in d's
 // numbers): what its receiver has need not be kept.
 func (c *pathConn) noteAck(d int, ack uint32) {
+	if c.unchecked[d] && !seqAfter(c.uncheckedTo[d], ack) {
+		c.unchecked[d] = false
+	}
 	if n := int(ack - c.sentAt[d]); len(c.sent[d]) > 0 && n > 0 {
 		if n >= len(c.sent[d]) {
 			c.sent[d] = c.sent[d][:0]
@@ -442,6 +491,9 @@ func (c *pathConn) noteAck(d int, ack uint32) {
 // rewritten segment but not all of it.
 func (c *pathConn) again(d int, start uint32, data []byte) ([]byte, bool) {
 	end := start + uint32(len(data))
+	if c.unchecked[d] && seqAfter(c.uncheckedTo[d], start) {
+		return nil, false
+	}
 	// Compare what overlaps the unacknowledged bytes kept.
 	if len(c.sent[d]) > 0 {
 		from, to := start, end

@@ -402,10 +402,11 @@ func TestPacketPathSpoofedSYN(t *testing.T) {
 // numbers, flags and bytes the fuzzer picks, both ways: no panic, what
 // goes on parses with right checksums, and what is kept stays bounded.
 func FuzzPacketPathSegments(f *testing.F) {
-	f.Add([]byte("\x00\x01PORT a\r\n\x01\x02227 long text\r\n\x00\x00PORT a\r\n"), uint32(1001), uint32(5001))
-	f.Fuzz(func(t *testing.T, script []byte, seq0, ack0 uint32) {
+	f.Add([]byte("\x00\x01PORT a\r\n\x01\x02227 long text\r\n\x00\x00PORT a\r\n"), uint32(1001), uint32(5001), false)
+	f.Add([]byte("\x01\x08220 hi\r\n\x00\x01PORT a\r\n\x01\x02227 long text\r\n\x00\x00PORT a\r\n"), uint32(1001), uint32(5001), true)
+	f.Fuzz(func(t *testing.T, script []byte, seq0, ack0 uint32, kernel bool) {
 		user := &fakeUser{}
-		p := NewPacketPath(user, PacketPathConfig{MaxConns: 4, MaxPerSource: 4}, func(netip.AddrPort, netip.AddrPort, bool) {})
+		p := NewPacketPath(user, PacketPathConfig{MaxConns: 4, MaxPerSource: 4, KernelShifts: kernel}, func(netip.AddrPort, netip.AddrPort, bool) {})
 		now := time.Unix(1000, 0)
 		seq := [2]uint32{seq0, ack0}
 		syn := tcpSeg{src: labServer, dst: labClient, sport: 21, dport: 40000, seq: seq[1] - 1, ack: seq[0], acked: true, syn: true}
@@ -421,7 +422,7 @@ func FuzzPacketPathSegments(f *testing.F) {
 			}
 			script = script[n:]
 			out, v := p.Segment(nil, s.build(t), d == 0, now)
-			if v == PassReplaced {
+			if v == PassReplaced || v == PassKernelShifts {
 				seg, err := ParseSegment(out)
 				if err != nil || !seg.ChecksumOK() {
 					t.Fatalf("what went on: %v, checksum ok %v", err, err == nil && seg.ChecksumOK())
@@ -438,4 +439,127 @@ func FuzzPacketPathSegments(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPacketPathKernelShifts is the stream above where the kernel shifts
+// (the NFQUEUE glue): only segments with data, SYN, FIN or RST come; the
+// server's first data completes the handshake; a rewrite goes on with
+// its own numbers and the verdict that has the kernel shift; later
+// segments go on as they come, in the kernel's hands; acknowledgements
+// are still read in the other side's own numbers.
+func TestPacketPathKernelShifts(t *testing.T) {
+	l := newPathLab(t)
+	l.p = NewPacketPath(l.user, PacketPathConfig{MaxConns: 10, MaxPerSource: 10, KernelShifts: true}, func(c, _ netip.AddrPort, shifted bool) {
+		if shifted {
+			t.Errorf("a connection the kernel shifts forgotten as shifted by ftpgate")
+		}
+		l.gone = append(l.gone, c)
+	})
+	shifts := 0
+	l.p.OnShift = func(_, _ netip.AddrPort) { shifts++ }
+	if v, _ := l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true}); v != PassAsIs {
+		t.Fatalf("SYN-ACK: verdict %d", v)
+	}
+	// Data acknowledging anything but the client's SYN does not make it
+	// followed; the server's greeting that does, does.
+	if v, _ := l.send(false, tcpSeg{seq: 5001, ack: 1500, acked: true, payload: []byte("220 hi\r\n")}); v != PassAsIs || len(l.user.opened) != 0 {
+		t.Fatalf("greeting acknowledging the future: verdict %d, opened %v", v, l.user.opened)
+	}
+	if v, _ := l.send(false, tcpSeg{seq: 5001, ack: 1001, acked: true, payload: []byte("220 hi\r\n")}); v != PassAsIs || len(l.user.opened) != 1 {
+		t.Fatalf("greeting: verdict %d, opened %v", v, l.user.opened)
+	}
+	if len(l.user.bytes) != 1 || l.user.bytes[0] != "220 hi\r\n" {
+		t.Fatalf("the user got %q, want the greeting", l.user.bytes)
+	}
+	// PORT grows by 3, at its own sequence number; the verdict has the
+	// kernel shift what follows.
+	v, seg := l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\n")})
+	if v != PassKernelShifts || string(seg.Payload()) != "PORT bbbb\r\n" || seg.Seq != 1001 || seg.Ack != 5009 {
+		t.Fatalf("PORT: verdict %d, %q at %d ack %d", v, seg.Payload(), seg.Seq, seg.Ack)
+	}
+	if !seg.ChecksumOK() {
+		t.Fatal("the rewritten PORT's checksums are wrong")
+	}
+	// The server's reply acknowledges the client's bytes as shifted by
+	// the kernel (1001+11): read as the client's own 1009, and the
+	// segment goes on as it came but for its rewrite (shrunk by 8).
+	v, seg = l.send(false, tcpSeg{seq: 5009, ack: 1012, acked: true, payload: []byte("227 long text\r\n")})
+	if v != PassKernelShifts || seg.Ack != 1012 || seg.Seq != 5009 || string(seg.Payload()) != "227 x\r\n" {
+		t.Fatalf("server's reply: verdict %d seq %d ack %d payload %q", v, seg.Seq, seg.Ack, seg.Payload())
+	}
+	if got := l.user.acks[len(l.user.acks)-1]; got != 1009 {
+		t.Errorf("the user got the server's ack as %d, want the client's own 1009", got)
+	}
+	// The client's next line, not rewritten: as it came, its numbers the
+	// kernel's business. Acknowledging more than the server sent (its
+	// 5024 is 5016 as the client sees it): dropped.
+	if v, _ := l.send(true, tcpSeg{seq: 1009, ack: 5016, acked: true, payload: []byte("RETR f\r\n")}); v != PassAsIs {
+		t.Fatalf("next line: verdict %d, want as it came", v)
+	}
+	if v, _ := l.send(true, tcpSeg{seq: 1017, ack: 5017, acked: true, payload: []byte("QUIT\r\n")}); v != DropSegment {
+		t.Fatalf("a line acknowledging the future: verdict %d", v)
+	}
+	if shifts != 0 || l.p.Stop() != 0 {
+		t.Errorf("ftpgate counts itself shifting a connection the kernel shifts: OnShift %d, Stop %d", shifts, l.p.Stop())
+	}
+	// Carried over a restart as the kernel's.
+	st := l.p.Snapshot(l.now, true)
+	if len(st.Conns) != 1 || !st.Conns[0].Kernel {
+		t.Fatalf("state: %+v", st.Conns)
+	}
+	again := NewPacketPath(&fakeUser{}, PacketPathConfig{MaxConns: 10, MaxPerSource: 10}, func(_, _ netip.AddrPort, _ bool) {})
+	if _, err := again.Restore(st, l.now); err != nil {
+		t.Fatal(err)
+	}
+	if clients, _ := again.RestoredUnshifted(); len(clients) != 1 {
+		t.Errorf("restored connection the kernel shifts not queued again: %v", clients)
+	}
+}
+
+// TestPacketPathKernelShiftsLongReply: where the kernel shifts, the
+// client's bare acknowledgements are not queued, so a reply longer than
+// what ftpgate keeps unacknowledged (a long STAT) must still go on; a
+// retransmission reaching back to what it no longer keeps is dropped,
+// until the client's data acknowledges it.
+func TestPacketPathKernelShiftsLongReply(t *testing.T) {
+	l := newPathLab(t)
+	l.p = NewPacketPath(l.user, PacketPathConfig{MaxConns: 10, MaxPerSource: 10, KernelShifts: true}, func(_, _ netip.AddrPort, _ bool) {})
+	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	if v, _ := l.send(false, tcpSeg{seq: 5001, ack: 1001, acked: true, payload: []byte("220 hi\r\n")}); v != PassAsIs || len(l.user.opened) != 1 {
+		t.Fatalf("greeting: verdict %d, opened %v", v, l.user.opened)
+	}
+	l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("STAT /\r\n")})
+	line := bytes.Repeat([]byte("x"), 998)
+	line = append(line, '\r', '\n')
+	seq := uint32(5009)
+	for i := range 40 { // 40,000 bytes, no acknowledgement queued
+		if v, _ := l.send(false, tcpSeg{seq: seq, ack: 1009, acked: true, payload: line}); v != PassAsIs {
+			t.Fatalf("segment %d of the long reply: verdict %d", i, v)
+		}
+		seq += uint32(len(line))
+	}
+	if v, _ := l.send(false, tcpSeg{seq: 5009, ack: 1009, acked: true, payload: line}); v != DropSegment {
+		t.Errorf("a retransmission of bytes no longer kept: verdict %d, want dropped", v)
+	}
+	// The client's next command acknowledges all of it.
+	l.send(true, tcpSeg{seq: 1009, ack: seq, acked: true, payload: []byte("NOOP\r\n")})
+	if v, _ := l.send(false, tcpSeg{seq: 5009, ack: 1015, acked: true, payload: line}); v == DropSegment {
+		t.Errorf("a copy of acknowledged bytes: dropped")
+	}
+	// Where ftpgate shifts it sees every acknowledgement: beyond what it
+	// keeps a sender waits (the existing behaviour, unchanged).
+	l2 := newPathLab(t)
+	l2.handshake()
+	l2.send(false, tcpSeg{seq: 5001, ack: 1001, acked: true, payload: []byte("220 hi\r\n")})
+	seq, dropped := uint32(5009), false
+	for range 40 {
+		if v, _ := l2.send(false, tcpSeg{seq: seq, ack: 1001, acked: true, payload: line}); v == DropSegment {
+			dropped = true
+			break
+		}
+		seq += uint32(len(line))
+	}
+	if !dropped {
+		t.Error("ftpgate's own shift kept more than 16 KiB unacknowledged")
+	}
 }

@@ -44,6 +44,9 @@ type ConnState struct {
 	Fin        [2]bool           `json:"fin,omitempty"`
 	Corr       [2][]CorrState    `json:"corrections"`
 	Rewrites   [2][]RewriteState `json:"rewrites,omitempty"`
+	// Kernel: the kernel shifts it (PacketConn); Corr follows what it
+	// does.
+	Kernel bool `json:"kernel,omitempty"`
 }
 
 // CorrState is one correction of a SeqAdjust.
@@ -84,7 +87,7 @@ func (p *PacketPath) Snapshot(now time.Time, clean bool) PacketState {
 		if !c.established || c.cut || c.closed {
 			continue
 		}
-		cs := ConnState{Client: k.client, ServerSeen: k.serverSeen, Next: c.next, Known: c.known, Fin: c.fin}
+		cs := ConnState{Client: k.client, ServerSeen: k.serverSeen, Next: c.next, Known: c.known, Fin: c.fin, Kernel: c.shift.KernelShifts()}
 		for d := range 2 {
 			for _, x := range c.shift.adj[d].corr {
 				cs.Corr[d] = append(cs.Corr[d], CorrState{Pos: x.pos, Before: x.before, After: x.after})
@@ -112,6 +115,7 @@ func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 			continue
 		}
 		c := &pathConn{next: cs.Next, known: cs.Known, fin: cs.Fin, pickedUp: true, last: now, created: now}
+		c.shift.kernel = cs.Kernel
 		if !st.Clean {
 			c.known = [2]bool{}
 		}

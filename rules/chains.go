@@ -1,6 +1,8 @@
 package rules
 
 import (
+	"slices"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
@@ -120,6 +122,10 @@ func (c *chains) queueNAT() {
 		c.addChain(baseChain(c.table, natProxyChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ProxyChainPriority), with(proxyRules))
 	}
 	c.addChain(baseChain(c.table, natDetectChain, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, DetectChainPriority), with(detectRules))
+	if c.cfg.NAT.Packet && c.cfg.NAT.KernelShifts {
+		c.conn.AddObj(helperObject(c.table, c.cfg.NAT.HelperStub))
+		c.addChain(baseChain(c.table, natHelperChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, HelperChainPriority), with(kernelShiftHelperRules))
+	}
 }
 
 // queuePacketPath queues, in the NAT packet path, the chains that queue
@@ -136,10 +142,39 @@ func (c *chains) queuePacketPath(inlineQueue expr.Any) {
 		return
 	}
 	c.kept.queue = natQueue(inlineQueue, c.cfg.NAT.Queue)
-	c.queueTranslatedChains(c.table, c.sets.nat.translated)
+	if c.cfg.NAT.KernelShifts {
+		c.queueKernelShiftChains()
+	} else {
+		c.queueTranslatedChains(c.table, c.sets.nat.translated)
+	}
 	if c.kept.table != nil {
 		c.kept.adopt(c)
 	}
+}
+
+// queueKernelShiftChains queues, with KernelShifts, the owned table's
+// chains that queue translated control connections' segments, IPv4 ones
+// for the kernel to shift (kernelShiftQueueRules), IPv6 ones for
+// ftpgate (packetQueueRules), and check their replies' sources.
+//
+//	nft add chain inet ftpgate queue_translated_ftp_control_from_client_kernel_shifts { type filter hook prerouting priority -150; }
+//	nft add chain inet ftpgate queue_translated_ftp_control_from_client { type filter hook prerouting priority -250; }
+//	nft add chain inet ftpgate queue_translated_ftp_control_from_server { type filter hook postrouting priority srcnat + 2; }
+//	nft add chain inet ftpgate check_translated_ftp_control_replies { type filter hook prerouting priority mangle; }
+func (c *chains) queueKernelShiftChains() {
+	p, sets, q := c.params(), c.sets.nat.translated, c.kept.queue
+	c.addChain(baseChain(c.table, natFromClientKernelChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, FromClientKernelQueuePriority),
+		func(ch *nftables.Chain) []*nftables.Rule { return kernelShiftQueueRules(false, sets, q)(p, ch) })
+	c.addChain(baseChain(c.table, natFromClientChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, FromClientQueuePriority),
+		func(ch *nftables.Chain) []*nftables.Rule {
+			return familiesQueueRules(false, sets, q, []bool{true})(p, ch)
+		})
+	c.addChain(baseChain(c.table, natFromServerChain, nftables.ChainTypeFilter, nftables.ChainHookPostrouting, FromServerQueuePriority),
+		func(ch *nftables.Chain) []*nftables.Rule {
+			return slices.Concat(kernelShiftQueueRules(true, sets, q)(p, ch), familiesQueueRules(true, sets, q, []bool{true})(p, ch))
+		})
+	c.addChain(baseChain(c.table, natReplyCheckChain, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, ReplyCheckPriority),
+		func(ch *nftables.Chain) []*nftables.Rule { return replyCheckRules(sets)(p, ch) })
 }
 
 // queueTranslatedChains queues the three chains of a set pair of

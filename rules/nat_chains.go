@@ -58,6 +58,22 @@ type NATConfig struct {
 	Packet            bool
 	Queue             uint16
 	TranslatedTimeout time.Duration
+
+	// KernelShifts (with Packet, on a kernel with the NFQUEUE glue and a
+	// registered nat.HelperStub): the kernel shifts the sequence numbers
+	// of IPv4 connections after a rewrite, recorded from the queue
+	// verdict in the connection's seqadj extension. New IPv4 control
+	// connections get the stub helper before NAT
+	// (kernelShiftHelperRules), which is what gives a translated one that
+	// extension; only the segments that can change the stream (data,
+	// SYN, FIN, RST) of an established translated IPv4 connection are
+	// queued, after conntrack (kernelShiftQueueRules); nothing of theirs
+	// needs to outlive ftpgate, since the kernel keeps the shift. IPv6
+	// ones are queued and shifted by ftpgate as without KernelShifts, as
+	// are connections a previous ftpgate shifted itself (the kept table).
+	KernelShifts bool
+	// HelperStub is the stub's name (nat.HelperStub), with KernelShifts.
+	HelperStub string
 }
 
 // The NAT chains' priorities. The data connection maps come just before
@@ -77,7 +93,19 @@ const (
 	FromClientQueuePriority = -250
 	FromServerQueuePriority = 102
 	ReplyCheckPriority      = -150
+	// With KernelShifts: the stub helper after conntrack and before
+	// destination NAT (a connection needs its helper when its NAT is set
+	// up), and the client's segments queued after conntrack (so that the
+	// verdict finds the connection) and before destination NAT (so that
+	// they still show the server as the client addressed it).
+	HelperChainPriority           = -160
+	FromClientKernelQueuePriority = -150
 )
+
+// natFromClientKernelChain queues, with KernelShifts, the client's IPv4
+// segments (kernelShiftQueueRules); natFromClientChain then has the
+// IPv6 ones, which ftpgate shifts.
+const natFromClientKernelChain = "queue_translated_ftp_control_from_client_kernel_shifts"
 
 // The chains of the control proxy, whose rules name the control ports.
 const (
@@ -86,6 +114,9 @@ const (
 	natFromClientChain = "queue_translated_ftp_control_from_client"
 	natFromServerChain = "queue_translated_ftp_control_from_server"
 	natReplyCheckChain = "check_translated_ftp_control_replies"
+	natHelperChain     = "assign_ftp_control_helper"
+	// natHelperObject is the owned table's ct helper object of the stub.
+	natHelperObject = "ftpgate_seqadj"
 )
 
 // natRules map the first packet of an announced data connection:
@@ -289,6 +320,12 @@ func replyChecks(sets setPair, chain *nftables.Chain) []*nftables.Rule {
 // a segment that went on unshifted would break the connection; dropped,
 // it is sent again.
 func packetQueueRules(fromServer bool, sets setPair, queue expr.Any) func(ruleParams, *nftables.Chain) []*nftables.Rule {
+	return familiesQueueRules(fromServer, sets, queue, []bool{false, true})
+}
+
+// familiesQueueRules are packetQueueRules for the families in v6s
+// (false: IPv4).
+func familiesQueueRules(fromServer bool, sets setPair, queue expr.Any, v6s []bool) func(ruleParams, *nftables.Chain) []*nftables.Rule {
 	return func(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
 		var out []*nftables.Rule
 		if !fromServer {
@@ -298,7 +335,7 @@ func packetQueueRules(fromServer bool, sets setPair, queue expr.Any) func(rulePa
 			out = append(out, &nftables.Rule{Table: chain.Table, Chain: chain, UserData: comment("a source that cannot come from there: not ftpgate's"),
 				Exprs: append(reversePathFails(), ret)})
 		}
-		for _, v6 := range []bool{false, true} {
+		for _, v6 := range v6s {
 			set := sets.of(v6)
 			exprs := slices.Concat(tcp(), nfproto(v6))
 			if fromServer {
@@ -315,6 +352,88 @@ func packetQueueRules(fromServer bool, sets setPair, queue expr.Any) func(rulePa
 				note = "a segment from the server of a translated FTP control connection: to ftpgate's packet path"
 			}
 			out = append(out, &nftables.Rule{Table: chain.Table, Chain: chain, UserData: comment(note), Exprs: exprs})
+		}
+		return out
+	}
+}
+
+// helperObject is the owned table's ct helper object of the stub helper
+// (nat.HelperStub), for TCP over IPv4 and IPv6:
+//
+//	nft add ct helper inet ftpgate ftpgate_seqadj { type "ftpgate" protocol tcp; }
+func helperObject(t *nftables.Table, stub string) *nftables.NamedObj {
+	return &nftables.NamedObj{Table: t, Name: natHelperObject, Type: nftables.ObjTypeCtHelper,
+		Obj: &expr.CtHelper{Name: stub, L4Proto: unix.IPPROTO_TCP}}
+}
+
+// kernelShiftHelperRules give every new IPv4 control connection the
+// stub helper, before NAT (IPv6 stays with ftpgate's shift:
+// kernelShiftQueueRules):
+//
+//	meta nfproto ipv4 tcp dport PORT tcp flags & (syn | ack) == syn ct state new ct helper set "ftpgate_seqadj"
+//
+// Every one, since which are translated is decided later, by the
+// admin's NAT rules; on one that is not, the helper is inert (it
+// accepts every packet and expects nothing), and the kernel gives the
+// seqadj extension only to one whose NAT changes its tuple.
+func kernelShiftHelperRules(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
+	var out []*nftables.Rule
+	for _, port := range p.nat.cfg.Ports {
+		out = append(out, &nftables.Rule{Table: chain.Table, Chain: chain,
+			UserData: comment("new FTP control connection: the helper stub, which gives it sequence number adjustment if the admin's NAT translates it"),
+			Exprs: slices.Concat(tcp(), nfproto(false), portIs(2, port), synOnly(), ctState(expr.CtStateBitNEW, expr.CmpOpNeq), []expr.Any{
+				&expr.Objref{Type: int(nftables.ObjTypeCtHelper), Name: natHelperObject},
+			})})
+	}
+	return out
+}
+
+// kernelShiftQueueRules queue, with KernelShifts, the segments of an
+// established translated control connection that can change its stream,
+// refreshing its element:
+//
+//	from the client (prerouting, after conntrack, before destination NAT):
+//	fib saddr . iif oif missing return
+//	meta nfproto ipv4 ct state established tcp flags & (syn | fin | rst) != 0 ip saddr . tcp sport . ip daddr . tcp dport @ftp_control_translated_v4 \
+//	  update @ftp_control_translated_v4 { ... timeout T } queue num Q
+//	meta nfproto ipv4 ct state established @ih,0,8 & 0x0 == 0x0 ip saddr . ... @ftp_control_translated_v4 update ... queue num Q
+//	from the server (postrouting, after source NAT): the same with ct direction reply, the tuple reversed.
+//
+// A bare acknowledgement goes on unqueued: the kernel shifts it. Both
+// are read before the kernel applies the shift (at confirmation, the
+// last hook), in the sender's own numbers, as the verdict's seqadj
+// needs. What conntrack finds invalid (a checksum, a sequence number
+// outside the window) has no connection and is not queued.
+//
+// IPv4 only: the kernel records a verdict's change of length at the
+// sequence number it reads with the IPv4 header length
+// (nf_ct_tcp_seqadj_set), so IPv6 stays with ftpgate's own shift
+// (packetQueueRules; nat's TestKernelShiftIPv6Fails).
+func kernelShiftQueueRules(fromServer bool, sets setPair, queue expr.Any) func(ruleParams, *nftables.Chain) []*nftables.Rule {
+	return func(p ruleParams, chain *nftables.Chain) []*nftables.Rule {
+		var out []*nftables.Rule
+		if !fromServer {
+			out = append(out, &nftables.Rule{Table: chain.Table, Chain: chain, UserData: comment("a source that cannot come from there: not ftpgate's"),
+				Exprs: append(reversePathFails(), ret)})
+		}
+		for _, v6 := range []bool{false} {
+			set := sets.of(v6)
+			for _, what := range [][]expr.Any{tcpFlags(0x01|0x02|0x04, 0, expr.CmpOpNeq), carriesData()} {
+				exprs := slices.Concat(tcp(), nfproto(v6), ctState(expr.CtStateBitESTABLISHED, expr.CmpOpNeq))
+				if fromServer {
+					exprs = append(exprs, &expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
+						&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}}) // IP_CT_DIR_REPLY
+				}
+				exprs = slices.Concat(exprs, what, tupleOf(v6, fromServer), []expr.Any{
+					&expr.Lookup{SourceRegister: keyReg, SetName: set.Name, SetID: set.ID},
+					&expr.Dynset{SrcRegKey: keyReg, SetName: set.Name, SetID: set.ID, Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: p.nat.cfg.TranslatedTimeout},
+					queue})
+				note := "a segment from the client of a translated FTP control connection: to ftpgate's packet path (the kernel shifts)"
+				if fromServer {
+					note = "a segment from the server of a translated FTP control connection: to ftpgate's packet path (the kernel shifts)"
+				}
+				out = append(out, &nftables.Rule{Table: chain.Table, Chain: chain, UserData: comment(note), Exprs: exprs})
+			}
 		}
 		return out
 	}

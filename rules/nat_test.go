@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ftpgate/ftpgate/internal/netnstest"
+	"github.com/ftpgate/ftpgate/nat"
 )
 
 var testNAT = NATConfig{ProxyPort: 8021, RouteMark: 0x02000000, SocketMark: 0x04000000, Ports: []uint16{21, 2121}}
@@ -157,6 +158,77 @@ func TestNATPacketPathRulesInKernel(t *testing.T) {
 	}
 	if got := netnstest.Nft(t, ns, "list", "set", "inet", "ftpgate", TranslatedV4); strings.Contains(got, "elements") {
 		t.Errorf("element left:\n%s", got)
+	}
+}
+
+// TestNATKernelShiftRulesInKernel loads the packet path's rules for a
+// kernel that shifts sequence numbers itself (the NFQUEUE glue and
+// userspace helpers: Debian's kernels; the VM matrix runs it there): the
+// stub helper for every new control connection before NAT, and only
+// segments that can change the stream queued, after conntrack.
+func TestNATKernelShiftRulesInKernel(t *testing.T) {
+	ns := netnstest.New(t)
+	if err := nat.RegisterHelperStub(int(ns)); err != nil {
+		t.Skipf("this kernel has no userspace conntrack helpers, which the kernel-shift design needs (ftpgate then shifts sequence numbers itself): %v", err)
+	}
+	cfg := NATConfig{Ports: []uint16{21, 2121}, Packet: true, Queue: 2122, TranslatedTimeout: 2 * time.Hour, KernelShifts: true, HelperStub: nat.HelperStub}
+	n, err := Open(Config{Mark: 0x01000000, MarkMask: 0x01000000, MaxPinholes: 1024, NetNS: int(ns), NAT: &cfg})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer n.Close()
+	mode, err := n.AddInlineRules(2121, DefaultLogGroup, cfg.Ports)
+	if err != nil {
+		t.Fatalf("AddInlineRules: %v", err)
+	}
+	got := netnstest.Nft(t, ns, "list", "table", "inet", "ftpgate")
+	for _, want := range []string{
+		"ct helper " + natHelperObject + " {\n\t\ttype \"ftpgate\" protocol tcp",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("nft list lacks\n%s\nin:\n%s", want, got)
+		}
+	}
+	// The helper for new IPv4 connections to each control port.
+	var helped []string
+	for _, line := range strings.Split(got, "\n") {
+		if strings.Contains(line, "ct helper set \""+natHelperObject+"\"") {
+			if !strings.Contains(line, "meta nfproto ipv4") || !strings.Contains(line, "ct state new") || !strings.Contains(line, "syn") {
+				t.Errorf("helper rule not for new IPv4 SYNs: %s", line)
+			}
+			helped = append(helped, line)
+		}
+	}
+	if len(helped) != 2 || !strings.Contains(helped[0], "tcp dport 21 ") || !strings.Contains(helped[1], "tcp dport 2121 ") {
+		t.Errorf("helper rules: %q", helped)
+	}
+	queue := "queue to 2122"
+	if mode == QueueXtables {
+		queue = "NFQUEUE"
+	}
+	// IPv4: per side, one rule for SYN, FIN or RST and one for data, none
+	// for a bare acknowledgement, established only, after conntrack for
+	// the client's. IPv6: every segment, the client's before conntrack
+	// (ftpgate shifts those). None with bypass.
+	for _, c := range []struct {
+		chain, prio             string
+		queues, established, ih int
+		v4, v6                  bool
+	}{
+		{natFromClientKernelChain, "priority mangle;", 2, 2, 1, true, false},
+		{natFromClientChain, "priority -250;", 1, 0, 0, false, true},
+		{natFromServerChain, "priority srcnat + 2;", 3, 2, 1, true, true},
+		{natHelperChain, "priority mangle - 10;", 0, 0, 0, true, false},
+	} {
+		text := netnstest.Nft(t, ns, "list", "chain", "inet", "ftpgate", c.chain)
+		if !strings.Contains(text, c.prio) || strings.Count(text, queue) != c.queues || strings.Count(text, "ct state established") != c.established ||
+			strings.Count(text, "@ih,0,8") != c.ih || strings.Contains(text, "bypass") ||
+			strings.Contains(text, "ftp_control_translated_v4") != (c.v4 && c.chain != natHelperChain) || strings.Contains(text, "ftp_control_translated_v6") != c.v6 {
+			t.Errorf("%s: want %s, %d queue rules (%d established, %d for data), IPv4 %v, IPv6 %v, no bypass:\n%s", c.chain, c.prio, c.queues, c.established, c.ih, c.v4, c.v6, text)
+		}
+	}
+	if tables := netnstest.Nft(t, ns, "list", "tables"); strings.Contains(tables, "ftpgate_nat") {
+		t.Errorf("a kept table: %s", tables)
 	}
 }
 
