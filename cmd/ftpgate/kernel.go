@@ -60,6 +60,9 @@ type kernelCheck struct {
 	queueGlue    bool  // NFQUEUE carries conntrack, probed when inline
 	glueErr      error
 	glueKnown    bool // queueGlue and glueErr are set
+	// natKernelShifts: the NAT packet path leaves the shift to the
+	// kernel (natFlags.kernelShift), known once its queue is bound.
+	natKernelShifts bool
 }
 
 // verdict is nil when the kernel has what the run needs.
@@ -108,6 +111,8 @@ func (kc kernelCheck) log(log *slog.Logger) {
 		}
 	}
 	switch {
+	case kc.nat && kc.natPacket && kc.natKernelShifts:
+		attrs = append(attrs, "nat", "packet path: translated control connections' segments with data, SYN, FIN or RST queued both ways and rewritten by ftpgate, sequence numbers shifted by the kernel (NFQUEUE glue, helper stub \""+nat.HelperStub+"\", ctnetlink)")
 	case kc.nat && kc.natPacket:
 		attrs = append(attrs, "nat", "packet path: translated control connections' segments queued both ways, rewritten and shifted by ftpgate (ctnetlink)")
 	case kc.nat:

@@ -50,6 +50,7 @@ func (h *hexBit) Set(v string) error {
 type natFlags struct {
 	mode       string
 	path       string
+	shift      string
 	queue      uint
 	state      string
 	ports      portRange
@@ -60,12 +61,16 @@ type natFlags struct {
 	maxProxied int
 	perClient  int
 	portsShare int
+	// kernelShifts: the packet path leaves the shift to the kernel
+	// (decided at start: --nat-shift, and what the kernel can do).
+	kernelShifts bool
 }
 
 func (f *natFlags) register(fs *flag.FlagSet) {
 	f.ports = portRange(conntrack.DefaultNATPorts)
 	fs.StringVar(&f.mode, "nat", "on", "on: ftpgate rewrites the announcements of control connections your NAT rules translate (masquerade, dnat) and maps their data connections (inline capture only; see --nat-path); off: they are treated like any other")
 	fs.StringVar(&f.path, "nat-path", "packet", "packet: translated control connections' segments are queued both ways (--nat-queue), announcements rewritten in them and every later segment's sequence numbers shifted by ftpgate, with nothing dropped; proxy: they run through ftpgate's control proxy, which takes them over from the client's SYN retry (a second's delay at every login)")
+	fs.StringVar(&f.shift, "nat-shift", "auto", "who shifts the sequence numbers after a rewrite in the packet path: kernel: the kernel's seqadj, told by each rewritten segment's verdict (needs CONFIG_NETFILTER_NETLINK_GLUE_CT and nfnetlink_cthelper; only segments with data, SYN, FIN or RST are queued, and the shift survives ftpgate); ftpgate: ftpgate itself (every segment queued, before conntrack); auto: kernel where it can, else ftpgate")
 	fs.UintVar(&f.queue, "nat-queue", 2122, "NFQUEUE `number` of the NAT packet path (0-65535, not --queue's)")
 	fs.StringVar(&f.state, "nat-state", "", "`file` where the NAT packet path keeps what a restart needs of translated sessions whose sequence numbers it shifts (default /run/ftpgate/TABLE-NETNS.nat.json, one per network namespace)")
 	fs.Var(&f.ports, "nat-ports", "`LO-HI` range of public ports ftpgate hands out for rewritten announcements; keep it outside net.ipv4.ip_local_port_range")
@@ -90,6 +95,9 @@ func (f *natFlags) enabled(inline bool, admit mark) (bool, error) {
 	}
 	if f.path != "packet" && f.path != "proxy" {
 		return false, fmt.Errorf("--nat-path %q: want packet or proxy", f.path)
+	}
+	if f.shift != "auto" && f.shift != "kernel" && f.shift != "ftpgate" {
+		return false, fmt.Errorf("--nat-shift %q: want auto, kernel or ftpgate", f.shift)
 	}
 	if !inline {
 		return false, nil
@@ -126,7 +134,8 @@ func (f *natFlags) packet() bool { return f.path == "packet" }
 // ends an idle session first, and ftpgate then forgets the element.
 func (f *natFlags) rules(ports []uint16, idle time.Duration) *rules.NATConfig {
 	return &rules.NATConfig{ProxyPort: uint16(f.proxyPort), RouteMark: uint32(f.routeMark), SocketMark: uint32(f.socketMark), Ports: ports,
-		Packet: f.packet(), Queue: uint16(f.queue), TranslatedTimeout: idle + time.Minute}
+		Packet: f.packet(), Queue: uint16(f.queue), TranslatedTimeout: idle + time.Minute,
+		KernelShifts: f.kernelShifts, HelperStub: nat.HelperStub}
 }
 
 // perClientShare is --max-proxied-per-client, its default worked out.

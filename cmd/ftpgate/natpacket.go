@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -31,6 +32,8 @@ func (s packetSource) Read(func(*capture.Packet)) error {
 		switch v {
 		case nat.PassReplaced:
 			p.Replace = out
+		case nat.PassKernelShifts:
+			p.Replace, p.KernelShifts = out, true
 		case nat.DropSegment:
 			p.Verdict = capture.Drop
 		}
@@ -93,8 +96,12 @@ func (d *daemon) startPacketPath() error {
 		return fmt.Errorf("starting the NAT packet path (--nat off runs without it): %w", err)
 	}
 	d.closers.pushCloser(q)
+	if nf.kernelShifts, err = nf.kernelShift(q); err != nil {
+		return err
+	}
+	d.kernel.natKernelShifts = nf.kernelShifts
 	user := &packetUser{loop: &d.loop, ct: ct, log: d.log}
-	path := nat.NewPacketPath(user, nat.PacketPathConfig{MaxConns: nf.maxProxied, MaxPerSource: nf.perClientShare(), Idle: d.cfg.IdleTimeout + time.Minute},
+	path := nat.NewPacketPath(user, nat.PacketPathConfig{MaxConns: nf.maxProxied, MaxPerSource: nf.perClientShare(), Idle: d.cfg.IdleTimeout + time.Minute, KernelShifts: nf.kernelShifts},
 		func(client, serverSeen netip.AddrPort, shifted bool) { d.forgetTranslated(client, serverSeen, shifted) })
 	path.OnShift = d.shiftTranslated
 	file, err := nf.stateFile(*d.rv.table)
@@ -129,6 +136,29 @@ func (d *daemon) startPacketPath() error {
 	d.cfg.ProxyConns = packetConns{path}
 	warnPortsOverlap(nf.ports, d.log)
 	return nil
+}
+
+// kernelShift decides --nat-shift: the kernel shifts where the queue
+// carries conntrack (the glue) and the helper stub registers (see
+// nat.RegisterHelperStub); "kernel" insists, "ftpgate" never asks.
+func (f *natFlags) kernelShift(q *capture.QueueSource) (bool, error) {
+	if f.shift == "ftpgate" {
+		return false, nil
+	}
+	err := q.ConntrackErr
+	if err == nil && !q.Conntrack {
+		err = errors.New("NFQUEUE carries no conntrack (CONFIG_NETFILTER_NETLINK_GLUE_CT off)")
+	}
+	if err == nil {
+		err = nat.RegisterHelperStub(0)
+	}
+	switch {
+	case err == nil:
+		return true, nil
+	case f.shift == "kernel":
+		return false, fmt.Errorf("--nat-shift kernel: this kernel cannot shift sequence numbers for ftpgate: %w (--nat-shift ftpgate or auto)", err)
+	}
+	return false, nil
 }
 
 // stopPacketPath is the packet path's part of a stop: connections that
