@@ -97,17 +97,17 @@ type pathConn struct {
 	rewrites [2][]rewriteRecord // the rewritten segments not yet acknowledged, oldest first
 	// sent is what each side sent from sentAt on that its receiver has
 	// not acknowledged yet, as it came: a retransmission must match it.
-	sent     [2][]byte
-	sentAt   [2]uint32
+	sent   [2][]byte
+	sentAt [2]uint32
 	// unchecked: bytes before uncheckedTo were let go from sent without
 	// an acknowledgement (KernelShifts): a retransmission of them
 	// cannot be checked.
 	unchecked   [2]bool
 	uncheckedTo [2]uint32
-	user     bool // the user follows it
-	cut      bool // the user ended it: every segment is dropped
-	closed   bool // both sides sent FIN
-	pickedUp bool // seen first mid-stream (ftpgate started after it, or restarted)
+	user        bool // the user follows it
+	cut         bool // the user ended it: every segment is dropped
+	closed      bool // both sides sent FIN
+	pickedUp    bool // seen first mid-stream (ftpgate started after it, or restarted)
 	// established: the handshake completed (or it was picked up), and
 	// the user follows it; counted: it counts against its client's share.
 	established, counted bool
