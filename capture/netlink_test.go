@@ -72,6 +72,28 @@ func TestVerdictBytesReplaceWithConntrack(t *testing.T) {
 	}
 }
 
+// TestVerdictsClearHelpers: with ClearHelpers every packet gets a verdict
+// of its own carrying the NFQA_CT, a held SYN admitted (a repeat with
+// the mark) as one let go; a drop needs none.
+func TestVerdictsClearHelpers(t *testing.T) {
+	q := &QueueSource{num: 2121, Mark: 0x01000000, MarkMask: 0x01000000, ClearHelpers: true}
+	q.held = []Packet{{Verdict: Admit}, {}, {Verdict: Drop}}
+	q.ids, q.marks = []uint32{7, 8, 9}, []uint32{0, 0, 0}
+	got := hex.EncodeToString(q.verdicts())
+	le := func(v uint32) string { return hex.EncodeToString(binary.NativeEndian.AppendUint32(nil, v)) }
+	le16 := func(v uint16) string { return hex.EncodeToString(binary.NativeEndian.AppendUint16(nil, v)) }
+	hdr := func(n uint32) string {
+		return le(n) + le16(unix.NFNL_SUBSYS_QUEUE<<8|1) + le16(unix.NLM_F_REQUEST) + le(0) + le(0) + "00000849"
+	}
+	ct := le16(16) + le16(unix.NLA_F_NESTED|11) + le16(12) + le16(unix.NLA_F_NESTED|5) + le16(5) + le16(1) + "00000000"
+	want := hdr(56) + le16(12) + le16(2) + "00000004" + "00000007" + le16(8) + le16(3) + "01000000" + ct + // NF_REPEAT, the mark
+		hdr(48) + le16(12) + le16(2) + "00000001" + "00000008" + ct + // NF_ACCEPT
+		hdr(32) + le16(12) + le16(2) + "00000000" + "00000009" // NF_DROP
+	if got != want {
+		t.Errorf("verdicts\n got %s\nwant %s", got, want)
+	}
+}
+
 // TestParseLogMessages reads a datagram of two NFLOG records: prefixes
 // and payloads come out as the kernel wrote them.
 func TestParseLogMessages(t *testing.T) {

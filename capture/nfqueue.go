@@ -73,6 +73,17 @@ type QueueSource struct {
 	// the queue was bound; ConntrackErr when it could not tell.
 	Conntrack    bool
 	ConntrackErr error
+
+	// ClearHelpers: every packet released carries an NFQA_CT that takes
+	// its connection's helper away, each in a verdict of its own (a
+	// batch verdict carries none). The NAT packet path's helper stub
+	// (see Packet.KernelShifts) is a userspace helper, and the kernel
+	// confirms a connection with such a helper as it reinjects a queued
+	// packet of it (nf_confirm_cthelper): a control connection's SYN
+	// held here would be confirmed before source NAT, which is then
+	// never set up. Without the helper the connection keeps its helper
+	// extension, which is all the stub was for.
+	ClearHelpers bool
 }
 
 // OpenQueue binds queue num in the given network namespace (0: current).
@@ -178,7 +189,8 @@ func (q *QueueSource) appendVerdict(b []byte, batch bool, id uint32, repeat bool
 
 // appendVerdictOf appends one verdict message: v for id (with the packet
 // mark set to mark, for a repeat; the packet replaced by payload, if
-// any, with an empty NFQA_CT if ct), or for every id up to id.
+// any; with an NFQA_CT that takes the connection's helper away if ct),
+// or for every id up to id.
 func (q *QueueSource) appendVerdictOf(b []byte, batch bool, id, v, mark uint32, payload []byte, ct bool) []byte {
 	typ := uint16(unix.NFNL_SUBSYS_QUEUE<<8 | nfqnlMsgVerdict)
 	if batch {
@@ -323,16 +335,19 @@ func (q *QueueSource) verdicts() []byte {
 	out := q.out[:0]
 	var acceptUpTo uint32
 	accept := false
+	clear := q.ClearHelpers
 	for i := range q.held {
 		switch v := q.held[i].Verdict; {
 		case v == Admit && q.MarkMask != 0:
-			out = q.appendVerdict(out, false, q.ids[i], true, q.marks[i]&^q.MarkMask|q.Mark)
+			out = q.appendVerdictOf(out, false, q.ids[i], nfRepeat, q.marks[i]&^q.MarkMask|q.Mark, nil, clear)
 		case v == Retry:
-			out = q.appendVerdict(out, false, q.ids[i], true, q.marks[i]&^q.MarkMask)
+			out = q.appendVerdictOf(out, false, q.ids[i], nfRepeat, q.marks[i]&^q.MarkMask, nil, clear)
 		case v == Drop:
 			out = q.appendVerdictOf(out, false, q.ids[i], nfDrop, 0, nil, false)
 		case q.held[i].Replace != nil:
-			out = q.appendVerdictOf(out, false, q.ids[i], nfAccept, 0, q.held[i].Replace, q.held[i].KernelShifts)
+			out = q.appendVerdictOf(out, false, q.ids[i], nfAccept, 0, q.held[i].Replace, q.held[i].KernelShifts || clear)
+		case clear:
+			out = q.appendVerdictOf(out, false, q.ids[i], nfAccept, 0, nil, true)
 		default:
 			acceptUpTo, accept = q.ids[i], true
 		}

@@ -333,7 +333,11 @@ func exchange(t *testing.T, l packetLab, network, server string, rounds int, dea
 				return
 			}
 		}
-		go func() { _, _ = c.Write(bulk) }()
+		// Both ways at once; the connection closes only once its own
+		// megabyte is written (under TCG the reading side can be done
+		// first).
+		wrote := make(chan error, 1)
+		go func() { _, err := c.Write(bulk); wrote <- err }()
 		got := make([]byte, len(bulk))
 		if _, err := io.ReadFull(r, got); err != nil {
 			serverErr <- fmt.Errorf("server, bulk: %w", err)
@@ -343,7 +347,7 @@ func exchange(t *testing.T, l packetLab, network, server string, rounds int, dea
 			serverErr <- fmt.Errorf("server: the client's megabyte came changed")
 			return
 		}
-		serverErr <- nil
+		serverErr <- <-wrote
 	}()
 	var c net.Conn
 	netnstest.In(t, l.client, func() { c, err = net.DialTimeout(network, net.JoinHostPort(server, "2100"), deadline) })
@@ -365,10 +369,18 @@ func exchange(t *testing.T, l packetLab, network, server string, rounds int, dea
 			return fmt.Errorf("client, round %d: got %q, want %q", i, got, serverLineOut)
 		}
 	}
-	go func() { _, _ = c.Write(bulk) }()
+	wrote := make(chan error, 1)
+	go func() { _, err := c.Write(bulk); wrote <- err }()
+	defer func() { <-wrote }() // before the deferred close
 	got := make([]byte, len(bulk))
 	if _, err := io.ReadFull(r, got); err != nil {
-		return fmt.Errorf("client, bulk: %w", err)
+		// What the server saw, if it stopped first.
+		select {
+		case serr := <-serverErr:
+			return fmt.Errorf("client, bulk: %w (server: %v)", err, serr)
+		case <-time.After(time.Second):
+			return fmt.Errorf("client, bulk: %w", err)
+		}
 	}
 	if sha256.Sum256(got) != sum {
 		return fmt.Errorf("client: the server's megabyte came changed")

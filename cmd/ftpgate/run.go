@@ -299,6 +299,10 @@ func (d *daemon) openInline() error {
 		if err := d.startPacketPath(); err != nil {
 			return err
 		}
+		// Where the kernel shifts, new control connections carry the
+		// helper stub, which a held SYN must lose before source NAT
+		// (capture.QueueSource.ClearHelpers).
+		queue.ClearHelpers = d.rv.nf.kernelShifts
 	case d.natOn:
 		if err := d.startProxy(); err != nil {
 			return err
