@@ -542,12 +542,19 @@ segment of it is queued to ftpgate (--nat-queue), both ways. ftpgate rewrites
 announcements whose address differs on the far side (PORT/EPRT of a
 masqueraded client, 227/229 of a server behind a port forward) inside the
 segment, to the public address and a port from --nat-ports (never the port
-announced, one this host listens on, or one your rules forward), shifts the
-sequence numbers of every later segment itself, and maps each data
+announced, one this host listens on, or one your rules forward), has the
+sequence numbers of every later segment shifted, and maps each data
 connection in the kernel (DNAT, and SNAT where needed): a 227/229's before
-the client sees it, a PORT/EPRT's once the server accepted it. A restart
-keeps translated sessions: their segments wait in the kernel while no
-ftpgate runs, and what they need is kept in --nat-state. --nat-path proxy
+the client sees it, a PORT/EPRT's once the server accepted it. Who shifts
+(--nat-shift): on a kernel with the NFQUEUE glue and userspace helpers
+(most distribution kernels), the kernel, for IPv4: new control connections
+get a disabled helper stub before NAT ("ftpgate", which gives a translated
+one the seqadj extension), only their segments with data, SYN, FIN or RST
+are queued, and the shift lives in the connection's conntrack entry;
+otherwise (and for IPv6) ftpgate, with every segment queued. A restart
+keeps translated sessions: the kernel keeps its shifts; connections
+ftpgate shifts wait in the kernel while no ftpgate runs; what ftpgate needs
+is kept in --nat-state. --nat-path proxy
 runs them through ftpgate's control proxy instead (the first SYN dropped and
 the client's retry taken over: a second's delay at every login; add the
 ruleset line to your input chain too; a restart ends proxied sessions).
