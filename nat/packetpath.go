@@ -311,6 +311,15 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 	if seg.Flags&FlagACK != 0 && c.known[1-d] && !seqAfter(c.ackOf(seg, d), c.next[1-d]) {
 		c.noteAck(1-d, c.ackOf(seg, d))
 	}
+	trimmed := false
+	if c.shift.KernelShifts() && len(data) > 0 && seg.Flags&FlagSYN == 0 && c.known[d] {
+		keep, ok := c.kernelCanShift(seg, d, data)
+		if !ok || (keep < len(data) && seg.Flags&FlagFIN != 0) {
+			p.stats.Dropped++
+			return dst, DropSegment
+		}
+		data, trimmed = data[:keep], keep < len(data)
+	}
 	if len(data) > 0 && seg.Flags&FlagSYN == 0 && c.known[d] {
 		start, end := seg.Seq, seg.Seq+uint32(len(data))
 		if r := c.rewriteOf(d, start, data); r != nil {
@@ -355,10 +364,19 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 		return dst, PassAsIs
 	}
 	if c.shift.KernelShifts() {
+		if trimmed && payload == nil {
+			payload = data
+		}
 		out, err := c.shift.Pass(dst, seg, d == 1, payload)
 		if err != nil {
 			p.stats.Dropped++
 			return dst, DropSegment
+		}
+		if trimmed {
+			// Its length differs by the bytes cut, not by a rewrite:
+			// the kernel must not record it (and, at the sequence
+			// number of the correction it repeats, would not).
+			return out, PassReplaced
 		}
 		return out, PassKernelShifts
 	}
@@ -373,6 +391,35 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 	}
 	p.stats.Shifted++
 	return out, PassReplaced
+}
+
+// kernelCanShift says how much of a segment of side d can go on where
+// the kernel shifts: all of it (len(data)), its old bytes only, or
+// nothing (false). The kernel keeps one correction per direction (the
+// last; the one before it only as the shift of what precedes it): a
+// segment reaching back to the one but last correction would be shifted
+// wrongly, and its receiver would read it elsewhere in the stream than
+// ftpgate did. So while a rewrite of d that changed a length is not
+// acknowledged, no new bytes of d go on (their sender sends them again
+// once the receiver has the rewrite; a retransmission merged with new
+// bytes goes on cut to its old ones), which keeps a second correction
+// from coming while the first can still be sent again; and a copy of
+// bytes from before the last correction but one (acknowledged by then)
+// is dropped.
+func (c *pathConn) kernelCanShift(seg Segment, d int, data []byte) (int, bool) {
+	if corr := c.shift.adj[d].corr; len(corr) >= 2 && !seqAfter(seg.Seq, corr[len(corr)-2].pos) {
+		return 0, false
+	}
+	old := int(c.next[d] - seg.Seq)
+	if old >= len(data) || seqAfter(seg.Seq, c.next[d]) {
+		return len(data), true // a retransmission, or after a gap: checked as such
+	}
+	for _, r := range c.rewrites[d] {
+		if len(r.out) != len(r.orig) {
+			return old, old > 0
+		}
+	}
+	return len(data), true
 }
 
 // newBytes hands the new bytes of a segment (maybe after old ones: a

@@ -563,3 +563,40 @@ func TestPacketPathKernelShiftsLongReply(t *testing.T) {
 		t.Error("ftpgate's own shift kept more than 16 KiB unacknowledged")
 	}
 }
+
+// TestPacketPathKernelShiftsOneCorrection: the kernel keeps one
+// correction per direction, so while a rewrite that changed a length is
+// unacknowledged no new bytes of that side go on (a retransmission
+// merged with them goes on cut to the rewrite), and a copy of bytes
+// from before the last correction but one is dropped.
+func TestPacketPathKernelShiftsOneCorrection(t *testing.T) {
+	l := newPathLab(t)
+	l.p = NewPacketPath(l.user, PacketPathConfig{MaxConns: 10, MaxPerSource: 10, KernelShifts: true}, func(_, _ netip.AddrPort, _ bool) {})
+	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l.send(false, tcpSeg{seq: 5001, ack: 1001, acked: true, payload: []byte("220 hi\r\n")})
+	if v, _ := l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\n")}); v != PassKernelShifts {
+		t.Fatalf("PORT: verdict %d", v)
+	}
+	// Pipelined before the server acknowledged the PORT: waits.
+	if v, _ := l.send(true, tcpSeg{seq: 1009, ack: 5009, acked: true, payload: []byte("PORT a\r\n")}); v != DropSegment {
+		t.Fatalf("a second line while the first rewrite is unacknowledged: verdict %d, want dropped", v)
+	}
+	// The PORT sent again merged with the next line: only the PORT,
+	// rewritten, goes on, and not as a new correction.
+	v, seg := l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\nPORT a\r\n")})
+	if v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" || seg.Seq != 1001 {
+		t.Fatalf("merged retransmission: verdict %d, %q at %d", v, seg.Payload(), seg.Seq)
+	}
+	// The server acknowledges the rewrite (1001+11, as the kernel
+	// shifted it); the second line goes on, rewritten: a second
+	// correction.
+	l.send(false, tcpSeg{seq: 5009, ack: 1012, acked: true, payload: []byte("200 ok\r\n")})
+	if v, seg := l.send(true, tcpSeg{seq: 1009, ack: 5017, acked: true, payload: []byte("PORT a\r\n")}); v != PassKernelShifts || string(seg.Payload()) != "PORT bbbb\r\n" {
+		t.Fatalf("the second line once the first is acknowledged: verdict %d %q", v, seg.Payload())
+	}
+	// A copy of the first (acknowledged) line: the kernel would shift it
+	// by the second's offset before it: dropped.
+	if v, _ := l.send(true, tcpSeg{seq: 1001, ack: 5017, acked: true, payload: []byte("PORT a\r\n")}); v != DropSegment {
+		t.Errorf("a copy from before the last correction but one: verdict %d, want dropped", v)
+	}
+}
