@@ -15,6 +15,8 @@ import (
 const (
 	ctaTupleOrig  = 1
 	ctaTupleReply = 2
+	ctaStatus     = 3
+	ipsHelper     = 1 << 13 // IPS_HELPER: a helper was attached explicitly (nft ct helper)
 	ctaTupleIP    = 1
 	ctaTupleProto = 2
 	ctaIPv4Src    = 1
@@ -37,39 +39,43 @@ var errNoConntrack = errors.New("no conntrack entry")
 //
 //	conntrack -G -p tcp -s SRC --sport SPORT -d DST --dport DPORT
 func conntrackReply(conn *netlink.Conn, src, dst netip.AddrPort) (netip.AddrPort, error) {
-	_, reply, err := conntrackReplyTuple(conn, src, dst)
+	_, reply, _, err := conntrackReplyTuple(conn, src, dst)
 	return reply, err
 }
 
 // conntrackReplyTuple is the reply direction of the TCP connection whose
 // original direction goes from src to dst: from (the server after
-// destination NAT) and to (the client after source NAT).
-func conntrackReplyTuple(conn *netlink.Conn, src, dst netip.AddrPort) (from, to netip.AddrPort, err error) {
+// destination NAT) and to (the client after source NAT); and the
+// connection's status bits.
+func conntrackReplyTuple(conn *netlink.Conn, src, dst netip.AddrPort) (from, to netip.AddrPort, status uint32, err error) {
 	req, err := conntrackGetRequest(src, dst)
 	if err != nil {
-		return from, to, err
+		return from, to, 0, err
 	}
 	msgs, err := conn.Execute(req)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return from, to, fmt.Errorf("%s -> %s: %w", src, dst, errNoConntrack)
+			return from, to, 0, fmt.Errorf("%s -> %s: %w", src, dst, errNoConntrack)
 		}
-		return from, to, fmt.Errorf("asking conntrack for %s -> %s: %w", src, dst, err)
+		return from, to, 0, fmt.Errorf("asking conntrack for %s -> %s: %w", src, dst, err)
 	}
 	for _, m := range msgs {
 		if len(m.Data) < 4 {
 			continue
 		}
 		nlattr.Walk(m.Data[4:], func(typ uint16, v []byte) {
-			if typ == ctaTupleReply {
+			switch {
+			case typ == ctaTupleReply:
 				from, to = parseTuple(v)
+			case typ == ctaStatus && len(v) == 4:
+				status = binary.BigEndian.Uint32(v)
 			}
 		})
 		if to.IsValid() && from.IsValid() {
-			return from, to, nil
+			return from, to, status, nil
 		}
 	}
-	return from, to, fmt.Errorf("conntrack's answer for %s -> %s has no reply tuple", src, dst)
+	return from, to, 0, fmt.Errorf("conntrack's answer for %s -> %s has no reply tuple", src, dst)
 }
 
 // Conntrack asks the kernel's conntrack what the admin's NAT rules did to
@@ -89,11 +95,11 @@ func OpenConntrack(netns int) (*Conntrack, error) {
 // Translation is the translation of the TCP connection from client to
 // serverSeen (its original direction, as the client sent it).
 func (c *Conntrack) Translation(client, serverSeen netip.AddrPort) (Translation, error) {
-	from, to, err := conntrackReplyTuple(c.conn, client, serverSeen)
+	from, to, status, err := conntrackReplyTuple(c.conn, client, serverSeen)
 	if err != nil {
 		return Translation{}, err
 	}
-	return Translation{Client: client, ServerSeen: serverSeen, Server: from, ClientSeen: to}, nil
+	return Translation{Client: client, ServerSeen: serverSeen, Server: from, ClientSeen: to, HelperAttached: status&ipsHelper != 0}, nil
 }
 
 // Close closes the socket.

@@ -65,9 +65,12 @@ type PacketUser interface {
 	// Opened says a translated control connection was seen: client is
 	// the client's own address, serverSeen the server as the client
 	// addressed it; pickedUp, that it is seen mid-stream (ftpgate
-	// started after it, or restarted). false: it is not followed (its
-	// segments go on as they come, nothing rewritten).
-	Opened(id uint64, client, serverSeen netip.AddrPort, pickedUp bool) bool
+	// started after it, or restarted). follow false: it is not followed
+	// (its segments go on as they come, nothing rewritten). kernel: the
+	// kernel can shift its sequence numbers (it got the helper stub
+	// before its NAT: see Translation.HelperAttached); asked only where
+	// the kernel shifts.
+	Opened(id uint64, client, serverSeen netip.AddrPort, pickedUp bool) (follow, kernel bool)
 	// Bytes are new bytes of one side, in order, at seq (the sender's
 	// sequence number); ack is the sender's acknowledgement of the other
 	// side, in that side's numbers. out is what goes on instead: data
@@ -273,7 +276,20 @@ func (p *PacketPath) establish(key connKey, c *pathConn, seg Segment, d int) boo
 	p.bySource.Add(c.source)
 	c.counted = true
 	p.stale = true // a new connection for the state file
-	if c.user = p.user.Opened(c.id, key.client, key.serverSeen, c.pickedUp); !c.user {
+	var kernel bool
+	c.user, kernel = p.user.Opened(c.id, key.client, key.serverSeen, c.pickedUp)
+	if c.user && c.shift.KernelShifts() && !kernel {
+		// Without the stub before its NAT (a port forward from a port
+		// that is not a control port, say) the kernel cannot shift it:
+		// ftpgate does, and its segments must all be queued, the
+		// client's before conntrack, as for a connection ftpgate has
+		// shifted (OnShift moves it there).
+		c.shift.kernel = false
+		if p.OnShift != nil {
+			p.OnShift(key.client, key.serverSeen)
+		}
+	}
+	if !c.user {
 		if c.shift.Shifted() {
 			c.cut = true // restored, and its session cannot be had: cut
 			return true

@@ -15,11 +15,12 @@ type fakeUser struct {
 	bytes          []string
 	acks           []uint32
 	refuse, end    bool
+	noHelper       bool // the connection has no helper stub (the kernel cannot shift it)
 }
 
-func (f *fakeUser) Opened(id uint64, client, serverSeen netip.AddrPort, pickedUp bool) bool {
+func (f *fakeUser) Opened(id uint64, client, serverSeen netip.AddrPort, pickedUp bool) (bool, bool) {
 	f.opened = append(f.opened, id)
-	return !f.refuse
+	return !f.refuse, !f.noHelper
 }
 
 func (f *fakeUser) Bytes(id uint64, fromServer bool, seq uint32, data []byte, ack uint32) ([]byte, bool) {
@@ -289,8 +290,8 @@ func TestPacketPathRestore(t *testing.T) {
 	}
 	// The one never shifted must be queued again: its element went with
 	// the last ftpgate's table.
-	if clients, _ := l2.p.RestoredUnshifted(); len(clients) != 1 || clients[0].Addr() != other.src {
-		t.Fatalf("restored unshifted: %v, want %s", clients, other.src)
+	if rs := l2.p.RestoredUnshifted(); len(rs) != 1 || rs[0].Client.Addr() != other.src {
+		t.Fatalf("restored unshifted: %v, want %s", rs, other.src)
 	}
 	// The PORT sent again, not yet acknowledged: rewritten as before.
 	v, seg := l2.send(true, tcpSeg{seq: 1001, ack: 5001, acked: true, payload: []byte("PORT a\r\n")})
@@ -511,8 +512,15 @@ func TestPacketPathKernelShifts(t *testing.T) {
 	if _, err := again.Restore(st, l.now); err != nil {
 		t.Fatal(err)
 	}
-	if clients, _ := again.RestoredUnshifted(); len(clients) != 1 {
-		t.Errorf("restored connection the kernel shifts not queued again: %v", clients)
+	if rs := again.RestoredUnshifted(); len(rs) != 0 {
+		t.Errorf("a connection the kernel shifts restored where ftpgate shifts: %v", rs)
+	}
+	again = NewPacketPath(&fakeUser{}, PacketPathConfig{MaxConns: 10, MaxPerSource: 10, KernelShifts: true}, func(_, _ netip.AddrPort, _ bool) {})
+	if _, err := again.Restore(st, l.now); err != nil {
+		t.Fatal(err)
+	}
+	if rs := again.RestoredUnshifted(); len(rs) != 1 || !rs[0].Kernel {
+		t.Errorf("restored connection the kernel shifts not queued again as such: %v", rs)
 	}
 }
 
@@ -598,5 +606,29 @@ func TestPacketPathKernelShiftsOneCorrection(t *testing.T) {
 	// by the second's offset before it: dropped.
 	if v, _ := l.send(true, tcpSeg{seq: 1001, ack: 5017, acked: true, payload: []byte("PORT a\r\n")}); v != DropSegment {
 		t.Errorf("a copy from before the last correction but one: verdict %d, want dropped", v)
+	}
+}
+
+// TestPacketPathKernelShiftsWithoutHelper: a connection that did not get
+// the helper stub before its NAT (a port forward from another port)
+// cannot be shifted by the kernel: ftpgate shifts it, and has it queued
+// as the connections it shifts are (OnShift) from the start.
+func TestPacketPathKernelShiftsWithoutHelper(t *testing.T) {
+	l := newPathLab(t)
+	l.user.noHelper = true
+	l.p = NewPacketPath(l.user, PacketPathConfig{MaxConns: 10, MaxPerSource: 10, KernelShifts: true}, func(_, _ netip.AddrPort, _ bool) {})
+	moved := 0
+	l.p.OnShift = func(_, _ netip.AddrPort) { moved++ }
+	l.send(false, tcpSeg{seq: 5000, ack: 1001, acked: true, syn: true})
+	l.send(false, tcpSeg{seq: 5001, ack: 1001, acked: true, payload: []byte("220 hi\r\n")})
+	if moved != 1 {
+		t.Fatalf("moved to ftpgate's own shift %d times at the start, want 1", moved)
+	}
+	if v, seg := l.send(true, tcpSeg{seq: 1001, ack: 5009, acked: true, payload: []byte("PORT a\r\n")}); v != PassReplaced || string(seg.Payload()) != "PORT bbbb\r\n" {
+		t.Fatalf("PORT: verdict %d %q, want ftpgate's rewrite", v, seg.Payload())
+	}
+	// Shifted by ftpgate: the next segment's numbers move.
+	if v, seg := l.send(true, tcpSeg{seq: 1009, ack: 5009, acked: true, payload: []byte("NOOP\r\n")}); v != PassReplaced || seg.Seq != 1012 {
+		t.Fatalf("next line: verdict %d at %d, want shifted to 1012", v, seg.Seq)
 	}
 }

@@ -114,6 +114,13 @@ func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 		if !cs.Client.IsValid() || !cs.ServerSeen.IsValid() || len(p.conns) >= p.cfg.MaxConns {
 			continue
 		}
+		if cs.Kernel && !p.cfg.KernelShifts {
+			// The kernel shifts it, and keeps doing so; but here its
+			// segments would be queued before conntrack, where a verdict
+			// cannot tell the kernel of a new rewrite: it goes on
+			// unfollowed, its announcements untranslated.
+			continue
+		}
 		c := &pathConn{next: cs.Next, known: cs.Known, fin: cs.Fin, pickedUp: true, last: now, created: now}
 		c.shift.kernel = cs.Kernel
 		if !st.Clean {
@@ -140,16 +147,24 @@ func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 	return n, nil
 }
 
-// RestoredUnshifted are the connections restored that were never
+// RestoredUnshifted are the connections restored that ftpgate never
 // shifted: their elements went with the last ftpgate's table, and must
-// be added again for their segments to be queued.
-func (p *PacketPath) RestoredUnshifted() (clients, servers []netip.AddrPort) {
+// be added again for their segments to be queued. Kernel says the kernel
+// shifts the connection (its segments are queued as such).
+func (p *PacketPath) RestoredUnshifted() []RestoredConn {
+	var out []RestoredConn
 	for k, c := range p.conns {
 		if c.pickedUp && !c.established && !c.shift.Shifted() {
-			clients, servers = append(clients, k.client), append(servers, k.serverSeen)
+			out = append(out, RestoredConn{Client: k.client, ServerSeen: k.serverSeen, Kernel: c.shift.KernelShifts()})
 		}
 	}
-	return clients, servers
+	return out
+}
+
+// RestoredConn is a connection carried over from the last run.
+type RestoredConn struct {
+	Client, ServerSeen netip.AddrPort
+	Kernel             bool
 }
 
 // StateFile is a state file kept open while ftpgate runs, written in

@@ -20,6 +20,10 @@ type Translation struct {
 	// destination NAT); ClientSeen the client as the server sees it
 	// (after source NAT; the port is the proxy's connection's).
 	ServerSeen, ClientSeen netip.AddrPort
+	// HelperAttached: a helper was attached to the connection (IPS_HELPER):
+	// where the kernel shifts, ftpgate's stub, before NAT, which gave it
+	// the kernel's sequence adjustment (rules.NATConfig.KernelShifts).
+	HelperAttached bool
 }
 
 // Translated reports whether either end sees the other under another

@@ -84,6 +84,19 @@ func (k *keptTable) queueCreate(c *chains) {
 //	nft add element inet ftpgate_nat ftp_control_shifted_v4 { CLIENT . CPORT . SERVER . SPORT timeout T }
 //	nft delete element inet ftpgate ftp_control_translated_v4 { CLIENT . CPORT . SERVER . SPORT }
 func (n *Nftables) ShiftTranslated(client, serverSeen netip.AddrPort) error {
+	return n.keepTranslated(client, serverSeen, true)
+}
+
+// KeepTranslated adds a translated control connection that ftpgate
+// shifts, and that is in no set now (carried over from the last run),
+// to the kept table's set, made if it is not there yet.
+//
+//	nft add element inet ftpgate_nat ftp_control_shifted_v4 { CLIENT . CPORT . SERVER . SPORT timeout T }
+func (n *Nftables) KeepTranslated(client, serverSeen netip.AddrPort) error {
+	return n.keepTranslated(client, serverSeen, false)
+}
+
+func (n *Nftables) keepTranslated(client, serverSeen netip.AddrPort, move bool) error {
 	k := n.chains.kept
 	if k == nil {
 		return nil
@@ -94,6 +107,12 @@ func (n *Nftables) ShiftTranslated(client, serverSeen netip.AddrPort) error {
 	key := [][]byte{translatedKey(client, serverSeen)}
 	if err := queueTimedElements(n.conn, k.shifted.forAddr(client.Addr()), key, true, n.cfg.NAT.TranslatedTimeout); err != nil {
 		return err
+	}
+	if !move {
+		if err := n.conn.Flush(); err != nil {
+			return fmt.Errorf("adding translated control connection %s -> %s to table inet %s: %w", client, serverSeen, k.name, err)
+		}
+		return nil
 	}
 	if err := queueTimedElements(n.conn, n.sets.nat.translated.forAddr(client.Addr()), key, false, 0); err != nil {
 		return err

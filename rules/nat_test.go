@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 
 	"strings"
 	"testing"
@@ -311,5 +312,49 @@ func TestNATKeptTable(t *testing.T) {
 	}
 	if tables := netnstest.Nft(t, ns, "list", "tables"); strings.Contains(tables, "ftpgate_nat") {
 		t.Errorf("a stop that keeps nothing left the table: %s", tables)
+	}
+}
+
+// TestForeignQueues finds another program's queue rule (the queue
+// statement where the kernel has it, else the xtables target), in any
+// family, and not ftpgate's own.
+func TestForeignQueues(t *testing.T) {
+	ns := netnstest.New(t)
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(fam nftables.TableFamily, table string, q expr.Any) error {
+		tb := c.AddTable(&nftables.Table{Name: table, Family: fam})
+		ch := c.AddChain(&nftables.Chain{Name: "fwd", Table: tb, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
+		exprs := []expr.Any{&expr.Counter{}}
+		if q != nil {
+			exprs = append(exprs, q)
+		}
+		c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: exprs})
+		return c.Flush()
+	}
+	for _, q := range []expr.Any{&expr.Queue{Num: 3}, xtQueue(3)} {
+		if err = add(nftables.TableFamilyIPv4, "ips", q); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("a queue rule: %v", err)
+	}
+	if err := add(nftables.TableFamilyINet, "quiet", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := add(nftables.TableFamilyINet, "ftpgate", xtQueue(4)); err != nil {
+		if err := add(nftables.TableFamilyINet, "ftpgate", &expr.Queue{Num: 4}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := ForeignQueues(int(ns), "ftpgate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != "ip ips fwd" {
+		t.Errorf("ForeignQueues = %q, want [ip ips fwd]", got)
 	}
 }

@@ -49,15 +49,15 @@ type packetUser struct {
 	log  *slog.Logger
 }
 
-func (u *packetUser) Opened(id uint64, client, serverSeen netip.AddrPort, pickedUp bool) bool {
+func (u *packetUser) Opened(id uint64, client, serverSeen netip.AddrPort, pickedUp bool) (bool, bool) {
 	tr, err := u.ct.Translation(client, serverSeen)
 	if err != nil {
 		u.log.Warn("NAT packet path: translated control connection not followed: its announcements go on untranslated",
 			"client", client.String(), "server", serverSeen.String(), "error", err)
-		return false
+		return false, false
 	}
 	u.loop.t.OpenTranslated(id, tr, pickedUp, time.Now())
-	return true
+	return true, tr.HelperAttached
 }
 
 func (u *packetUser) Bytes(id uint64, fromServer bool, seq uint32, data []byte, ack uint32) ([]byte, bool) {
@@ -96,7 +96,7 @@ func (d *daemon) startPacketPath() error {
 		return fmt.Errorf("starting the NAT packet path (--nat off runs without it): %w", err)
 	}
 	d.closers.pushCloser(q)
-	if nf.kernelShifts, err = nf.kernelShift(q); err != nil {
+	if nf.kernelShifts, err = nf.kernelShift(q, *d.rv.table, d.log); err != nil {
 		return err
 	}
 	d.kernel.natKernelShifts = nf.kernelShifts
@@ -140,8 +140,10 @@ func (d *daemon) startPacketPath() error {
 
 // kernelShift decides --nat-shift: the kernel shifts where the queue
 // carries conntrack (the glue) and the helper stub registers (see
-// nat.RegisterHelperStub); "kernel" insists, "ftpgate" never asks.
-func (f *natFlags) kernelShift(q *capture.QueueSource) (bool, error) {
+// nat.RegisterHelperStub); "kernel" insists, "ftpgate" never asks. With
+// "auto", another program's queue rule in the ruleset (an inline IPS)
+// makes ftpgate shift itself (see rules.ForeignQueues).
+func (f *natFlags) kernelShift(q *capture.QueueSource, table string, log *slog.Logger) (bool, error) {
 	if f.shift == "ftpgate" {
 		return false, nil
 	}
@@ -153,12 +155,22 @@ func (f *natFlags) kernelShift(q *capture.QueueSource) (bool, error) {
 		err = nat.RegisterHelperStub(0)
 	}
 	switch {
-	case err == nil:
-		return true, nil
-	case f.shift == "kernel":
+	case err != nil && f.shift == "kernel":
 		return false, fmt.Errorf("--nat-shift kernel: this kernel cannot shift sequence numbers for ftpgate: %w (--nat-shift ftpgate or auto)", err)
+	case err != nil:
+		return false, nil
 	}
-	return false, nil
+	others, err := rules.ForeignQueues(0, table)
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("reading the ruleset for other programs' queues: %w", err)
+	case len(others) > 0 && f.shift == "kernel":
+		log.Warn("NAT packet path: --nat-shift kernel with other programs' queue rules: a new control connection's SYN they queue before source NAT loses its NAT (the kernel confirms it as it comes back, for the helper stub)", "chains", others)
+	case len(others) > 0:
+		log.Warn("NAT packet path: ftpgate shifts sequence numbers itself: other programs' queue rules would cost new control connections their source NAT where the kernel shifts (--nat-shift kernel overrides)", "chains", others)
+		return false, nil
+	}
+	return true, nil
 }
 
 // stopPacketPath is the packet path's part of a stop: connections that
@@ -180,11 +192,17 @@ func (d *daemon) stopPacketPath() {
 // readdTranslated queues again the connections carried over from the
 // last run that it never shifted: their elements went with its table.
 func (d *daemon) readdTranslated() {
-	clients, servers := d.loop.packets.RestoredUnshifted()
-	for i := range clients {
-		if err := d.fw.AddTranslated(clients[i], servers[i]); err != nil {
+	for _, r := range d.loop.packets.RestoredUnshifted() {
+		add := d.fw.AddTranslated
+		if d.rv.nf.kernelShifts && !r.Kernel && r.Client.Addr().Is4() {
+			// ftpgate shifts it (the last run did not leave it to the
+			// kernel): its segments must all be queued, as those of the
+			// connections ftpgate has shifted are.
+			add = d.fw.KeepTranslated
+		}
+		if err := add(r.Client, r.ServerSeen); err != nil {
 			d.log.Warn("NAT packet path: a session carried over could not be followed again; its announcements go on untranslated",
-				"client", clients[i].String(), "server", servers[i].String(), "error", err)
+				"client", r.Client.String(), "server", r.ServerSeen.String(), "error", err)
 		}
 	}
 }
