@@ -123,6 +123,10 @@ type pathConn struct {
 type rewriteRecord struct {
 	seq       uint32
 	orig, out []byte
+	// restored: read from a state file; whether its receiver has it is
+	// not known (where the kernel shifts, bare acknowledgements are not
+	// queued), so it holds nothing back (kernelCanShift).
+	restored bool
 }
 
 // maxRewriteRecords bounds what a connection keeps per direction: a
@@ -421,7 +425,8 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 // bytes goes on cut to its old ones), which keeps a second correction
 // from coming while the first can still be sent again; and a copy of
 // bytes from before the last correction but one (acknowledged by then)
-// is dropped.
+// is dropped. A rewrite carried over a restart holds nothing back: the
+// acknowledgement that would free it may have gone by, bare, unseen.
 func (c *pathConn) kernelCanShift(seg Segment, d int, data []byte) (int, bool) {
 	if corr := c.shift.adj[d].corr; len(corr) >= 2 && !seqAfter(seg.Seq, corr[len(corr)-2].pos) {
 		return 0, false
@@ -431,7 +436,7 @@ func (c *pathConn) kernelCanShift(seg Segment, d int, data []byte) (int, bool) {
 		return len(data), true // a retransmission, or after a gap: checked as such
 	}
 	for _, r := range c.rewrites[d] {
-		if len(r.out) != len(r.orig) {
+		if len(r.out) != len(r.orig) && !r.restored {
 			return old, old > 0
 		}
 	}

@@ -483,7 +483,14 @@ func kernelShiftLab(t *testing.T, helper bool) packetLab {
 		rule = `tcp dport 2100 counter`
 	}
 	nftScript(t, l.gw, strings.Replace(packetLabKernelShift, "HELPER", rule, 1))
-	nftScript(t, l.gw, `table inet count { chain forward { type filter hook forward priority -300; tcp dport 2100 counter; tcp sport 2100 counter; } }`)
+	nftScript(t, l.gw, `table inet count {
+	chain forward {
+		type filter hook forward priority -300;
+		tcp dport 2100 counter
+		tcp sport 2100 counter
+	}
+}
+`)
 	queueRules(t, l.gw)
 	return l
 }

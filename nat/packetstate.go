@@ -134,7 +134,7 @@ func (p *PacketPath) Restore(st PacketState, now time.Time) (int, error) {
 				c.shift.adj[d].corr = append(c.shift.adj[d].corr, correction{pos: x.Pos, before: x.Before, after: x.After})
 			}
 			for _, r := range cs.Rewrites[d] {
-				c.rewrites[d] = append(c.rewrites[d], rewriteRecord{seq: r.Seq, orig: r.Orig, out: r.Out})
+				c.rewrites[d] = append(c.rewrites[d], rewriteRecord{seq: r.Seq, orig: r.Orig, out: r.Out, restored: true})
 			}
 		}
 		p.nextID++
