@@ -523,15 +523,23 @@ func TestKernelShiftsSequenceNumbers(t *testing.T) {
 	t.Logf("queued %d segments; the gateway forwarded:\n%s", counts[0], fwd)
 }
 
+// exchangeFails runs a short exchange through the kernel-shift lab (the
+// helper stub assigned or not, the rewriter's numbers as mode says) and
+// reports whether it failed, as each control below must.
+func exchangeFails(t *testing.T, helper bool, mode shiftMode, network, server string) bool {
+	t.Helper()
+	l := kernelShiftLab(t, helper)
+	stop := make(chan struct{})
+	wg := rewriter(t, l.gw, mode, stop, nil)
+	defer func() { close(stop); wg.Wait() }()
+	return exchange(t, l, network, server, 5, 4*time.Second) != nil
+}
+
 // TestKernelShiftWithoutHelperFails is the control: without the helper
 // stub the connection has no seqadj extension, the kernel records
 // nothing, and the same verdicts break the stream.
 func TestKernelShiftWithoutHelperFails(t *testing.T) {
-	l := kernelShiftLab(t, false)
-	stop := make(chan struct{})
-	wg := rewriter(t, l.gw, shiftKernel, stop, nil)
-	defer func() { close(stop); wg.Wait() }()
-	if err := exchange(t, l, "tcp4", "198.51.100.2", 5, 4*time.Second); err == nil {
+	if !exchangeFails(t, false, shiftKernel, "tcp4", "198.51.100.2") {
 		t.Error("rewrites went through without the helper stub: the lab does not test that the kernel shifts")
 	}
 }
@@ -540,11 +548,7 @@ func TestKernelShiftWithoutHelperFails(t *testing.T) {
 // the helper, verdicts without NFQA_CT leave the kernel unaware of the
 // rewrites.
 func TestKernelShiftWithoutConntrackVerdictFails(t *testing.T) {
-	l := kernelShiftLab(t, true)
-	stop := make(chan struct{})
-	wg := rewriter(t, l.gw, shiftNone, stop, nil)
-	defer func() { close(stop); wg.Wait() }()
-	if err := exchange(t, l, "tcp4", "198.51.100.2", 5, 4*time.Second); err == nil {
+	if !exchangeFails(t, true, shiftNone, "tcp4", "198.51.100.2") {
 		t.Error("rewrites went through without NFQA_CT: the lab does not test the verdict")
 	}
 }
@@ -555,11 +559,7 @@ func TestKernelShiftWithoutConntrackVerdictFails(t *testing.T) {
 // length (nf_ct_tcp_seqadj_set uses ip_hdrlen), so for IPv6 at a wrong
 // one, and the stream breaks. A kernel where this passes has fixed it.
 func TestKernelShiftIPv6Fails(t *testing.T) {
-	l := kernelShiftLab(t, true)
-	stop := make(chan struct{})
-	wg := rewriter(t, l.gw, shiftKernel, stop, nil)
-	defer func() { close(stop); wg.Wait() }()
-	if err := exchange(t, l, "tcp6", "2001:db8:2::2", 5, 4*time.Second); err == nil {
+	if !exchangeFails(t, true, shiftKernel, "tcp6", "2001:db8:2::2") {
 		t.Error("IPv6 rewrites went through with the kernel shifting: this kernel records IPv6 corrections right; ftpgate could leave IPv6 to it too")
 	}
 }

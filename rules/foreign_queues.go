@@ -19,13 +19,9 @@ import (
 //
 //	nft list ruleset | grep -E 'queue|NFQUEUE'
 func ForeignQueues(netns int, own string) ([]string, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting()}
-	if netns != 0 {
-		opts = append(opts, nftables.WithNetNSFd(netns))
-	}
-	conn, err := nftables.New(opts...)
+	conn, err := lastingConn(netns)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoNftables, err)
+		return nil, err
 	}
 	defer conn.CloseLasting()
 	chains, err := conn.ListChains()
@@ -49,6 +45,20 @@ func ForeignQueues(netns int, own string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// lastingConn opens a lasting nftables connection in the network
+// namespace netns (0: this one), with opts.
+func lastingConn(netns int, opts ...nftables.ConnOption) (*nftables.Conn, error) {
+	opts = append(opts, nftables.AsLasting())
+	if netns != 0 {
+		opts = append(opts, nftables.WithNetNSFd(netns))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: opening netlink socket: %v", ErrNoNftables, err)
+	}
+	return conn, nil
 }
 
 // queues says whether a rule queues packets to userspace.

@@ -66,16 +66,9 @@ func Open(cfg Config) (*Nftables, error) {
 		return nil, fmt.Errorf("mark %#x/%#x: value must be non-empty and inside the mask", cfg.Mark, cfg.MarkMask)
 	}
 	var raw *netlink.Conn
-	opts := []nftables.ConnOption{
-		nftables.AsLasting(),
-		nftables.WithSockOptions(func(c *netlink.Conn) error { raw = c; return nil }),
-	}
-	if cfg.NetNS != 0 {
-		opts = append(opts, nftables.WithNetNSFd(cfg.NetNS))
-	}
-	conn, err := nftables.New(opts...)
+	conn, err := lastingConn(cfg.NetNS, nftables.WithSockOptions(func(c *netlink.Conn) error { raw = c; return nil }))
 	if err != nil {
-		return nil, fmt.Errorf("%w: opening netlink socket: %v", ErrNoNftables, err)
+		return nil, err
 	}
 	n, err := setup(cfg, conn, func() *netlink.Conn { return raw })
 	if err != nil {

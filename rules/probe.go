@@ -142,16 +142,9 @@ const probeTablePrefix = "ftpgate_probe_"
 func ProbeKernel(netns int) (Features, error) {
 	var fs Features
 	var raw *netlink.Conn
-	opts := []nftables.ConnOption{
-		nftables.AsLasting(),
-		nftables.WithSockOptions(func(c *netlink.Conn) error { raw = c; return nil }),
-	}
-	if netns != 0 {
-		opts = append(opts, nftables.WithNetNSFd(netns))
-	}
-	conn, err := nftables.New(opts...)
+	conn, err := lastingConn(netns, nftables.WithSockOptions(func(c *netlink.Conn) error { raw = c; return nil }))
 	if err != nil {
-		return fs, fmt.Errorf("%w: opening netlink socket: %v", ErrNoNftables, err)
+		return fs, err
 	}
 	defer conn.CloseLasting()
 	p := prober{conn: conn, raw: raw, fs: &fs, name: fmt.Sprintf("%s%d", probeTablePrefix, os.Getpid())}
