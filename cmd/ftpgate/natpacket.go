@@ -138,11 +138,11 @@ func (d *daemon) startPacketPath() error {
 	return nil
 }
 
-// kernelShift decides --nat-shift: the kernel shifts where the queue
-// carries conntrack (the glue) and the helper stub registers (see
-// nat.RegisterHelperStub); "kernel" insists, "ftpgate" never asks. With
-// "auto", another program's queue rule in the ruleset (an inline IPS)
-// makes ftpgate shift itself (see rules.ForeignQueues).
+// kernelShift decides --nat-shift: "ftpgate" (the default) never asks;
+// with "auto" the kernel shifts where the queue carries conntrack (the
+// glue) and the helper stub registers (see nat.RegisterHelperStub), and
+// no other program's queue rule is in the ruleset (an inline IPS: see
+// rules.ForeignQueues); "kernel" insists on the first two.
 func (f *natFlags) kernelShift(q *capture.QueueSource, table string, log *slog.Logger) (bool, error) {
 	if f.shift == "ftpgate" {
 		return false, nil

@@ -546,12 +546,12 @@ announced, one this host listens on, or one your rules forward), has the
 sequence numbers of every later segment shifted, and maps each data
 connection in the kernel (DNAT, and SNAT where needed): a 227/229's before
 the client sees it, a PORT/EPRT's once the server accepted it. Who shifts
-(--nat-shift): on a kernel with the NFQUEUE glue and userspace helpers
-(most distribution kernels), the kernel, for IPv4: new control connections
-get a disabled helper stub before NAT ("ftpgate", which gives a translated
-one the seqadj extension), only their segments with data, SYN, FIN or RST
-are queued, and the shift lives in the connection's conntrack entry;
-otherwise (and for IPv6) ftpgate, with every segment queued. A restart
+(--nat-shift): ftpgate, with every segment queued; or, with --nat-shift
+kernel on a kernel with the NFQUEUE glue and userspace helpers (most
+distribution kernels), the kernel, for IPv4: new control connections get a
+disabled helper stub before NAT ("ftpgate", which gives a translated one
+the seqadj extension), only their segments with data, SYN, FIN or RST are
+queued, and the shift lives in the connection's conntrack entry. A restart
 keeps translated sessions: the kernel keeps its shifts; connections
 ftpgate shifts wait in the kernel while no ftpgate runs; what ftpgate needs
 is kept in --nat-state. --nat-path proxy

@@ -25,7 +25,7 @@ export FTPGATE_KERNEL_CONFIG=${FTPGATE_VM_CACHE:-/var/cache/ftpgate-vm}/$(uname 
 # - the hostile race (two SYNs for one pinhole: the one-packet limit) and
 #   forged exchanges; IPv6 extension headers (@ih offsets);
 # - start-up under traffic (slow start-up is where races show) and stop.
-LAB='^(TestTransfersFailWithoutFtpgate|TestTransfersEveryMode|TestNoRetransmittedSYNInline|TestInlineFailsOpen|TestStopRemovesTable|TestFTPSThroughFtpgate|TestFTPSCCC|TestNATTransfersKernel|TestNATTransfersEveryMode|TestNATTransfersProxy|TestNATRestartKeepsSessions|TestNATFTPS|TestHostileRaceTwoSYNs|TestHostileForgedExchange|TestEPRTBehindIPv6DestinationOptions|TestKernelCheckAtStart|TestStartupUnderTraffic)$'
+LAB='^(TestTransfersFailWithoutFtpgate|TestTransfersEveryMode|TestNoRetransmittedSYNInline|TestInlineFailsOpen|TestStopRemovesTable|TestFTPSThroughFtpgate|TestFTPSCCC|TestNATTransfersKernel|TestNATTransfersEveryMode|TestNATTransfersKernelShift|TestNATTransfersProxy|TestNATRestartKeepsSessions|TestNATFTPS|TestHostileRaceTwoSYNs|TestHostileForgedExchange|TestEPRTBehindIPv6DestinationOptions|TestKernelCheckAtStart|TestStartupUnderTraffic)$'
 # FTPGATE_VM_LAB runs other lab tests instead (a -test.run pattern).
 LAB=${FTPGATE_VM_LAB:-$LAB}
 
