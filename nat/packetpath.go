@@ -384,19 +384,24 @@ func (p *PacketPath) segment(dst []byte, c *pathConn, seg Segment, d int) ([]byt
 		return dst, PassAsIs
 	}
 	if c.shift.KernelShifts() {
-		if trimmed && payload == nil {
-			payload = data
+		if trimmed {
+			// Its length differs by the bytes cut, not by a rewrite:
+			// neither the kernel (no NFQA_CT) nor ftpgate's account of
+			// what the kernel does records it.
+			if payload == nil {
+				payload = data
+			}
+			out, err := seg.Adjusted(dst, payload, &noShift, &noShift)
+			if err != nil {
+				p.stats.Dropped++
+				return dst, DropSegment
+			}
+			return out, PassReplaced
 		}
 		out, err := c.shift.Pass(dst, seg, d == 1, payload)
 		if err != nil {
 			p.stats.Dropped++
 			return dst, DropSegment
-		}
-		if trimmed {
-			// Its length differs by the bytes cut, not by a rewrite:
-			// the kernel must not record it (and, at the sequence
-			// number of the correction it repeats, would not).
-			return out, PassReplaced
 		}
 		return out, PassKernelShifts
 	}
