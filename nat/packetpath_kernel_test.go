@@ -119,19 +119,28 @@ table inet admin {
 // packetLabAdmin is the admin's ruleset: default drop, what conntrack
 // finds invalid dropped and counted, the LAN masqueraded.
 //
+// packetLabSets and packetLabDetect are both queue tables' sets of
+// translated control connections to port 2100, and the chain that finds
+// them after source NAT (as ftpgate's detect chain does, without the
+// drop).
+const (
+	packetLabSets = `	set ctl4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; size 1024; }
+	set ctl6 { type ipv6_addr . inet_service . ipv6_addr . inet_service; size 1024; }
+`
+	packetLabDetect = `	chain detect {
+		type filter hook postrouting priority srcnat + 1;
+		tcp dport 2100 tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 meta nfproto ipv4 add @ctl4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst }
+		tcp dport 2100 tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 meta nfproto ipv6 add @ctl6 { ct original ip6 saddr . ct original proto-src . ct original ip6 daddr . ct original proto-dst }
+	}
+`
+)
+
 // packetLabQueue is the packet path's part: translated control
 // connections to port 2100 found after source NAT (as ftpgate's detect
 // chain does, without the drop), and every segment of theirs queued.
 const packetLabQueue = `
 table inet pp {
-	set ctl4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; size 1024; }
-	set ctl6 { type ipv6_addr . inet_service . ipv6_addr . inet_service; size 1024; }
-	chain detect {
-		type filter hook postrouting priority srcnat + 1;
-		tcp dport 2100 tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 meta nfproto ipv4 add @ctl4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst }
-		tcp dport 2100 tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 meta nfproto ipv6 add @ctl6 { ct original ip6 saddr . ct original proto-src . ct original ip6 daddr . ct original proto-dst }
-	}
-	chain from_client {
+` + packetLabSets + packetLabDetect + `	chain from_client {
 		type filter hook prerouting priority -250;
 		ip saddr . tcp sport . ip daddr . tcp dport @ctl4 counter
 		ip6 saddr . tcp sport . ip6 daddr . tcp dport @ctl6 counter
@@ -437,18 +446,11 @@ func TestPacketPathWithoutShiftFails(t *testing.T) {
 const packetLabKernelShift = `
 table inet pp {
 	ct helper stub { type "ftpgate" protocol tcp; }
-	set ctl4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; size 1024; }
-	set ctl6 { type ipv6_addr . inet_service . ipv6_addr . inet_service; size 1024; }
-	chain helper {
+` + packetLabSets + `	chain helper {
 		type filter hook prerouting priority -160;
 		HELPER
 	}
-	chain detect {
-		type filter hook postrouting priority srcnat + 1;
-		tcp dport 2100 tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 meta nfproto ipv4 add @ctl4 { ct original ip saddr . ct original proto-src . ct original ip daddr . ct original proto-dst }
-		tcp dport 2100 tcp flags & (syn | ack) == syn ct state new ct status & (snat | dnat) != 0 meta nfproto ipv6 add @ctl6 { ct original ip6 saddr . ct original proto-src . ct original ip6 daddr . ct original proto-dst }
-	}
-	chain from_client {
+` + packetLabDetect + `	chain from_client {
 		type filter hook prerouting priority -150;
 		ct state established tcp flags & (fin | syn | rst) != 0 ip saddr . tcp sport . ip daddr . tcp dport @ctl4 counter
 		ct state established @ih,0,8 & 0x0 == 0x0 ip saddr . tcp sport . ip daddr . tcp dport @ctl4 counter

@@ -147,19 +147,20 @@ func (f *natFlags) kernelShift(q *capture.QueueSource, table string, log *slog.L
 	if f.shift == "ftpgate" {
 		return false, nil
 	}
-	err := q.ConntrackErr
-	if err == nil && !q.Conntrack {
-		err = errors.New("NFQUEUE carries no conntrack (CONFIG_NETFILTER_NETLINK_GLUE_CT off)")
-	}
-	if err == nil {
-		err = nat.RegisterHelperStub(0)
-	}
-	switch {
-	case err != nil && f.shift == "kernel":
-		return false, fmt.Errorf("--nat-shift kernel: this kernel cannot shift sequence numbers for ftpgate: %w (--nat-shift ftpgate or auto)", err)
-	case err != nil:
+	cannot := func(err error) (bool, error) {
+		if f.shift == "kernel" {
+			return false, fmt.Errorf("--nat-shift kernel: this kernel cannot shift sequence numbers for ftpgate: %w (--nat-shift ftpgate or auto)", err)
+		}
 		return false, nil
 	}
+	if q.ConntrackErr != nil {
+		return cannot(q.ConntrackErr)
+	}
+	if !q.Conntrack {
+		return cannot(errors.New("NFQUEUE carries no conntrack (CONFIG_NETFILTER_NETLINK_GLUE_CT off)"))
+	}
+	// Read before the stub is registered: the stub is the kernel's, for
+	// every namespace, and is not made where it would not be used.
 	others, err := rules.ForeignQueues(0, table)
 	switch {
 	case err != nil:
@@ -169,6 +170,9 @@ func (f *natFlags) kernelShift(q *capture.QueueSource, table string, log *slog.L
 	case len(others) > 0:
 		log.Warn("NAT packet path: ftpgate shifts sequence numbers itself: other programs' queue rules would cost new control connections their source NAT where the kernel shifts (--nat-shift kernel overrides)", "chains", others)
 		return false, nil
+	}
+	if err := nat.RegisterHelperStub(0); err != nil {
+		return cannot(err)
 	}
 	return true, nil
 }
